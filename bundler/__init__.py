@@ -1,0 +1,93 @@
+"""bundler: move container images across an air gap.
+
+Export images from registries into one deduplicated OCI image layout bundle, import the
+bundle into a disconnected registry with every digest preserved, and verify or list it
+offline. Daemonless: no Docker engine, no root.
+
+The public API is re-exported here; the exception tree is drawn in :mod:`bundler.errors`.
+"""
+
+from __future__ import annotations
+
+from .bundle import (
+    BundleImage,
+    BundleListing,
+    ExportResult,
+    ImportResult,
+    VerifyReport,
+    export_bundle,
+    import_bundle,
+    list_bundle,
+    open_bundle,
+    read_images_file,
+    verify_bundle,
+)
+from .content import Descriptor, Index, Manifest, Platform, parse_manifest
+from .digest import Digest, VerifyingReader
+from .errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    BundleError,
+    BundlerError,
+    DigestMismatchError,
+    IntegrityError,
+    InvalidReferenceError,
+    ManifestError,
+    MappingError,
+    NotFoundError,
+    RateLimitError,
+    RegistryError,
+    SizeMismatchError,
+    TransferError,
+    TransportError,
+    UnsafeArchiveError,
+)
+from .progress import Event, NullReporter, Reporter, Tally
+from .reference import Location, Reference, parse_location
+from .registry import RegistryClient, TransportOptions
+
+__all__ = [
+    "AccessDeniedError",
+    "AuthenticationError",
+    "BundleError",
+    "BundleImage",
+    "BundleListing",
+    "BundlerError",
+    "Descriptor",
+    "Digest",
+    "DigestMismatchError",
+    "Event",
+    "ExportResult",
+    "ImportResult",
+    "Index",
+    "IntegrityError",
+    "InvalidReferenceError",
+    "Location",
+    "Manifest",
+    "ManifestError",
+    "MappingError",
+    "NotFoundError",
+    "NullReporter",
+    "Platform",
+    "RateLimitError",
+    "Reference",
+    "RegistryClient",
+    "RegistryError",
+    "Reporter",
+    "SizeMismatchError",
+    "Tally",
+    "TransferError",
+    "TransportError",
+    "TransportOptions",
+    "UnsafeArchiveError",
+    "VerifyReport",
+    "VerifyingReader",
+    "export_bundle",
+    "import_bundle",
+    "list_bundle",
+    "open_bundle",
+    "parse_location",
+    "parse_manifest",
+    "read_images_file",
+    "verify_bundle",
+]

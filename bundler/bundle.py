@@ -1,0 +1,205 @@
+"""The library facade: export, import, list and verify bundles.
+
+A bundle is an OCI image layout (image-spec ``image-layout.md``) whose ``index.json``
+names each image by its full source reference; see ``docs/bundle-format.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .content import Index
+from .copy import ImagePlan, walk
+from .digest import Digest
+from .errors import BundleError, BundlerError, IntegrityError
+from .exporting import ExportResult, export_bundle, read_images_file
+from .importing import ImportResult, push_images
+from .naming import entry_name, parse_mapping, resolve_targets
+from .progress import Reporter
+from .registry import TransportOptions
+from .stores.layout import LayoutStore
+
+__all__ = [
+    "BundleImage",
+    "BundleListing",
+    "ExportResult",
+    "ImportResult",
+    "VerifyReport",
+    "export_bundle",
+    "import_bundle",
+    "list_bundle",
+    "open_bundle",
+    "read_images_file",
+    "verify_bundle",
+]
+
+
+def open_bundle(path: str | os.PathLike[str]) -> LayoutStore:
+    """Open an existing bundle directory for reading.
+
+    Raises:
+        BundleError: missing, or not an OCI image layout.
+    """
+    return LayoutStore(path)
+
+
+def import_bundle(
+    bundle: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    mapping: str | os.PathLike[str] | list[tuple[str, str]] | None = None,
+    options: TransportOptions | None = None,
+    jobs: int = 8,
+    reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+) -> ImportResult:
+    """Push every image of a bundle (or those a mapping names) into registries.
+
+    Args:
+        bundle: the bundle directory.
+        to: ``REGISTRY[/PREFIX]``: destination = PREFIX + source repository, tag kept.
+        mapping: a mapping file path, or (source, destination) pairs.
+        options: transport options of the destination registries.
+        jobs: concurrent blob transfers.
+        reporter: receives progress events.
+        stop: set to cancel.
+
+    Returns:
+        An :class:`ImportResult`.
+
+    Raises:
+        BundleError: the bundle cannot be read. MappingError: no destination can be worked
+        out. TransferError: an image failed (naming it and the blob or manifest).
+    """
+    store = open_bundle(bundle)
+    pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
+    targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
+    return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop)
+
+
+@dataclass
+class BundleImage:
+    """One image of a bundle, for ``bundler list``.
+
+    Attributes:
+        name: the recorded name (reference) or "" when unnamed.
+        digest: the top-level manifest or index digest.
+        media_type: its media type.
+        platforms: ``os/arch[/variant]`` of an index's platform children.
+        size: bytes of its manifests and blobs (each counted once within the image).
+    """
+
+    name: str
+    digest: Digest
+    media_type: str
+    platforms: list[str]
+    size: int
+
+
+@dataclass
+class BundleListing:
+    """``bundler list``: the images, and sizes with and without deduplication (bytes)."""
+
+    images: list[BundleImage] = field(default_factory=list)
+    unique_bytes: int = 0
+    total_bytes: int = 0
+    blob_count: int = 0
+
+
+def _plans(store: LayoutStore) -> list[ImagePlan]:
+    return [
+        walk(d, store.load_manifest, name=entry_name(d) or str(d.digest))
+        for d in store.read_index()
+    ]
+
+
+def list_bundle(bundle: str | os.PathLike[str]) -> BundleListing:
+    """Describe what a bundle holds.
+
+    Raises:
+        BundleError: the bundle cannot be read; IntegrityError: a manifest is corrupt.
+    """
+    store = open_bundle(bundle)
+    listing = BundleListing()
+    unique: dict[Digest, int] = {}
+    for plan in _plans(store):
+        listing.images.append(
+            BundleImage(plan.name if plan.name != str(plan.descriptor.digest) else "",
+                        plan.descriptor.digest, plan.descriptor.media_type,
+                        plan.platforms, plan.size)
+        )
+        listing.total_bytes += plan.size
+        for digest, descriptor in plan.blobs.items():
+            unique[digest] = descriptor.size
+        for descriptor, item in plan.manifests:
+            unique[descriptor.digest] = len(item.raw)
+    listing.unique_bytes = sum(unique.values())
+    listing.blob_count = len(unique)
+    return listing
+
+
+@dataclass
+class VerifyReport:
+    """``bundler verify``: what was checked and every problem found.
+
+    Attributes:
+        images: images checked. blobs: blobs checked. bytes: bytes hashed.
+        problems: one human-readable line each; empty means the bundle is sound.
+    """
+
+    images: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
+    """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
+    every manifest parses, every blob has its size and sha256.
+
+    Returns:
+        A :class:`VerifyReport` (problems listed, not raised).
+
+    Raises:
+        BundleError: the bundle cannot be opened at all.
+    """
+    report = VerifyReport()
+    root = Path(bundle)
+    try:
+        store = open_bundle(root)
+        entries = store.read_index()
+    except BundleError as exc:
+        report.problems.append(str(exc))
+        return report
+    checked: set[Digest] = set()
+    for position, entry in enumerate(entries):
+        name = entry_name(entry) or f"#{position} ({entry.digest})"
+        report.images += 1
+        stack = [entry]
+        while stack:
+            descriptor = stack.pop()
+            if descriptor.digest in checked:
+                continue
+            checked.add(descriptor.digest)
+            try:
+                if descriptor.is_manifest or descriptor is entry:
+                    item = store.load_manifest(descriptor)
+                    stack.extend(item.manifests if isinstance(item, Index) else item.blobs)
+                else:
+                    with store.open_blob(descriptor) as reader:
+                        for _ in reader:
+                            pass
+                report.blobs += 1
+                report.bytes += descriptor.size
+            except (IntegrityError, BundleError) as exc:
+                report.problems.append(f"{name}: {exc}")
+            except BundlerError as exc:
+                report.problems.append(f"{name}: {descriptor.digest}: {exc}")
+    return report

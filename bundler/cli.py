@@ -1,0 +1,286 @@
+"""The ``bundler`` command line: thin click commands over the library facade.
+
+Exit status: 0 success; 1 an error (message on stderr, naming the image); 2 bad usage;
+130 interrupted (Ctrl-C), after a one-line summary of what was kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import bundle as api
+from .auth import load_authfile, parse_creds
+from .errors import BundlerError
+from .exporting import parse_references
+from .progress import Tally
+from .registry import TransportOptions
+from .reporting import make_reporter
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
+          "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``64MiB``, ``4GiB``, ``700MB``, ``1048576`` -> bytes.
+
+    Raises:
+        click.BadParameter: not a size.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise click.BadParameter(f"{text!r} is not a size like 64MiB or 4GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def human(size: float) -> str:
+    """Bytes as a short human string (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise click.BadParameter(f"{text!r}: expected true or false")
+
+
+def transport_options(side: str) -> Callable:
+    """click options ``--{side}-creds``, ``-authfile``, ``-tls-verify``, ``-cert-dir``."""
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed([
+            click.option(f"--{side}-creds", metavar="USER:PASS",
+                         help=f"Credentials for the {side} registries."),
+            click.option(f"--{side}-authfile", type=click.Path(dir_okay=False),
+                         help="A docker config.json or containers auth.json."),
+            click.option(f"--{side}-tls-verify", default="true", metavar="BOOL",
+                         help="Verify TLS certificates (false also allows plain http)."),
+            click.option(f"--{side}-cert-dir", type=click.Path(file_okay=False),
+                         help="Directory of *.crt CAs and *.cert/*.key client pairs."),
+            click.option("--retries", default=4, show_default=True, type=click.IntRange(0),
+                         help="Retries of a failed request."),
+            click.option("--retry-delay", default=0.5, show_default=True,
+                         type=click.FloatRange(0), help="First retry delay in seconds."),
+        ]):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
+    creds = kw.pop(f"{side}_creds")
+    authfile = kw.pop(f"{side}_authfile")
+    cert_dir = kw.pop(f"{side}_cert_dir")
+    try:
+        return TransportOptions(
+            credentials=parse_creds(creds) if creds else None,
+            authfile=load_authfile(authfile) if authfile else None,
+            tls_verify=_bool(kw.pop(f"{side}_tls_verify")),
+            cert_dir=Path(cert_dir) if cert_dir else None,
+            retries=kw.pop("retries"),
+            retry_delay_s=kw.pop("retry_delay"),
+            **extra,
+        )
+    except BundlerError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _progress_options(func: Callable) -> Callable:
+    func = click.option("--progress", type=click.Choice(["auto", "bar", "plain", "json", "none"]),
+                        default="auto", show_default=True, help="How to show progress on stderr.")(func)
+    func = click.option("-q", "--quiet", is_flag=True, help="No progress output.")(func)
+    func = click.option("-j", "--jobs", default=8, show_default=True, type=click.IntRange(1, 64),
+                        help="Concurrent transfers.")(func)
+    return func
+
+
+def _run(action: Callable[[threading.Event], Any], tally: Tally, done: Callable[[Any], None],
+         reporter: Any) -> None:
+    stop = threading.Event()
+    started = time.monotonic()
+    try:
+        result = action(stop)
+    except KeyboardInterrupt:
+        stop.set()
+        reporter.close()
+        click.echo(
+            f"interrupted: kept {tally.transferred} finished blobs "
+            f"({human(tally.bytes_transferred)}); run the same command again to continue",
+            err=True,
+        )
+        sys.exit(130)
+    except BundlerError as exc:
+        reporter.close()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    reporter.close()
+    done((result, time.monotonic() - started))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bundler")
+def main() -> None:
+    """Move container images across an air gap: export from registries into one bundle,
+    import the bundle into a disconnected registry with every digest preserved."""
+
+
+@main.command("export")
+@click.argument("references", nargs=-1)
+@click.option("-f", "--images-file", type=click.Path(dir_okay=False),
+              help="File with one reference per line (# comments allowed).")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Bundle directory to write (extended if it exists).")
+@transport_options("src")
+@_progress_options
+def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
+               jobs: int, quiet: bool, progress: str, **kw: Any) -> None:
+    """Export images from registries into one deduplicated OCI layout bundle.
+
+    \b
+    Examples:
+      bundler export docker.io/library/alpine:3.20 -o ./bundle
+      bundler export --images-file images.txt -o ./bundle
+    """
+    options = _options("src", kw)
+    texts = list(references)
+    try:
+        if images_file:
+            texts += api.read_images_file(images_file)
+        refs = parse_references(texts)
+    except BundlerError as exc:
+        raise click.UsageError(str(exc)) from exc
+    tally = Tally()
+    reporter = make_reporter("none" if quiet else progress, tally)
+
+    def done(outcome: tuple[api.ExportResult, float]) -> None:
+        result, seconds = outcome
+        saved = result.total_bytes - result.unique_bytes
+        pct = 100 * saved / result.total_bytes if result.total_bytes else 0
+        click.echo(
+            f"exported {len(result.images)} images to {output}: {human(result.unique_bytes)} "
+            f"unique ({human(result.total_bytes)} without dedup, {pct:.0f}% saved); blobs "
+            f"downloaded {result.blobs_downloaded} ({human(result.bytes_downloaded)}), "
+            f"already present {result.blobs_reused}; {seconds:.1f} s"
+        )
+        for digest in result.skipped_foreign:
+            click.echo(f"warning: non-distributable layer {digest} was not served; "
+                       "it is not in the bundle", err=True)
+
+    _run(lambda stop: api.export_bundle(refs, output, options=options, jobs=jobs,
+                                        reporter=reporter, stop=stop), tally, done, reporter)
+
+
+@main.command("import")
+@click.argument("bundle", type=click.Path())
+@click.option("--to", "to", metavar="REGISTRY[/PREFIX]",
+              help="Destination registry and repository prefix.")
+@click.option("--mapping", type=click.Path(dir_okay=False),
+              help="File of SOURCE=DESTINATION lines (oc image mirror style).")
+@click.option("--chunk-size", default="64MiB", show_default=True,
+              help="Blobs larger than this are uploaded in PATCH chunks of this size.")
+@transport_options("dest")
+@_progress_options
+def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: str, jobs: int,
+               quiet: bool, progress: str, **kw: Any) -> None:
+    """Push a bundle's images into a registry, preserving every digest.
+
+    \b
+    Examples:
+      bundler import ./bundle --to registry.internal:5000/mirror
+      bundler import ./bundle --mapping mapping.txt
+    """
+    if (to is None) == (mapping is None):
+        raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
+    options = _options("dest", kw, chunk_size=parse_size(chunk_size))
+    tally = Tally()
+    reporter = make_reporter("none" if quiet else progress, tally)
+
+    def done(outcome: tuple[api.ImportResult, float]) -> None:
+        result, seconds = outcome
+        click.echo(
+            f"imported {len(result.targets)} images ({len(result.skipped_images)} already "
+            f"there); blobs uploaded {result.blobs_uploaded} ({human(result.bytes_uploaded)}), "
+            f"mounted {result.blobs_mounted}, already present {result.blobs_present}; "
+            f"{seconds:.1f} s"
+        )
+        for target in result.targets:
+            click.echo(f"  {target.name} -> {target.destination}")
+
+    _run(lambda stop: api.import_bundle(bundle, to=to, mapping=mapping, options=options,
+                                        jobs=jobs, reporter=reporter, stop=stop),
+         tally, done, reporter)
+
+
+@main.command("list")
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(bundle: str, as_json: bool) -> None:
+    """Show the images of a bundle: reference, digest, media type, platforms, size."""
+    try:
+        listing = api.list_bundle(bundle)
+    except BundlerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({
+            "images": [
+                {"reference": i.name, "digest": str(i.digest), "mediaType": i.media_type,
+                 "platforms": i.platforms, "size": i.size}
+                for i in listing.images
+            ],
+            "uniqueBytes": listing.unique_bytes,
+            "totalBytes": listing.total_bytes,
+            "blobs": listing.blob_count,
+        }, indent=2))
+        return
+    rows = [("REFERENCE", "DIGEST", "MEDIA TYPE", "PLATFORMS", "SIZE")]
+    for i in listing.images:
+        kind = i.media_type.rsplit("/", 1)[-1]
+        rows.append((i.name or "(unnamed)", i.digest.short, kind,
+                     ",".join(i.platforms) or "-", human(i.size)))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
+    saved = listing.total_bytes - listing.unique_bytes
+    click.echo(f"{len(listing.images)} images, {listing.blob_count} blobs: "
+               f"{human(listing.unique_bytes)} stored, {human(listing.total_bytes)} without "
+               f"dedup ({human(saved)} saved)")
+
+
+@main.command("verify")
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_cmd(bundle: str, as_json: bool) -> None:
+    """Check a bundle offline: every digest, size and reference. Exit 1 on problems."""
+    report = api.verify_bundle(bundle)
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,
+                               "bytes": report.bytes, "problems": report.problems}, indent=2))
+    else:
+        for problem in report.problems:
+            click.echo(f"problem: {problem}", err=True)
+        state = "OK" if report.ok else f"{len(report.problems)} problems"
+        click.echo(f"{bundle}: {state}: {report.images} images, {report.blobs} blobs, "
+                   f"{human(report.bytes)} checked")
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()

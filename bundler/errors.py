@@ -1,0 +1,181 @@
+"""The exception tree of bundler.
+
+Every error raised on purpose by the library derives from :class:`BundlerError`, so a
+caller can catch one class. Library errors (httpx, OSError, zstandard) are wrapped with
+``raise ... from exc``. No error message ever contains a password or a token.
+
+::
+
+    BundlerError
+    +-- InvalidReferenceError       a reference or location that does not parse
+    +-- ManifestError               bytes that are not a manifest/index we understand
+    +-- IntegrityError              content that does not match its descriptor
+    |   +-- DigestMismatchError     sha256 (or other algorithm) differs
+    |   +-- SizeMismatchError       more or fewer bytes than the descriptor says
+    +-- RegistryError               the registry answered with an error (status, codes)
+    |   +-- AuthenticationError     401: bad or missing credentials, token refused
+    |   +-- AccessDeniedError       403: authenticated but not allowed
+    |   +-- NotFoundError           404: manifest, blob or repository unknown
+    |   +-- RateLimitError          429: too many requests, even after retries
+    |   +-- TransportError          no HTTP answer: connection refused, TLS, timeout
+    +-- BundleError                 a bundle that is missing, malformed or incomplete
+    |   +-- UnsafeArchiveError      an archive member that must not be extracted/read
+    +-- MappingError                import naming: bad --to / --mapping, no repository
+    +-- TransferError               one image failed; names the image, wraps the cause
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDeniedError",
+    "AuthenticationError",
+    "BundleError",
+    "BundlerError",
+    "DigestMismatchError",
+    "IntegrityError",
+    "InvalidReferenceError",
+    "ManifestError",
+    "MappingError",
+    "NotFoundError",
+    "RateLimitError",
+    "RegistryError",
+    "SizeMismatchError",
+    "TransferError",
+    "TransportError",
+    "UnsafeArchiveError",
+]
+
+
+class BundlerError(Exception):
+    """Root of every error bundler raises on purpose."""
+
+
+class InvalidReferenceError(BundlerError, ValueError):
+    """A reference, digest or location string that does not follow its grammar.
+
+    Attributes:
+        text: the input exactly as given.
+    """
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"invalid reference {text!r}: {reason}")
+        self.text = text
+        self.reason = reason
+
+
+class ManifestError(BundlerError):
+    """Bytes that do not parse as a manifest or index of a supported media type."""
+
+
+class IntegrityError(BundlerError):
+    """Content that does not match its descriptor.
+
+    Attributes:
+        digest: the expected digest (str).
+        where: a human name for the content (a URL without query, or a file path).
+    """
+
+    def __init__(self, message: str, *, digest: str, where: str = "") -> None:
+        super().__init__(message)
+        self.digest = digest
+        self.where = where
+
+
+class DigestMismatchError(IntegrityError):
+    """The content hashed to another digest than expected."""
+
+    def __init__(self, *, expected: str, actual: str, where: str = "") -> None:
+        at = f" ({where})" if where else ""
+        super().__init__(
+            f"digest mismatch{at}: expected {expected}, got {actual}", digest=expected, where=where
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatchError(IntegrityError):
+    """The content has more or fewer bytes than expected."""
+
+    def __init__(self, *, digest: str, expected: int, actual: int, where: str = "") -> None:
+        at = f" ({where})" if where else ""
+        relation = "more than" if actual > expected else "only"
+        super().__init__(
+            f"size mismatch for {digest}{at}: expected {expected} bytes, got {relation} {actual}",
+            digest=digest,
+            where=where,
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class RegistryError(BundlerError):
+    """An error answer of a registry (distribution-spec, "Error Codes").
+
+    Attributes:
+        status: HTTP status code, or None when there was no HTTP answer.
+        codes: the ``errors[].code`` values of the error body, e.g. ``["MANIFEST_UNKNOWN"]``.
+        url: the request URL without query string (never carries secrets).
+        registry: the registry host[:port].
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        codes: tuple[str, ...] = (),
+        url: str = "",
+        registry: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = tuple(codes)
+        self.url = url
+        self.registry = registry
+
+
+class AuthenticationError(RegistryError):
+    """401 Unauthorized: credentials missing or refused, or the token service refused."""
+
+
+class AccessDeniedError(RegistryError):
+    """403 Forbidden: the credentials are valid but lack the permission."""
+
+
+class NotFoundError(RegistryError):
+    """404: the manifest, tag, blob or repository does not exist."""
+
+
+class RateLimitError(RegistryError):
+    """429 Too Many Requests that persisted past the retries."""
+
+
+class TransportError(RegistryError):
+    """No HTTP answer: connection refused or reset, TLS failure, timeout."""
+
+
+class BundleError(BundlerError):
+    """A bundle (OCI layout directory or archive) that is missing, malformed or incomplete."""
+
+
+class UnsafeArchiveError(BundleError):
+    """An archive member that could escape the destination or is not part of a layout."""
+
+
+class MappingError(BundlerError):
+    """A destination that cannot be worked out: bad ``--to``, ``--mapping`` line, or an
+    image whose recorded name has no repository."""
+
+
+class TransferError(BundlerError):
+    """One image could not be exported or imported.
+
+    Attributes:
+        image: the reference of the image, as the user knows it.
+        cause: the underlying :class:`BundlerError`.
+    """
+
+    def __init__(self, image: str, cause: BaseException) -> None:
+        super().__init__(f"{image}: {cause}")
+        self.image = image
+        self.cause = cause

@@ -1,0 +1,227 @@
+"""Export: pull images from registries into one deduplicated OCI layout bundle.
+
+Order of work: parse every reference (bad input fails before any I/O), resolve and
+fetch every manifest (an index is kept whole), download each distinct blob once, write
+the manifests, and write ``index.json`` last and atomically. An interrupted or failed
+export leaves the previous ``index.json`` as it was; finished blobs stay for the next
+run and a partial blob is continued.
+
+Spec: image-spec ``image-layout.md``; annotations ``org.opencontainers.image.ref.name``
+(image-spec ``annotations.md``) and ``io.containerd.image.name`` (containerd).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .content import FOREIGN_LAYER_TYPES, Descriptor, Index, Manifest, parse_manifest
+from .copy import Cancelled, ClientPool, ImagePlan, run_parallel, walk
+from .digest import Digest
+from .errors import BundlerError, InvalidReferenceError, NotFoundError, TransferError
+from .progress import Event, NullReporter, Reporter
+from .reference import Reference
+from .registry import TransportOptions
+from .stores.layout import LayoutStore
+
+__all__ = ["REF_NAME", "CONTAINERD_NAME", "ExportResult", "export_bundle", "read_images_file"]
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+
+
+@dataclass
+class ExportResult:
+    """What an export did.
+
+    Attributes:
+        images: the plans of the exported images, in the order asked.
+        blobs_downloaded: blobs fetched in this run.
+        blobs_reused: blobs already in the bundle (checked by size).
+        bytes_downloaded: blob bytes fetched in this run.
+        unique_bytes: bytes of all distinct blobs and manifests of these images.
+        total_bytes: the same without deduplication (sum over images).
+        skipped_foreign: digests of non-distributable layers the registry did not serve.
+    """
+
+    images: list[ImagePlan] = field(default_factory=list)
+    blobs_downloaded: int = 0
+    blobs_reused: int = 0
+    bytes_downloaded: int = 0
+    unique_bytes: int = 0
+    total_bytes: int = 0
+    skipped_foreign: list[Digest] = field(default_factory=list)
+
+
+def read_images_file(path: str | os.PathLike[str]) -> list[str]:
+    """Read a list of references: one per line, blank lines and ``#`` comments ignored.
+
+    Raises:
+        BundlerError: the file cannot be read.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise BundlerError(f"cannot read images file {path}: {exc}") from exc
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def parse_references(texts: Iterable[str]) -> list[Reference]:
+    """Parse and normalize references; duplicates (same canonical form) kept once.
+
+    Raises:
+        InvalidReferenceError: naming the first bad input.
+    """
+    seen: dict[str, Reference] = {}
+    for text in texts:
+        ref = Reference.parse(text)
+        seen.setdefault(str(ref), ref)
+    if not seen:
+        raise InvalidReferenceError("", "no image references given")
+    return list(seen.values())
+
+
+def _plan_image(ref: Reference, clients: ClientPool, pool: ThreadPoolExecutor) -> ImagePlan:
+    client = clients.get(ref.registry)
+    raw, media_type, digest = client.get_manifest(ref.repository, ref.identifier)
+    item = parse_manifest(raw, media_type, digest=digest)
+    top = Descriptor(media_type=item.media_type, digest=digest, size=len(raw))
+
+    def load(descriptor: Descriptor) -> Manifest | Index:
+        if descriptor.digest == digest:
+            return item
+        child_raw, child_type, _ = client.get_manifest(ref.repository, str(descriptor.digest))
+        return parse_manifest(child_raw, descriptor.media_type or child_type,
+                              digest=descriptor.digest)
+
+    return walk(top, load, name=str(ref), pool=pool)
+
+
+def export_bundle(
+    references: Sequence[str | Reference],
+    output: str | os.PathLike[str],
+    *,
+    options: TransportOptions | None = None,
+    jobs: int = 8,
+    reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+) -> ExportResult:
+    """Export images from registries into an OCI image layout directory.
+
+    Args:
+        references: image references (``docker.io/library/alpine:3.20``, ``host/a/b@sha256:...``).
+        output: the bundle directory (created if missing; an existing bundle is extended).
+        options: transport options for the source registries.
+        jobs: concurrent transfers.
+        reporter: receives progress events.
+        stop: set it to cancel (Ctrl-C).
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        InvalidReferenceError: a bad reference (before any I/O).
+        TransferError: an image could not be fetched; names the image, wraps the cause.
+        BundleError: the bundle cannot be written.
+    """
+    refs = [r if isinstance(r, Reference) else Reference.parse(r) for r in references]
+    refs = list({str(r): r for r in refs}.values())
+    report = reporter or NullReporter()
+    stop = stop or threading.Event()
+    store = LayoutStore(output, create=True)
+    result = ExportResult()
+    with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
+        # 1. resolve every reference and fetch every manifest
+        plans: dict[Reference, ImagePlan] = {}
+
+        def plan(ref: Reference) -> None:
+            plans[ref] = _plan_image(ref, clients, manifest_pool)
+            report(Event("image", str(ref), "start", total=plans[ref].size))
+
+        failures = run_parallel(refs, plan, jobs=jobs, stop=stop)
+        _raise_first(failures, refs)
+        result.images = [plans[r] for r in refs]
+
+        # 2. each distinct blob once, from the first image that has it
+        sources: dict[Digest, tuple[Descriptor, Reference]] = {}
+        for ref in refs:
+            for digest, descriptor in plans[ref].blobs.items():
+                sources.setdefault(digest, (descriptor, ref))
+        result.unique_bytes = sum(d.size for d, _ in sources.values()) + sum(
+            len(m.raw) for p in plans.values() for _, m in p.manifests
+        )
+        result.total_bytes = sum(p.size for p in plans.values())
+        todo = []
+        for digest, (descriptor, ref) in sources.items():
+            if store.has_blob(digest, descriptor.size):
+                result.blobs_reused += 1
+                report(Event("blob", str(digest), "skipped", total=descriptor.size))
+            else:
+                todo.append(digest)
+        lock = threading.Lock()
+
+        def download(digest: Digest) -> None:
+            descriptor, ref = sources[digest]
+            client = clients.get(ref.registry)
+
+            def on_bytes(n: int) -> None:
+                if stop.is_set():
+                    raise Cancelled("cancelled")
+                report(Event("blob", str(digest), "progress", n, descriptor.size))
+
+            report(Event("blob", str(digest), "start", total=descriptor.size))
+            try:
+                fetched = store.write_blob(
+                    digest, descriptor.size,
+                    lambda offset: client.iter_blob(ref.repository, digest, offset=offset),
+                    on_bytes=on_bytes,
+                )
+            except NotFoundError:
+                if descriptor.media_type not in FOREIGN_LAYER_TYPES:
+                    raise
+                with lock:
+                    result.skipped_foreign.append(digest)
+                report(Event("blob", str(digest), "skipped", total=descriptor.size,
+                             detail="non-distributable layer not served by the registry"))
+                return
+            with lock:
+                result.blobs_downloaded += 1
+                result.bytes_downloaded += fetched
+            report(Event("blob", str(digest), "done", descriptor.size, descriptor.size))
+
+        failures = run_parallel(todo, download, jobs=jobs, stop=stop)
+        if failures:
+            digest, exc = next(iter(failures.items()))
+            raise TransferError(str(sources[digest][1]), exc) from exc
+        store.sync()
+
+    # 3. manifests, then index.json last
+    for plan_ in result.images:
+        for descriptor, item in plan_.manifests:
+            store.put_bytes(descriptor.digest, item.raw)
+    entries = {
+        (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())
+    }
+    for plan_ in result.images:
+        name = plan_.name
+        annotations = {REF_NAME: name, CONTAINERD_NAME: name}
+        entries[name] = plan_.descriptor.with_annotations(annotations)
+        report(Event("image", name, "done", plan_.size, plan_.size))
+    store.write_index(entries.values())
+    return result
+
+
+def _raise_first(failures: dict, order: list) -> None:
+    for item in order:
+        if item in failures:
+            exc = failures[item]
+            raise TransferError(str(item), exc) from exc

@@ -1,0 +1,208 @@
+"""Import: push the images of a bundle into registries, every digest preserved.
+
+For each destination registry the blobs of all images move first, concurrently; each
+distinct (registry, blob) is handled by one task that climbs a ladder: the repository
+has it (HEAD: skip) -> another repository of this run has it (cross-repository mount)
+-> upload (streamed from the bundle through the verifying reader). Then, per image, the
+child manifests are pushed by digest, then the top manifest by tag (or by digest), byte
+for byte, and the digest the registry reports is checked. An image whose destination
+already holds the same digest is skipped whole after one HEAD.
+
+Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repository",
+"Pushing manifests".
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from .content import Descriptor
+from .copy import Cancelled, ClientPool, ImagePlan, run_parallel, walk
+from .digest import Digest
+from .errors import TransferError
+from .naming import Target
+from .progress import Event, NullReporter, Reporter
+from .registry import RegistryClient, TransportOptions
+from .stores.layout import LayoutStore
+
+__all__ = ["ImportResult", "push_images"]
+
+
+@dataclass
+class ImportResult:
+    """What an import did.
+
+    Attributes:
+        targets: the images and where they went.
+        skipped_images: names of images whose destination already had the digest.
+        blobs_uploaded, blobs_mounted, blobs_present: blob counts per destination repository.
+        bytes_uploaded: blob bytes sent.
+    """
+
+    targets: list[Target] = field(default_factory=list)
+    skipped_images: list[str] = field(default_factory=list)
+    blobs_uploaded: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_uploaded: int = 0
+
+
+@dataclass(frozen=True)
+class _BlobTask:
+    registry: str
+    digest: Digest
+
+
+def push_images(
+    store: LayoutStore,
+    targets: list[Target],
+    *,
+    options: TransportOptions | None = None,
+    jobs: int = 8,
+    reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+) -> ImportResult:
+    """Push the images of a layout to their destinations.
+
+    Args:
+        store: the bundle's layout.
+        targets: from :func:`bundler.naming.resolve_targets`.
+        options: transport options of the destination registries.
+        jobs: concurrent blob transfers.
+        reporter: receives progress events.
+        stop: set to cancel.
+
+    Returns:
+        An :class:`ImportResult`.
+
+    Raises:
+        TransferError: naming the image and the blob or manifest that failed; nothing is
+        tagged for an image whose content did not all arrive.
+    """
+    report = reporter or NullReporter()
+    stop = stop or threading.Event()
+    result = ImportResult(targets=list(targets))
+    lock = threading.Lock()
+    with ClientPool(options) as clients:
+        # 1. plans from the bundle (digests checked while reading)
+        plans: dict[Target, ImagePlan] = {}
+        for target in targets:
+            try:
+                plans[target] = walk(target.descriptor, store.load_manifest, name=target.name)
+            except Exception as exc:
+                raise TransferError(target.name, exc) from exc
+
+        # 2. skip images the destination already has
+        def check(target: Target) -> None:
+            dest = target.destination
+            have = clients.get(dest.registry).head_manifest(
+                dest.repository, dest.tag or str(dest.digest)
+            )
+            if have == target.descriptor.digest:
+                with lock:
+                    result.skipped_images.append(target.name)
+                report(Event("image", target.name, "skipped", total=plans[target].size))
+
+        _raise(run_parallel(targets, check, jobs=jobs, stop=stop), lambda t: t.name)
+        todo = [t for t in targets if t.name not in result.skipped_images]
+
+        # 3. blobs: one task per (registry, digest), all repositories that need it
+        repos: dict[_BlobTask, list[str]] = {}
+        descriptors: dict[Digest, Descriptor] = {}
+        owners: dict[_BlobTask, str] = {}
+        for target in todo:
+            dest = target.destination
+            for digest, descriptor in plans[target].blobs.items():
+                task = _BlobTask(dest.registry, digest)
+                wanted = repos.setdefault(task, [])
+                if dest.repository not in wanted:
+                    wanted.append(dest.repository)
+                descriptors.setdefault(digest, descriptor)
+                owners.setdefault(task, target.name)
+
+        def push_blob(task: _BlobTask) -> None:
+            _push_blob(clients.get(task.registry), store, descriptors[task.digest],
+                       repos[task], result, lock, report, stop)
+
+        failures = run_parallel(list(repos), push_blob, jobs=jobs, stop=stop)
+        failed_images = {owners[t] for t in failures}
+        if failures:
+            task, exc = next(iter(failures.items()))
+            raise TransferError(owners[task], exc) from exc
+
+        # 4. manifests, children first, then the tag
+        def push_manifests(target: Target) -> None:
+            dest = target.destination
+            client = clients.get(dest.registry)
+            plan = plans[target]
+            for descriptor, item in plan.manifests[:-1]:
+                media_type = item.media_type or descriptor.media_type
+                client.put_manifest(dest.repository, str(descriptor.digest), item.raw, media_type)
+                report(Event("manifest", str(descriptor.digest), "done", len(item.raw)))
+            top = plan.top
+            client.put_manifest(dest.repository, dest.tag or str(target.descriptor.digest),
+                                top.raw, top.media_type or target.descriptor.media_type)
+            report(Event("image", target.name, "done", plan.size, plan.size,
+                         detail=str(dest)))
+
+        ready = [t for t in todo if t.name not in failed_images]
+        _raise(run_parallel(ready, push_manifests, jobs=jobs, stop=stop), lambda t: t.name)
+    return result
+
+
+def _raise(failures: dict, name) -> None:  # type: ignore[no-untyped-def]
+    if failures:
+        item, exc = next(iter(failures.items()))
+        raise TransferError(name(item), exc) from exc
+
+
+def _push_blob(
+    client: RegistryClient,
+    store: LayoutStore,
+    descriptor: Descriptor,
+    repositories: list[str],
+    result: ImportResult,
+    lock: threading.Lock,
+    report: Reporter,
+    stop: threading.Event,
+) -> None:
+    digest, size = descriptor.digest, descriptor.size
+    name = str(digest)
+    present = [r for r in repositories if client.has_blob(r, digest)]
+    with lock:
+        result.blobs_present += len(present)
+    if len(present) == len(repositories):
+        report(Event("blob", name, "skipped", total=size))
+        return
+
+    def open_source():  # type: ignore[no-untyped-def]
+        def chunks():  # type: ignore[no-untyped-def]
+            with store.open_blob(descriptor) as reader:
+                for chunk in reader:
+                    if stop.is_set():
+                        raise Cancelled("cancelled")
+                    report(Event("blob", name, "progress", len(chunk), size))
+                    yield chunk
+        return chunks()
+
+    source_repo = present[0] if present else None
+    for repository in repositories:
+        if repository in present:
+            continue
+        upload_url = ""
+        if source_repo is not None:
+            mounted = client.mount_blob(repository, digest, source_repo)
+            if mounted is None:
+                with lock:
+                    result.blobs_mounted += 1
+                report(Event("blob", name, "mounted", total=size, detail=repository))
+                continue
+            upload_url = mounted
+        report(Event("blob", name, "start", total=size, detail=repository))
+        client.put_blob(repository, digest, size, open_source, upload_url=upload_url)
+        with lock:
+            result.blobs_uploaded += 1
+            result.bytes_uploaded += size
+        report(Event("blob", name, "done", size, size, detail=repository))
+        source_repo = source_repo or repository

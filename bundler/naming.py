@@ -1,0 +1,179 @@
+"""Where each image of a bundle goes on import: ``--to`` prefixes and ``--mapping`` lines.
+
+``--to REGISTRY[/PREFIX]``: the destination repository is PREFIX joined with the source
+repository path (without its registry host); the tag is kept; an image recorded by
+digest only is pushed by digest. A layout entry named by a bare tag (skopeo
+``oci:DIR:tag``, umoci) has no repository: ``--to`` must then name the full repository.
+
+``--mapping FILE``: ``SOURCE=DESTINATION`` lines in the style of ``oc image mirror``;
+SOURCE is the name the bundle records (or the image's digest), DESTINATION a full
+reference (no tag: the source tag is kept). Blank lines and ``#`` comments are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .content import Descriptor
+from .errors import InvalidReferenceError, MappingError
+from .reference import Reference
+
+__all__ = ["Target", "entry_name", "parse_mapping", "resolve_targets"]
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """One image to import.
+
+    Attributes:
+        name: the image's name in the bundle (or its digest when unnamed).
+        descriptor: its ``index.json`` descriptor.
+        destination: where it goes; ``tag`` None means push by digest only.
+    """
+
+    name: str
+    descriptor: Descriptor
+    destination: Reference
+
+
+def entry_name(descriptor: Descriptor) -> str:
+    """The name a layout entry records: containerd's full name, else ref.name, else ""."""
+    return descriptor.annotations.get(CONTAINERD_NAME) or descriptor.annotations.get(REF_NAME, "")
+
+
+def _source_reference(name: str) -> Reference | None:
+    """A full reference if the recorded name is one; None for a bare tag."""
+    if not name or not any(c in name for c in "/:@"):
+        return None
+    return Reference.parse(name, default_tag=None)
+
+
+def _split_to(to: str) -> tuple[str, str]:
+    to = to.rstrip("/")
+    registry, _, prefix = to.partition("/")
+    if not registry:
+        raise MappingError(f"--to {to!r}: expected REGISTRY[/PREFIX]")
+    return registry, prefix
+
+
+def _to_reference(text: str, *, what: str) -> Reference:
+    try:
+        return Reference.parse(text, default_tag=None)
+    except InvalidReferenceError as exc:
+        raise MappingError(f"{what}: {exc}") from exc
+
+
+def parse_mapping(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """Read ``SOURCE=DESTINATION`` lines.
+
+    Raises:
+        MappingError: unreadable file, or a line without ``=`` (with its line number).
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise MappingError(f"cannot read mapping file {path}: {exc}") from exc
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        source, eq, destination = line.partition("=")
+        if not eq or not source.strip() or not destination.strip():
+            raise MappingError(f"{path}:{number}: expected SOURCE=DESTINATION, got {line!r}")
+        pairs.append((source.strip(), destination.strip()))
+    return pairs
+
+
+def _keys(descriptor: Descriptor, name: str) -> set[str]:
+    keys = {str(descriptor.digest)}
+    if name:
+        keys.add(name)
+        ref = None
+        try:
+            ref = _source_reference(name)
+        except InvalidReferenceError:
+            pass
+        if ref is not None:
+            keys.add(str(ref))
+    return keys
+
+
+def resolve_targets(
+    entries: list[Descriptor],
+    *,
+    to: str | None = None,
+    mapping: list[tuple[str, str]] | None = None,
+) -> list[Target]:
+    """Work out the destination of each bundle entry.
+
+    Args:
+        entries: the ``index.json`` descriptors.
+        to: ``REGISTRY[/PREFIX]``, or None.
+        mapping: (source, destination) pairs; limits the import to those images.
+
+    Raises:
+        MappingError: neither or both of ``to``/``mapping``; a mapping source not in the
+        bundle; an entry without a repository and a ``--to`` that names none.
+    """
+    if (to is None) == (mapping is None):
+        raise MappingError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
+    targets: list[Target] = []
+    if mapping is not None:
+        for source, destination in mapping:
+            matches = [
+                d for d in entries if source in _keys(d, entry_name(d))
+                or _normalized(source) in _keys(d, entry_name(d))
+            ]
+            if not matches:
+                raise MappingError(f"mapping source {source!r} is not in the bundle")
+            entry = matches[0]
+            name = entry_name(entry) or str(entry.digest)
+            dest = _to_reference(destination, what=f"mapping destination {destination!r}")
+            if dest.tag is None and dest.digest is None:
+                src = _safe_source(name)
+                tag = src.tag if src is not None else (name if name and "@" not in name else None)
+                dest = dest.with_tag(tag)
+            targets.append(Target(name, entry, _pin(dest, entry)))
+        return targets
+    registry, prefix = _split_to(to or "")
+    for position, entry in enumerate(entries):
+        name = entry_name(entry)
+        src = _source_reference(name)
+        if src is not None:
+            repository = f"{prefix}/{src.repository}" if prefix else src.repository
+            dest = _to_reference(f"{registry}/{repository}", what=f"--to {to!r}")
+            dest = dest.with_tag(src.tag)
+        elif prefix:
+            dest = _to_reference(f"{registry}/{prefix}", what=f"--to {to!r}")
+            dest = dest.with_tag(name or None)
+        else:
+            label = f"{name!r}" if name else f"#{position} ({entry.digest.short}, no name)"
+            raise MappingError(
+                f"bundle entry {label} records no repository; give --to with the full "
+                f"repository (REGISTRY/REPOSITORY) or use --mapping"
+            )
+        targets.append(Target(name or str(entry.digest), entry, _pin(dest, entry)))
+    return targets
+
+
+def _pin(dest: Reference, entry: Descriptor) -> Reference:
+    """Destination references carry the entry's digest (push by digest if no tag)."""
+    return dest.with_digest(entry.digest)
+
+
+def _normalized(text: str) -> str:
+    src = _safe_source(text)
+    return str(src) if src is not None else text
+
+
+def _safe_source(text: str) -> Reference | None:
+    try:
+        return _source_reference(text)
+    except InvalidReferenceError:
+        return None

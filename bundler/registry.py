@@ -1,0 +1,603 @@
+"""A distribution-spec client for one registry, over one ``httpx.Client``.
+
+Retries live here and only here: connection errors, timeouts and the statuses in
+``RETRY_STATUSES`` are retried with exponential backoff and jitter, honouring
+``Retry-After``. A blob download cut mid-way is reopened with ``Range`` from the byte
+where it stopped (or re-read and skipped up to there when the server ignores ``Range``).
+
+Spec: distribution-spec ("Pulling manifests", "Pulling blobs", "Pushing blobs",
+"Mounting a blob from another repository", "Pushing manifests", "Error codes").
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tenacity
+
+from .auth import Credentials, RegistryAuth
+from .content import ACCEPT_MANIFESTS
+from .digest import Digest
+from .errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    DigestMismatchError,
+    ManifestError,
+    NotFoundError,
+    RateLimitError,
+    RegistryError,
+    TransportError,
+)
+from .reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
+
+__all__ = ["RETRY_STATUSES", "RegistryClient", "TransportOptions"]
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Largest manifest accepted, in bytes (distribution accepts 4 MiB).
+MANIFEST_LIMIT = 8 << 20
+#: Read size for blob downloads, in bytes.
+DOWNLOAD_CHUNK = 256 << 10
+_USER_AGENT = "bundler/0.1"
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """How to reach registries on one side (source or destination) of a copy.
+
+    Attributes:
+        credentials: explicit credentials for every registry of this side, or None.
+        authfile: a parsed docker ``config.json``/containers ``auth.json``, or None.
+        tls_verify: verify TLS certificates; False also allows plain http.
+        cert_dir: a directory of ``*.crt`` CAs and ``*.cert``/``*.key`` client pairs.
+        retries: attempts after the first for a failed request.
+        retry_delay_s: first backoff delay in seconds (doubles, with jitter).
+        retry_cap_s: longest single wait in seconds, ``Retry-After`` included.
+        timeout_s: connect/read timeout in seconds.
+        chunk_size: uploads above this many bytes go in PATCH chunks of this size.
+        max_connections: connection pool size per registry.
+    """
+
+    credentials: Credentials | None = None
+    authfile: dict | None = None
+    tls_verify: bool = True
+    cert_dir: Path | None = None
+    retries: int = 4
+    retry_delay_s: float = 0.5
+    retry_cap_s: float = 30.0
+    timeout_s: float = 60.0
+    chunk_size: int = 64 << 20
+    max_connections: int = 16
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _RetryableStatus) or (
+        isinstance(exc, TransportError) and getattr(exc, "retryable", True)
+    )
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _ssl_context(verify: bool, cert_dir: Path | None) -> ssl.SSLContext | bool:
+    if not verify:
+        return False
+    if cert_dir is None:
+        return True
+    ctx = ssl.create_default_context()
+    for ca in sorted(Path(cert_dir).glob("*.crt")):
+        ctx.load_verify_locations(cafile=str(ca))
+    for cert in sorted(Path(cert_dir).glob("*.cert")):
+        key = cert.with_suffix(".key")
+        ctx.load_cert_chain(str(cert), str(key) if key.exists() else None)
+    return ctx
+
+
+def _error_details(response: httpx.Response) -> tuple[tuple[str, ...], str]:
+    try:
+        errors = response.json().get("errors") or []
+        codes = tuple(str(e.get("code", "")) for e in errors if isinstance(e, dict))
+        text = "; ".join(str(e.get("message", "")) for e in errors if isinstance(e, dict))
+        return codes, text
+    except (ValueError, AttributeError, httpx.ResponseNotRead):
+        return (), response.text[:200].strip() if response.is_stream_consumed else ""
+
+
+class RegistryClient:
+    """Talk to one registry: manifests, blobs, uploads, mounts, tags.
+
+    Args:
+        registry: ``host[:port]`` as in a reference (``docker.io`` for Docker Hub).
+        options: transport options of this side.
+
+    All methods raise :class:`RegistryError` subclasses: ``AuthenticationError`` (401),
+    ``AccessDeniedError`` (403), ``NotFoundError`` (404), ``RateLimitError`` (429 after
+    retries), ``TransportError`` (no answer), each naming the registry and what was asked.
+    """
+
+    def __init__(self, registry: str, options: TransportOptions | None = None) -> None:
+        from .auth import lookup_credentials
+
+        self.registry = registry
+        self.options = options or TransportOptions()
+        creds = self.options.credentials
+        if creds is None and self.options.authfile:
+            creds = lookup_credentials(self.options.authfile, registry)
+        self.auth = RegistryAuth(registry, creds)
+        self.host = DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
+        self.http = httpx.Client(
+            verify=_ssl_context(self.options.tls_verify, self.options.cert_dir),
+            timeout=httpx.Timeout(self.options.timeout_s, connect=min(30.0, self.options.timeout_s)),
+            limits=httpx.Limits(
+                max_connections=self.options.max_connections,
+                max_keepalive_connections=self.options.max_connections,
+            ),
+            follow_redirects=True,
+            headers={"User-Agent": _USER_AGENT},
+        )
+        self._base: str | None = None
+        self._base_lock = threading.Lock()
+
+    # -- plumbing ----------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _RetryableStatus):
+            after = _retry_after_s(exc.response)
+            if after is not None:
+                return min(after, self.options.retry_cap_s)
+        base = self.options.retry_delay_s * (2 ** (state.attempt_number - 1))
+        return min(base * (0.5 + tenacity.wait.random.random()), self.options.retry_cap_s)
+
+    def _retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.options.retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(_retryable),
+            reraise=True,
+        )
+
+    def _once(self, method: str, url: str, what: str, stream: bool, **kw: Any) -> httpx.Response:
+        try:
+            request = self.http.build_request(method, url, **kw)
+            response = self.http.send(request, auth=self.auth, stream=stream)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, url, what) from exc
+        if response.status_code in RETRY_STATUSES:
+            response.read()
+            response.close()
+            raise _RetryableStatus(response)
+        return response
+
+    def _transport_error(self, exc: Exception, url: str, what: str) -> TransportError:
+        text = str(exc) or type(exc).__name__
+        hint = ""
+        tls = "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            hint = " (pass the CA with --src-cert-dir/--dest-cert-dir, or --*-tls-verify=false)"
+        error = TransportError(
+            f"{what}: cannot reach {self.registry}: {text}{hint}",
+            url=url.split("?")[0],
+            registry=self.registry,
+        )
+        error.retryable = not tls  # type: ignore[attr-defined]
+        return error
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        ok: Iterable[int] = (200,),
+        stream: bool = False,
+        retry: bool = True,
+        **kw: Any,
+    ) -> httpx.Response:
+        """Send a request (retried when ``retry``), returning a response whose status is in
+        ``ok``; else raise the matching :class:`RegistryError`.
+
+        Args:
+            method: HTTP method.
+            path: a path below the registry base URL, or an absolute URL.
+            what: a phrase for error messages, e.g. ``"manifest host/repo:tag"``.
+            ok: statuses that are not errors.
+            stream: leave the body unread (caller closes the response).
+            retry: retry transient failures (only for bodies that can be resent).
+        """
+        url = path if path.startswith(("http://", "https://")) else self.base_url() + path
+        try:
+            if retry:
+                response = self._retrying()(self._once, method, url, what, stream, **kw)
+            else:
+                response = self._once(method, url, what, stream, **kw)
+        except _RetryableStatus as exc:
+            response = exc.response
+        if response.status_code not in ok:
+            if stream:
+                response.read()
+                response.close()
+            raise self.error(response, what)
+        return response
+
+    def error(self, response: httpx.Response, what: str) -> RegistryError:
+        """The :class:`RegistryError` for an error response."""
+        status = response.status_code
+        codes, text = _error_details(response)
+        cls = {401: AuthenticationError, 403: AccessDeniedError, 404: NotFoundError,
+               429: RateLimitError}.get(status, RegistryError)
+        detail = f" {', '.join(c for c in codes if c)}" if any(codes) else ""
+        detail += f": {text}" if text else ""
+        if status == 401:
+            user = self.auth.credentials.username
+            detail += f" (credentials for {user!r} refused)" if user else " (no credentials given)"
+        url = str(response.request.url.copy_with(query=None))
+        return cls(
+            f"{what}: {self.registry} answered HTTP {status}{detail}",
+            status=status,
+            codes=codes,
+            url=url,
+            registry=self.registry,
+        )
+
+    def base_url(self) -> str:
+        """``scheme://host`` of the registry, found once with ``GET /v2/`` (the ping).
+
+        https is tried first; plain http only for loopback hosts or with tls_verify off.
+
+        Raises:
+            TransportError: no scheme answered; RegistryError: not a registry.
+        """
+        if self._base is not None:
+            return self._base
+        with self._base_lock:
+            if self._base is not None:
+                return self._base
+            schemes = ["https"]
+            if not self.options.tls_verify or _is_loopback(self.host):
+                schemes.append("http")
+            last: Exception | None = None
+            for scheme in schemes:
+                url = f"{scheme}://{self.host}/v2/"
+                try:
+                    response = self._retrying()(self._ping, url, scheme != schemes[-1])
+                except (TransportError, _RetryableStatus) as exc:
+                    last = exc
+                    continue
+                if response.status_code == 401:
+                    self.auth.learn(response.headers.get("WWW-Authenticate", ""))
+                elif response.status_code != 200:
+                    raise self.error(response, f"ping {self.registry}")
+                self._base = f"{scheme}://{self.host}"
+                return self._base
+            if isinstance(last, _RetryableStatus):
+                raise self.error(last.response, f"ping {self.registry}")
+            raise last  # type: ignore[misc]
+
+    def _ping(self, url: str, probing: bool) -> httpx.Response:
+        try:
+            response = self.http.get(url)
+        except httpx.TransportError as exc:
+            error = self._transport_error(exc, url, f"ping {self.registry}")
+            if probing:  # try the next scheme at once instead of retrying this one
+                error.retryable = False  # type: ignore[attr-defined]
+            raise error from exc
+        if response.status_code in RETRY_STATUSES:
+            raise _RetryableStatus(response)
+        return response
+
+    # -- manifests ------------------------------------------------------------------
+    def get_manifest(self, repository: str, identifier: str) -> tuple[bytes, str, Digest]:
+        """GET a manifest or index by tag or digest.
+
+        Returns:
+            (raw bytes exactly as served, media type from Content-Type, digest of the bytes).
+
+        Raises:
+            NotFoundError: unknown tag/digest/repository. DigestMismatchError: the bytes do
+            not hash to the requested digest or to ``Docker-Content-Digest``.
+            ManifestError: larger than ``MANIFEST_LIMIT``.
+
+        Spec: distribution-spec "Pulling manifests".
+        """
+        what = f"manifest {self.registry}/{repository}{_sep(identifier)}{identifier}"
+        response = self.request(
+            "GET", f"/v2/{repository}/manifests/{identifier}", what=what,
+            headers={"Accept": ACCEPT_MANIFESTS}, stream=True,
+        )
+        try:
+            raw = bytearray()
+            for chunk in response.iter_bytes():
+                raw += chunk
+                if len(raw) > MANIFEST_LIMIT:
+                    raise ManifestError(f"{what}: larger than {MANIFEST_LIMIT} bytes")
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, str(response.url), what) from exc
+        finally:
+            response.close()
+        raw = bytes(raw)
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        served = response.headers.get("Docker-Content-Digest")
+        expected = identifier if identifier.startswith("sha") and ":" in identifier else served
+        if expected:
+            want = Digest.parse(expected)
+            got = Digest.of(raw, want.algorithm)
+            if got != want:
+                raise DigestMismatchError(expected=str(want), actual=str(got), where=what)
+        return raw, media_type, Digest.of(raw)
+
+    def head_manifest(self, repository: str, identifier: str) -> Digest | None:
+        """HEAD a manifest: its digest, or None if the registry does not have it.
+
+        Falls back to GET when the registry answers HEAD without ``Docker-Content-Digest``
+        or with 405.
+        """
+        what = f"manifest {self.registry}/{repository}{_sep(identifier)}{identifier}"
+        response = self.request(
+            "HEAD", f"/v2/{repository}/manifests/{identifier}", what=what,
+            headers={"Accept": ACCEPT_MANIFESTS}, ok=(200, 404, 405),
+        )
+        if response.status_code == 404:
+            return None
+        digest = response.headers.get("Docker-Content-Digest")
+        if response.status_code == 200 and digest:
+            return Digest.parse(digest)
+        try:
+            return self.get_manifest(repository, identifier)[2]
+        except NotFoundError:
+            return None
+
+    def put_manifest(self, repository: str, identifier: str, raw: bytes, media_type: str) -> Digest:
+        """PUT manifest bytes unchanged under a tag or digest; check the returned digest.
+
+        Raises:
+            DigestMismatchError: ``Docker-Content-Digest`` differs from the bytes' digest.
+
+        Spec: distribution-spec "Pushing manifests".
+        """
+        digest = Digest.of(raw)
+        what = f"manifest {digest} to {self.registry}/{repository}{_sep(identifier)}{identifier}"
+        response = self.request(
+            "PUT", f"/v2/{repository}/manifests/{identifier}", what=what, ok=(200, 201, 202),
+            content=raw, headers={"Content-Type": media_type},
+        )
+        served = response.headers.get("Docker-Content-Digest")
+        if served and served != str(digest):
+            raise DigestMismatchError(expected=str(digest), actual=served, where=what)
+        return digest
+
+    def list_tags(self, repository: str) -> list[str]:
+        """All tags of a repository, following ``Link`` pagination.
+
+        Spec: distribution-spec "Listing tags".
+        """
+        tags: list[str] = []
+        path: str | None = f"/v2/{repository}/tags/list"
+        while path:
+            response = self.request("GET", path, what=f"tags of {self.registry}/{repository}")
+            tags.extend(response.json().get("tags") or [])
+            link = response.links.get("next", {}).get("url")
+            path = str(response.url.join(link)) if link else None
+        return tags
+
+    # -- blobs ----------------------------------------------------------------------
+    def has_blob(self, repository: str, digest: Digest) -> bool:
+        """HEAD a blob: True if the repository has it (distribution-spec "Checking if
+        content exists")."""
+        response = self.request(
+            "HEAD", f"/v2/{repository}/blobs/{digest}", ok=(200, 404),
+            what=f"blob {digest} in {self.registry}/{repository}",
+        )
+        return response.status_code == 200
+
+    def iter_blob(self, repository: str, digest: Digest, *, offset: int = 0) -> Iterator[bytes]:
+        """Stream a blob's bytes from ``offset``; resume with ``Range`` when cut.
+
+        Redirects to storage hosts are followed without our Authorization header. The
+        caller verifies the bytes (see :class:`bundler.digest.VerifyingReader`).
+
+        Raises:
+            NotFoundError: no such blob. TransportError: cut more often than ``retries``.
+
+        Spec: distribution-spec "Pulling blobs"; RFC 9110 Range.
+        """
+        what = f"blob {digest} from {self.registry}/{repository}"
+        path = f"/v2/{repository}/blobs/{digest}"
+        position, cuts = offset, 0
+        while True:
+            headers = {"Range": f"bytes={position}-"} if position else {}
+            response = self.request("GET", path, what=what, ok=(200, 206), stream=True,
+                                    headers=headers)
+            skip = position if position and response.status_code == 200 else 0
+            try:
+                for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    position += len(chunk)
+                    yield chunk
+                return
+            except httpx.TransportError as exc:
+                cuts += 1
+                if cuts > self.options.retries:
+                    raise self._transport_error(exc, str(response.url), what) from exc
+                time.sleep(min(self.options.retry_delay_s * 2 ** (cuts - 1), self.options.retry_cap_s))
+            finally:
+                response.close()
+
+    def mount_blob(self, repository: str, digest: Digest, source_repository: str) -> str | None:
+        """Ask for a cross-repository mount.
+
+        Returns:
+            None if mounted (201); else the upload URL of the session the registry opened
+            instead (202), or "" when it refused (so the caller opens its own upload).
+
+        Spec: distribution-spec "Mounting a blob from another repository".
+        """
+        what = f"mount of {digest} from {source_repository} to {self.registry}/{repository}"
+        try:
+            response = self.request(
+                "POST", f"/v2/{repository}/blobs/uploads/", what=what, ok=(201, 202),
+                params={"mount": str(digest), "from": source_repository},
+            )
+        except (NotFoundError, AccessDeniedError, AuthenticationError):
+            return ""
+        if response.status_code == 201:
+            return None
+        return _location(response)
+
+    def put_blob(
+        self,
+        repository: str,
+        digest: Digest,
+        size: int,
+        open_source: Callable[[], Iterable[bytes]],
+        *,
+        upload_url: str = "",
+    ) -> None:
+        """Upload a blob: POST, then one PUT (size <= chunk_size) or PATCH chunks + PUT.
+
+        Args:
+            repository: destination repository.
+            digest, size: the blob's descriptor values.
+            open_source: returns a fresh iterable of the blob's (verified) chunks; called
+                again to restart after a failed attempt.
+            upload_url: an upload session already opened (e.g. by a refused mount).
+
+        Raises:
+            DigestMismatchError: the registry reports another digest.
+
+        Spec: distribution-spec "Pushing a blob monolithically", "Pushing a blob in chunks".
+        """
+        what = f"blob {digest} to {self.registry}/{repository}"
+        for attempt in self._retrying():
+            with attempt:
+                url = upload_url or self._start_upload(repository, what)
+                upload_url = ""
+                if size <= self.options.chunk_size:
+                    response = self._upload_request(
+                        "PUT", _with_digest(url, digest), what, open_source(), size,
+                        ok=(201, 204),
+                    )
+                else:
+                    response = self._upload_chunks(url, what, open_source(), size, digest)
+                served = response.headers.get("Docker-Content-Digest")
+                if served and served != str(digest):
+                    raise DigestMismatchError(expected=str(digest), actual=served, where=what)
+
+    def _start_upload(self, repository: str, what: str) -> str:
+        response = self.request("POST", f"/v2/{repository}/blobs/uploads/", what=what, ok=(202,),
+                                headers={"Content-Length": "0"})
+        return _location(response)
+
+    def _upload_request(self, method: str, url: str, what: str, body: Iterable[bytes] | bytes,
+                        length: int, *, ok: Iterable[int], extra: dict | None = None
+                        ) -> httpx.Response:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        headers.update(extra or {})
+        return self.request(method, url, what=what, ok=ok, retry=False, content=body,
+                            headers=headers)
+
+    def _upload_chunks(self, url: str, what: str, source: Iterable[bytes], size: int,
+                       digest: Digest) -> httpx.Response:
+        reader = _ChunkReader(source)
+        start, step = 0, self.options.chunk_size
+        while start < size:
+            length = min(step, size - start)
+            response = self._upload_request(
+                "PATCH", url, what, reader.take(length), length, ok=(202, 204),
+                extra={"Content-Range": f"{start}-{start + length - 1}"},
+            )
+            url = _location(response)
+            start += length
+        reader.drain()  # lets a verifying source finish its checks
+        return self._upload_request("PUT", _with_digest(url, digest), what, b"", 0, ok=(201, 204))
+
+
+class _ChunkReader:
+    """Cut an iterator of chunks into consecutive windows of exact lengths, lazily."""
+
+    def __init__(self, source: Iterable[bytes]) -> None:
+        self._chunks = iter(source)
+        self._buffer = b""
+
+    def take(self, length: int) -> Iterator[bytes]:
+        left = length
+        while left > 0:
+            if not self._buffer:
+                self._buffer = next(self._chunks, b"")
+                if not self._buffer:
+                    return
+            piece, self._buffer = self._buffer[:left], self._buffer[left:]
+            left -= len(piece)
+            yield piece
+
+    def drain(self) -> None:
+        for _ in self._chunks:
+            pass
+
+
+def _sep(identifier: str) -> str:
+    return "@" if ":" in identifier else ":"
+
+
+def _location(response: httpx.Response) -> str:
+    """The ``Location`` header resolved against the URL of the response that gave it."""
+    location = response.headers.get("Location")
+    if not location:
+        raise RegistryError(
+            f"{response.request.method} {response.request.url.path}: no Location header",
+            status=response.status_code, url=str(response.request.url.copy_with(query=None)),
+        )
+    return str(response.url.join(location))
+
+
+def _with_digest(url: str, digest: Digest) -> str:
+    return str(httpx.URL(url).copy_add_param("digest", str(digest)))

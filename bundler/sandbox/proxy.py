@@ -1,0 +1,381 @@
+"""A counting, fault-injecting HTTP/1.1 reverse proxy on loopback, for registry tests.
+
+Bodies stream both ways in chunks (never a whole blob in memory). The client's Host
+header is forwarded so the registry builds ``Location`` URLs that point at the proxy;
+``X-Forwarded-Proto`` tells it the proxy's scheme. Every request is recorded in
+:attr:`FaultProxy.requests` as (method, path_with_query, status, response_body_bytes).
+
+Fault rules match a method (None = any) and a path regex (``re.search`` on the path with
+query) and fire ``times`` times (None = forever); the first matching live rule wins for
+response faults; ``ignore_range`` and ``relative_location`` combine with them:
+
+* ``corrupt_body(rx)``: forward, but flip one byte (the first) of the response body;
+  the length stays the same.
+* ``drop_after(rx, nbytes)``: forward, send the headers and ``nbytes`` of body, then
+  close the connection (the client sees a short read).
+* ``status(rx, code, headers, body)``: answer directly without forwarding (e.g. 429 with
+  ``Retry-After: 1``, 503, 500).
+* ``slow(rx, bytes_per_second)``: forward, throttling the response body.
+* ``relative_location(rx)``: rewrite an absolute ``Location`` response header to its
+  path + query (registries may answer either way).
+* ``ignore_range(rx)``: drop the ``Range`` request header so the upstream answers 200
+  with the whole body (a server without range support).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+__all__ = ["FaultProxy", "FaultRule"]
+
+_CHUNK = 64 * 1024
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+}
+
+
+@dataclass
+class FaultRule:
+    """One fault: ``kind`` applies to requests matching ``method`` and ``path``."""
+
+    kind: str
+    path: re.Pattern[str]
+    method: str | None
+    times: int | None
+    params: dict[str, Any]
+
+    def matches(self, method: str, path: str) -> bool:
+        """Return whether this live rule applies to (method, path)."""
+        if self.times is not None and self.times <= 0:
+            return False
+        return (self.method is None or self.method == method) and bool(self.path.search(path))
+
+
+class FaultProxy:
+    """Reverse proxy from ``http://127.0.0.1:PORT`` to ``upstream_url``.
+
+    Args:
+        upstream_url: e.g. ``LocalRegistry.url``.
+        upstream_ssl: SSL context for an https upstream (default: no verification).
+
+    Attributes:
+        requests: (method, path_with_query, status, response body bytes sent).
+        rules: the fault rules, oldest first.
+    """
+
+    def __init__(self, upstream_url: str, *, upstream_ssl: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(upstream_url)
+        self.upstream_url = upstream_url.rstrip("/")
+        self.upstream_https = parts.scheme == "https"
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or (443 if self.upstream_https else 80)
+        if upstream_ssl is None and self.upstream_https:
+            upstream_ssl = ssl.create_default_context()
+            upstream_ssl.check_hostname = False
+            upstream_ssl.verify_mode = ssl.CERT_NONE
+        self.upstream_ssl = upstream_ssl
+        self.requests: list[tuple[str, str, int, int]] = []
+        self.rules: list[FaultRule] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> FaultProxy:
+        """Listen on a free 127.0.0.1 port in a daemon thread; returns self."""
+        owner = self
+
+        class Handler(_ProxyHandler):
+            proxy = owner
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening; idempotent."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT`` of the proxy."""
+        assert self._server is not None, "FaultProxy not started"
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return "http://" + self.host
+
+    # -- rules -------------------------------------------------------------------
+    def add_rule(
+        self,
+        kind: str,
+        path_regex: str,
+        *,
+        method: str | None = None,
+        times: int | None = 1,
+        **params: Any,
+    ) -> FaultRule:
+        """Add a rule of ``kind`` (see module docstring) and return it."""
+        rule = FaultRule(kind, re.compile(path_regex), method, times, params)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def corrupt_body(
+        self, path_regex: str, *, method: str | None = "GET", times: int | None = 1
+    ) -> FaultRule:
+        """Flip the first byte of matching response bodies (same length)."""
+        return self.add_rule("corrupt", path_regex, method=method, times=times)
+
+    def drop_after(
+        self, path_regex: str, nbytes: int, *, method: str | None = "GET", times: int | None = 1
+    ) -> FaultRule:
+        """Send headers and ``nbytes`` of the body, then close the connection."""
+        return self.add_rule("drop", path_regex, method=method, times=times, nbytes=nbytes)
+
+    def status(
+        self,
+        path_regex: str,
+        code: int,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        *,
+        method: str | None = None,
+        times: int | None = 1,
+    ) -> FaultRule:
+        """Answer ``code`` with ``headers`` and ``body`` directly, without forwarding."""
+        return self.add_rule(
+            "status",
+            path_regex,
+            method=method,
+            times=times,
+            code=code,
+            headers=dict(headers or {}),
+            body=body,
+        )
+
+    def slow(
+        self,
+        path_regex: str,
+        bytes_per_second: int,
+        *,
+        method: str | None = None,
+        times: int | None = None,
+    ) -> FaultRule:
+        """Throttle matching response bodies to ``bytes_per_second``."""
+        return self.add_rule("slow", path_regex, method=method, times=times, rate=bytes_per_second)
+
+    def relative_location(
+        self, path_regex: str = ".", *, method: str | None = None, times: int | None = None
+    ) -> FaultRule:
+        """Rewrite absolute ``Location`` response headers to path + query."""
+        return self.add_rule("relative", path_regex, method=method, times=times)
+
+    def ignore_range(
+        self, path_regex: str = ".", *, method: str | None = None, times: int | None = None
+    ) -> FaultRule:
+        """Strip ``Range`` from matching requests so the upstream sends the whole body."""
+        return self.add_rule("norange", path_regex, method=method, times=times)
+
+    def clear_rules(self) -> None:
+        """Remove every rule."""
+        with self._lock:
+            self.rules.clear()
+
+    def take(self, method: str, path: str, kinds: set[str]) -> FaultRule | None:
+        """Return the first live rule of one of ``kinds`` matching, consuming one use."""
+        with self._lock:
+            for rule in self.rules:
+                if rule.kind in kinds and rule.matches(method, path):
+                    if rule.times is not None:
+                        rule.times -= 1
+                    return rule
+        return None
+
+    def count(self, method: str | None = None, path_regex: str = ".") -> int:
+        """Number of recorded requests matching ``method`` and ``path_regex``."""
+        rx = re.compile(path_regex)
+        with self._lock:
+            return sum(
+                1
+                for m, p, _, _ in self.requests
+                if (method is None or m == method) and rx.search(p)
+            )
+
+    def record(self, method: str, path: str, status: int, nbytes: int) -> None:
+        """Append one entry to :attr:`requests` (thread-safe)."""
+        with self._lock:
+            self.requests.append((method, path, status, nbytes))
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    proxy: FaultProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _request_body(self) -> Any:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+
+            def chunks() -> Any:
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return
+                    yield self.rfile.read(size)
+                    self.rfile.readline()
+
+            return chunks()
+        length = int(self.headers.get("Content-Length", "0") or 0)
+        if length == 0:
+            return None
+
+        def fixed() -> Any:
+            left = length
+            while left:
+                data = self.rfile.read(min(_CHUNK, left))
+                if not data:
+                    return
+                left -= len(data)
+                yield data
+
+        return fixed()
+
+    def _handle(self) -> None:
+        proxy, method, path = self.proxy, self.command, self.path
+        direct = proxy.take(method, path, {"status"})
+        body = self._request_body()
+        if direct is not None:
+            for _ in body or ():
+                pass
+            payload = direct.params["body"]
+            self.send_response(direct.params["code"])
+            for key, value in direct.params["headers"].items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            proxy.record(method, path, direct.params["code"], len(payload))
+            self.end_headers()
+            if method != "HEAD":
+                self.wfile.write(payload)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+        if proxy.take(method, path, {"norange"}) is not None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "range"}
+        headers["X-Forwarded-Proto"] = "http"
+        if self.proxy.upstream_https:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                proxy.upstream_host, proxy.upstream_port, context=proxy.upstream_ssl, timeout=60
+            )
+        else:
+            conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+        try:
+            chunked = body is not None and "Content-Length" not in headers
+            conn.request(method, path, body=body, headers=headers, encode_chunked=chunked)
+            upstream = conn.getresponse()
+            self._relay(upstream, method, path)
+        except (OSError, http.client.HTTPException) as exc:
+            if not getattr(self, "_headers_sent", False):
+                msg = f"proxy upstream error: {exc}".encode()
+                proxy.record(method, path, 502, len(msg))
+                self.send_response(502)
+                self.send_header("Content-Length", str(len(msg)))
+                self.end_headers()
+                self.wfile.write(msg)
+            self.close_connection = True
+        finally:
+            conn.close()
+
+    def _relay(self, upstream: http.client.HTTPResponse, method: str, path: str) -> None:
+        proxy = self.proxy
+        fault = proxy.take(method, path, {"corrupt", "drop", "slow"})
+        relative = proxy.take(method, path, {"relative"}) is not None
+        self.send_response(upstream.status, upstream.reason)
+        length = upstream.getheader("Content-Length")
+        for key, value in upstream.getheaders():
+            if key.lower() in _HOP:
+                continue
+            if key.lower() == "location" and relative and "://" in value:
+                parts = urlsplit(value)
+                value = parts.path + ("?" + parts.query if parts.query else "")
+            self.send_header(key, value)
+        no_body = method == "HEAD" or upstream.status in (204, 304)
+        use_chunked = length is None and not no_body
+        if use_chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        if no_body:
+            upstream.read()
+            proxy.record(method, path, upstream.status, 0)  # before the client sees it
+            self.end_headers()
+            return
+        self.end_headers()
+        self._headers_sent = True
+        slow = fault.params["rate"] if fault is not None and fault.kind == "slow" else 0
+        size = max(1, min(_CHUNK, slow // 10)) if slow else _CHUNK
+        sent, data = 0, upstream.read(size)
+        if data and fault is not None and fault.kind == "corrupt":
+            data = bytes([data[0] ^ 0x01]) + data[1:]
+        while data:
+            following = upstream.read(size)  # look ahead: record before the last write
+            if fault is not None and fault.kind == "drop":
+                room = fault.params["nbytes"] - sent
+                if len(data) >= room:
+                    proxy.record(method, path, upstream.status, sent + room)
+                    self._write(data[:room], use_chunked)
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+            if slow:
+                time.sleep(len(data) / slow)
+            sent += len(data)
+            if not following:
+                proxy.record(method, path, upstream.status, sent)
+            self._write(data, use_chunked)
+            data = following
+        if sent == 0:
+            proxy.record(method, path, upstream.status, 0)
+        if use_chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _write(self, data: bytes, chunked: bool) -> None:
+        if not data:
+            return
+        if chunked:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        else:
+            self.wfile.write(data)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
