@@ -116,9 +116,9 @@ def lookup_credentials(config: dict, registry: str, repository: str = "") -> Cre
     best: tuple[int, dict] | None = None
     for key, entry in auths.items():
         norm = _normalize_key(key)
-        if (wanted == norm or wanted.startswith(norm + "/")) and isinstance(entry, dict):
-            if best is None or len(norm) > best[0]:
-                best = (len(norm), entry)
+        matches = wanted == norm or wanted.startswith(norm + "/")
+        if matches and isinstance(entry, dict) and (best is None or len(norm) > best[0]):
+            best = (len(norm), entry)
     if best is None:
         return None
     entry = best[1]

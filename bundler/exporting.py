@@ -161,7 +161,7 @@ def export_bundle(
         )
         result.total_bytes = sum(p.size for p in plans.values())
         todo = []
-        for digest, (descriptor, ref) in sources.items():
+        for digest, (descriptor, _ref) in sources.items():
             if store.has_blob(digest, descriptor.size):
                 result.blobs_reused += 1
                 report(Event("blob", str(digest), "skipped", total=descriptor.size))

@@ -58,6 +58,12 @@ def _split_to(to: str) -> tuple[str, str]:
     registry, _, prefix = to.partition("/")
     if not registry:
         raise MappingError(f"--to {to!r}: expected REGISTRY[/PREFIX]")
+    if not any(c in registry for c in ".:[") and registry != "localhost":
+        # a first component without '.', ':' or localhost would parse as a Docker Hub path
+        raise MappingError(
+            f"--to {to!r}: {registry!r} is not a registry host; expected REGISTRY[/PREFIX] "
+            f"with REGISTRY like registry.internal:5000 or localhost"
+        )
     return registry, prefix
 
 
@@ -80,7 +86,7 @@ def parse_mapping(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         raise MappingError(f"cannot read mapping file {path}: {exc}") from exc
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        line = line.split("#", 1)[0].strip()
         if not line:
             continue
         source, eq, destination = line.partition("=")

@@ -16,7 +16,7 @@ import ipaddress
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from .errors import (
     TransportError,
 )
 from .reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
+from .uploads import BlobUploads
 
 __all__ = ["RETRY_STATUSES", "RegistryClient", "TransportOptions"]
 
@@ -139,7 +140,7 @@ def _error_details(response: httpx.Response) -> tuple[tuple[str, ...], str]:
         return (), response.text[:200].strip() if response.is_stream_consumed else ""
 
 
-class RegistryClient:
+class RegistryClient(BlobUploads):
     """Talk to one registry: manifests, blobs, uploads, mounts, tags.
 
     Args:
@@ -208,6 +209,9 @@ class RegistryClient:
             response = self.http.send(request, auth=self.auth, stream=stream)
         except httpx.TransportError as exc:
             raise self._transport_error(exc, url, what) from exc
+        except httpx.StreamConsumed as exc:  # a 401 asked to resend a streamed body
+            raise TransportError(f"{what}: the registry asked for credentials again mid-request",
+                                 url=url.split("?")[0], registry=self.registry) from exc
         if response.status_code in RETRY_STATUSES:
             response.read()
             response.close()
@@ -382,11 +386,10 @@ class RegistryClient:
             "HEAD", f"/v2/{repository}/manifests/{identifier}", what=what,
             headers={"Accept": ACCEPT_MANIFESTS}, ok=(200, 404, 405),
         )
-        if response.status_code == 404:
-            return None
         digest = response.headers.get("Docker-Content-Digest")
         if response.status_code == 200 and digest:
             return Digest.parse(digest)
+        # some registries answer HEAD with 404/405 or without a digest while GET works
         try:
             return self.get_manifest(repository, identifier)[2]
         except NotFoundError:
@@ -472,132 +475,6 @@ class RegistryClient:
             finally:
                 response.close()
 
-    def mount_blob(self, repository: str, digest: Digest, source_repository: str) -> str | None:
-        """Ask for a cross-repository mount.
-
-        Returns:
-            None if mounted (201); else the upload URL of the session the registry opened
-            instead (202), or "" when it refused (so the caller opens its own upload).
-
-        Spec: distribution-spec "Mounting a blob from another repository".
-        """
-        what = f"mount of {digest} from {source_repository} to {self.registry}/{repository}"
-        try:
-            response = self.request(
-                "POST", f"/v2/{repository}/blobs/uploads/", what=what, ok=(201, 202),
-                params={"mount": str(digest), "from": source_repository},
-            )
-        except (NotFoundError, AccessDeniedError, AuthenticationError):
-            return ""
-        if response.status_code == 201:
-            return None
-        return _location(response)
-
-    def put_blob(
-        self,
-        repository: str,
-        digest: Digest,
-        size: int,
-        open_source: Callable[[], Iterable[bytes]],
-        *,
-        upload_url: str = "",
-    ) -> None:
-        """Upload a blob: POST, then one PUT (size <= chunk_size) or PATCH chunks + PUT.
-
-        Args:
-            repository: destination repository.
-            digest, size: the blob's descriptor values.
-            open_source: returns a fresh iterable of the blob's (verified) chunks; called
-                again to restart after a failed attempt.
-            upload_url: an upload session already opened (e.g. by a refused mount).
-
-        Raises:
-            DigestMismatchError: the registry reports another digest.
-
-        Spec: distribution-spec "Pushing a blob monolithically", "Pushing a blob in chunks".
-        """
-        what = f"blob {digest} to {self.registry}/{repository}"
-        for attempt in self._retrying():
-            with attempt:
-                url = upload_url or self._start_upload(repository, what)
-                upload_url = ""
-                if size <= self.options.chunk_size:
-                    response = self._upload_request(
-                        "PUT", _with_digest(url, digest), what, open_source(), size,
-                        ok=(201, 204),
-                    )
-                else:
-                    response = self._upload_chunks(url, what, open_source(), size, digest)
-                served = response.headers.get("Docker-Content-Digest")
-                if served and served != str(digest):
-                    raise DigestMismatchError(expected=str(digest), actual=served, where=what)
-
-    def _start_upload(self, repository: str, what: str) -> str:
-        response = self.request("POST", f"/v2/{repository}/blobs/uploads/", what=what, ok=(202,),
-                                headers={"Content-Length": "0"})
-        return _location(response)
-
-    def _upload_request(self, method: str, url: str, what: str, body: Iterable[bytes] | bytes,
-                        length: int, *, ok: Iterable[int], extra: dict | None = None
-                        ) -> httpx.Response:
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
-        headers.update(extra or {})
-        return self.request(method, url, what=what, ok=ok, retry=False, content=body,
-                            headers=headers)
-
-    def _upload_chunks(self, url: str, what: str, source: Iterable[bytes], size: int,
-                       digest: Digest) -> httpx.Response:
-        reader = _ChunkReader(source)
-        start, step = 0, self.options.chunk_size
-        while start < size:
-            length = min(step, size - start)
-            response = self._upload_request(
-                "PATCH", url, what, reader.take(length), length, ok=(202, 204),
-                extra={"Content-Range": f"{start}-{start + length - 1}"},
-            )
-            url = _location(response)
-            start += length
-        reader.drain()  # lets a verifying source finish its checks
-        return self._upload_request("PUT", _with_digest(url, digest), what, b"", 0, ok=(201, 204))
-
-
-class _ChunkReader:
-    """Cut an iterator of chunks into consecutive windows of exact lengths, lazily."""
-
-    def __init__(self, source: Iterable[bytes]) -> None:
-        self._chunks = iter(source)
-        self._buffer = b""
-
-    def take(self, length: int) -> Iterator[bytes]:
-        left = length
-        while left > 0:
-            if not self._buffer:
-                self._buffer = next(self._chunks, b"")
-                if not self._buffer:
-                    return
-            piece, self._buffer = self._buffer[:left], self._buffer[left:]
-            left -= len(piece)
-            yield piece
-
-    def drain(self) -> None:
-        for _ in self._chunks:
-            pass
-
 
 def _sep(identifier: str) -> str:
     return "@" if ":" in identifier else ":"
-
-
-def _location(response: httpx.Response) -> str:
-    """The ``Location`` header resolved against the URL of the response that gave it."""
-    location = response.headers.get("Location")
-    if not location:
-        raise RegistryError(
-            f"{response.request.method} {response.request.url.path}: no Location header",
-            status=response.status_code, url=str(response.request.url.copy_with(query=None)),
-        )
-    return str(response.url.join(location))
-
-
-def _with_digest(url: str, digest: Digest) -> str:
-    return str(httpx.URL(url).copy_add_param("digest", str(digest)))

@@ -1,0 +1,233 @@
+"""Pushing blobs: cross-repository mount, monolithic and chunked uploads, resumption.
+
+A mixin of :class:`bundler.registry.RegistryClient`. An upload is POST (open a session)
+then either one PUT with the whole blob (size <= ``chunk_size``) or PATCH requests of
+``chunk_size`` bytes with ``Content-Range`` and a closing PUT. A registry that refuses
+PATCH gets a monolithic PUT; one that refuses a large PUT (413) gets chunks. A chunked
+upload cut mid-way asks the registry where the session stands (GET on the upload URL,
+``Range: 0-<last>``) and continues from there; a failed monolithic upload starts over.
+
+Spec: distribution-spec "Pushing blobs" (monolithically, in chunks), "Mounting a blob
+from another repository", "Getting the upload status".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import httpx
+
+from .digest import Digest
+from .errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    DigestMismatchError,
+    NotFoundError,
+    RegistryError,
+    TransportError,
+)
+
+if TYPE_CHECKING:
+    from .registry import TransportOptions
+
+__all__ = ["BlobUploads"]
+
+#: Statuses with which a registry refuses chunked (PATCH) uploads.
+_PATCH_REFUSED = frozenset({400, 405, 406, 415, 416, 501})
+
+
+def _transient(exc: RegistryError) -> bool:
+    from .registry import RETRY_STATUSES
+
+    return isinstance(exc, TransportError) or exc.status in RETRY_STATUSES
+
+
+class BlobUploads:
+    """Blob push operations, mixed into the registry client."""
+
+    registry: str
+    options: TransportOptions
+
+    if TYPE_CHECKING:  # provided by RegistryClient
+        def request(self, method: str, path: str, **kw: object) -> httpx.Response: ...
+
+    def mount_blob(self, repository: str, digest: Digest, source_repository: str) -> str | None:
+        """Ask for a cross-repository mount.
+
+        Returns:
+            None if mounted (201); else the upload URL of the session the registry opened
+            instead (202), or "" when it refused (so the caller opens its own upload).
+
+        Spec: distribution-spec "Mounting a blob from another repository".
+        """
+        what = f"mount of {digest} from {source_repository} to {self.registry}/{repository}"
+        try:
+            response = self.request(
+                "POST", f"/v2/{repository}/blobs/uploads/", what=what, ok=(201, 202),
+                params={"mount": str(digest), "from": source_repository},
+            )
+        except (NotFoundError, AccessDeniedError, AuthenticationError):
+            return ""
+        if response.status_code == 201:
+            return None
+        return location(response)
+
+    def put_blob(
+        self,
+        repository: str,
+        digest: Digest,
+        size: int,
+        open_source: Callable[[], Iterable[bytes]],
+        *,
+        upload_url: str = "",
+    ) -> None:
+        """Upload a blob, retrying transient failures and adapting to the registry.
+
+        Args:
+            repository: destination repository.
+            digest, size: the blob's descriptor values (bytes).
+            open_source: returns a fresh iterable of the blob's verified chunks; called
+                again for every restart.
+            upload_url: an upload session already opened (e.g. by a refused mount).
+
+        Raises:
+            DigestMismatchError: the registry reports another digest.
+            RegistryError: the registry refused, or failed more than ``retries`` times.
+
+        Spec: distribution-spec "Pushing a blob monolithically", "Pushing a blob in chunks".
+        """
+        what = f"blob {digest} to {self.registry}/{repository}"
+        chunked = size > self.options.chunk_size
+        switched = False
+        failures = 0
+        while True:
+            url = upload_url or self._start_upload(repository, what)
+            upload_url = ""
+            try:
+                if chunked:
+                    response = self._upload_chunks(url, what, open_source, size, digest)
+                else:
+                    response = self._send_body("PUT", with_digest(url, digest), what,
+                                               open_source(), size, ok=(201, 204))
+            except RegistryError as exc:
+                if not switched and ((chunked and exc.status in _PATCH_REFUSED)
+                                     or (not chunked and exc.status == 413)):
+                    chunked, switched = not chunked, True
+                    continue
+                failures += 1
+                if not _transient(exc) or failures > self.options.retries:
+                    raise
+                time.sleep(self._backoff_s(failures))
+                continue
+            served = response.headers.get("Docker-Content-Digest")
+            if served and served != str(digest):
+                raise DigestMismatchError(expected=str(digest), actual=served, where=what)
+            return
+
+    def _backoff_s(self, failures: int) -> float:
+        return min(self.options.retry_delay_s * 2 ** (failures - 1), self.options.retry_cap_s)
+
+    def _start_upload(self, repository: str, what: str) -> str:
+        response = self.request("POST", f"/v2/{repository}/blobs/uploads/", what=what, ok=(202,),
+                                headers={"Content-Length": "0"})
+        return location(response)
+
+    def _send_body(self, method: str, url: str, what: str, body: Iterable[bytes] | bytes,
+                   length: int, *, ok: Iterable[int], extra: dict | None = None) -> httpx.Response:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        headers.update(extra or {})
+        return self.request(method, url, what=what, ok=ok, retry=False, content=body,
+                            headers=headers)
+
+    def _upload_offset(self, url: str, what: str) -> tuple[int, str] | None:
+        """Where an upload session stands: (next byte offset, its URL), or None if gone."""
+        try:
+            response = self.request("GET", url, what=what, ok=(204,))
+        except RegistryError:
+            return None
+        last = response.headers.get("Range", "0--1").rpartition("-")[2]
+        try:
+            return int(last) + 1, location(response) if "Location" in response.headers else url
+        except ValueError:
+            return None
+
+    def _upload_chunks(self, url: str, what: str, open_source: Callable[[], Iterable[bytes]],
+                       size: int, digest: Digest) -> httpx.Response:
+        reader = ChunkReader(open_source())
+        start, step, resumes = 0, self.options.chunk_size, 0
+        while start < size:
+            length = min(step, size - start)
+            try:
+                response = self._send_body(
+                    "PATCH", url, what, reader.take(length), length, ok=(202, 204),
+                    extra={"Content-Range": f"{start}-{start + length - 1}"},
+                )
+            except RegistryError as exc:
+                resumes += 1
+                if not _transient(exc) or resumes > self.options.retries:
+                    raise
+                time.sleep(self._backoff_s(resumes))
+                state = self._upload_offset(url, what)
+                if state is None:
+                    raise
+                start, url = state
+                reader = ChunkReader(skip(open_source(), start))
+                continue
+            url = location(response)
+            start += length
+        reader.drain()  # lets a verifying source finish its checks
+        return self._send_body("PUT", with_digest(url, digest), what, b"", 0, ok=(201, 204))
+
+
+class ChunkReader:
+    """Cut an iterator of chunks into consecutive windows of exact lengths, lazily."""
+
+    def __init__(self, source: Iterable[bytes]) -> None:
+        self._chunks = iter(source)
+        self._buffer = b""
+
+    def take(self, length: int) -> Iterator[bytes]:
+        """Yield exactly ``length`` bytes (fewer only if the source ends)."""
+        left = length
+        while left > 0:
+            if not self._buffer:
+                self._buffer = next(self._chunks, b"")
+                if not self._buffer:
+                    return
+            piece, self._buffer = self._buffer[:left], self._buffer[left:]
+            left -= len(piece)
+            yield piece
+
+    def drain(self) -> None:
+        """Read the source to its end."""
+        for _ in self._chunks:
+            pass
+
+
+def skip(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:
+    """The chunks after the first ``count`` bytes (those are still read, and verified)."""
+    for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        if count:
+            chunk, count = chunk[count:], 0
+        yield chunk
+
+
+def location(response: httpx.Response) -> str:
+    """The ``Location`` header resolved against the URL of the response that gave it."""
+    value = response.headers.get("Location")
+    if not value:
+        raise RegistryError(
+            f"{response.request.method} {response.request.url.path}: no Location header",
+            status=response.status_code, url=str(response.request.url.copy_with(query=None)),
+        )
+    return str(response.url.join(value))
+
+
+def with_digest(url: str, digest: Digest) -> str:
+    """``url`` with ``digest=<digest>`` added to its query (existing parameters kept)."""
+    return str(httpx.URL(url).copy_add_param("digest", str(digest)))
