@@ -26,6 +26,8 @@ from .errors import BundlerError, InvalidReferenceError, NotFoundError, Transfer
 from .progress import Event, NullReporter, Reporter
 from .reference import Reference
 from .registry import TransportOptions
+from .stores.archive import output_format
+from .stores.archive_writer import ArchiveExport
 from .stores.layout import LayoutStore
 
 __all__ = ["REF_NAME", "CONTAINERD_NAME", "ExportResult", "export_bundle", "read_images_file"]
@@ -90,15 +92,35 @@ def parse_references(texts: Iterable[str]) -> list[Reference]:
     return list(seen.values())
 
 
-def _plan_image(ref: Reference, clients: ClientPool, pool: ThreadPoolExecutor) -> ImagePlan:
+def _plan_image(
+    ref: Reference, clients: ClientPool, pool: ThreadPoolExecutor, store: LayoutStore | None
+) -> ImagePlan:
+    """Resolve one reference and load its manifests.
+
+    Manifests the bundle already holds are read from it (digest-checked) after one HEAD
+    for a tag, so a re-export spends no manifest GETs (which registries count as pulls).
+    """
     client = clients.get(ref.registry)
-    raw, media_type, digest = client.get_manifest(ref.repository, ref.identifier)
-    item = parse_manifest(raw, media_type, digest=digest)
-    top = Descriptor(media_type=item.media_type, digest=digest, size=len(raw))
+
+    def stored(digest: Digest) -> Manifest | Index | None:
+        if store is None or not store.has_blob(digest):
+            return None
+        size = store.blob_path(digest).stat().st_size
+        return store.load_manifest(Descriptor(media_type="", digest=digest, size=size))
+
+    digest = ref.digest or client.head_manifest(ref.repository, ref.identifier)
+    item = stored(digest) if digest is not None else None
+    if item is None:
+        raw, media_type, digest = client.get_manifest(ref.repository, ref.identifier)
+        item = parse_manifest(raw, media_type, digest=digest)
+    top = Descriptor(media_type=item.media_type, digest=digest, size=len(item.raw))
 
     def load(descriptor: Descriptor) -> Manifest | Index:
         if descriptor.digest == digest:
             return item
+        child = stored(descriptor.digest)
+        if child is not None:
+            return child
         child_raw, child_type, _ = client.get_manifest(ref.repository, str(descriptor.digest))
         return parse_manifest(child_raw, descriptor.media_type or child_type,
                               digest=descriptor.digest)
@@ -110,16 +132,23 @@ def export_bundle(
     references: Sequence[str | Reference],
     output: str | os.PathLike[str],
     *,
+    format: str | None = None,
+    split_size: int | None = None,
+    compression_level: int = 3,
     options: TransportOptions | None = None,
     jobs: int = 8,
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
 ) -> ExportResult:
-    """Export images from registries into an OCI image layout directory.
+    """Export images from registries into an OCI image layout directory or archive.
 
     Args:
         references: image references (``docker.io/library/alpine:3.20``, ``host/a/b@sha256:...``).
-        output: the bundle directory (created if missing; an existing bundle is extended).
+        output: the bundle directory (created if missing; an existing bundle is extended),
+            or an archive ``NAME.tar`` / ``NAME.tar.zst`` (must not exist yet).
+        format: ``dir``, ``tar`` or ``tar.zst``; None: from the output name.
+        split_size: cut an archive into volumes ``NAME.000``, ... of this many bytes.
+        compression_level: zstd level of a ``tar.zst`` archive.
         options: transport options for the source registries.
         jobs: concurrent transfers.
         reporter: receives progress events.
@@ -137,14 +166,24 @@ def export_bundle(
     refs = list({str(r): r for r in refs}.values())
     report = reporter or NullReporter()
     stop = stop or threading.Event()
-    store = LayoutStore(output, create=True)
+    fmt = output_format(output, format, split_size)
+    if fmt != "dir":
+        with ArchiveExport(output, fmt, split_size=split_size,
+                           compression_level=compression_level) as archive:
+            return _export(refs, archive, options, jobs, report, stop)
+    return _export(refs, LayoutStore(output, create=True), options, jobs, report, stop)
+
+
+def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
+            options: TransportOptions | None, jobs: int, report: Reporter,
+            stop: threading.Event) -> ExportResult:
     result = ExportResult()
     with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
         # 1. resolve every reference and fetch every manifest
         plans: dict[Reference, ImagePlan] = {}
 
         def plan(ref: Reference) -> None:
-            plans[ref] = _plan_image(ref, clients, manifest_pool)
+            plans[ref] = _plan_image(ref, clients, manifest_pool, store)
             report(Event("image", str(ref), "start", total=plans[ref].size))
 
         failures = run_parallel(refs, plan, jobs=jobs, stop=stop)
@@ -167,6 +206,12 @@ def export_bundle(
                 report(Event("blob", str(digest), "skipped", total=descriptor.size))
             else:
                 todo.append(digest)
+        if isinstance(store, ArchiveExport):  # index.json and manifests go first
+            named = {p.name: p.descriptor.with_annotations({REF_NAME: p.name,
+                                                            CONTAINERD_NAME: p.name})
+                     for p in result.images}
+            store.start(list(named.values()), result.images)
+            todo.sort(key=store.position)
         lock = threading.Lock()
 
         def download(digest: Digest) -> None:

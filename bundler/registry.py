@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import logging
 import ssl
 import threading
 import time
@@ -24,8 +25,9 @@ from typing import Any
 import httpx
 import tenacity
 
-from .auth import Credentials, RegistryAuth
+from .auth import Credentials, RegistryAuth, request_repository
 from .content import ACCEPT_MANIFESTS
+from .credentials import Keychain, redact_url, ssl_context
 from .digest import Digest
 from .errors import (
     AccessDeniedError,
@@ -45,9 +47,8 @@ __all__ = ["RETRY_STATUSES", "RegistryClient", "TransportOptions"]
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Largest manifest accepted, in bytes (distribution accepts 4 MiB).
 MANIFEST_LIMIT = 8 << 20
-#: Read size for blob downloads, in bytes.
-DOWNLOAD_CHUNK = 256 << 10
 _USER_AGENT = "bundler/0.1"
+_http_log = logging.getLogger("bundler.http")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class TransportOptions:
     Attributes:
         credentials: explicit credentials for every registry of this side, or None.
         authfile: a parsed docker ``config.json``/containers ``auth.json``, or None.
+        keychain: where to look credentials up (see :mod:`bundler.credentials`); None
+            means ``Keychain(credentials, authfile)``: the explicit values, then the
+            auth files of the environment.
         tls_verify: verify TLS certificates; False also allows plain http.
         cert_dir: a directory of ``*.crt`` CAs and ``*.cert``/``*.key`` client pairs.
         retries: attempts after the first for a failed request.
@@ -69,6 +73,7 @@ class TransportOptions:
 
     credentials: Credentials | None = None
     authfile: dict | None = None
+    keychain: Keychain | None = None
     tls_verify: bool = True
     cert_dir: Path | None = None
     retries: int = 4
@@ -116,18 +121,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _ssl_context(verify: bool, cert_dir: Path | None) -> ssl.SSLContext | bool:
-    if not verify:
-        return False
-    if cert_dir is None:
-        return True
-    ctx = ssl.create_default_context()
-    for ca in sorted(Path(cert_dir).glob("*.crt")):
-        ctx.load_verify_locations(cafile=str(ca))
-    for cert in sorted(Path(cert_dir).glob("*.cert")):
-        key = cert.with_suffix(".key")
-        ctx.load_cert_chain(str(cert), str(key) if key.exists() else None)
-    return ctx
+def _ssl_context(verify: bool, cert_dir: Path | None, registry: str = "") -> ssl.SSLContext | bool:
+    """TLS settings: see :func:`bundler.credentials.ssl_context` (certs.d per host)."""
+    return ssl_context(registry, verify=verify, cert_dir=cert_dir)
+
+
+def _log_response(response: httpx.Response) -> None:
+    """``--debug`` line for every HTTP exchange, token requests included: no secrets."""
+    if _http_log.isEnabledFor(logging.DEBUG):
+        request = response.request
+        _http_log.debug("%s %s -> %d", request.method, redact_url(request.url),
+                        response.status_code)
+
+
+def _verify_reason(exc: BaseException) -> str:
+    """The verifier's reason (``unable to get local issuer certificate``) from an
+    exception chain, without OpenSSL's source locations."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) and seen.verify_message:
+            return str(seen.verify_message)
+        seen = seen.__cause__ or seen.__context__
+    return "certificate verify failed"
 
 
 def _error_details(response: httpx.Response) -> tuple[tuple[str, ...], str]:
@@ -153,17 +168,15 @@ class RegistryClient(BlobUploads):
     """
 
     def __init__(self, registry: str, options: TransportOptions | None = None) -> None:
-        from .auth import lookup_credentials
-
         self.registry = registry
         self.options = options or TransportOptions()
-        creds = self.options.credentials
-        if creds is None and self.options.authfile:
-            creds = lookup_credentials(self.options.authfile, registry)
-        self.auth = RegistryAuth(registry, creds)
+        keychain = self.options.keychain or Keychain(self.options.credentials,
+                                                     self.options.authfile)
+        self.auth = RegistryAuth(registry, resolve=lambda repo: keychain.resolve(registry, repo))
         self.host = DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
         self.http = httpx.Client(
-            verify=_ssl_context(self.options.tls_verify, self.options.cert_dir),
+            verify=_ssl_context(self.options.tls_verify, self.options.cert_dir, registry),
+            event_hooks={"response": [_log_response]},
             timeout=httpx.Timeout(self.options.timeout_s, connect=min(30.0, self.options.timeout_s)),
             limits=httpx.Limits(
                 max_connections=self.options.max_connections,
@@ -220,16 +233,19 @@ class RegistryClient(BlobUploads):
 
     def _transport_error(self, exc: Exception, url: str, what: str) -> TransportError:
         text = str(exc) or type(exc).__name__
-        hint = ""
         tls = "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text
         if "CERTIFICATE_VERIFY_FAILED" in text:
-            hint = " (pass the CA with --src-cert-dir/--dest-cert-dir, or --*-tls-verify=false)"
-        error = TransportError(
-            f"{what}: cannot reach {self.registry}: {text}{hint}",
-            url=url.split("?")[0],
-            registry=self.registry,
-        )
+            message = (
+                f"{what}: the TLS certificate of {self.registry} is not trusted "
+                f"({_verify_reason(exc)}); pass its CA with --src-cert-dir/--dest-cert-dir "
+                f"(or put it in /etc/containers/certs.d/{self.registry}/), or turn "
+                "verification off with --src-tls-verify=false/--dest-tls-verify=false"
+            )
+        else:
+            message = f"{what}: cannot reach {self.registry}: {text}"
+        error = TransportError(message, url=url.split("?")[0], registry=self.registry)
         error.retryable = not tls  # type: ignore[attr-defined]
+        error.certificate = "CERTIFICATE_VERIFY_FAILED" in text  # type: ignore[attr-defined]
         return error
 
     def request(
@@ -277,9 +293,12 @@ class RegistryClient(BlobUploads):
                429: RateLimitError}.get(status, RegistryError)
         detail = f" {', '.join(c for c in codes if c)}" if any(codes) else ""
         detail += f": {text}" if text else ""
+        if status == 429:
+            detail += f" (rate limited; gave up after {self.options.retries} retries)"
         if status == 401:
-            user = self.auth.credentials.username
-            detail += f" (credentials for {user!r} refused)" if user else " (no credentials given)"
+            user = self.auth.credentials_for(request_repository(response.request)).username
+            detail += (f" (authentication failed: credentials for {user!r} refused)" if user
+                       else " (authentication failed: no credentials given)")
         url = str(response.request.url.copy_with(query=None))
         return cls(
             f"{what}: {self.registry} answered HTTP {status}{detail}",
@@ -311,6 +330,8 @@ class RegistryClient(BlobUploads):
                 try:
                     response = self._retrying()(self._ping, url, scheme != schemes[-1])
                 except (TransportError, _RetryableStatus) as exc:
+                    if getattr(exc, "certificate", False):
+                        raise  # it speaks TLS: plain http would only hide the reason
                     last = exc
                     continue
                 if response.status_code == 401:
@@ -458,7 +479,7 @@ class RegistryClient(BlobUploads):
                                     headers=headers)
             skip = position if position and response.status_code == 200 else 0
             try:
-                for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                for chunk in response.iter_bytes():  # as received: nothing buffered is lost on a cut
                     if skip:
                         if len(chunk) <= skip:
                             skip -= len(chunk)
