@@ -1,4 +1,7 @@
-"""Credentials and registry authentication (Basic, and Bearer tokens as httpx.Auth).
+"""Registry authentication (Basic, and Bearer tokens as httpx.Auth).
+
+Where the credentials come from lives in :mod:`bundler.credentials` (its names are
+re-exported here).
 
 Spec: docker token authentication (``docs/spec/auth/token.md``, ``scope.md``,
 ``oauth.md``): a 401 answer carries ``WWW-Authenticate: Bearer realm=...,service=...,
@@ -12,19 +15,16 @@ Secrets never appear in ``repr()``, log lines or error messages.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
+import logging
 import re
 import threading
 import time
-from collections.abc import Generator, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Generator, Iterable
 
 import httpx
 
-from .errors import AuthenticationError, BundlerError
+from .credentials import Credentials, load_authfile, lookup_credentials, parse_creds
+from .errors import AuthenticationError
 
 __all__ = [
     "Credentials",
@@ -32,104 +32,14 @@ __all__ = [
     "load_authfile",
     "lookup_credentials",
     "parse_creds",
+    "request_repository",
     "request_scope",
 ]
 
+log = logging.getLogger("bundler.auth")
+
 _TOKEN_MARGIN_S = 10.0
 _DEFAULT_TOKEN_LIFETIME_S = 60.0
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """What to present to a registry or token service.
-
-    Attributes:
-        username: user name for Basic auth or the token request.
-        password: its password (never shown by ``repr``).
-        identity_token: an OAuth2 refresh token (docker ``identitytoken``).
-    """
-
-    username: str = ""
-    password: str = field(default="", repr=False)
-    identity_token: str = field(default="", repr=False)
-
-    def __bool__(self) -> bool:
-        return bool(self.username or self.password or self.identity_token)
-
-    def basic_header(self) -> str:
-        """The ``Authorization: Basic ...`` value."""
-        raw = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
-def parse_creds(text: str) -> Credentials:
-    """Parse ``USER[:PASS]`` as given to ``--src-creds``/``--dest-creds``.
-
-    Raises:
-        BundlerError: empty user name.
-    """
-    user, _, password = text.partition(":")
-    if not user:
-        raise BundlerError("credentials must look like USER:PASSWORD")
-    return Credentials(user, password)
-
-
-def load_authfile(path: str | os.PathLike[str]) -> dict:
-    """Read a docker ``config.json`` / containers ``auth.json``.
-
-    Returns:
-        The parsed JSON object.
-
-    Raises:
-        BundlerError: the file cannot be read or is not a JSON object.
-    """
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise BundlerError(f"cannot read auth file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BundlerError(f"auth file {path} is not a JSON object")
-    return data
-
-
-def _normalize_key(key: str) -> str:
-    key = re.sub(r"^https?://", "", key).rstrip("/")
-    if key.endswith("/v1") or key.endswith("/v2"):
-        key = key[:-3]
-    if key in ("index.docker.io", "registry-1.docker.io"):
-        key = "docker.io"
-    return key
-
-
-def lookup_credentials(config: dict, registry: str, repository: str = "") -> Credentials | None:
-    """Find the ``auths`` entry for ``registry`` (and ``repository``) in an auth file.
-
-    Keys may be ``host``, ``host:port``, ``https://host/v1/``, or ``host/namespace[/repo]``;
-    the most specific key that matches wins. Docker Hub aliases all mean ``docker.io``.
-
-    Returns:
-        Credentials, or None when no entry matches (an empty entry also means none).
-    """
-    auths = config.get("auths") or {}
-    registry = _normalize_key(registry)
-    wanted = f"{registry}/{repository}" if repository else registry
-    best: tuple[int, dict] | None = None
-    for key, entry in auths.items():
-        norm = _normalize_key(key)
-        matches = wanted == norm or wanted.startswith(norm + "/")
-        if matches and isinstance(entry, dict) and (best is None or len(norm) > best[0]):
-            best = (len(norm), entry)
-    if best is None:
-        return None
-    entry = best[1]
-    user, password = entry.get("username", ""), entry.get("password", "")
-    if entry.get("auth"):
-        try:
-            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BundlerError(f"auth entry for {registry} has an invalid 'auth' value") from exc
-    creds = Credentials(user, password, entry.get("identitytoken", ""))
-    return creds or None
 
 
 _PARAM_RE = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
@@ -162,6 +72,12 @@ def request_scope(request: httpx.Request) -> set[str]:
     return scopes
 
 
+def request_repository(request: httpx.Request) -> str:
+    """The repository a registry request is about (``""`` for ``/v2/``, the catalog)."""
+    match = re.match(r"^/v2/(.+?)/(manifests|blobs|tags|referrers)/", request.url.path + "/")
+    return match.group(1) if match else ""
+
+
 def _split_scope(scope: str) -> tuple[str, set[str]]:
     resource, _, actions = scope.rpartition(":")
     return resource, set(actions.split(",")) if actions else set()
@@ -187,9 +103,15 @@ class RegistryAuth(httpx.Auth):
     until shortly before it expires, and fetched before later requests of the same scope
     without a 401 round trip. A 401 with a cached token gets one new token.
 
+    Credentials may differ per repository (auth file keys like ``host/namespace``): with
+    ``resolve``, each request presents what ``resolve(repository)`` returns, and tokens
+    are cached per credentials.
+
     Args:
         registry: ``host[:port]`` for messages.
         credentials: what to present, or None for anonymous access.
+        resolve: repository -> credentials (``""`` for registry-wide requests); called
+            once per repository; overrides ``credentials``.
 
     Raises (from the request that triggered it):
         AuthenticationError: the token service refused or answered without a token.
@@ -197,14 +119,43 @@ class RegistryAuth(httpx.Auth):
     Spec: docker token authentication, ``token.md`` and ``oauth.md``.
     """
 
-    def __init__(self, registry: str, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        registry: str,
+        credentials: Credentials | None = None,
+        *,
+        resolve: Callable[[str], Credentials | None] | None = None,
+    ) -> None:
         self.registry = registry
-        self.credentials = credentials or Credentials()
+        self._fixed = credentials or Credentials()
+        self._resolve = resolve
+        self._by_repository: dict[str, Credentials] = {}
         self._lock = threading.Lock()
         self._scheme = ""
         self._challenge: dict[str, str] = {}
-        self._tokens: list[tuple[frozenset[str], str, float]] = []
+        self._tokens: list[tuple[Credentials, frozenset[str], str, float]] = []
         self.token_requests = 0
+
+    @property
+    def credentials(self) -> Credentials:
+        """The registry-wide credentials (those of requests outside any repository)."""
+        return self.credentials_for("")
+
+    def credentials_for(self, repository: str) -> Credentials:
+        """The credentials presented for requests on ``repository``.
+
+        Raises:
+            BundlerError: from the resolver (unreadable auth file, failing helper).
+        """
+        if self._resolve is None:
+            return self._fixed
+        with self._lock:
+            found = self._by_repository.get(repository)
+        if found is None:
+            found = self._resolve(repository) or Credentials()
+            with self._lock:
+                self._by_repository[repository] = found
+        return found
 
     def learn(self, header: str) -> None:
         """Take the scheme and realm from a ``WWW-Authenticate`` header seen on ping, so
@@ -213,33 +164,32 @@ class RegistryAuth(httpx.Auth):
         with self._lock:
             if scheme == "bearer" and "realm" in params:
                 self._scheme, self._challenge = "bearer", params
-            elif scheme == "basic" and self.credentials.username:
+            elif scheme == "basic":
                 self._scheme = "basic"
 
     # -- token cache ----------------------------------------------------------------
-    def _cached(self, scopes: set[str]) -> str | None:
+    def _cached(self, creds: Credentials, scopes: set[str]) -> str | None:
         now = time.monotonic()
         with self._lock:
-            self._tokens = [t for t in self._tokens if t[2] > now]
-            for have, token, _ in self._tokens:
-                if _covers(have, scopes):
+            self._tokens = [t for t in self._tokens if t[3] > now]
+            for who, have, token, _ in self._tokens:
+                if who == creds and _covers(have, scopes):
                     return token
         return None
 
-    def _store(self, scopes: set[str], token: str, lifetime_s: float) -> None:
+    def _store(self, creds: Credentials, scopes: set[str], token: str, lifetime_s: float) -> None:
         expires = time.monotonic() + max(lifetime_s - _TOKEN_MARGIN_S, lifetime_s / 2)
         with self._lock:
-            self._tokens.append((frozenset(scopes), token, expires))
+            self._tokens.append((creds, frozenset(scopes), token, expires))
 
     def _forget(self, token: str) -> None:
         with self._lock:
-            self._tokens = [t for t in self._tokens if t[1] != token]
+            self._tokens = [t for t in self._tokens if t[2] != token]
 
     # -- token request ----------------------------------------------------------------
-    def _token_request(self, scopes: set[str]) -> httpx.Request:
+    def _token_request(self, creds: Credentials, scopes: set[str]) -> httpx.Request:
         realm = self._challenge.get("realm", "")
         service = self._challenge.get("service")
-        creds = self.credentials
         if creds.identity_token:
             form = {
                 "grant_type": "refresh_token",
@@ -258,11 +208,14 @@ class RegistryAuth(httpx.Auth):
             params.append(("account", creds.username))
         return httpx.Request("GET", realm, params=params, headers=headers)
 
-    def _read_token(self, response: httpx.Response, scopes: set[str]) -> str:
+    def _read_token(self, response: httpx.Response, creds: Credentials, scopes: set[str]) -> str:
         response.read()
         url = str(response.request.url.copy_with(query=None))
         if response.status_code != 200:
-            who = f"as {self.credentials.username!r}" if self.credentials.username else "anonymously"
+            if creds.identity_token:
+                who = "the identity token"
+            else:
+                who = f"as {creds.username!r}" if creds.username else "anonymously"
             raise AuthenticationError(
                 f"{self.registry}: the token service refused {who} "
                 f"(HTTP {response.status_code} from {url})",
@@ -283,20 +236,23 @@ class RegistryAuth(httpx.Auth):
                 registry=self.registry,
             )
         lifetime = body.get("expires_in") or _DEFAULT_TOKEN_LIFETIME_S
-        self._store(scopes, token, float(lifetime))
+        log.debug("token for %s: scopes %s, valid %s s", self.registry,
+                  " ".join(sorted(scopes)) or "(none)", lifetime)
+        self._store(creds, scopes, token, float(lifetime))
         self.token_requests += 1
         return token
 
     # -- the flow ------------------------------------------------------------------
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         scopes = request_scope(request)
+        creds = self.credentials_for(request_repository(request))
         token: str | None = None
-        if self._scheme == "basic" and self.credentials.username:
-            request.headers["Authorization"] = self.credentials.basic_header()
+        if self._scheme == "basic" and creds.username:
+            request.headers["Authorization"] = creds.basic_header()
         elif self._scheme == "bearer":
-            token = self._cached(scopes)
+            token = self._cached(creds, scopes)
             if token is None and scopes:
-                token = self._read_token((yield self._token_request(scopes)), scopes)
+                token = self._read_token((yield self._token_request(creds, scopes)), creds, scopes)
             if token:
                 request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
@@ -304,10 +260,10 @@ class RegistryAuth(httpx.Auth):
             return
         scheme, params = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if scheme == "basic":
-            if not self.credentials.username or self._scheme == "basic":
+            if not creds.username or "Authorization" in request.headers:
                 return  # nothing (more) to offer: the caller reports the 401
             self._scheme = "basic"
-            request.headers["Authorization"] = self.credentials.basic_header()
+            request.headers["Authorization"] = creds.basic_header()
             yield request
             return
         if scheme != "bearer" or "realm" not in params:
@@ -320,6 +276,6 @@ class RegistryAuth(httpx.Auth):
         wanted = set(scopes)
         if params.get("scope"):
             wanted.update(params["scope"].split(" "))
-        token = self._read_token((yield self._token_request(wanted)), wanted)
+        token = self._read_token((yield self._token_request(creds, wanted)), creds, wanted)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request

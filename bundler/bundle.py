@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .archive_check import read_head, verify_archive
+from .archive_import import import_archive
 from .content import Index
 from .copy import ImagePlan, walk
 from .digest import Digest
@@ -20,6 +22,7 @@ from .importing import ImportResult, push_images
 from .naming import entry_name, parse_mapping, resolve_targets
 from .progress import Reporter
 from .registry import TransportOptions
+from .stores.archive import is_archive
 from .stores.layout import LayoutStore
 
 __all__ = [
@@ -74,8 +77,11 @@ def import_bundle(
         BundleError: the bundle cannot be read. MappingError: no destination can be worked
         out. TransferError: an image failed (naming it and the blob or manifest).
     """
-    store = open_bundle(bundle)
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
+    if is_archive(bundle):  # .tar, .tar.zst, volumes or "-": one pass, never unpacked
+        return import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
+                              reporter=reporter, stop=stop)
+    store = open_bundle(bundle)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
     return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop)
 
@@ -122,7 +128,7 @@ def list_bundle(bundle: str | os.PathLike[str]) -> BundleListing:
     Raises:
         BundleError: the bundle cannot be read; IntegrityError: a manifest is corrupt.
     """
-    store = open_bundle(bundle)
+    store = read_head(bundle) if is_archive(bundle) else open_bundle(bundle)
     listing = BundleListing()
     unique: dict[Digest, int] = {}
     for plan in _plans(store):
@@ -171,6 +177,8 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
         BundleError: the bundle cannot be opened at all.
     """
     report = VerifyReport()
+    if is_archive(bundle):
+        return verify_archive(bundle, report)
     root = Path(bundle)
     try:
         store = open_bundle(root)

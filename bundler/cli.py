@@ -7,6 +7,7 @@ Exit status: 0 success; 1 an error (message on stderr, naming the image); 2 bad 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import threading
@@ -18,12 +19,13 @@ from typing import Any
 import click
 
 from . import bundle as api
-from .auth import load_authfile, parse_creds
+from .credentials import Credentials, Keychain, load_authfile, login, logout, parse_creds
 from .errors import BundlerError
 from .exporting import parse_references
 from .progress import Tally
 from .registry import TransportOptions
 from .reporting import make_reporter
+from .stores.archive import output_format
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
@@ -67,6 +69,10 @@ def transport_options(side: str) -> Callable:
         for option in reversed([
             click.option(f"--{side}-creds", metavar="USER:PASS",
                          help=f"Credentials for the {side} registries."),
+            click.option(f"--{side}-username", metavar="USER",
+                         help=f"User name for the {side} registries (with --{side}-password)."),
+            click.option(f"--{side}-password", metavar="PASS",
+                         help=f"Password for the {side} registries (with --{side}-username)."),
             click.option(f"--{side}-authfile", type=click.Path(dir_okay=False),
                          help="A docker config.json or containers auth.json."),
             click.option(f"--{side}-tls-verify", default="true", metavar="BOOL",
@@ -86,12 +92,22 @@ def transport_options(side: str) -> Callable:
 
 def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
     creds = kw.pop(f"{side}_creds")
+    username, password = kw.pop(f"{side}_username"), kw.pop(f"{side}_password")
     authfile = kw.pop(f"{side}_authfile")
     cert_dir = kw.pop(f"{side}_cert_dir")
+    if creds and (username or password):
+        raise click.UsageError(f"--{side}-creds and --{side}-username/--{side}-password "
+                               "are mutually exclusive")
+    if (username is None) != (password is None):
+        raise click.UsageError(f"--{side}-username and --{side}-password go together")
     try:
+        explicit = parse_creds(creds) if creds else None
+        if username is not None:
+            explicit = Credentials(username, password or "")
+        if authfile:
+            load_authfile(authfile)  # a missing or broken --authfile is a usage error
         return TransportOptions(
-            credentials=parse_creds(creds) if creds else None,
-            authfile=load_authfile(authfile) if authfile else None,
+            keychain=Keychain(explicit, authfile),
             tls_verify=_bool(kw.pop(f"{side}_tls_verify")),
             cert_dir=Path(cert_dir) if cert_dir else None,
             retries=kw.pop("retries"),
@@ -134,11 +150,33 @@ def _run(action: Callable[[threading.Event], Any], tally: Tally, done: Callable[
     done((result, time.monotonic() - started))
 
 
+class _StderrHandler(logging.Handler):
+    """Writes log records to the current stderr (``--debug``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _configure_debug(debug: bool) -> None:
+    logger = logging.getLogger("bundler")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    if debug:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("debug: %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bundler")
-def main() -> None:
+@click.option("--debug", is_flag=True,
+              help="Log every HTTP request (method, URL, status) and credential source to "
+                   "stderr; never secrets.")
+def main(debug: bool) -> None:
     """Move container images across an air gap: export from registries into one bundle,
     import the bundle into a disconnected registry with every digest preserved."""
+    _configure_debug(debug)
 
 
 @main.command("export")
@@ -146,10 +184,18 @@ def main() -> None:
 @click.option("-f", "--images-file", type=click.Path(dir_okay=False),
               help="File with one reference per line (# comments allowed).")
 @click.option("-o", "--output", required=True, type=click.Path(),
-              help="Bundle directory to write (extended if it exists).")
+              help="Bundle to write: a directory (extended if it exists), NAME.tar or "
+                   "NAME.tar.zst (a new single-file bundle).")
+@click.option("--format", "fmt", type=click.Choice(["dir", "tar", "tar.zst"]),
+              help="Bundle format (default: from the output name).")
+@click.option("--split-size", metavar="SIZE",
+              help="Cut an archive into volumes NAME.000, NAME.001, ... of SIZE (e.g. 4GiB).")
+@click.option("--compression-level", default=3, show_default=True, type=click.IntRange(1, 22),
+              help="zstd level of a .tar.zst bundle.")
 @transport_options("src")
 @_progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
+               fmt: str | None, split_size: str | None, compression_level: int,
                jobs: int, quiet: bool, progress: str, **kw: Any) -> None:
     """Export images from registries into one deduplicated OCI layout bundle.
 
@@ -157,7 +203,13 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     Examples:
       bundler export docker.io/library/alpine:3.20 -o ./bundle
       bundler export --images-file images.txt -o ./bundle
+      bundler export --images-file images.txt -o bundle.tar.zst --split-size 4GiB
     """
+    split = parse_size(split_size) if split_size else None
+    try:
+        output_format(output, fmt, split)
+    except BundlerError as exc:
+        raise click.UsageError(str(exc)) from exc
     options = _options("src", kw)
     texts = list(references)
     try:
@@ -183,8 +235,10 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
             click.echo(f"warning: non-distributable layer {digest} was not served; "
                        "it is not in the bundle", err=True)
 
-    _run(lambda stop: api.export_bundle(refs, output, options=options, jobs=jobs,
-                                        reporter=reporter, stop=stop), tally, done, reporter)
+    _run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
+                                        compression_level=compression_level, options=options,
+                                        jobs=jobs, reporter=reporter, stop=stop),
+         tally, done, reporter)
 
 
 @main.command("import")
@@ -201,10 +255,15 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: str
                quiet: bool, progress: str, **kw: Any) -> None:
     """Push a bundle's images into a registry, preserving every digest.
 
+    BUNDLE is a directory, a .tar or .tar.zst file, split volumes (base name or
+    NAME.000), or - to read the archive from stdin (one pass, never unpacked).
+
     \b
     Examples:
       bundler import ./bundle --to registry.internal:5000/mirror
       bundler import ./bundle --mapping mapping.txt
+      bundler import bundle.tar.zst --to registry.internal:5000/mirror
+      cat bundle.tar.zst.* | bundler import - --to registry.internal:5000/mirror
     """
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
@@ -280,6 +339,60 @@ def verify_cmd(bundle: str, as_json: bool) -> None:
         click.echo(f"{bundle}: {state}: {report.images} images, {report.blobs} blobs, "
                    f"{human(report.bytes)} checked")
     sys.exit(0 if report.ok else 1)
+
+
+@main.command("login")
+@click.argument("registry")
+@click.option("-u", "--username", help="User name.")
+@click.option("-p", "--password", help="Password (prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--authfile", type=click.Path(dir_okay=False),
+              help="Auth file to write (default: $REGISTRY_AUTH_FILE, else "
+                   "$XDG_RUNTIME_DIR/containers/auth.json, else ~/.docker/config.json).")
+@click.option("--tls-verify", default="true", metavar="BOOL", help="Verify TLS certificates.")
+@click.option("--cert-dir", type=click.Path(file_okay=False),
+              help="Directory of *.crt CAs and *.cert/*.key client pairs.")
+def login_cmd(registry: str, username: str | None, password: str | None, password_stdin: bool,
+              authfile: str | None, tls_verify: str, cert_dir: str | None) -> None:
+    """Check credentials against REGISTRY[/NAMESPACE] and store them in an auth file.
+
+    \b
+    Examples:
+      bundler login registry.internal:5000 -u admin --password-stdin < pass.txt
+      bundler login quay.io/team -u robot --password-stdin --authfile ./auth.json
+    """
+    if password is not None and password_stdin:
+        raise click.UsageError("--password and --password-stdin are mutually exclusive")
+    if password_stdin:
+        password = click.get_text_stream("stdin").read().rstrip("\r\n")
+    if username is None:
+        username = click.prompt("Username")
+    if password is None:
+        password = click.prompt("Password", hide_input=True)
+    try:
+        path = login(registry, Credentials(username, password), authfile=authfile,
+                     tls_verify=_bool(tls_verify), cert_dir=Path(cert_dir) if cert_dir else None)
+    except BundlerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"Login Succeeded! (credentials stored in {path})")
+
+
+@main.command("logout")
+@click.argument("registry", required=False)
+@click.option("-a", "--all", "all_", is_flag=True, help="Remove the entries of all registries.")
+@click.option("--authfile", type=click.Path(dir_okay=False),
+              help="Auth file to change (default as for login).")
+def logout_cmd(registry: str | None, all_: bool, authfile: str | None) -> None:
+    """Remove the stored credentials of REGISTRY[/NAMESPACE] (or of all with --all)."""
+    if (registry is None) != all_:
+        raise click.UsageError("give exactly one of REGISTRY or --all")
+    try:
+        gone = logout(None if all_ else registry, authfile=authfile)
+    except BundlerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"Removed login credentials for {', '.join(gone) or 'no registry'}")
 
 
 if __name__ == "__main__":

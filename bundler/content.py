@@ -282,6 +282,11 @@ def parse_manifest(
             f"{where}: Docker schema 1 manifests are deprecated and not supported; "
             "rebuild or re-push the image with schema 2"
         )
+    if doc.get("schemaVersion") != 2:
+        raise ManifestError(
+            f"{where}: not an image manifest or index "
+            f"(schemaVersion {doc.get('schemaVersion')!r}, expected 2)"
+        )
     subject = doc.get("subject")
     subject_desc = Descriptor.from_dict(subject, where=where) if subject else None
     annotations = dict(doc.get("annotations") or {})

@@ -192,9 +192,19 @@ class VerifyingReader:
         return bytes(out)
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._file is not None:
+        if self._file is not None and self.size is not None:
             while chunk := self.read(self.chunk_size):
                 yield chunk
+            return
+        if self._file is not None:
+            # unknown size: EOF shows only on the next read, so hold one chunk back
+            pending = b""
+            while chunk := self.read(self.chunk_size):
+                if pending:
+                    yield pending
+                pending = chunk
+            if pending:
+                yield pending
             return
         held = b""
         for chunk in self._iter:  # type: ignore[union-attr]

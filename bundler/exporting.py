@@ -195,9 +195,8 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
         for ref in refs:
             for digest, descriptor in plans[ref].blobs.items():
                 sources.setdefault(digest, (descriptor, ref))
-        result.unique_bytes = sum(d.size for d, _ in sources.values()) + sum(
-            len(m.raw) for p in plans.values() for _, m in p.manifests
-        )
+        manifests = {d.digest: len(m.raw) for p in plans.values() for d, m in p.manifests}
+        result.unique_bytes = sum(d.size for d, _ in sources.values()) + sum(manifests.values())
         result.total_bytes = sum(p.size for p in plans.values())
         todo = []
         for digest, (descriptor, _ref) in sources.items():

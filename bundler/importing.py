@@ -2,11 +2,12 @@
 
 For each destination registry the blobs of all images move first, concurrently; each
 distinct (registry, blob) is handled by one task that climbs a ladder: the repository
-has it (HEAD: skip) -> another repository of this run has it (cross-repository mount)
--> upload (streamed from the bundle through the verifying reader). Then, per image, the
-child manifests are pushed by digest, then the top manifest by tag (or by digest), byte
-for byte, and the digest the registry reports is checked. An image whose destination
-already holds the same digest is skipped whole after one HEAD.
+has it (HEAD: skip) -> another repository of this run has it, or holds an image found
+complete (cross-repository mount) -> upload (streamed from the bundle through the
+verifying reader). Then, per image, the child manifests are pushed by digest, then the
+top manifest by tag (or by digest), byte for byte, and the digest the registry reports
+is checked. An image whose destination already holds the same digest is skipped whole
+after one HEAD.
 
 Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repository",
 "Pushing manifests".
@@ -93,7 +94,9 @@ def push_images(
             except Exception as exc:
                 raise TransferError(target.name, exc) from exc
 
-        # 2. skip images the destination already has
+        # 2. skip images the destination already has (by target: one name may go to many)
+        skipped: set[Target] = set()
+
         def check(target: Target) -> None:
             dest = target.destination
             have = clients.get(dest.registry).head_manifest(
@@ -101,11 +104,19 @@ def push_images(
             )
             if have == target.descriptor.digest:
                 with lock:
+                    skipped.add(target)
                     result.skipped_images.append(target.name)
                 report(Event("image", target.name, "skipped", total=plans[target].size))
 
         _raise(run_parallel(targets, check, jobs=jobs, stop=stop), lambda t: t.name)
-        todo = [t for t in targets if t.name not in result.skipped_images]
+        todo = [t for t in targets if t not in skipped]
+        # a complete image's repository holds its blobs: a mount source for the others
+        known: dict[_BlobTask, str] = {}
+        for target in targets:
+            if target in skipped:
+                for digest in plans[target].blobs:
+                    known.setdefault(_BlobTask(target.destination.registry, digest),
+                                     target.destination.repository)
 
         # 3. blobs: one task per (registry, digest), all repositories that need it
         repos: dict[_BlobTask, list[str]] = {}
@@ -123,7 +134,7 @@ def push_images(
 
         def push_blob(task: _BlobTask) -> None:
             _push_blob(clients.get(task.registry), store, descriptors[task.digest],
-                       repos[task], result, lock, report, stop)
+                       repos[task], result, lock, report, stop, known.get(task))
 
         failures = run_parallel(list(repos), push_blob, jobs=jobs, stop=stop)
         failed_images = {owners[t] for t in failures}
@@ -166,10 +177,19 @@ def _push_blob(
     lock: threading.Lock,
     report: Reporter,
     stop: threading.Event,
+    known_source: str | None = None,
+    present: list[str] | None = None,
 ) -> None:
+    """Climb the blob ladder in one registry: present (skip) -> mount -> upload.
+
+    ``store`` is anything with ``open_blob(descriptor)`` (a layout, or a one-shot
+    archive member); ``present`` lists the repositories known to have the blob
+    already (None: ask each with HEAD).
+    """
     digest, size = descriptor.digest, descriptor.size
     name = str(digest)
-    present = [r for r in repositories if client.has_blob(r, digest)]
+    if present is None:
+        present = [r for r in repositories if client.has_blob(r, digest)]
     with lock:
         result.blobs_present += len(present)
     if len(present) == len(repositories):
@@ -186,7 +206,7 @@ def _push_blob(
                     yield chunk
         return chunks()
 
-    source_repo = present[0] if present else None
+    source_repo = present[0] if present else known_source
     for repository in repositories:
         if repository in present:
             continue
@@ -205,4 +225,4 @@ def _push_blob(
             result.blobs_uploaded += 1
             result.bytes_uploaded += size
         report(Event("blob", name, "done", size, size, detail=repository))
-        source_repo = source_repo or repository
+        source_repo = repository  # surely holds it now

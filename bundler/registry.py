@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ class TransportOptions:
     """
 
     credentials: Credentials | None = None
-    authfile: dict | None = None
+    authfile: dict | None = field(default=None, repr=False)
     keychain: Keychain | None = None
     tls_verify: bool = True
     cert_dir: Path | None = None

@@ -254,7 +254,7 @@ def start_registry(
     """
     if not os.access(REGISTRY_BINARY, os.X_OK):
         raise RegistryStartError(f"{REGISTRY_BINARY} not found (apt-get install docker-registry)")
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     last_error: RegistryStartError | None = None
     for _attempt in range(3):

@@ -24,6 +24,8 @@ from ..errors import BundleError, IntegrityError
 __all__ = ["LayoutStore", "fsync_dir"]
 
 _READ_CHUNK = 1 << 20
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def fsync_dir(path: Path) -> None:
@@ -39,6 +41,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -179,12 +182,15 @@ class LayoutStore:
                     while data := f.read(_READ_CHUNK):
                         hasher.update(data)
                         offset += len(data)
-                if offset > size:
+                complete = offset == size and hasher.copy().hexdigest() == digest.hex  # type: ignore[attr-defined]
+                if offset >= size and not complete:
                     partial.unlink()
                     hasher, offset = digest.hasher(), 0
             fetched = 0
+            # a complete partial needs no request (a Range from its end would get 416)
+            source = open_source(offset) if offset < size else ()
             with open(partial, "ab") as f:
-                reader = VerifyingReader(open_source(offset), digest, size, where=str(final),
+                reader = VerifyingReader(source, digest, size, where=str(final),
                                          hasher=hasher, offset=offset)
                 try:
                     for chunk in reader:

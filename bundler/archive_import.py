@@ -1,0 +1,387 @@
+"""One-pass import of an archive bundle (``.tar``, ``.tar.zst``, volumes, or stdin).
+
+The archive is read once, front to back, and never unpacked to disk. ``index.json``
+gives the images and, with ``--to``/``--mapping``, their destinations; the manifests
+that follow are parsed and held in memory (bounded by ``max_held`` bytes). Once every
+manifest of every image is known, one HEAD per (registry, blob, repository) finds the
+blobs the destinations already have; then each blob member is streamed, through the
+verifying reader, up the ladder of :mod:`bundler.importing` (present -> mount ->
+upload) as it arrives; members nobody needs are read past. When all blobs of an image
+are there its manifests are pushed by digest (children first); the tags are pushed
+last, after the whole archive has been read and checked, so a damaged or unsafe archive
+never moves a tag.
+
+Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repository",
+"Pushing manifests"; image-spec ``image-layout.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .content import OCI_INDEX, Descriptor, Index, Manifest, parse_manifest
+from .copy import ClientPool, ImagePlan, run_parallel, walk
+from .digest import Digest, VerifyingReader
+from .errors import BundleError, BundlerError, SizeMismatchError, TransferError
+from .importing import ImportResult, _push_blob
+from .naming import Target, resolve_targets
+from .progress import Event, NullReporter, Reporter
+from .registry import MANIFEST_LIMIT, TransportOptions
+from .stores.archive import ArchiveReader, Member
+
+__all__ = ["MAX_HELD", "import_archive"]
+
+#: Default cap, in bytes, on index.json and manifests held in memory during an import.
+MAX_HELD = 64 << 20
+
+
+class _OneShot:
+    """``open_blob`` over an archive member: its bytes can be read once only."""
+
+    def __init__(self, file: BinaryIO, where: str) -> None:
+        self.file = file
+        self.where = where
+        self.started = False
+
+    @contextmanager
+    def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
+        if self.started:
+            raise BundleError(f"{self.where}: the upload of {descriptor.digest} was "
+                              "interrupted after the archive stream had been read; a stream "
+                              "cannot be read twice: run the import again")
+        self.started = True
+        yield VerifyingReader(self.file, descriptor.digest, descriptor.size, where=self.where)
+
+
+class _SpooledFile:
+    """``open_blob`` over a temp file (a blob that goes to more than one registry)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
+        with open(self.path, "rb") as f:
+            yield VerifyingReader(f, descriptor.digest, descriptor.size, where=str(self.path))
+
+
+@dataclass
+class _BlobWork:
+    """One blob in one registry: the repositories that need it, and those that have it."""
+
+    registry: str
+    digest: Digest
+    repositories: list[str]
+    present: list[str]
+    owner: str
+
+
+class _Session:
+    def __init__(self, where: str, clients: ClientPool, to: str | None,
+                 mapping: list[tuple[str, str]] | None, jobs: int, report: Reporter,
+                 stop: threading.Event, max_held: int) -> None:
+        self.where, self.clients, self.to, self.mapping = where, clients, to, mapping
+        self.jobs, self.report, self.stop, self.max_held = jobs, report, stop, max_held
+        self.result = ImportResult()
+        self.lock = threading.Lock()
+        self.targets: list[Target] | None = None
+        self.manifests: dict[Digest, Manifest | Index] = {}
+        self.held: dict[Digest, bytes] = {}
+        self.held_bytes = 0
+        self.plans: dict[Target, ImagePlan] = {}
+        self.ready = False
+        self.work: dict[Digest, list[_BlobWork]] = {}
+        self.descriptors: dict[Digest, Descriptor] = {}
+        self.remaining: dict[Target, set[Digest]] = {}
+        self.todo: list[Target] = []
+        self.known: dict[tuple[str, Digest], str] = {}
+
+    # -- members ---------------------------------------------------------------------
+    def _hold(self, member: Member) -> bytes:
+        limit = min(MANIFEST_LIMIT, self.max_held)
+        if member.size > limit or self.held_bytes + member.size > self.max_held:
+            raise BundleError(
+                f"{self.where}: {member.name} ({member.size} bytes) arrived before the "
+                f"manifests that name it, and holding it would pass the {self.max_held}-byte "
+                "limit on what an import keeps in memory; the archive is not in bundle "
+                "order (oci-layout, index.json, manifests, configs, layers): extract it "
+                "with tar and import the directory")
+        data = member.file.read()
+        self.held_bytes += len(data)
+        return data
+
+    def take(self, member: Member) -> None:
+        if self.stop.is_set():
+            raise BundlerError("cancelled")
+        if member.name == "oci-layout":
+            data = self._hold(member)
+            try:
+                doc = json.loads(data)
+            except ValueError as exc:
+                raise BundleError(f"{self.where}: oci-layout is not JSON: {exc}") from exc
+            if not isinstance(doc, dict) or "imageLayoutVersion" not in doc:
+                raise BundleError(f"{self.where}: oci-layout has no imageLayoutVersion")
+        elif member.name == "index.json":
+            index = parse_manifest(self._hold(member), OCI_INDEX)
+            if not isinstance(index, Index):
+                raise BundleError(f"{self.where}: index.json is not an image index")
+            self.targets = resolve_targets(list(index.manifests), to=self.to,
+                                           mapping=self.mapping)
+            self.result.targets = list(self.targets)
+            self._advance()
+        elif member.digest is not None and self.ready:
+            if member.digest in self.work:
+                self._push(member.digest, member)
+        elif member.digest is not None:
+            self.held[member.digest] = self._verified(member.digest, member.size,
+                                                      self._hold(member))
+            self._advance()
+
+    def _verified(self, digest: Digest, size: int, data: bytes) -> bytes:
+        VerifyingReader([data], digest, size, where=f"{self.where}: {digest}").read()
+        return data
+
+    # -- planning ------------------------------------------------------------------------
+    def _missing(self) -> list[Descriptor]:
+        """Manifests reachable from the targets that have not been loaded yet."""
+        assert self.targets is not None
+        missing, seen = [], set()
+        stack = [t.descriptor for t in self.targets]
+        while stack:
+            descriptor = stack.pop()
+            if descriptor.digest in seen:
+                continue
+            seen.add(descriptor.digest)
+            item = self.manifests.get(descriptor.digest)
+            if item is None and descriptor.digest in self.held:
+                item = parse_manifest(self.held.pop(descriptor.digest), descriptor.media_type,
+                                      digest=descriptor.digest)
+                self.manifests[descriptor.digest] = item
+            if item is None:
+                missing.append(descriptor)
+            elif isinstance(item, Index):
+                stack.extend(item.manifests)
+        return missing
+
+    def _advance(self) -> None:
+        if self.targets is None or self.ready or self._missing():
+            return
+        for target in self.targets:
+            try:
+                self.plans[target] = walk(target.descriptor,
+                                          lambda d: self.manifests[d.digest], name=target.name)
+            except BundlerError as exc:
+                raise TransferError(target.name, exc) from exc
+        self.ready = True
+        self._check_destinations()
+        for digest in [d for d in self.held if d in self.work]:
+            data = self.held.pop(digest)
+            self._push(digest, None, data)
+        self.held.clear()
+        for target in self.todo:
+            if not self.remaining[target]:
+                self._push_manifests(target)
+
+    def _check_destinations(self) -> None:
+        """HEAD the images and blobs at their destinations, before any blob arrives."""
+        assert self.targets is not None
+        skipped: set[str] = set()
+
+        def check_image(target: Target) -> None:
+            dest = target.destination
+            have = self.clients.get(dest.registry).head_manifest(
+                dest.repository, dest.tag or str(dest.digest))
+            if have == target.descriptor.digest:
+                with self.lock:
+                    skipped.add(target.name)
+                self.report(Event("image", target.name, "skipped",
+                                  total=self.plans[target].size))
+
+        _raise(run_parallel(self.targets, check_image, jobs=self.jobs, stop=self.stop),
+               lambda t: t.name)
+        self.result.skipped_images = [t.name for t in self.targets if t.name in skipped]
+        self.todo = [t for t in self.targets if t.name not in skipped]
+        for target in self.targets:  # a complete image's repository is a mount source
+            if target.name in skipped:
+                for digest in self.plans[target].blobs:
+                    self.known.setdefault((target.destination.registry, digest),
+                                          target.destination.repository)
+        by_key: dict[tuple[str, Digest], _BlobWork] = {}
+        for target in self.todo:
+            dest = target.destination
+            for digest, descriptor in self.plans[target].blobs.items():
+                self.descriptors.setdefault(digest, descriptor)
+                work = by_key.get((dest.registry, digest))
+                if work is None:
+                    work = by_key[(dest.registry, digest)] = _BlobWork(
+                        dest.registry, digest, [], [], target.name)
+                    self.work.setdefault(digest, []).append(work)
+                if dest.repository not in work.repositories:
+                    work.repositories.append(dest.repository)
+
+        def heads(work: _BlobWork) -> None:
+            client = self.clients.get(work.registry)
+            work.present = [r for r in work.repositories if client.has_blob(r, work.digest)]
+
+        works = list(by_key.values())
+        _raise(run_parallel(works, heads, jobs=self.jobs, stop=self.stop), lambda w: w.owner)
+        for digest in list(self.work):
+            if all(len(w.present) == len(w.repositories) for w in self.work[digest]):
+                self._account_present(digest)
+        for target in self.todo:
+            self.remaining[target] = {d for d in self.plans[target].blobs if d in self.work}
+
+    def _account_present(self, digest: Digest) -> None:
+        for work in self.work.pop(digest):
+            with self.lock:
+                self.result.blobs_present += len(work.present)
+            self.report(Event("blob", str(digest), "skipped",
+                              total=self.descriptors[digest].size))
+
+    # -- pushing ---------------------------------------------------------------------------
+    def _push(self, digest: Digest, member: Member | None, data: bytes | None = None) -> None:
+        descriptor = self.descriptors[digest]
+        works = self.work.pop(digest)
+        if member is not None and member.size != descriptor.size:
+            raise TransferError(works[0].owner, SizeMismatchError(
+                digest=str(digest), expected=descriptor.size, actual=member.size,
+                where=f"{self.where}: {member.name}"))
+        needing = [w for w in works if len(w.present) < len(w.repositories)]
+        spool: Path | None = None
+        try:
+            if data is not None:
+                spool = _spool_bytes(data)
+            elif len(needing) > 1:
+                assert member is not None
+                spool = _spool_member(member, descriptor)
+            for work in works:
+                source = (_SpooledFile(spool) if spool is not None else
+                          _OneShot(member.file, f"{self.where}: {member.name}"))  # type: ignore[union-attr]
+                try:
+                    _push_blob(self.clients.get(work.registry), source, descriptor,  # type: ignore[arg-type]
+                               work.repositories, self.result, self.lock, self.report,
+                               self.stop, self.known.get((work.registry, digest)),
+                               work.present)
+                except BundlerError as exc:
+                    raise TransferError(work.owner, exc) from exc
+        finally:
+            if spool is not None:
+                spool.unlink(missing_ok=True)
+        for target in self.todo:
+            left = self.remaining[target]
+            if digest in left:
+                left.discard(digest)
+                if not left:
+                    self._push_manifests(target)
+
+    def _push_manifests(self, target: Target) -> None:
+        """Children by digest, then the image itself by digest; the tag comes at the end."""
+        dest = target.destination
+        client = self.clients.get(dest.registry)
+        try:
+            for descriptor, item in self.plans[target].manifests:
+                client.put_manifest(dest.repository, str(descriptor.digest), item.raw,
+                                    item.media_type or descriptor.media_type)
+                self.report(Event("manifest", str(descriptor.digest), "done", len(item.raw)))
+        except BundlerError as exc:
+            raise TransferError(target.name, exc) from exc
+
+    def finish(self) -> ImportResult:
+        """After the last member: everything arrived? Then the tags."""
+        if self.targets is None:
+            raise BundleError(f"{self.where}: the archive has no index.json")
+        if not self.ready:
+            descriptor = self._missing()[0]
+            raise BundleError(f"{self.where}: manifest {descriptor.digest} is missing from "
+                              "the archive")
+        for target in self.todo:
+            if self.remaining[target]:
+                digest = sorted(self.remaining[target])[0]
+                raise TransferError(target.name, BundleError(
+                    f"{self.where}: blob {digest} is missing from the archive"))
+        for target in self.todo:
+            dest, plan = target.destination, self.plans[target]
+            try:
+                if dest.tag:
+                    self.clients.get(dest.registry).put_manifest(
+                        dest.repository, dest.tag, plan.top.raw,
+                        plan.top.media_type or target.descriptor.media_type)
+            except BundlerError as exc:
+                raise TransferError(target.name, exc) from exc
+            self.report(Event("image", target.name, "done", plan.size, plan.size,
+                              detail=str(dest)))
+        return self.result
+
+
+def _raise(failures: dict, name) -> None:  # type: ignore[no-untyped-def]
+    if failures:
+        item, exc = next(iter(failures.items()))
+        raise TransferError(name(item), exc) from exc
+
+
+def _spool_bytes(data: bytes) -> Path:
+    fd, path = tempfile.mkstemp(prefix="bundler-blob-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def _spool_member(member: Member, descriptor: Descriptor) -> Path:
+    """Copy (verified) a blob that must go to several registries to a temp file."""
+    fd, path = tempfile.mkstemp(prefix="bundler-blob-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in VerifyingReader(member.file, descriptor.digest, descriptor.size,
+                                         where=member.name):
+                f.write(chunk)
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    return Path(path)
+
+
+def import_archive(
+    bundle: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    mapping: list[tuple[str, str]] | None = None,
+    options: TransportOptions | None = None,
+    jobs: int = 8,
+    reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+    max_held: int = MAX_HELD,
+) -> ImportResult:
+    """Import an archive bundle in one pass (see the module docstring).
+
+    Args:
+        bundle: a ``.tar``/``.tar.zst`` file, split volumes (base name or first volume),
+            or ``-`` for stdin.
+        to: ``REGISTRY[/PREFIX]``. mapping: (source, destination) pairs.
+        options: transport options of the destination registries.
+        jobs: concurrent HEAD checks.
+        reporter: receives progress events. stop: set to cancel.
+        max_held: cap in bytes on index.json and manifests held in memory.
+
+    Returns:
+        An :class:`ImportResult`.
+
+    Raises:
+        UnsafeArchiveError: an unsafe member (before it is used). BundleError: a damaged,
+        truncated or out-of-order archive, a volume checksum mismatch. MappingError: no
+        destination. TransferError: an image failed (naming it and the cause).
+    """
+    report = reporter or NullReporter()
+    stop = stop or threading.Event()
+    with ArchiveReader(bundle) as reader, ClientPool(options) as clients:
+        session = _Session(reader.where, clients, to, mapping, jobs, report, stop, max_held)
+        for member in reader:
+            session.take(member)
+        return session.finish()

@@ -1,0 +1,357 @@
+"""Single-file bundles: an OCI image layout as one tar (POSIX pax) stream, optionally
+compressed with zstd, optionally cut into volumes; read safely in one pass.
+
+Member order (written by :mod:`bundler.stores.archive_writer`): ``oci-layout``,
+``index.json``, the ``blobs/`` directories, every manifest and index (each index before
+its children), the config blobs, then the layer blobs; each blob once. A reader of a pipe
+therefore knows every blob's destinations before the blob arrives.
+
+Reading refuses, with :class:`UnsafeArchiveError` and before the member is used, any
+member that is a link (symbolic or hard), a device, a FIFO or sparse file; any name that
+is absolute, has a ``..`` component, or is not ``oci-layout``, ``index.json`` or
+``blobs/<algorithm>/<hex>`` (the directories ``blobs`` and ``blobs/<algorithm>`` are
+accepted; so is a leading ``./``); and a name seen twice.
+
+Spec: image-spec ``image-layout.md``; POSIX.1-2001 pax interchange format; RFC 8878
+(Zstandard).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from ..digest import Digest
+from ..errors import BundleError, UnsafeArchiveError
+from .volumes import VolumeReader, find_volumes, read_checksums, volume_name
+
+__all__ = [
+    "FORMATS",
+    "ArchiveReader",
+    "Member",
+    "check_member",
+    "is_archive",
+    "output_format",
+]
+
+FORMATS = ("dir", "tar", "tar.zst")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_READ_SIZE = 1 << 20
+_BLOB_RE = re.compile(r"^blobs/(?P<algorithm>[a-z0-9]+)/(?P<hex>[^/]+)$")
+_DIRECTORIES = re.compile(r"^(\.|blobs|blobs/[a-z0-9]+)$")
+
+
+def output_format(output: str | os.PathLike[str], format: str | None = None,
+                  split_size: int | None = None) -> str:
+    """The bundle format to write: ``format`` if given, else from the output name.
+
+    ``NAME.tar.zst`` -> ``tar.zst``, ``NAME.tar`` -> ``tar``, anything else -> ``dir``.
+
+    Raises:
+        BundleError: an unknown format, or ``split_size`` with a directory.
+    """
+    if format is not None and format not in FORMATS:
+        raise BundleError(f"unknown bundle format {format!r}; choose one of {', '.join(FORMATS)}")
+    name = os.fspath(output)
+    fmt = format or ("tar.zst" if name.endswith(".tar.zst") else
+                     "tar" if name.endswith(".tar") else "dir")
+    if split_size is not None and fmt == "dir":
+        raise BundleError("--split-size needs an archive: name the output NAME.tar or "
+                          "NAME.tar.zst, or give --format tar|tar.zst")
+    return fmt
+
+
+def refuse_existing(output: Path) -> None:
+    """Refuse to export into an archive name that is already taken.
+
+    Raises:
+        BundleError: ``output``, its first volume or its checksum file exists.
+    """
+    for path in (output, volume_name(output, 0), output.with_name(output.name + ".sha256")):
+        if path.exists() or path.is_symlink():
+            raise BundleError(f"{path} already exists; an archive bundle is written whole: "
+                              "remove it or choose another output name")
+
+
+def is_archive(bundle: str | os.PathLike[str]) -> bool:
+    """True for ``-`` (stdin), a file, or the base name or first volume of split volumes."""
+    if os.fspath(bundle) == "-":
+        return True
+    path = Path(bundle)
+    return path.is_file() or find_volumes(path) is not None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One regular-file member of a bundle archive.
+
+    Attributes:
+        name: the normalized name (``oci-layout``, ``index.json``, ``blobs/<alg>/<hex>``).
+        digest: the digest the name gives a blob, or None.
+        size: bytes of content.
+        file: reads the content (valid until the next member is taken).
+    """
+
+    name: str
+    digest: Digest | None
+    size: int
+    file: BinaryIO
+
+
+def _normalize(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/") if name not in ("", "/") else name
+
+
+def check_member(info: tarfile.TarInfo, seen: set[str], where: str) -> str | None:
+    """Validate one member header.
+
+    Args:
+        info: the member.
+        seen: names already taken (updated).
+        where: the archive's name for messages.
+
+    Returns:
+        The normalized name of a regular file, or None for an accepted directory.
+
+    Raises:
+        UnsafeArchiveError: see the module docstring.
+    """
+    raw = info.name
+    name = _normalize(raw)
+
+    def refuse(reason: str) -> UnsafeArchiveError:
+        return UnsafeArchiveError(f"{where}: unsafe archive member {raw!r}: {reason}")
+
+    if raw.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", raw):
+        raise refuse("absolute paths are refused")
+    if ".." in re.split(r"[\\/]", raw):
+        raise refuse("paths with '..' are refused")
+    if info.issym():
+        raise refuse(f"symbolic links are refused (-> {info.linkname!r})")
+    if info.islnk():
+        raise refuse(f"hard links are refused (-> {info.linkname!r})")
+    if info.ischr() or info.isblk():
+        raise refuse("device files are refused")
+    if info.isfifo():
+        raise refuse("FIFOs are refused")
+    if info.issparse():
+        raise refuse("sparse files are refused")
+    if info.isdir():
+        if not _DIRECTORIES.match(name):
+            raise refuse("only the directories blobs/ and blobs/<algorithm>/ belong in a bundle")
+        return None
+    if not info.isreg():
+        raise refuse(f"member type {info.type!r} is refused")
+    if name not in ("oci-layout", "index.json") and not _BLOB_RE.match(name):
+        raise refuse("not part of an OCI image layout (only oci-layout, index.json and "
+                     "blobs/<algorithm>/<hex> are accepted)")
+    if name in seen:
+        raise refuse("duplicate entry")
+    seen.add(name)
+    return name
+
+
+def blob_digest(name: str, where: str) -> Digest | None:
+    """The digest a ``blobs/<alg>/<hex>`` name gives, or None for the other names.
+
+    Raises:
+        UnsafeArchiveError: a blob name that is not a valid digest.
+    """
+    match = _BLOB_RE.match(name)
+    if match is None:
+        return None
+    try:
+        return Digest(match.group("algorithm"), match.group("hex"))
+    except BundleError as exc:
+        raise UnsafeArchiveError(f"{where}: unsafe archive member {name!r}: {exc}") from None
+    except Exception as exc:
+        raise UnsafeArchiveError(f"{where}: unsafe archive member {name!r}: not a digest "
+                                 f"({exc})") from None
+
+
+class _Prefixed:
+    """A read-only stream: ``head`` bytes first, then the rest of ``source``."""
+
+    def __init__(self, head: bytes, source: BinaryIO | VolumeReader) -> None:
+        self._head = head
+        self._source = source
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0 or n >= len(self._head):
+                data, self._head = self._head, b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            return data
+        return self._source.read(n)
+
+
+class _ZstdFrames:
+    """Decode zstd frames one after another; stop quietly at bytes that are not a frame.
+
+    ``cat NAME.*`` also sends ``NAME.sha256`` after the volumes: such trailing data
+    after the last frame is ignored. Input goes in small pieces so that one piece's
+    output stays bounded (zstd expands at most ~32768:1).
+    """
+
+    _PIECE = 8 << 10
+
+    def __init__(self, source: BinaryIO | _Prefixed) -> None:
+        self._source = source
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._pending = b""
+        self._out = b""
+        self._ended = False
+        self._in_frame = False
+
+    def _fill(self) -> None:
+        while not self._out and not self._ended:
+            if not self._pending:
+                self._pending = self._source.read(_READ_SIZE)
+                if not self._pending:
+                    if self._in_frame:
+                        raise EOFError("the zstd stream ends inside a frame")
+                    self._ended = True
+                    return
+            piece, self._pending = self._pending[: self._PIECE], self._pending[self._PIECE:]
+            if not self._in_frame:
+                if len(piece) < 4:
+                    more = self._source.read(_READ_SIZE)
+                    if more:
+                        self._pending = piece + more
+                        continue
+                if piece[:4] != ZSTD_MAGIC:
+                    self._ended = True  # trailing data (e.g. the checksum file)
+                    return
+                self._in_frame = True
+            self._out = self._obj.decompress(piece)
+            if self._obj.eof:
+                self._pending = self._obj.unused_data + self._pending
+                self._obj = self._dctx.decompressobj()
+                self._in_frame = False
+
+    def read(self, n: int = -1) -> bytes:
+        self._fill()
+        if n is None or n < 0:
+            n = len(self._out)
+        data, self._out = self._out[:n], self._out[n:]
+        return data
+
+
+class _Guarded:
+    """Turns read failures of the archive stream into :class:`BundleError`."""
+
+    def __init__(self, source: BinaryIO, where: str) -> None:
+        self._source = source
+        self.where = where
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._source.read(n)
+        except BundleError:
+            raise
+        except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as exc:
+            raise damaged(self.where, exc) from exc
+
+
+def damaged(where: str, exc: BaseException) -> BundleError:
+    """The error for an archive that ends early or does not decode."""
+    return BundleError(f"{where}: the archive is truncated or damaged ({exc or type(exc).__name__})")
+
+
+class ArchiveReader:
+    """Read a bundle archive's members in order, one pass, checked as they come.
+
+    Args:
+        bundle: a ``.tar`` or ``.tar.zst`` file, split volumes (base name or first
+            volume), or ``-`` for stdin. Compression is detected from the content.
+        on_volume_problem: receives volume checksum problems (verify); when None they
+            raise :class:`BundleError` (import).
+
+    Use as a context manager; iterate for :class:`Member` values.
+
+    Raises (while iterating):
+        UnsafeArchiveError: an unsafe member (see the module docstring).
+        BundleError: a truncated or damaged archive, a volume whose checksum differs.
+    """
+
+    def __init__(self, bundle: str | os.PathLike[str],
+                 on_volume_problem: Callable[[str], None] | None = None) -> None:
+        text = os.fspath(bundle)
+        self.where = "stdin" if text == "-" else text
+        self.volumes: list[Path] = []
+        self._owned: BinaryIO | VolumeReader | None = None
+        if text == "-":
+            source: BinaryIO | VolumeReader = sys.stdin.buffer
+        elif (found := find_volumes(Path(text))) is not None:
+            base, self.volumes = found
+            self.where = str(base)
+            source = self._owned = VolumeReader(self.volumes, read_checksums(base),
+                                                on_volume_problem)
+        else:
+            try:
+                source = self._owned = open(text, "rb")  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise BundleError(f"{text}: cannot open the bundle: {exc}") from exc
+        head = source.read(4)
+        stream: BinaryIO | _Prefixed = _Prefixed(head, source)
+        self.compressed = head == ZSTD_MAGIC
+        if self.compressed:
+            stream = _ZstdFrames(stream)
+        self._stream = _Guarded(stream, self.where)  # type: ignore[arg-type]
+        try:
+            self._tar = tarfile.open(fileobj=self._stream, mode="r|",  # noqa: SIM115
+                                     copybufsize=_READ_SIZE)
+        except tarfile.TarError as exc:
+            self.close()
+            raise BundleError(f"{self.where}: not a tar or tar.zst bundle ({exc})") from exc
+        self._seen: set[str] = set()
+
+    def __iter__(self) -> Iterator[Member]:
+        tar = self._tar
+        while True:
+            try:
+                info = tar.next()
+            except BundleError:
+                raise
+            except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as exc:
+                raise damaged(self.where, exc) from exc
+            if info is None:
+                break
+            tar.members.clear()  # a stream is read once; keep memory flat
+            name = check_member(info, self._seen, self.where)
+            if name is None:
+                continue
+            file = tar.extractfile(info)
+            assert file is not None
+            yield Member(name, blob_digest(name, self.where), info.size,
+                         _Guarded(file, self.where))  # type: ignore[arg-type]
+        self.drain_volumes()
+
+    def drain_volumes(self) -> None:
+        """Read the rest of the volumes undecoded, so each one's checksum is checked."""
+        if isinstance(self._owned, VolumeReader):
+            while self._owned.read(_READ_SIZE):
+                pass
+
+    def close(self) -> None:
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,265 @@
+"""Split volumes: one archive byte stream cut into ``NAME.000``, ``NAME.001``, ...
+
+A split bundle is the byte stream of ``NAME`` (a ``.tar`` or ``.tar.zst``) cut at every
+``split_size`` bytes; ``cat NAME.*`` gives the stream back. Beside the volumes,
+``NAME.sha256`` lists each volume's sha256 in ``sha256sum`` format, followed by a
+comment with its size in bytes::
+
+    5d1e...c0  bundle.tar.zst.000
+    ...
+    # bundle.tar.zst.000 4294967296
+
+so ``sha256sum -c bundle.tar.zst.sha256`` checks the volumes on any machine.
+
+Volumes are written under temp names and renamed only when the whole stream is
+written; the checksum file comes last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import BundleError
+
+__all__ = ["VolumeInfo", "VolumeReader", "VolumeWriter", "find_volumes", "read_checksums",
+           "volume_name"]
+
+_VOLUME_RE = re.compile(r"^(?P<base>.+)\.(?P<number>\d{3,})$")
+_LINE_RE = re.compile(r"^(?P<hex>[0-9a-f]{64}) [ *](?P<name>.+)$")
+_SIZE_RE = re.compile(r"^# (?P<name>\S+) (?P<size>\d+)$")
+
+
+def volume_name(base: Path, number: int) -> Path:
+    """``base.000``, ``base.001``, ... (more digits past 999)."""
+    return base.with_name(f"{base.name}.{number:03d}")
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """One volume as the checksum file lists it: ``name``, ``sha256`` hex, ``size`` bytes."""
+
+    name: str
+    sha256: str
+    size: int | None
+
+
+def checksum_path(base: Path) -> Path:
+    """``NAME.sha256`` beside the volumes."""
+    return base.with_name(base.name + ".sha256")
+
+
+def find_volumes(path: str | os.PathLike[str]) -> tuple[Path, list[Path]] | None:
+    """Find the volumes of a split bundle given its base name or its first volume.
+
+    Args:
+        path: ``NAME`` (when ``NAME`` itself does not exist) or ``NAME.000``.
+
+    Returns:
+        (base path, volume paths in order), or None if ``path`` is not a split bundle.
+    """
+    path = Path(path)
+    match = _VOLUME_RE.match(path.name)
+    if match and path.is_file():
+        base = path.with_name(match.group("base"))
+    elif not path.exists() and volume_name(path, 0).is_file():
+        base = path
+    else:
+        return None
+    volumes = []
+    number = 0
+    while (candidate := volume_name(base, number)).is_file():
+        volumes.append(candidate)
+        number += 1
+    return (base, volumes) if volumes else None
+
+
+def read_checksums(base: Path) -> list[VolumeInfo] | None:
+    """Parse ``NAME.sha256``; None if there is no such file.
+
+    Raises:
+        BundleError: a line that is neither a checksum line nor a size comment.
+    """
+    path = checksum_path(base)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the volume checksums: {exc}") from exc
+    sums: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if (size := _SIZE_RE.match(line)) is not None:
+            sizes[size.group("name")] = int(size.group("size"))
+        elif (entry := _LINE_RE.match(line)) is not None:
+            sums[entry.group("name")] = entry.group("hex")
+        elif not line.startswith("#"):
+            raise BundleError(f"{path}:{number}: not a sha256sum line: {line!r}")
+    return [VolumeInfo(name, hexdigest, sizes.get(name)) for name, hexdigest in sums.items()]
+
+
+class VolumeWriter:
+    """A write-only binary stream that lands in volumes of ``split_size`` bytes.
+
+    Args:
+        base: the bundle name ``NAME``; volumes are ``NAME.000``, ... .
+        split_size: bytes per volume (the last one may be shorter).
+
+    Call :meth:`commit` after the last write (renames the volumes and writes the
+    checksum file) or :meth:`abort` (removes everything written).
+    """
+
+    def __init__(self, base: Path, split_size: int) -> None:
+        if split_size < 1:
+            raise BundleError(f"split size must be at least 1 byte, got {split_size}")
+        self.base = base
+        self.split_size = split_size
+        self.volumes: list[tuple[Path, Path, str, int]] = []  # temp, final, sha256, size
+        self._file: BinaryIO | None = None
+        self._hasher = hashlib.sha256()
+        self._left = 0
+
+    def _open_next(self) -> None:
+        self._close_current()
+        final = volume_name(self.base, len(self.volumes))
+        temp = final.with_name(f".{final.name}.partial")
+        self._file = open(temp, "wb")  # noqa: SIM115 - closed in _close_current
+        self._hasher = hashlib.sha256()
+        self._left = self.split_size
+        self.volumes.append((temp, final, "", 0))
+
+    def _close_current(self) -> None:
+        if self._file is None:
+            return
+        f = self._file
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        temp, final, _, _ = self.volumes[-1]
+        self.volumes[-1] = (temp, final, self._hasher.hexdigest(), self.split_size - self._left)
+        self._file = None
+
+    def write(self, data: bytes) -> int:
+        """Append bytes, starting a new volume whenever the current one is full."""
+        view = memoryview(data)
+        while view:
+            if self._file is None or self._left == 0:
+                self._open_next()
+            piece = view[: self._left]
+            self._file.write(piece)
+            self._hasher.update(piece)
+            self._left -= len(piece)
+            view = view[len(piece):]
+        return len(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def commit(self) -> list[Path]:
+        """Close, rename the volumes to their names, write ``NAME.sha256``; the paths."""
+        if self._file is None and not self.volumes:
+            self._open_next()
+        self._close_current()
+        for temp, final, _, _ in self.volumes:
+            os.replace(temp, final)
+        lines = [f"{digest}  {final.name}" for _, final, digest, _ in self.volumes]
+        lines += [f"# {final.name} {size}" for _, final, _, size in self.volumes]
+        from .layout import write_atomic
+
+        path = checksum_path(self.base)
+        write_atomic(path, ("\n".join(lines) + "\n").encode())
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
+        return [final for _, final, _, _ in self.volumes]
+
+    def abort(self) -> None:
+        """Remove every volume written so far."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for temp, _, _, _ in self.volumes:
+            temp.unlink(missing_ok=True)
+
+
+class VolumeReader:
+    """Read volumes one after another as one binary stream, checking each one's sha256.
+
+    Args:
+        volumes: the volume paths in order.
+        checksums: the checksum file's entries, or None to skip the checks.
+        on_problem: called with a message for each volume that does not match (verify);
+            when None, the mismatch is raised as :class:`BundleError` (import).
+    """
+
+    def __init__(self, volumes: list[Path], checksums: list[VolumeInfo] | None,
+                 on_problem: Callable[[str], None] | None = None) -> None:
+        self.volumes = list(volumes)
+        self.expected = {v.name: v for v in checksums} if checksums is not None else None
+        self.on_problem = on_problem
+        self._index = -1
+        self._file: BinaryIO | None = None
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        if self.expected is not None:
+            names = {p.name for p in self.volumes}
+            for name in sorted(set(self.expected) - names):
+                self._problem(f"volume {name} is missing (listed in the checksum file)")
+
+    def _problem(self, message: str) -> None:
+        if self.on_problem is None:
+            raise BundleError(message)
+        self.on_problem(message)
+
+    def _finish_current(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        path = self.volumes[self._index]
+        if self.expected is None:
+            return
+        info = self.expected.get(path.name)
+        if info is None:
+            self._problem(f"volume {path.name} is not listed in {checksum_path(path).name}")
+        elif info.size is not None and info.size != self._size:
+            self._problem(f"volume {path.name} has {self._size} bytes, the checksum file "
+                          f"says {info.size} (truncated or from another bundle)")
+        elif info.sha256 != self._hasher.hexdigest():
+            self._problem(f"volume {path.name}: sha256 {self._hasher.hexdigest()} does not "
+                          f"match the checksum file ({info.sha256}); it is damaged or "
+                          "belongs to another bundle")
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes of the concatenated volumes (``b""`` at the end)."""
+        while True:
+            if self._file is None:
+                if self._index + 1 >= len(self.volumes):
+                    return b""
+                self._index += 1
+                try:
+                    self._file = open(self.volumes[self._index], "rb")  # noqa: SIM115
+                except OSError as exc:
+                    raise BundleError(f"cannot read volume {self.volumes[self._index]}: "
+                                      f"{exc}") from exc
+                self._hasher, self._size = hashlib.sha256(), 0
+            data = self._file.read(n if n is not None and n >= 0 else 1 << 20)
+            if data:
+                self._hasher.update(data)
+                self._size += len(data)
+                return data
+            self._finish_current()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

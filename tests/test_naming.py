@@ -1,0 +1,244 @@
+"""Unit tests of import naming: ``--to`` prefixes, ``--mapping`` files, tag-only layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bundler.content import OCI_INDEX, OCI_MANIFEST, Descriptor
+from bundler.digest import Digest
+from bundler.errors import MappingError
+from bundler.naming import entry_name, parse_mapping, resolve_targets
+from bundler.reference import Reference
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+D1 = Digest.parse("sha256:" + "1" * 64)
+D2 = Digest.parse("sha256:" + "2" * 64)
+D3 = Digest.parse("sha256:" + "3" * 64)
+D4 = Digest.parse("sha256:" + "4" * 64)
+
+
+def entry(digest: Digest, name: str | None = None, *, containerd: str | None = None,
+          media_type: str = OCI_MANIFEST) -> Descriptor:
+    """A layout ``index.json`` descriptor named like bundler (both annotations) or others."""
+    annotations = {}
+    if name is not None:
+        annotations[REF_NAME] = name
+    if containerd is not None:
+        annotations[CONTAINERD_NAME] = containerd
+    return Descriptor(media_type, digest, 512, annotations)
+
+
+def bundle_entries() -> list[Descriptor]:
+    """What ``bundler export`` writes: full references in both annotations."""
+    names = [
+        (D1, "docker.io/library/alpine:3.20", OCI_INDEX),
+        (D2, "quay.io/org/app/server:v1", OCI_MANIFEST),
+        (D3, "docker.io/library/busybox@" + str(D3), OCI_MANIFEST),
+    ]
+    return [entry(d, n, containerd=n, media_type=m) for d, n, m in names]
+
+
+def destinations(targets: list) -> list[str]:
+    return [str(t.destination) for t in targets]
+
+
+# -- --to -------------------------------------------------------------------------------
+def test_to_with_prefix_keeps_repository_path_and_tag() -> None:
+    targets = resolve_targets(bundle_entries(), to="registry.internal:5000/mirror")
+    assert [t.name for t in targets] == [
+        "docker.io/library/alpine:3.20",
+        "quay.io/org/app/server:v1",
+        "docker.io/library/busybox@" + str(D3),
+    ]
+    assert destinations(targets) == [
+        f"registry.internal:5000/mirror/library/alpine:3.20@{D1}",
+        f"registry.internal:5000/mirror/org/app/server:v1@{D2}",
+        f"registry.internal:5000/mirror/library/busybox@{D3}",
+    ]
+    first = targets[0].destination
+    assert (first.registry, first.repository, first.tag, first.digest) == (
+        "registry.internal:5000", "mirror/library/alpine", "3.20", D1)
+    assert [t.descriptor for t in targets] == bundle_entries()
+
+
+def test_to_registry_only_and_nested_prefix() -> None:
+    assert destinations(resolve_targets(bundle_entries()[:2], to="localhost:5000")) == [
+        f"localhost:5000/library/alpine:3.20@{D1}",
+        f"localhost:5000/org/app/server:v1@{D2}",
+    ]
+    assert destinations(resolve_targets(bundle_entries()[:1], to="10.0.0.7:443/a/b/")) == [
+        f"10.0.0.7:443/a/b/library/alpine:3.20@{D1}",
+    ]
+
+
+def test_digest_only_entry_is_pushed_by_digest() -> None:
+    (target,) = resolve_targets(bundle_entries()[2:], to="registry.internal:5000/m")
+    assert target.destination.tag is None
+    assert target.destination.digest == D3
+    assert target.destination.identifier == str(D3)
+
+
+def test_containerd_name_wins_over_ref_name() -> None:
+    both = entry(D1, "latest", containerd="ghcr.io/acme/tool:latest")
+    assert entry_name(both) == "ghcr.io/acme/tool:latest"
+    assert entry_name(entry(D1, "v2")) == "v2"
+    assert entry_name(entry(D1)) == ""
+    (target,) = resolve_targets([both], to="reg.local:5000")
+    assert str(target.destination) == f"reg.local:5000/acme/tool:latest@{D1}"
+
+
+def test_tag_only_layout_imports_into_the_full_repository() -> None:
+    """skopeo ``oci:DIR:tag`` and umoci record only a tag in ref.name."""
+    entries = [entry(D1, "v1.2"), entry(D2, "latest"), entry(D4)]
+    targets = resolve_targets(entries, to="reg.local:5000/team/app")
+    assert [t.name for t in targets] == ["v1.2", "latest", str(D4)]
+    assert destinations(targets) == [
+        f"reg.local:5000/team/app:v1.2@{D1}",
+        f"reg.local:5000/team/app:latest@{D2}",
+        f"reg.local:5000/team/app@{D4}",
+    ]
+
+
+def test_tag_only_entry_with_registry_only_names_the_entry() -> None:
+    with pytest.raises(MappingError) as info:
+        resolve_targets([entry(D1, "v1.2")], to="reg.local:5000")
+    assert str(info.value) == (
+        "bundle entry 'v1.2' records no repository; give --to with the full repository "
+        "(REGISTRY/REPOSITORY) or use --mapping"
+    )
+
+
+def test_unnamed_entry_with_registry_only_names_its_position_and_digest() -> None:
+    entries = [*bundle_entries()[:1], entry(D4)]
+    with pytest.raises(MappingError) as info:
+        resolve_targets(entries, to="reg.local:5000/")
+    assert str(info.value) == (
+        "bundle entry #1 (sha256:444444444444, no name) records no repository; give --to "
+        "with the full repository (REGISTRY/REPOSITORY) or use --mapping"
+    )
+
+
+@pytest.mark.parametrize("to, mapping", [(None, None), ("reg.local:5000", [])])
+def test_exactly_one_of_to_and_mapping(to: str | None, mapping: list | None) -> None:
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries(), to=to, mapping=mapping)
+    assert str(info.value) == "give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE"
+
+
+def test_to_without_registry() -> None:
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries(), to="/mirror")
+    assert str(info.value) == "--to '/mirror': expected REGISTRY[/PREFIX]"
+
+
+def test_to_must_start_with_a_registry_host() -> None:
+    """A first component that is no host (no '.', ':' or localhost) would mean Docker Hub."""
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries(), to="mirror/library")
+    assert str(info.value) == (
+        "--to 'mirror/library': 'mirror' is not a registry host; expected "
+        "REGISTRY[/PREFIX] with REGISTRY like registry.internal:5000 or localhost"
+    )
+
+
+def test_to_with_invalid_repository_names_the_option() -> None:
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries()[:1], to="reg.local:5000/Mirror")
+    assert str(info.value) == (
+        "--to 'reg.local:5000/Mirror': invalid reference 'reg.local:5000/Mirror/library/alpine': "
+        "repository name must be lowercase"
+    )
+
+
+# -- --mapping ----------------------------------------------------------------------------
+def test_mapping_limits_and_renames() -> None:
+    mapping = [
+        ("docker.io/library/busybox@" + str(D3), "reg.local:5000/tools/busybox"),
+        ("quay.io/org/app/server:v1", "reg.local:5000/prod/server:stable"),
+    ]
+    targets = resolve_targets(bundle_entries(), mapping=mapping)
+    assert [t.name for t in targets] == ["docker.io/library/busybox@" + str(D3),
+                                         "quay.io/org/app/server:v1"]
+    assert destinations(targets) == [
+        f"reg.local:5000/tools/busybox@{D3}",
+        f"reg.local:5000/prod/server:stable@{D2}",
+    ]
+
+
+def test_mapping_source_short_name_or_digest_and_tag_kept() -> None:
+    """SOURCE may be written as docker would (``alpine:3.20``) or be the image digest."""
+    targets = resolve_targets(bundle_entries(), mapping=[
+        ("alpine:3.20", "reg.local:5000/base/alpine"),
+        (str(D2), "reg.local:5000/srv"),
+    ])
+    assert [t.name for t in targets] == ["docker.io/library/alpine:3.20",
+                                         "quay.io/org/app/server:v1"]
+    assert destinations(targets) == [
+        f"reg.local:5000/base/alpine:3.20@{D1}",
+        f"reg.local:5000/srv:v1@{D2}",
+    ]
+
+
+def test_mapping_of_a_tag_only_layout_entry() -> None:
+    (target,) = resolve_targets([entry(D1, "v1.2"), entry(D2, "v2")],
+                                mapping=[("v2", "reg.local:5000/app")])
+    assert str(target.destination) == f"reg.local:5000/app:v2@{D2}"
+
+
+def test_mapping_source_not_in_bundle() -> None:
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries(), mapping=[("docker.io/library/nginx:1", "reg.local:5000/x")])
+    assert str(info.value) == "mapping source 'docker.io/library/nginx:1' is not in the bundle"
+
+
+def test_mapping_destination_invalid() -> None:
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries(), mapping=[("alpine:3.20", "reg.local:5000/Alpine")])
+    assert str(info.value) == (
+        "mapping destination 'reg.local:5000/Alpine': invalid reference "
+        "'reg.local:5000/Alpine': repository name must be lowercase"
+    )
+
+
+def test_parse_mapping_ignores_blank_lines_and_comments(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.txt"
+    path.write_text(
+        "# images for the DR site\n"
+        "\n"
+        "docker.io/library/alpine:3.20=reg.local:5000/base/alpine:3.20\n"
+        "   # indented comment\n"
+        "  quay.io/org/app/server:v1 = reg.local:5000/prod/server   # trailing comment\n"
+        "docker.io/library/busybox@" + str(D3) + "=reg.local:5000/tools/busybox\n"
+    )
+    assert parse_mapping(path) == [
+        ("docker.io/library/alpine:3.20", "reg.local:5000/base/alpine:3.20"),
+        ("quay.io/org/app/server:v1", "reg.local:5000/prod/server"),
+        ("docker.io/library/busybox@" + str(D3), "reg.local:5000/tools/busybox"),
+    ]
+
+
+@pytest.mark.parametrize("line", ["docker.io/library/alpine:3.20", "=reg.local:5000/x",
+                                  "alpine:3.20="])
+def test_parse_mapping_rejects_a_line_without_both_sides(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "mapping.txt"
+    path.write_text("# header\n" + line + "\n")
+    with pytest.raises(MappingError) as info:
+        parse_mapping(path)
+    assert str(info.value) == f"{path}:2: expected SOURCE=DESTINATION, got {line!r}"
+
+
+def test_parse_mapping_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.txt"
+    with pytest.raises(MappingError) as info:
+        parse_mapping(path)
+    assert str(info.value) == (
+        f"cannot read mapping file {path}: [Errno 2] No such file or directory: '{path}'"
+    )
+
+
+def test_reference_of_destination_is_a_value() -> None:
+    (target,) = resolve_targets(bundle_entries()[:1], to="reg.local:5000/m")
+    assert target.destination == Reference("reg.local:5000", "m/library/alpine", "3.20", D1)
