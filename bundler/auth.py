@@ -33,6 +33,7 @@ __all__ = [
     "lookup_credentials",
     "parse_creds",
     "request_repository",
+    "redact_url",
     "request_scope",
 ]
 
@@ -279,3 +280,16 @@ class RegistryAuth(httpx.Auth):
         token = self._read_token((yield self._token_request(creds, wanted)), creds, wanted)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+_PLAIN_PARAMS = frozenset({"scope", "service", "account", "digest", "mount", "from", "n",
+                           "last", "client_id", "offline_token", "artifactType"})
+
+
+def redact_url(url: httpx.URL | str) -> str:
+    """A URL fit for logs: no user info, query values other than known-harmless ones
+    replaced by ``***`` (upload state, signatures, tokens)."""
+    url = httpx.URL(str(url))
+    params = [(k, v if k in _PLAIN_PARAMS else "***") for k, v in url.params.multi_items()]
+    return str(url.copy_with(userinfo=b"", query=None).copy_merge_params(params)) if params \
+        else str(url.copy_with(userinfo=b"", query=None))

@@ -19,17 +19,10 @@ entry means no credentials. A helper ``docker-credential-NAME`` is run as ``NAME
 with the server URL on stdin and answers ``{"Username", "Secret"}``; the user name
 ``<token>`` marks the secret as an identity token.
 
-``bundler login`` writes to the first of ``$REGISTRY_AUTH_FILE``,
-``$XDG_RUNTIME_DIR/containers/auth.json`` (when ``XDG_RUNTIME_DIR`` is set) and
-``~/.docker/config.json``: the file podman uses when it can, and docker's otherwise.
-
-TLS trust: the system trust store (honouring ``SSL_CERT_FILE``/``SSL_CERT_DIR``), plus
-the ``*.crt`` CAs and ``*.cert``/``*.key`` client pairs of a certificate directory: the
-one given with ``--*-cert-dir``, else the first ``ROOT/HOST:PORT`` of
-:data:`CERTS_D_ROOTS` that exists.
+``bundler login`` writes to :func:`default_authfile` (see :mod:`bundler.authfile`).
 
 Spec: containers-auth.json(5); docker ``config.json`` and docker-credential-helpers
-protocol; containers-certs.d(5). Secrets never appear in ``repr()``, logs or errors.
+protocol. Secrets never appear in ``repr()``, logs or errors.
 """
 
 from __future__ import annotations
@@ -39,38 +32,24 @@ import json
 import logging
 import os
 import shutil
-import ssl
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from .errors import BundlerError
 
 __all__ = [
-    "CERTS_D_ROOTS",
     "DOCKER_HUB_AUTH_KEY",
     "Credentials",
     "Keychain",
     "default_authfile",
-    "find_cert_dir",
     "helper_credentials",
     "load_authfile",
-    "login",
-    "logout",
     "lookup_credentials",
     "normalize_key",
     "parse_creds",
-    "redact_url",
-    "remove_credentials",
-    "ssl_context",
-    "store_credentials",
-    "write_authfile",
 ]
 
 log = logging.getLogger("bundler.credentials")
@@ -78,12 +57,6 @@ log = logging.getLogger("bundler.credentials")
 #: Docker Hub's legacy auth file key; docker login writes it, helpers expect it.
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 _HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-#: Roots searched for ``HOST:PORT/`` certificate directories (``~`` is expanded on use).
-CERTS_D_ROOTS: tuple[str, ...] = (
-    "~/.config/containers/certs.d",
-    "/etc/containers/certs.d",
-    "/etc/docker/certs.d",
-)
 _HELPER_TIMEOUT_S = 60.0
 _TOKEN_USER = "<token>"
 
@@ -383,207 +356,3 @@ class Keychain:
                     for key in (config.get("auths") or {})
                 )
             return self._scoped[registry]
-
-
-# -- writing (login / logout) ----------------------------------------------------------
-def write_authfile(path: str | os.PathLike[str], config: dict) -> None:
-    """Write an auth file atomically with mode 0600, creating parent directories (0700).
-
-    Raises:
-        BundlerError: the file cannot be written.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BundlerError(f"cannot write auth file {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(config, handle, indent="\t")
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise BundlerError(f"cannot write auth file {path}: {exc.strerror}") from exc
-
-
-def _read_for_update(path: Path) -> dict:
-    return load_authfile(path) if path.exists() else {}
-
-
-def store_credentials(path: str | os.PathLike[str], key: str, credentials: Credentials) -> None:
-    """Record ``credentials`` under ``key`` (``host[:port][/namespace]``) in an auth file,
-    replacing any entry with an equivalent key.
-
-    Spec: containers-auth.json(5).
-    """
-    path = Path(path)
-    config = _read_for_update(path)
-    auths = config.get("auths")
-    if not isinstance(auths, dict):
-        auths = config["auths"] = {}
-    norm = normalize_key(key)
-    for old in [k for k in auths if normalize_key(k) == norm]:
-        del auths[old]
-    entry: dict[str, Any] = {}
-    if credentials.username or credentials.password:
-        raw = f"{credentials.username}:{credentials.password}".encode()
-        entry["auth"] = base64.b64encode(raw).decode("ascii")
-    if credentials.identity_token:
-        entry["identitytoken"] = credentials.identity_token
-    auths[norm] = entry
-    write_authfile(path, config)
-
-
-def remove_credentials(path: str | os.PathLike[str], key: str | None) -> list[str]:
-    """Remove the entries for ``key`` (all of them when None) from an auth file.
-
-    Returns:
-        The keys removed (empty when there was nothing to remove; the file is untouched).
-    """
-    path = Path(path)
-    config = _read_for_update(path)
-    auths = config.get("auths") if isinstance(config.get("auths"), dict) else {}
-    norm = None if key is None else normalize_key(key)
-    gone = [k for k in auths if norm is None or normalize_key(k) == norm]
-    if gone:
-        for old in gone:
-            del auths[old]
-        write_authfile(path, config)
-    return gone
-
-
-# -- TLS -------------------------------------------------------------------------------
-def find_cert_dir(registry: str) -> Path | None:
-    """The first ``ROOT/HOST:PORT`` directory of :data:`CERTS_D_ROOTS` that exists.
-
-    Spec: containers-certs.d(5).
-    """
-    for root in CERTS_D_ROOTS:
-        candidate = Path(os.path.expanduser(root)) / registry
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def ssl_context(registry: str, *, verify: bool = True, cert_dir: Path | None = None
-                ) -> ssl.SSLContext | bool:
-    """The TLS settings for one registry.
-
-    Args:
-        registry: ``host[:port]``, the name of its certs.d directory.
-        verify: False turns verification off (and returns False).
-        cert_dir: a directory of ``*.crt``/``*.cert``/``*.key``; None looks one up.
-
-    Returns:
-        An SSL context trusting the system store and the directory's CAs, presenting its
-        client certificate; or False when not verifying.
-
-    Raises:
-        BundlerError: a client certificate without its key or the reverse, or an
-        unreadable file.
-
-    Spec: containers-certs.d(5).
-    """
-    if not verify:
-        return False
-    directory = Path(cert_dir) if cert_dir is not None else find_cert_dir(registry)
-    ctx = ssl.create_default_context()
-    if directory is None:
-        return ctx
-    if directory != cert_dir:
-        log.debug("TLS settings for %s from %s", registry, directory)
-    try:
-        for ca in sorted(directory.glob("*.crt")):
-            ctx.load_verify_locations(cafile=str(ca))
-        for cert in sorted(directory.glob("*.cert")):
-            key = cert.with_suffix(".key")
-            if not key.exists():
-                raise BundlerError(f"client certificate {cert} has no key {key.name}")
-            ctx.load_cert_chain(str(cert), str(key))
-        for key in sorted(directory.glob("*.key")):
-            if not key.with_suffix(".cert").exists():
-                raise BundlerError(f"client key {key} has no certificate {key.stem}.cert")
-    except (OSError, ssl.SSLError) as exc:
-        raise BundlerError(f"cannot load TLS files from {directory}: {exc}") from exc
-    return ctx
-
-
-# -- logging ---------------------------------------------------------------------------
-_PLAIN_PARAMS = frozenset({"scope", "service", "account", "digest", "mount", "from", "n",
-                           "last", "client_id", "offline_token", "artifactType"})
-
-
-def redact_url(url: httpx.URL | str) -> str:
-    """A URL fit for logs: no user info, query values other than known-harmless ones
-    replaced by ``***`` (upload state, signatures, tokens)."""
-    url = httpx.URL(str(url))
-    params = [(k, v if k in _PLAIN_PARAMS else "***") for k, v in url.params.multi_items()]
-    return str(url.copy_with(userinfo=b"", query=None).copy_merge_params(params)) if params \
-        else str(url.copy_with(userinfo=b"", query=None))
-
-
-# -- login / logout ----------------------------------------------------------------------
-def login(
-    target: str,
-    credentials: Credentials,
-    *,
-    authfile: str | os.PathLike[str] | None = None,
-    tls_verify: bool = True,
-    cert_dir: Path | None = None,
-) -> Path:
-    """Check credentials against a registry, then record them in an auth file.
-
-    Like ``podman login``: ``GET /v2/`` with the credentials (for token auth, a token is
-    requested with them) must succeed before anything is written.
-
-    Args:
-        target: ``host[:port]`` or ``host[:port]/namespace[/repo]`` (a repository-scoped
-            entry).
-        credentials: what to store.
-        authfile: the file to write; default :func:`default_authfile`.
-        tls_verify, cert_dir: TLS settings for the check.
-
-    Returns:
-        The file written (mode 0600).
-
-    Raises:
-        AuthenticationError: the registry or its token service refused the credentials.
-        TransportError: the registry cannot be reached. BundlerError: the file cannot be
-        written.
-
-    Spec: containers-auth.json(5); docker token authentication ``token.md``.
-    """
-    from .registry import RegistryClient, TransportOptions
-
-    key = normalize_key(target)
-    registry = key.split("/", 1)[0]
-    options = TransportOptions(credentials=credentials, tls_verify=tls_verify,
-                               cert_dir=cert_dir, retries=1)
-    with RegistryClient(registry, options) as client:
-        client.request("GET", "/v2/", what=f"login to {registry}")
-    path = Path(authfile) if authfile else default_authfile()
-    store_credentials(path, key, credentials)
-    return path
-
-
-def logout(target: str | None, *, authfile: str | os.PathLike[str] | None = None) -> list[str]:
-    """Remove the entry for ``target`` (every entry when None) from an auth file.
-
-    Returns:
-        The keys removed.
-
-    Raises:
-        BundlerError: nothing stored for ``target``; the file cannot be read or written.
-
-    Spec: containers-auth.json(5).
-    """
-    path = Path(authfile) if authfile else default_authfile()
-    gone = remove_credentials(path, target)
-    if target is not None and not gone:
-        raise BundlerError(f"not logged in to {normalize_key(target)} (in {path})")
-    return gone

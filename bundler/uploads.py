@@ -30,7 +30,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .registry import TransportOptions
+    from .transport import TransportOptions
 
 __all__ = ["BlobUploads"]
 
@@ -39,7 +39,7 @@ _PATCH_REFUSED = frozenset({400, 405, 406, 415, 416, 501})
 
 
 def _transient(exc: RegistryError) -> bool:
-    from .registry import RETRY_STATUSES
+    from .transport import RETRY_STATUSES
 
     return isinstance(exc, TransportError) or exc.status in RETRY_STATUSES
 

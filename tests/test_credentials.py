@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from bundler import export_bundle
+from bundler.auth import redact_url
 from bundler.cli import main
 from bundler.credentials import (
     Credentials,
@@ -26,7 +27,6 @@ from bundler.credentials import (
     default_authfile,
     lookup_credentials,
     normalize_key,
-    redact_url,
 )
 from bundler.errors import AuthenticationError, BundlerError, TransferError
 from bundler.registry import TransportOptions

@@ -20,12 +20,13 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from bundler import credentials, export_bundle
+from bundler import export_bundle, tls
 from bundler.cli import main
-from bundler.credentials import Credentials, Keychain, ssl_context
+from bundler.credentials import Credentials, Keychain
 from bundler.errors import AuthenticationError, BundlerError, TransferError, TransportError
 from bundler.registry import TransportOptions
 from bundler.sandbox import LocalRegistry, TokenServer, make_image, make_layer, push, start_registry
+from bundler.tls import ssl_context
 
 IMAGE = make_image([make_layer({"tls.txt": b"over tls"})])
 OTHER = make_image([make_layer({"other.txt": b"other repo"})])
@@ -44,7 +45,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(home))
     for name in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(credentials, "CERTS_D_ROOTS", (str(tmp_path / "no-certs.d"),))
+    monkeypatch.setattr(tls, "CERTS_D_ROOTS", (str(tmp_path / "no-certs.d"),))
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_import_finds_the_ca_in_certs_d(tls_registries: tuple, tmp_path: Path,
     assert bad.exit_code == 1
     assert bad.stderr.endswith(untrusted(dest) + "\n")
     # dest.cert_dir is ROOT/127.0.0.1:PORT holding ca.crt: the certs.d layout
-    monkeypatch.setattr(credentials, "CERTS_D_ROOTS",
+    monkeypatch.setattr(tls, "CERTS_D_ROOTS",
                         (str(tmp_path / "empty"), str(dest.cert_dir.parent)))
     ok = run("import", str(bundle), "--to", f"{dest.host}/mirror", "-q")
     assert ok.exit_code == 0, ok.output
@@ -197,11 +198,11 @@ def test_client_certificate_pair(tmp_path: Path, ca: Any) -> None:
 def test_certs_d_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     (second / "r.example:5000").mkdir(parents=True)
-    monkeypatch.setattr(credentials, "CERTS_D_ROOTS", (str(first), str(second)))
-    assert credentials.find_cert_dir("r.example:5000") == second / "r.example:5000"
+    monkeypatch.setattr(tls, "CERTS_D_ROOTS", (str(first), str(second)))
+    assert tls.find_cert_dir("r.example:5000") == second / "r.example:5000"
     (first / "r.example:5000").mkdir(parents=True)
-    assert credentials.find_cert_dir("r.example:5000") == first / "r.example:5000"
-    assert credentials.find_cert_dir("r.example") is None
+    assert tls.find_cert_dir("r.example:5000") == first / "r.example:5000"
+    assert tls.find_cert_dir("r.example") is None
     assert ssl_context("r.example", verify=False) is False
 
 

@@ -1,0 +1,354 @@
+"""The HTTP layer under the registry client: one ``httpx.Client`` per registry, the ping
+that finds the scheme, retries, and registry error answers turned into errors.
+
+Retries live here and only here: connection errors, timeouts and the statuses in
+``RETRY_STATUSES`` are retried with exponential backoff and jitter, honouring
+``Retry-After`` (seconds or an HTTP date) up to ``retry_cap_s``. Bodies that cannot be
+sent twice (streamed uploads) are not retried here; the upload code restarts them.
+
+Spec: distribution-spec "API version check" (``GET /v2/``), "Error codes"; RFC 9110
+``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tenacity
+
+from .auth import Credentials, RegistryAuth, redact_url, request_repository
+from .credentials import Keychain
+from .errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    NotFoundError,
+    RateLimitError,
+    RegistryError,
+    TransportError,
+)
+from .reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
+from .tls import ssl_context
+
+__all__ = ["RETRY_STATUSES", "RegistrySession", "TransportOptions"]
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Largest manifest accepted, in bytes (distribution accepts 4 MiB).
+MANIFEST_LIMIT = 8 << 20
+_USER_AGENT = "bundler/0.1"
+_http_log = logging.getLogger("bundler.http")
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """How to reach registries on one side (source or destination) of a copy.
+
+    Attributes:
+        credentials: explicit credentials for every registry of this side, or None.
+        authfile: a parsed docker ``config.json``/containers ``auth.json``, or None.
+        keychain: where to look credentials up (see :mod:`bundler.credentials`); None
+            means ``Keychain(credentials, authfile)``: the explicit values, then the
+            auth files of the environment.
+        tls_verify: verify TLS certificates; False also allows plain http.
+        cert_dir: a directory of ``*.crt`` CAs and ``*.cert``/``*.key`` client pairs.
+        retries: attempts after the first for a failed request.
+        retry_delay_s: first backoff delay in seconds (doubles, with jitter).
+        retry_cap_s: longest single wait in seconds, ``Retry-After`` included.
+        timeout_s: connect/read timeout in seconds.
+        chunk_size: uploads above this many bytes go in PATCH chunks of this size.
+        max_connections: connection pool size per registry.
+    """
+
+    credentials: Credentials | None = None
+    authfile: dict | None = field(default=None, repr=False)
+    keychain: Keychain | None = None
+    tls_verify: bool = True
+    cert_dir: Path | None = None
+    retries: int = 4
+    retry_delay_s: float = 0.5
+    retry_cap_s: float = 30.0
+    timeout_s: float = 60.0
+    chunk_size: int = 64 << 20
+    max_connections: int = 16
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _RetryableStatus) or (
+        isinstance(exc, TransportError) and getattr(exc, "retryable", True)
+    )
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _ssl_context(verify: bool, cert_dir: Path | None, registry: str = "") -> ssl.SSLContext | bool:
+    """TLS settings: see :func:`bundler.tls.ssl_context` (certs.d per host)."""
+    return ssl_context(registry, verify=verify, cert_dir=cert_dir)
+
+
+def _log_response(response: httpx.Response) -> None:
+    """``--debug`` line for every HTTP exchange, token requests included: no secrets."""
+    if _http_log.isEnabledFor(logging.DEBUG):
+        request = response.request
+        _http_log.debug("%s %s -> %d", request.method, redact_url(request.url),
+                        response.status_code)
+
+
+def _verify_reason(exc: BaseException) -> str:
+    """The verifier's reason (``unable to get local issuer certificate``) from an
+    exception chain, without OpenSSL's source locations."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) and seen.verify_message:
+            return str(seen.verify_message)
+        seen = seen.__cause__ or seen.__context__
+    return "certificate verify failed"
+
+
+def _error_details(response: httpx.Response) -> tuple[tuple[str, ...], str]:
+    try:
+        errors = response.json().get("errors") or []
+        codes = tuple(str(e.get("code", "")) for e in errors if isinstance(e, dict))
+        text = "; ".join(str(e.get("message", "")) for e in errors if isinstance(e, dict))
+        return codes, text
+    except (ValueError, AttributeError, httpx.ResponseNotRead):
+        return (), response.text[:200].strip() if response.is_stream_consumed else ""
+
+
+class RegistrySession:
+    """Requests to one registry: scheme, auth, retries and errors.
+
+    Args:
+        registry: ``host[:port]`` as in a reference (``docker.io`` for Docker Hub).
+        options: transport options of this side.
+
+    All methods raise :class:`RegistryError` subclasses: ``AuthenticationError`` (401),
+    ``AccessDeniedError`` (403), ``NotFoundError`` (404), ``RateLimitError`` (429 after
+    retries), ``TransportError`` (no answer), each naming the registry and what was asked.
+    """
+
+    def __init__(self, registry: str, options: TransportOptions | None = None) -> None:
+        self.registry = registry
+        self.options = options or TransportOptions()
+        keychain = self.options.keychain or Keychain(self.options.credentials,
+                                                     self.options.authfile)
+        self.auth = RegistryAuth(registry, resolve=lambda repo: keychain.resolve(registry, repo))
+        self.host = DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
+        self.http = httpx.Client(
+            verify=_ssl_context(self.options.tls_verify, self.options.cert_dir, registry),
+            event_hooks={"response": [_log_response]},
+            timeout=httpx.Timeout(self.options.timeout_s, connect=min(30.0, self.options.timeout_s)),
+            limits=httpx.Limits(
+                max_connections=self.options.max_connections,
+                max_keepalive_connections=self.options.max_connections,
+            ),
+            follow_redirects=True,
+            headers={"User-Agent": _USER_AGENT},
+        )
+        self._base: str | None = None
+        self._base_lock = threading.Lock()
+
+    # -- plumbing ----------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def __enter__(self) -> RegistrySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _RetryableStatus):
+            after = _retry_after_s(exc.response)
+            if after is not None:
+                return min(after, self.options.retry_cap_s)
+        base = self.options.retry_delay_s * (2 ** (state.attempt_number - 1))
+        return min(base * (0.5 + tenacity.wait.random.random()), self.options.retry_cap_s)
+
+    def _retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.options.retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(_retryable),
+            reraise=True,
+        )
+
+    def _once(self, method: str, url: str, what: str, stream: bool, **kw: Any) -> httpx.Response:
+        try:
+            request = self.http.build_request(method, url, **kw)
+            response = self.http.send(request, auth=self.auth, stream=stream)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, url, what) from exc
+        except httpx.StreamConsumed as exc:  # a 401 asked to resend a streamed body
+            raise TransportError(f"{what}: the registry asked for credentials again mid-request",
+                                 url=url.split("?")[0], registry=self.registry) from exc
+        if response.status_code in RETRY_STATUSES:
+            response.read()
+            response.close()
+            raise _RetryableStatus(response)
+        return response
+
+    def _transport_error(self, exc: Exception, url: str, what: str) -> TransportError:
+        text = str(exc) or type(exc).__name__
+        tls = "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            message = (
+                f"{what}: the TLS certificate of {self.registry} is not trusted "
+                f"({_verify_reason(exc)}); pass its CA with --src-cert-dir/--dest-cert-dir "
+                f"(or put it in /etc/containers/certs.d/{self.registry}/), or turn "
+                "verification off with --src-tls-verify=false/--dest-tls-verify=false"
+            )
+        else:
+            message = f"{what}: cannot reach {self.registry}: {text}"
+        error = TransportError(message, url=url.split("?")[0], registry=self.registry)
+        error.retryable = not tls  # type: ignore[attr-defined]
+        error.certificate = "CERTIFICATE_VERIFY_FAILED" in text  # type: ignore[attr-defined]
+        return error
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        ok: Iterable[int] = (200,),
+        stream: bool = False,
+        retry: bool = True,
+        **kw: Any,
+    ) -> httpx.Response:
+        """Send a request (retried when ``retry``), returning a response whose status is in
+        ``ok``; else raise the matching :class:`RegistryError`.
+
+        Args:
+            method: HTTP method.
+            path: a path below the registry base URL, or an absolute URL.
+            what: a phrase for error messages, e.g. ``"manifest host/repo:tag"``.
+            ok: statuses that are not errors.
+            stream: leave the body unread (caller closes the response).
+            retry: retry transient failures (only for bodies that can be resent).
+        """
+        url = path if path.startswith(("http://", "https://")) else self.base_url() + path
+        try:
+            if retry:
+                response = self._retrying()(self._once, method, url, what, stream, **kw)
+            else:
+                response = self._once(method, url, what, stream, **kw)
+        except _RetryableStatus as exc:
+            response = exc.response
+        if response.status_code not in ok:
+            if stream:
+                response.read()
+                response.close()
+            raise self.error(response, what)
+        return response
+
+    def error(self, response: httpx.Response, what: str) -> RegistryError:
+        """The :class:`RegistryError` for an error response."""
+        status = response.status_code
+        codes, text = _error_details(response)
+        cls = {401: AuthenticationError, 403: AccessDeniedError, 404: NotFoundError,
+               429: RateLimitError}.get(status, RegistryError)
+        detail = f" {', '.join(c for c in codes if c)}" if any(codes) else ""
+        detail += f": {text}" if text else ""
+        if status == 429:
+            detail += f" (rate limited; gave up after {self.options.retries} retries)"
+        if status == 401:
+            user = self.auth.credentials_for(request_repository(response.request)).username
+            detail += (f" (authentication failed: credentials for {user!r} refused)" if user
+                       else " (authentication failed: no credentials given)")
+        url = str(response.request.url.copy_with(query=None))
+        return cls(
+            f"{what}: {self.registry} answered HTTP {status}{detail}",
+            status=status,
+            codes=codes,
+            url=url,
+            registry=self.registry,
+        )
+
+    def base_url(self) -> str:
+        """``scheme://host`` of the registry, found once with ``GET /v2/`` (the ping).
+
+        https is tried first; plain http only for loopback hosts or with tls_verify off.
+
+        Raises:
+            TransportError: no scheme answered; RegistryError: not a registry.
+        """
+        if self._base is not None:
+            return self._base
+        with self._base_lock:
+            if self._base is not None:
+                return self._base
+            schemes = ["https"]
+            if not self.options.tls_verify or _is_loopback(self.host):
+                schemes.append("http")
+            last: Exception | None = None
+            for scheme in schemes:
+                url = f"{scheme}://{self.host}/v2/"
+                try:
+                    response = self._retrying()(self._ping, url, scheme != schemes[-1])
+                except (TransportError, _RetryableStatus) as exc:
+                    if getattr(exc, "certificate", False):
+                        raise  # it speaks TLS: plain http would only hide the reason
+                    last = exc
+                    continue
+                if response.status_code == 401:
+                    self.auth.learn(response.headers.get("WWW-Authenticate", ""))
+                elif response.status_code != 200:
+                    raise self.error(response, f"ping {self.registry}")
+                self._base = f"{scheme}://{self.host}"
+                return self._base
+            if isinstance(last, _RetryableStatus):
+                raise self.error(last.response, f"ping {self.registry}")
+            raise last  # type: ignore[misc]
+
+    def _ping(self, url: str, probing: bool) -> httpx.Response:
+        try:
+            response = self.http.get(url)
+        except httpx.TransportError as exc:
+            error = self._transport_error(exc, url, f"ping {self.registry}")
+            if probing:  # try the next scheme at once instead of retrying this one
+                error.retryable = False  # type: ignore[attr-defined]
+            raise error from exc
+        if response.status_code in RETRY_STATUSES:
+            raise _RetryableStatus(response)
+        return response
