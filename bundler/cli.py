@@ -19,7 +19,8 @@ from typing import Any
 import click
 
 from . import bundle as api
-from .credentials import Credentials, Keychain, load_authfile, login, logout, parse_creds
+from .authfile import login, logout
+from .credentials import Credentials, Keychain, load_authfile, parse_creds
 from .errors import BundlerError
 from .exporting import parse_references
 from .progress import Tally
