@@ -165,7 +165,10 @@ class VerifyingReader:
                     break
             else:
                 return b""
-        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        if n >= len(self._buffer):
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:n], self._buffer[n:]
         return data
 
     # -- consumer API ----------------------------------------------------------------
@@ -175,21 +178,23 @@ class VerifyingReader:
             return b""
         if n is None or n < 0:
             return b"".join(iter(lambda: self.read(self.chunk_size), b""))
-        out = bytearray()
-        while len(out) < n:
-            data = self._pull(n - len(out))
+        parts: list[bytes] = []
+        want = n
+        while want > 0:
+            data = self._pull(want)
             if not data:
                 self._finish()
                 break
             self._account(data)
-            out += data
+            parts.append(data)
+            want -= len(data)
             if self.size is not None and self.count == self.size:
                 extra = self._pull(1)  # the source may hold more than the descriptor says
                 if extra:
                     self._account(extra)
                 self._finish()
                 break
-        return bytes(out)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def __iter__(self) -> Iterator[bytes]:
         if self._file is not None and self.size is not None:

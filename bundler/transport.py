@@ -153,16 +153,8 @@ def _error_details(response: httpx.Response) -> tuple[tuple[str, ...], str]:
 
 
 class RegistrySession:
-    """Requests to one registry: scheme, auth, retries and errors.
-
-    Args:
-        registry: ``host[:port]`` as in a reference (``docker.io`` for Docker Hub).
-        options: transport options of this side.
-
-    All methods raise :class:`RegistryError` subclasses: ``AuthenticationError`` (401),
-    ``AccessDeniedError`` (403), ``NotFoundError`` (404), ``RateLimitError`` (429 after
-    retries), ``TransportError`` (no answer), each naming the registry and what was asked.
-    """
+    """Requests to one registry: scheme, auth, retries and errors (see
+    :class:`bundler.registry.RegistryClient` for the arguments and the errors raised)."""
 
     def __init__(self, registry: str, options: TransportOptions | None = None) -> None:
         self.registry = registry
