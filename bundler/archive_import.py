@@ -11,6 +11,10 @@ are there its manifests are pushed by digest (children first); the tags are push
 last, after the whole archive has been read and checked, so a damaged or unsafe archive
 never moves a tag.
 
+With ``keep_going`` an image whose blob or manifest fails is not tagged, the others
+still go, and the failures come back together in one
+:class:`~bundler.errors.PartialFailureError`.
+
 Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repository",
 "Pushing manifests"; image-spec ``image-layout.md``.
 """
@@ -19,19 +23,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
+from .blob_sources import OneShot, SpooledFile, spool_bytes, spool_member
 from .content import OCI_INDEX, Descriptor, Index, Manifest, parse_manifest
 from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, SizeMismatchError, TransferError
-from .importing import ImportResult, _push_blob
+from .importing import ImportResult, _push_blob, finish, record_failure
 from .naming import Target, resolve_targets
 from .progress import Event, NullReporter, Reporter
 from .registry import MANIFEST_LIMIT, TransportOptions
@@ -41,36 +42,6 @@ __all__ = ["MAX_HELD", "import_archive"]
 
 #: Default cap, in bytes, on index.json and manifests held in memory during an import.
 MAX_HELD = 64 << 20
-
-
-class _OneShot:
-    """``open_blob`` over an archive member: its bytes can be read once only."""
-
-    def __init__(self, file: BinaryIO, where: str) -> None:
-        self.file = file
-        self.where = where
-        self.started = False
-
-    @contextmanager
-    def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
-        if self.started:
-            raise BundleError(f"{self.where}: the upload of {descriptor.digest} was "
-                              "interrupted after the archive stream had been read; a stream "
-                              "cannot be read twice: run the import again")
-        self.started = True
-        yield VerifyingReader(self.file, descriptor.digest, descriptor.size, where=self.where)
-
-
-class _SpooledFile:
-    """``open_blob`` over a temp file (a blob that goes to more than one registry)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @contextmanager
-    def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
-        with open(self.path, "rb") as f:
-            yield VerifyingReader(f, descriptor.digest, descriptor.size, where=str(self.path))
 
 
 @dataclass
@@ -87,9 +58,11 @@ class _BlobWork:
 class _Session:
     def __init__(self, where: str, clients: ClientPool, to: str | None,
                  mapping: list[tuple[str, str]] | None, jobs: int, report: Reporter,
-                 stop: threading.Event, max_held: int) -> None:
+                 stop: threading.Event, max_held: int, keep_going: bool = False) -> None:
         self.where, self.clients, self.to, self.mapping = where, clients, to, mapping
         self.jobs, self.report, self.stop, self.max_held = jobs, report, stop, max_held
+        self.keep_going = keep_going
+        self.failed: dict[Target, TransferError] = {}
         self.result = ImportResult()
         self.lock = threading.Lock()
         self.targets: list[Target] | None = None
@@ -103,6 +76,19 @@ class _Session:
         self.remaining: dict[Target, set[Digest]] = {}
         self.todo: list[Target] = []
         self.known: dict[tuple[str, Digest], str] = {}
+
+    # -- failures ------------------------------------------------------------------------
+    def _fail(self, targets: list[Target], exc: BaseException) -> None:
+        """Fail fast (raise for the first target), or record and drop these targets."""
+        for target in targets:
+            record_failure(self.failed, target, target.name, exc, self.report,
+                           self.keep_going)
+        self.todo = [t for t in self.todo if t not in self.failed]
+
+    def _needing(self, digest: Digest, registry: str | None = None) -> list[Target]:
+        """The targets still to push that need ``digest`` (in ``registry``, if given)."""
+        return [t for t in self.todo if digest in self.plans[t].blobs
+                and (registry is None or t.destination.registry == registry)]
 
     # -- members ---------------------------------------------------------------------
     def _hold(self, member: Member) -> bytes:
@@ -179,7 +165,7 @@ class _Session:
                 self.plans[target] = walk(target.descriptor,
                                           lambda d: self.manifests[d.digest], name=target.name)
             except BundlerError as exc:
-                raise TransferError(target.name, exc) from exc
+                self._fail([target], exc)
         self.ready = True
         self._check_destinations()
         for digest in [d for d in self.held if d in self.work]:
@@ -194,6 +180,7 @@ class _Session:
         """HEAD the images and blobs at their destinations, before any blob arrives."""
         assert self.targets is not None
         skipped: set[str] = set()
+        planned = [t for t in self.targets if t in self.plans]
 
         def check_image(target: Target) -> None:
             dest = target.destination
@@ -205,11 +192,13 @@ class _Session:
                 self.report(Event("image", target.name, "skipped",
                                   total=self.plans[target].size))
 
-        _raise(run_parallel(self.targets, check_image, jobs=self.jobs, stop=self.stop),
-               lambda t: t.name)
-        self.result.skipped_images = [t.name for t in self.targets if t.name in skipped]
-        self.todo = [t for t in self.targets if t.name not in skipped]
-        for target in self.targets:  # a complete image's repository is a mount source
+        checks = run_parallel(planned, check_image, jobs=self.jobs, stop=self.stop,
+                              keep_going=self.keep_going)
+        for target, exc in checks.items():
+            self._fail([target], exc)
+        self.result.skipped_images = [t.name for t in planned if t.name in skipped]
+        self.todo = [t for t in planned if t.name not in skipped and t not in self.failed]
+        for target in planned:  # a complete image's repository is a mount source
             if target.name in skipped:
                 for digest in self.plans[target].blobs:
                     self.known.setdefault((target.destination.registry, digest),
@@ -232,7 +221,9 @@ class _Session:
             work.present = [r for r in work.repositories if client.has_blob(r, work.digest)]
 
         works = list(by_key.values())
-        _raise(run_parallel(works, heads, jobs=self.jobs, stop=self.stop), lambda w: w.owner)
+        for work, exc in run_parallel(works, heads, jobs=self.jobs, stop=self.stop,
+                                      keep_going=self.keep_going).items():
+            self._fail(self._needing(work.digest, work.registry), exc)
         for digest in list(self.work):
             if all(len(w.present) == len(w.repositories) for w in self.work[digest]):
                 self._account_present(digest)
@@ -251,31 +242,37 @@ class _Session:
         descriptor = self.descriptors[digest]
         works = self.work.pop(digest)
         if member is not None and member.size != descriptor.size:
-            raise TransferError(works[0].owner, SizeMismatchError(
+            self._fail(self._needing(digest), SizeMismatchError(
                 digest=str(digest), expected=descriptor.size, actual=member.size,
                 where=f"{self.where}: {member.name}"))
+            return
+        works = [w for w in works if self._needing(digest, w.registry)]
         needing = [w for w in works if len(w.present) < len(w.repositories)]
         spool: Path | None = None
         try:
             if data is not None:
-                spool = _spool_bytes(data)
+                spool = spool_bytes(data)
             elif len(needing) > 1:
                 assert member is not None
-                spool = _spool_member(member, descriptor)
+                try:
+                    spool = spool_member(member, descriptor)
+                except BundlerError as exc:
+                    self._fail(self._needing(digest), exc)
+                    return
             for work in works:
-                source = (_SpooledFile(spool) if spool is not None else
-                          _OneShot(member.file, f"{self.where}: {member.name}"))  # type: ignore[union-attr]
+                source = (SpooledFile(spool) if spool is not None else
+                          OneShot(member.file, f"{self.where}: {member.name}"))  # type: ignore[union-attr]
                 try:
                     _push_blob(self.clients.get(work.registry), source, descriptor,  # type: ignore[arg-type]
                                work.repositories, self.result, self.lock, self.report,
                                self.stop, self.known.get((work.registry, digest)),
                                work.present)
                 except BundlerError as exc:
-                    raise TransferError(work.owner, exc) from exc
+                    self._fail(self._needing(digest, work.registry), exc)
         finally:
             if spool is not None:
                 spool.unlink(missing_ok=True)
-        for target in self.todo:
+        for target in list(self.todo):
             left = self.remaining[target]
             if digest in left:
                 left.discard(digest)
@@ -292,7 +289,7 @@ class _Session:
                                     item.media_type or descriptor.media_type)
                 self.report(Event("manifest", str(descriptor.digest), "done", len(item.raw)))
         except BundlerError as exc:
-            raise TransferError(target.name, exc) from exc
+            self._fail([target], exc)
 
     def finish(self) -> ImportResult:
         """After the last member: everything arrived? Then the tags."""
@@ -302,12 +299,12 @@ class _Session:
             descriptor = self._missing()[0]
             raise BundleError(f"{self.where}: manifest {descriptor.digest} is missing from "
                               "the archive")
-        for target in self.todo:
+        for target in list(self.todo):
             if self.remaining[target]:
                 digest = sorted(self.remaining[target])[0]
-                raise TransferError(target.name, BundleError(
+                self._fail([target], BundleError(
                     f"{self.where}: blob {digest} is missing from the archive"))
-        for target in self.todo:
+        for target in list(self.todo):
             dest, plan = target.destination, self.plans[target]
             try:
                 if dest.tag:
@@ -315,37 +312,11 @@ class _Session:
                         dest.repository, dest.tag, plan.top.raw,
                         plan.top.media_type or target.descriptor.media_type)
             except BundlerError as exc:
-                raise TransferError(target.name, exc) from exc
+                self._fail([target], exc)
+                continue
             self.report(Event("image", target.name, "done", plan.size, plan.size,
                               detail=str(dest)))
-        return self.result
-
-
-def _raise(failures: dict, name) -> None:  # type: ignore[no-untyped-def]
-    if failures:
-        item, exc = next(iter(failures.items()))
-        raise TransferError(name(item), exc) from exc
-
-
-def _spool_bytes(data: bytes) -> Path:
-    fd, path = tempfile.mkstemp(prefix="bundler-blob-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return Path(path)
-
-
-def _spool_member(member: Member, descriptor: Descriptor) -> Path:
-    """Copy (verified) a blob that must go to several registries to a temp file."""
-    fd, path = tempfile.mkstemp(prefix="bundler-blob-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in VerifyingReader(member.file, descriptor.digest, descriptor.size,
-                                         where=member.name):
-                f.write(chunk)
-    except BaseException:
-        Path(path).unlink(missing_ok=True)
-        raise
-    return Path(path)
+        return finish(self.result, self.targets, self.failed)
 
 
 def import_archive(
@@ -358,6 +329,7 @@ def import_archive(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     max_held: int = MAX_HELD,
+    keep_going: bool = False,
 ) -> ImportResult:
     """Import an archive bundle in one pass (see the module docstring).
 
@@ -369,6 +341,7 @@ def import_archive(
         jobs: concurrent HEAD checks.
         reporter: receives progress events. stop: set to cancel.
         max_held: cap in bytes on index.json and manifests held in memory.
+        keep_going: push every image that can be; fail at the end for the others.
 
     Returns:
         An :class:`ImportResult`.
@@ -377,11 +350,14 @@ def import_archive(
         UnsafeArchiveError: an unsafe member (before it is used). BundleError: a damaged,
         truncated or out-of-order archive, a volume checksum mismatch. MappingError: no
         destination. TransferError: an image failed (naming it and the cause).
+        PartialFailureError: with ``keep_going``, some images failed (``.result`` says
+        what was imported).
     """
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     with ArchiveReader(bundle) as reader, ClientPool(options) as clients:
-        session = _Session(reader.where, clients, to, mapping, jobs, report, stop, max_held)
+        session = _Session(reader.where, clients, to, mapping, jobs, report, stop, max_held,
+                           keep_going)
         for member in reader:
             session.take(member)
         return session.finish()

@@ -20,6 +20,7 @@ from .errors import BundleError, BundlerError, IntegrityError
 from .exporting import ExportResult, export_bundle, read_images_file
 from .importing import ImportResult, push_images
 from .naming import entry_name, parse_mapping, resolve_targets
+from .planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .progress import Reporter
 from .registry import TransportOptions
 from .stores.archive import is_archive
@@ -28,13 +29,17 @@ from .stores.layout import LayoutStore
 __all__ = [
     "BundleImage",
     "BundleListing",
+    "ExportPlan",
     "ExportResult",
+    "ImportPlan",
     "ImportResult",
     "VerifyReport",
     "export_bundle",
     "import_bundle",
     "list_bundle",
     "open_bundle",
+    "plan_export",
+    "plan_import",
     "read_images_file",
     "verify_bundle",
 ]
@@ -58,6 +63,7 @@ def import_bundle(
     jobs: int = 8,
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
+    keep_going: bool = False,
 ) -> ImportResult:
     """Push every image of a bundle (or those a mapping names) into registries.
 
@@ -69,6 +75,7 @@ def import_bundle(
         jobs: concurrent blob transfers.
         reporter: receives progress events.
         stop: set to cancel.
+        keep_going: import every image that can be; fail at the end for the others.
 
     Returns:
         An :class:`ImportResult`.
@@ -76,14 +83,17 @@ def import_bundle(
     Raises:
         BundleError: the bundle cannot be read. MappingError: no destination can be worked
         out. TransferError: an image failed (naming it and the blob or manifest).
+        PartialFailureError: with ``keep_going``, some images failed (``.result`` says
+        what was imported).
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     if is_archive(bundle):  # .tar, .tar.zst, volumes or "-": one pass, never unpacked
         return import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                              reporter=reporter, stop=stop)
+                              reporter=reporter, stop=stop, keep_going=keep_going)
     store = open_bundle(bundle)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
-    return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop)
+    return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop,
+                       keep_going=keep_going)
 
 
 @dataclass

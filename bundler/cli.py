@@ -10,8 +10,6 @@ import json
 import logging
 import re
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import click
 
 from . import bundle as api
 from .authfile import login, logout
+from .cli_report import export_summary, human, import_summary, print_plan, run
 from .credentials import Credentials, Keychain, load_authfile, parse_creds
 from .errors import BundlerError
 from .exporting import parse_references
@@ -43,15 +42,6 @@ def parse_size(text: str) -> int:
     if not match or match.group(2).lower() not in _UNITS:
         raise click.BadParameter(f"{text!r} is not a size like 64MiB or 4GiB")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def human(size: float) -> str:
-    """Bytes as a short human string (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def _bool(text: str) -> bool:
@@ -125,30 +115,15 @@ def _progress_options(func: Callable) -> Callable:
     func = click.option("-q", "--quiet", is_flag=True, help="No progress output.")(func)
     func = click.option("-j", "--jobs", default=8, show_default=True, type=click.IntRange(1, 64),
                         help="Concurrent transfers.")(func)
+    func = click.option("--keep-going", is_flag=True,
+                        help="Go on after an image fails; list the failed ones at the end "
+                             "(exit 1).")(func)
+    func = click.option("--dry-run", is_flag=True,
+                        help="Print the plan (images, blobs, bytes, what is already there) "
+                             "and move nothing.")(func)
+    func = click.option("--json", "as_json", is_flag=True,
+                        help="With --dry-run: the plan as JSON.")(func)
     return func
-
-
-def _run(action: Callable[[threading.Event], Any], tally: Tally, done: Callable[[Any], None],
-         reporter: Any) -> None:
-    stop = threading.Event()
-    started = time.monotonic()
-    try:
-        result = action(stop)
-    except KeyboardInterrupt:
-        stop.set()
-        reporter.close()
-        click.echo(
-            f"interrupted: kept {tally.transferred} finished blobs "
-            f"({human(tally.bytes_transferred)}); run the same command again to continue",
-            err=True,
-        )
-        sys.exit(130)
-    except BundlerError as exc:
-        reporter.close()
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    reporter.close()
-    done((result, time.monotonic() - started))
 
 
 class _StderrHandler(logging.Handler):
@@ -197,7 +172,8 @@ def main(debug: bool) -> None:
 @_progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
                fmt: str | None, split_size: str | None, compression_level: int,
-               jobs: int, quiet: bool, progress: str, **kw: Any) -> None:
+               jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
+               as_json: bool, **kw: Any) -> None:
     """Export images from registries into one deduplicated OCI layout bundle.
 
     \b
@@ -205,6 +181,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export docker.io/library/alpine:3.20 -o ./bundle
       bundler export --images-file images.txt -o ./bundle
       bundler export --images-file images.txt -o bundle.tar.zst --split-size 4GiB
+      bundler export --images-file images.txt -o ./bundle --dry-run
     """
     split = parse_size(split_size) if split_size else None
     try:
@@ -219,27 +196,27 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
         refs = parse_references(texts)
     except BundlerError as exc:
         raise click.UsageError(str(exc)) from exc
+    if dry_run:
+        _dry_run(lambda: api.plan_export(refs, output, format=fmt, split_size=split,
+                                         options=options, jobs=jobs), output, as_json)
+        return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
+    run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
+                                       compression_level=compression_level, options=options,
+                                       jobs=jobs, reporter=reporter, stop=stop,
+                                       keep_going=keep_going),
+        tally, lambda result, seconds: export_summary(result, output, seconds), reporter)
 
-    def done(outcome: tuple[api.ExportResult, float]) -> None:
-        result, seconds = outcome
-        saved = result.total_bytes - result.unique_bytes
-        pct = 100 * saved / result.total_bytes if result.total_bytes else 0
-        click.echo(
-            f"exported {len(result.images)} images to {output}: {human(result.unique_bytes)} "
-            f"unique ({human(result.total_bytes)} without dedup, {pct:.0f}% saved); blobs "
-            f"downloaded {result.blobs_downloaded} ({human(result.bytes_downloaded)}), "
-            f"already present {result.blobs_reused}; {seconds:.1f} s"
-        )
-        for digest in result.skipped_foreign:
-            click.echo(f"warning: non-distributable layer {digest} was not served; "
-                       "it is not in the bundle", err=True)
 
-    _run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
-                                        compression_level=compression_level, options=options,
-                                        jobs=jobs, reporter=reporter, stop=stop),
-         tally, done, reporter)
+def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
+             as_json: bool) -> None:
+    """Print the plan ``plan()`` works out; exit 1 (message on stderr) if it fails."""
+    try:
+        print_plan(plan(), where, as_json)
+    except BundlerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.command("import")
@@ -253,7 +230,8 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
 @transport_options("dest")
 @_progress_options
 def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: str, jobs: int,
-               quiet: bool, progress: str, **kw: Any) -> None:
+               quiet: bool, progress: str, keep_going: bool, dry_run: bool, as_json: bool,
+               **kw: Any) -> None:
     """Push a bundle's images into a registry, preserving every digest.
 
     BUNDLE is a directory, a .tar or .tar.zst file, split volumes (base name or
@@ -265,27 +243,21 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: str
       bundler import ./bundle --mapping mapping.txt
       bundler import bundle.tar.zst --to registry.internal:5000/mirror
       cat bundle.tar.zst.* | bundler import - --to registry.internal:5000/mirror
+      bundler import ./bundle --to registry.internal:5000/mirror --dry-run
     """
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
     options = _options("dest", kw, chunk_size=parse_size(chunk_size))
+    if dry_run:
+        _dry_run(lambda: api.plan_import(bundle, to=to, mapping=mapping, options=options,
+                                         jobs=jobs), bundle, as_json)
+        return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
-
-    def done(outcome: tuple[api.ImportResult, float]) -> None:
-        result, seconds = outcome
-        click.echo(
-            f"imported {len(result.targets)} images ({len(result.skipped_images)} already "
-            f"there); blobs uploaded {result.blobs_uploaded} ({human(result.bytes_uploaded)}), "
-            f"mounted {result.blobs_mounted}, already present {result.blobs_present}; "
-            f"{seconds:.1f} s"
-        )
-        for target in result.targets:
-            click.echo(f"  {target.name} -> {target.destination}")
-
-    _run(lambda stop: api.import_bundle(bundle, to=to, mapping=mapping, options=options,
-                                        jobs=jobs, reporter=reporter, stop=stop),
-         tally, done, reporter)
+    run(lambda stop: api.import_bundle(bundle, to=to, mapping=mapping, options=options,
+                                       jobs=jobs, reporter=reporter, stop=stop,
+                                       keep_going=keep_going),
+        tally, import_summary, reporter)
 
 
 @main.command("list")

@@ -22,6 +22,7 @@ caller can catch one class. Library errors (httpx, OSError, zstandard) are wrapp
     |   +-- UnsafeArchiveError      an archive member that must not be extracted/read
     +-- MappingError                import naming: bad --to / --mapping, no repository
     +-- TransferError               one image failed; names the image, wraps the cause
+    +-- PartialFailureError         --keep-going: some images failed, the others were done
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "ManifestError",
     "MappingError",
     "NotFoundError",
+    "PartialFailureError",
     "RateLimitError",
     "RegistryError",
     "SizeMismatchError",
@@ -179,3 +181,20 @@ class TransferError(BundlerError):
         super().__init__(f"{image}: {cause}")
         self.image = image
         self.cause = cause
+
+
+class PartialFailureError(BundlerError):
+    """Some images failed while the others were exported or imported (``keep_going``).
+
+    Attributes:
+        failures: one :class:`TransferError` per failed image, in the order asked.
+        result: what was achieved for the other images (an ``ExportResult`` or
+            ``ImportResult``).
+    """
+
+    def __init__(self, failures: list[TransferError], result: object) -> None:
+        names = ", ".join(f.image for f in failures)
+        super().__init__(f"{len(failures)} image{'s' if len(failures) != 1 else ''} "
+                         f"failed: {names}")
+        self.failures = list(failures)
+        self.result = result

@@ -6,6 +6,12 @@ the manifests, and write ``index.json`` last and atomically. An interrupted or f
 export leaves the previous ``index.json`` as it was; finished blobs stay for the next
 run and a partial blob is continued.
 
+With ``keep_going`` an image whose manifests or blobs fail is left out of
+``index.json`` and the others are written; the failures come back together in one
+:class:`~bundler.errors.PartialFailureError`. An archive's ``index.json`` comes first
+in the stream, so with ``keep_going`` an archive export downloads every blob to its
+spool before writing, and needs room for the blobs twice.
+
 Spec: image-spec ``image-layout.md``; annotations ``org.opencontainers.image.ref.name``
 (image-spec ``annotations.md``) and ``io.containerd.image.name`` (containerd).
 """
@@ -22,7 +28,13 @@ from pathlib import Path
 from .content import FOREIGN_LAYER_TYPES, Descriptor, Index, Manifest, parse_manifest
 from .copy import Cancelled, ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest
-from .errors import BundlerError, InvalidReferenceError, NotFoundError, TransferError
+from .errors import (
+    BundlerError,
+    InvalidReferenceError,
+    NotFoundError,
+    PartialFailureError,
+    TransferError,
+)
 from .progress import Event, NullReporter, Reporter
 from .reference import Reference
 from .registry import TransportOptions
@@ -30,7 +42,8 @@ from .stores.archive import output_format
 from .stores.archive_writer import ArchiveExport
 from .stores.layout import LayoutStore
 
-__all__ = ["REF_NAME", "CONTAINERD_NAME", "ExportResult", "export_bundle", "read_images_file"]
+__all__ = ["REF_NAME", "CONTAINERD_NAME", "ExportResult", "export_bundle", "plan_image",
+           "read_images_file"]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -92,7 +105,7 @@ def parse_references(texts: Iterable[str]) -> list[Reference]:
     return list(seen.values())
 
 
-def _plan_image(
+def plan_image(
     ref: Reference, clients: ClientPool, pool: ThreadPoolExecutor, store: LayoutStore | None
 ) -> ImagePlan:
     """Resolve one reference and load its manifests.
@@ -139,6 +152,7 @@ def export_bundle(
     jobs: int = 8,
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
+    keep_going: bool = False,
 ) -> ExportResult:
     """Export images from registries into an OCI image layout directory or archive.
 
@@ -153,6 +167,7 @@ def export_bundle(
         jobs: concurrent transfers.
         reporter: receives progress events.
         stop: set it to cancel (Ctrl-C).
+        keep_going: export every image that can be; fail at the end for the others.
 
     Returns:
         An :class:`ExportResult`.
@@ -160,6 +175,8 @@ def export_bundle(
     Raises:
         InvalidReferenceError: a bad reference (before any I/O).
         TransferError: an image could not be fetched; names the image, wraps the cause.
+        PartialFailureError: with ``keep_going``, some images failed (the others are in
+            the bundle; ``.result`` says what was exported).
         BundleError: the bundle cannot be written.
     """
     refs = [r if isinstance(r, Reference) else Reference.parse(r) for r in references]
@@ -167,37 +184,52 @@ def export_bundle(
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     fmt = output_format(output, format, split_size)
+    failed: dict[Reference, TransferError] = {}
+    collect = failed if keep_going else None
     if fmt != "dir":
         with ArchiveExport(output, fmt, split_size=split_size,
                            compression_level=compression_level) as archive:
-            return _export(refs, archive, options, jobs, report, stop)
-    return _export(refs, LayoutStore(output, create=True), options, jobs, report, stop)
+            result = _export(refs, archive, options, jobs, report, stop, collect)
+            if failed and not result.images:  # nothing to write: no archive at all
+                raise PartialFailureError([failed[r] for r in refs if r in failed], result)
+    else:
+        result = _export(refs, LayoutStore(output, create=True), options, jobs, report, stop,
+                         collect)
+    if failed:
+        raise PartialFailureError([failed[r] for r in refs if r in failed], result)
+    return result
 
 
 def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
             options: TransportOptions | None, jobs: int, report: Reporter,
-            stop: threading.Event) -> ExportResult:
+            stop: threading.Event, failed: dict[Reference, TransferError] | None = None,
+            ) -> ExportResult:
+    """Plan, download, write. ``failed`` (given: keep going) collects the failed images."""
+    keep_going = failed is not None
+    failed = {} if failed is None else failed
     result = ExportResult()
     with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
         # 1. resolve every reference and fetch every manifest
         plans: dict[Reference, ImagePlan] = {}
 
         def plan(ref: Reference) -> None:
-            plans[ref] = _plan_image(ref, clients, manifest_pool, store)
+            plans[ref] = plan_image(ref, clients, manifest_pool, store)
             report(Event("image", str(ref), "start", total=plans[ref].size))
 
-        failures = run_parallel(refs, plan, jobs=jobs, stop=stop)
-        _raise_first(failures, refs)
-        result.images = [plans[r] for r in refs]
+        failures = run_parallel(refs, plan, jobs=jobs, stop=stop, keep_going=keep_going)
+        if not keep_going:
+            _raise_first(failures, refs)
+        for ref in refs:
+            if ref in failures:
+                _fail(failed, ref, failures[ref], report)
+        planned = [r for r in refs if r in plans and r not in failed]
+        result.images = [plans[r] for r in planned]
 
         # 2. each distinct blob once, from the first image that has it
         sources: dict[Digest, tuple[Descriptor, Reference]] = {}
-        for ref in refs:
+        for ref in planned:
             for digest, descriptor in plans[ref].blobs.items():
                 sources.setdefault(digest, (descriptor, ref))
-        manifests = {d.digest: len(m.raw) for p in plans.values() for d, m in p.manifests}
-        result.unique_bytes = sum(d.size for d, _ in sources.values()) + sum(manifests.values())
-        result.total_bytes = sum(p.size for p in plans.values())
         todo = []
         for digest, (descriptor, _ref) in sources.items():
             if store.has_blob(digest, descriptor.size):
@@ -205,11 +237,8 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
                 report(Event("blob", str(digest), "skipped", total=descriptor.size))
             else:
                 todo.append(digest)
-        if isinstance(store, ArchiveExport):  # index.json and manifests go first
-            named = {p.name: p.descriptor.with_annotations({REF_NAME: p.name,
-                                                            CONTAINERD_NAME: p.name})
-                     for p in result.images}
-            store.start(list(named.values()), result.images)
+        if isinstance(store, ArchiveExport) and not keep_going:  # index.json first
+            _start_archive(store, result.images)
             todo.sort(key=store.position)
         lock = threading.Lock()
 
@@ -242,11 +271,24 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
                 result.bytes_downloaded += fetched
             report(Event("blob", str(digest), "done", descriptor.size, descriptor.size))
 
-        failures = run_parallel(todo, download, jobs=jobs, stop=stop)
-        if failures:
+        failures = run_parallel(todo, download, jobs=jobs, stop=stop, keep_going=keep_going)
+        if failures and not keep_going:
             digest, exc = next(iter(failures.items()))
             raise TransferError(str(sources[digest][1]), exc) from exc
+        for ref in planned:  # an image with a failed blob is left out
+            bad = [d for d in plans[ref].blobs if d in failures]
+            if bad:
+                _fail(failed, ref, failures[bad[0]], report)
+        result.images = [plans[r] for r in planned if r not in failed]
+        if isinstance(store, ArchiveExport) and keep_going and result.images:
+            _start_archive(store, result.images)
         store.sync()
+    manifests = {d.digest: len(m.raw) for p in result.images for d, m in p.manifests}
+    blobs = {d: b.size for p in result.images for d, b in p.blobs.items()}
+    result.unique_bytes = sum(blobs.values()) + sum(manifests.values())
+    result.total_bytes = sum(p.size for p in result.images)
+    if not result.images:
+        return result  # everything failed: index.json stays as it was
 
     # 3. manifests, then index.json last
     for plan_ in result.images:
@@ -262,6 +304,21 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
         report(Event("image", name, "done", plan_.size, plan_.size))
     store.write_index(entries.values())
     return result
+
+
+def _start_archive(store: ArchiveExport, images: list[ImagePlan]) -> None:
+    """Write ``oci-layout``, ``index.json`` and the manifests at the archive's head."""
+    named = {p.name: p.descriptor.with_annotations({REF_NAME: p.name, CONTAINERD_NAME: p.name})
+             for p in images}
+    store.start(list(named.values()), images)
+
+
+def _fail(failed: dict[Reference, TransferError], ref: Reference, exc: BaseException,
+          report: Reporter) -> None:
+    """Record that ``ref`` failed (first cause kept) and report it."""
+    if ref not in failed:
+        failed[ref] = exc if isinstance(exc, TransferError) else TransferError(str(ref), exc)
+        report(Event("image", str(ref), "failed", detail=str(exc)))
 
 
 def _raise_first(failures: dict, order: list) -> None:

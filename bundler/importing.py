@@ -9,6 +9,10 @@ top manifest by tag (or by digest), byte for byte, and the digest the registry r
 is checked. An image whose destination already holds the same digest is skipped whole
 after one HEAD.
 
+With ``keep_going`` an image whose blob or manifest fails is not tagged, the others
+still go, and the failures come back together in one
+:class:`~bundler.errors.PartialFailureError`.
+
 Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repository",
 "Pushing manifests".
 """
@@ -21,13 +25,13 @@ from dataclasses import dataclass, field
 from .content import Descriptor
 from .copy import Cancelled, ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest
-from .errors import TransferError
+from .errors import PartialFailureError, TransferError
 from .naming import Target
 from .progress import Event, NullReporter, Reporter
 from .registry import RegistryClient, TransportOptions
 from .stores.layout import LayoutStore
 
-__all__ = ["ImportResult", "push_images"]
+__all__ = ["ImportResult", "push_images", "record_failure"]
 
 
 @dataclass
@@ -63,6 +67,7 @@ def push_images(
     jobs: int = 8,
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
+    keep_going: bool = False,
 ) -> ImportResult:
     """Push the images of a layout to their destinations.
 
@@ -73,6 +78,7 @@ def push_images(
         jobs: concurrent blob transfers.
         reporter: receives progress events.
         stop: set to cancel.
+        keep_going: push every image that can be; fail at the end for the others.
 
     Returns:
         An :class:`ImportResult`.
@@ -80,11 +86,21 @@ def push_images(
     Raises:
         TransferError: naming the image and the blob or manifest that failed; nothing is
         tagged for an image whose content did not all arrive.
+        PartialFailureError: with ``keep_going``, some images failed (the others were
+        pushed; ``.result`` says what was imported).
     """
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     result = ImportResult(targets=list(targets))
     lock = threading.Lock()
+    failed: dict[Target, TransferError] = {}
+
+    def fail(items: dict, culprits) -> None:  # type: ignore[no-untyped-def]
+        """Fail fast on the first failure, or record every target each failure hits."""
+        for item, exc in items.items():
+            for target in culprits(item):
+                record_failure(failed, target, target.name, exc, report, keep_going)
+
     with ClientPool(options) as clients:
         # 1. plans from the bundle (digests checked while reading)
         plans: dict[Target, ImagePlan] = {}
@@ -92,7 +108,8 @@ def push_images(
             try:
                 plans[target] = walk(target.descriptor, store.load_manifest, name=target.name)
             except Exception as exc:
-                raise TransferError(target.name, exc) from exc
+                record_failure(failed, target, target.name, exc, report, keep_going)
+        planned = [t for t in targets if t not in failed]
 
         # 2. skip images the destination already has (by target: one name may go to many)
         skipped: set[Target] = set()
@@ -108,11 +125,12 @@ def push_images(
                     result.skipped_images.append(target.name)
                 report(Event("image", target.name, "skipped", total=plans[target].size))
 
-        _raise(run_parallel(targets, check, jobs=jobs, stop=stop), lambda t: t.name)
-        todo = [t for t in targets if t not in skipped]
+        fail(run_parallel(planned, check, jobs=jobs, stop=stop, keep_going=keep_going),
+             lambda t: [t])
+        todo = [t for t in planned if t not in skipped and t not in failed]
         # a complete image's repository holds its blobs: a mount source for the others
         known: dict[_BlobTask, str] = {}
-        for target in targets:
+        for target in planned:
             if target in skipped:
                 for digest in plans[target].blobs:
                     known.setdefault(_BlobTask(target.destination.registry, digest),
@@ -136,11 +154,13 @@ def push_images(
             _push_blob(clients.get(task.registry), store, descriptors[task.digest],
                        repos[task], result, lock, report, stop, known.get(task))
 
-        failures = run_parallel(list(repos), push_blob, jobs=jobs, stop=stop)
-        failed_images = {owners[t] for t in failures}
-        if failures:
+        failures = run_parallel(list(repos), push_blob, jobs=jobs, stop=stop,
+                                keep_going=keep_going)
+        if failures and not keep_going:
             task, exc = next(iter(failures.items()))
             raise TransferError(owners[task], exc) from exc
+        fail(failures, lambda task: [t for t in todo if t.destination.registry == task.registry
+                                     and task.digest in plans[t].blobs])
 
         # 4. manifests, children first, then the tag
         def push_manifests(target: Target) -> None:
@@ -157,15 +177,41 @@ def push_images(
             report(Event("image", target.name, "done", plan.size, plan.size,
                          detail=str(dest)))
 
-        ready = [t for t in todo if t.name not in failed_images]
-        _raise(run_parallel(ready, push_manifests, jobs=jobs, stop=stop), lambda t: t.name)
-    return result
+        ready = [t for t in todo if t not in failed]
+        fail(run_parallel(ready, push_manifests, jobs=jobs, stop=stop, keep_going=keep_going),
+             lambda t: [t])
+    return finish(result, targets, failed)
 
 
-def _raise(failures: dict, name) -> None:  # type: ignore[no-untyped-def]
-    if failures:
-        item, exc = next(iter(failures.items()))
-        raise TransferError(name(item), exc) from exc
+def record_failure(failed: dict, key: object, name: str, exc: BaseException, report: Reporter,
+                   keep_going: bool) -> None:
+    """Raise at once (fail fast), or record the first failure of ``key`` and report it.
+
+    Raises:
+        TransferError: naming ``name`` and wrapping ``exc``, unless ``keep_going``.
+    """
+    error = exc if isinstance(exc, TransferError) else TransferError(name, exc)
+    if not keep_going:
+        if error is exc:
+            raise error
+        raise error from exc
+    if key not in failed:
+        failed[key] = error
+        report(Event("image", name, "failed", detail=str(exc)))
+
+
+def finish(result: ImportResult, targets: list[Target], failed: dict) -> ImportResult:
+    """Drop the failed targets from ``result``; the result, or PartialFailureError.
+
+    Raises:
+        PartialFailureError: some targets failed (``.result`` lists the others).
+    """
+    if not failed:
+        return result
+    result.targets = [t for t in result.targets if t not in failed]
+    result.skipped_images = [n for n in result.skipped_images
+                             if any(t.name == n for t in result.targets)]
+    raise PartialFailureError([failed[t] for t in targets if t in failed], result)
 
 
 def _push_blob(

@@ -55,6 +55,7 @@ class Tally:
     Attributes:
         transferred, skipped, mounted: blob counts.
         bytes_transferred: blob bytes moved over the wire.
+        bytes_done: bytes of the blobs moved completely (``done``).
     """
 
     def __init__(self, forward: Reporter | None = None) -> None:
@@ -66,6 +67,7 @@ class Tally:
         self.failed = 0
         self.bytes_transferred = 0
         self.bytes_skipped = 0
+        self.bytes_done = 0
         self.manifests = 0
         self.images_done = 0
 
@@ -76,6 +78,7 @@ class Tally:
                     self.bytes_transferred += event.done
                 elif event.state == "done":
                     self.transferred += 1
+                    self.bytes_done += event.total
                 elif event.state == "skipped":
                     self.skipped += 1
                     self.bytes_skipped += event.total

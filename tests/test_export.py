@@ -112,7 +112,7 @@ def summary_pattern(images: int, output: Path, downloaded: int, nbytes: int, pre
             f"without dedup, {pct:.0f}% saved); blobs downloaded {downloaded} "
             f"({human(nbytes)}), already present {present}; "
         )
-        + r"\d+\.\d s\n\Z"
+        + r"\d+\.\d s, \d+\.\d MB/s\n\Z"
     )
 
 

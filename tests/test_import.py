@@ -36,7 +36,7 @@ ACCEPT = (
 )
 SUMMARY_RE = re.compile(
     r"imported (\d+) images \((\d+) already there\); blobs uploaded (\d+) \(([^)]*)\), "
-    r"mounted (\d+), already present (\d+); \d+\.\d s"
+    r"mounted (\d+), already present (\d+); \d+\.\d s, \d+\.\d MB/s"
 )
 
 

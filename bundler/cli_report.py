@@ -1,0 +1,151 @@
+"""What the ``export`` and ``import`` commands print: the run itself (exit codes 0, 1, 130),
+the final summary on stdout, and the plan of a ``--dry-run``.
+
+The summary of a run names images, blobs moved / skipped / mounted, bytes, seconds and
+MB/s (10**6 bytes per second). Errors go to stderr, one ``error: IMAGE: cause`` line per
+failed image.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .errors import BundlerError, PartialFailureError
+from .exporting import ExportResult
+from .importing import ImportResult
+from .planning import ExportPlan, ImportPlan
+from .progress import Tally
+
+__all__ = ["export_summary", "human", "import_summary", "print_plan", "run"]
+
+
+def human(size: float) -> str:
+    """Bytes as a short human string (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e6 if seconds > 0 else 0.0:.1f} MB/s"
+
+
+def run(action: Callable[[threading.Event], Any], tally: Tally,
+        done: Callable[[Any, float], None], reporter: Any) -> None:
+    """Run ``action(stop)``, then print its summary with ``done(result, seconds)``.
+
+    Exits 1 after an error (with ``--keep-going``: one line per failed image, then the
+    summary of the others) and 130 on Ctrl-C, after one line saying what was kept.
+
+    Args:
+        action: the export or import, given the stop event.
+        tally: counts the events (for the Ctrl-C line).
+        done: prints the summary of a result.
+        reporter: the progress reporter (closed before anything is printed).
+    """
+    stop = threading.Event()
+    started = time.monotonic()
+    try:
+        result = action(stop)
+    except KeyboardInterrupt:
+        stop.set()
+        reporter.close()
+        click.echo(
+            f"interrupted: kept {tally.transferred} finished blobs "
+            f"({human(tally.bytes_done)}); run the same command again to continue",
+            err=True,
+        )
+        sys.exit(130)
+    except PartialFailureError as exc:
+        reporter.close()
+        for failure in exc.failures:
+            click.echo(f"error: {failure}", err=True)
+        done(exc.result, time.monotonic() - started)
+        sys.exit(1)
+    except BundlerError as exc:
+        reporter.close()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    reporter.close()
+    done(result, time.monotonic() - started)
+
+
+def export_summary(result: ExportResult, output: str, seconds: float) -> None:
+    """Print the summary of an export (stdout) and its warnings (stderr)."""
+    saved = result.total_bytes - result.unique_bytes
+    pct = 100 * saved / result.total_bytes if result.total_bytes else 0
+    click.echo(
+        f"exported {len(result.images)} images to {output}: {human(result.unique_bytes)} "
+        f"unique ({human(result.total_bytes)} without dedup, {pct:.0f}% saved); blobs "
+        f"downloaded {result.blobs_downloaded} ({human(result.bytes_downloaded)}), "
+        f"already present {result.blobs_reused}; {seconds:.1f} s, "
+        f"{_rate(result.bytes_downloaded, seconds)}"
+    )
+    for digest in result.skipped_foreign:
+        click.echo(f"warning: non-distributable layer {digest} was not served; "
+                   "it is not in the bundle", err=True)
+
+
+def import_summary(result: ImportResult, seconds: float) -> None:
+    """Print the summary of an import and one ``NAME -> DESTINATION`` line per image."""
+    click.echo(
+        f"imported {len(result.targets)} images ({len(result.skipped_images)} already "
+        f"there); blobs uploaded {result.blobs_uploaded} ({human(result.bytes_uploaded)}), "
+        f"mounted {result.blobs_mounted}, already present {result.blobs_present}; "
+        f"{seconds:.1f} s, {_rate(result.bytes_uploaded, seconds)}"
+    )
+    for target in result.targets:
+        click.echo(f"  {target.name} -> {target.destination}")
+
+
+def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None:
+    """Print a dry run's plan: images, then blobs and bytes after dedup and what is there.
+
+    Args:
+        plan: from :func:`bundler.plan_export` or :func:`bundler.plan_import`.
+        where: the bundle (output of an export, input of an import).
+        as_json: one JSON document instead of text.
+    """
+    export = isinstance(plan, ExportPlan)
+    if as_json:
+        doc: dict[str, Any] = {"dryRun": "export" if export else "import", "bundle": where,
+                               "images": [], "blobs": plan.blobs, "blobBytes": plan.blob_bytes}
+        for image in plan.images:
+            item = {"reference": image.name, "digest": str(image.digest), "size": image.size}
+            if not export:
+                item.update(destination=image.destination, present=image.present)
+            doc["images"].append(item)
+        if isinstance(plan, ExportPlan):
+            doc.update(toFetch=plan.to_fetch, fetchBytes=plan.fetch_bytes,
+                       present=plan.present, presentBytes=plan.present_bytes)
+        else:
+            doc.update(toUpload=plan.to_upload, uploadBytes=plan.upload_bytes,
+                       toMount=plan.to_mount, present=plan.present)
+        click.echo(json.dumps(doc, indent=2))
+        return
+    verb = f"export {len(plan.images)} images to" if export else \
+        f"import {len(plan.images)} images from"
+    click.echo(f"dry run: would {verb} {where}")
+    for image in plan.images:
+        if isinstance(plan, ExportPlan):
+            click.echo(f"  {image.name} -> {image.digest}")
+        else:
+            state = "already there" if image.present else "to push"
+            click.echo(f"  {image.name} -> {image.destination}: {state}")
+    line = f"blobs: {plan.blobs} ({human(plan.blob_bytes)}) after dedup; "
+    if isinstance(plan, ExportPlan):
+        line += (f"to download {plan.to_fetch} ({human(plan.fetch_bytes)}), already in the "
+                 f"bundle {plan.present} ({human(plan.present_bytes)})")
+    else:
+        line += (f"to upload {plan.to_upload} ({human(plan.upload_bytes)}), to mount "
+                 f"{plan.to_mount}, already present {plan.present}")
+    click.echo(line)

@@ -1,0 +1,232 @@
+"""Dry runs: what an export or an import would move, worked out without moving it.
+
+An export plan resolves every reference and reads its manifests (a HEAD, and a manifest
+GET unless the bundle already holds it), then compares the blobs with what the bundle
+has. An import plan reads the bundle's ``index.json`` and manifests (an archive only up
+to its last manifest) and asks each destination with HEAD requests which images and
+blobs it already holds. Neither downloads a blob, uploads anything, pushes a manifest
+or writes a file.
+
+Spec: distribution-spec "Checking if content exists in the registry".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .archive_check import read_head
+from .copy import ClientPool, ImagePlan, run_parallel, walk
+from .digest import Digest
+from .errors import TransferError
+from .exporting import plan_image
+from .naming import Target, parse_mapping, resolve_targets
+from .reference import Reference
+from .registry import TransportOptions
+from .stores.archive import is_archive, output_format, refuse_existing
+from .stores.layout import LayoutStore
+
+__all__ = ["ExportPlan", "ImportPlan", "PlannedImage", "plan_export", "plan_import"]
+
+
+@dataclass
+class PlannedImage:
+    """One image of a dry run.
+
+    Attributes:
+        name: the reference (export) or the bundle name (import).
+        digest: its manifest or index digest.
+        size: bytes of its manifests and blobs.
+        destination: where an import would push it ("" for an export).
+        present: the destination already has this digest (import only).
+    """
+
+    name: str
+    digest: Digest
+    size: int
+    destination: str = ""
+    present: bool = False
+
+
+@dataclass
+class ExportPlan:
+    """What ``export`` would do.
+
+    Attributes:
+        images: the images, in the order asked.
+        blobs: distinct config and layer blobs (after dedup); blob_bytes: their bytes.
+        to_fetch: blobs the bundle lacks; fetch_bytes: their bytes.
+        present: blobs the bundle already holds; present_bytes: their bytes.
+    """
+
+    images: list[PlannedImage] = field(default_factory=list)
+    blobs: int = 0
+    blob_bytes: int = 0
+    to_fetch: int = 0
+    fetch_bytes: int = 0
+    present: int = 0
+    present_bytes: int = 0
+
+
+@dataclass
+class ImportPlan:
+    """What ``import`` would do (blob counts are per destination repository).
+
+    Attributes:
+        images: the images and their destinations.
+        blobs: distinct blobs of the images to push; blob_bytes: their bytes.
+        to_upload, upload_bytes: uploads (once per registry; other repositories mount).
+        to_mount: cross-repository mounts.
+        present: (blob, repository) pairs the destination already has.
+    """
+
+    images: list[PlannedImage] = field(default_factory=list)
+    blobs: int = 0
+    blob_bytes: int = 0
+    to_upload: int = 0
+    upload_bytes: int = 0
+    to_mount: int = 0
+    present: int = 0
+
+
+def _first_failure(failures: dict, name) -> None:  # type: ignore[no-untyped-def]
+    if failures:
+        item, exc = next(iter(failures.items()))
+        raise TransferError(name(item), exc) from exc
+
+
+def plan_export(
+    references: Sequence[str | Reference],
+    output: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    split_size: int | None = None,
+    options: TransportOptions | None = None,
+    jobs: int = 8,
+) -> ExportPlan:
+    """Work out what :func:`bundler.export_bundle` would fetch; fetch no blob, write nothing.
+
+    Args:
+        references: image references, as for an export.
+        output: the bundle directory or archive name (read, never created).
+        format: ``dir``, ``tar`` or ``tar.zst``; None: from the output name.
+        split_size: bytes per volume of an archive.
+        options: transport options of the source registries.
+        jobs: concurrent manifest requests.
+
+    Returns:
+        An :class:`ExportPlan`.
+
+    Raises:
+        InvalidReferenceError: a bad reference. BundleError: the output cannot be a bundle
+        (an archive name that is taken, a directory that is not a layout).
+        TransferError: an image cannot be resolved.
+    """
+    refs = [r if isinstance(r, Reference) else Reference.parse(r) for r in references]
+    refs = list({str(r): r for r in refs}.values())
+    fmt = output_format(output, format, split_size)
+    store: LayoutStore | None = None
+    if fmt != "dir":
+        refuse_existing(Path(output).absolute())
+    elif Path(output).exists():
+        store = LayoutStore(output)
+    plans: dict[Reference, ImagePlan] = {}
+    with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as pool:
+
+        def resolve(ref: Reference) -> None:
+            plans[ref] = plan_image(ref, clients, pool, store)
+
+        _first_failure(run_parallel(refs, resolve, jobs=jobs), str)
+    result = ExportPlan()
+    sizes: dict[Digest, int] = {}
+    for ref in refs:
+        plan = plans[ref]
+        result.images.append(PlannedImage(str(ref), plan.descriptor.digest, plan.size))
+        sizes.update((d, b.size) for d, b in plan.blobs.items())
+    for digest, size in sizes.items():
+        result.blobs += 1
+        result.blob_bytes += size
+        if store is not None and store.has_blob(digest, size):
+            result.present += 1
+            result.present_bytes += size
+        else:
+            result.to_fetch += 1
+            result.fetch_bytes += size
+    return result
+
+
+def plan_import(
+    bundle: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    mapping: str | os.PathLike[str] | list[tuple[str, str]] | None = None,
+    options: TransportOptions | None = None,
+    jobs: int = 8,
+) -> ImportPlan:
+    """Work out what :func:`bundler.import_bundle` would push; push nothing.
+
+    Args:
+        bundle: a bundle directory or archive (an archive is read up to its last manifest).
+        to: ``REGISTRY[/PREFIX]``. mapping: a mapping file or (source, destination) pairs.
+        options: transport options of the destination registries.
+        jobs: concurrent HEAD requests.
+
+    Returns:
+        An :class:`ImportPlan`.
+
+    Raises:
+        BundleError: the bundle cannot be read. MappingError: no destination.
+        TransferError: a destination cannot be asked (naming the image).
+    """
+    pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
+    store = read_head(bundle) if is_archive(bundle) else LayoutStore(bundle)
+    targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
+    plans = {t: walk(t.descriptor, store.load_manifest, name=t.name) for t in targets}
+    have: dict[Target, bool] = {}
+    with ClientPool(options) as clients:
+
+        def check(target: Target) -> None:
+            dest = target.destination
+            have[target] = clients.get(dest.registry).head_manifest(
+                dest.repository, dest.tag or str(dest.digest)) == target.descriptor.digest
+
+        _first_failure(run_parallel(targets, check, jobs=jobs), lambda t: t.name)
+        repos: dict[tuple[str, Digest], list[str]] = {}
+        known: set[tuple[str, Digest]] = set()  # a complete image's repository can mount
+        owners: dict[tuple[str, Digest], str] = {}
+        sizes: dict[Digest, int] = {}
+        for target in targets:
+            for digest, descriptor in plans[target].blobs.items():
+                key = (target.destination.registry, digest)
+                if have[target]:
+                    known.add(key)
+                    continue
+                sizes[digest] = descriptor.size
+                owners.setdefault(key, target.name)
+                wanted = repos.setdefault(key, [])
+                if target.destination.repository not in wanted:
+                    wanted.append(target.destination.repository)
+        present: dict[tuple[str, Digest, str], bool] = {}
+        pairs_ = [(k[0], k[1], r) for k, rs in repos.items() for r in rs]
+
+        def head(item: tuple[str, Digest, str]) -> None:
+            present[item] = clients.get(item[0]).has_blob(item[2], item[1])
+
+        _first_failure(run_parallel(pairs_, head, jobs=jobs), lambda i: owners[(i[0], i[1])])
+    result = ImportPlan(images=[
+        PlannedImage(t.name, t.descriptor.digest, plans[t].size, str(t.destination), have[t])
+        for t in targets])
+    result.blobs, result.blob_bytes = len(sizes), sum(sizes.values())
+    for (registry, digest), wanted in repos.items():
+        there = [r for r in wanted if present[(registry, digest, r)]]
+        result.present += len(there)
+        missing = len(wanted) - len(there)
+        if missing and not there and (registry, digest) not in known:
+            result.to_upload += 1
+            result.upload_bytes += sizes[digest]
+            missing -= 1
+        result.to_mount += missing
+    return result
