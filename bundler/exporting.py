@@ -112,6 +112,7 @@ def plan_image(
 
     Manifests the bundle already holds are read from it (digest-checked) after one HEAD
     for a tag, so a re-export spends no manifest GETs (which registries count as pulls).
+    With ``store`` None (a new bundle) the manifests are fetched at once.
     """
     client = clients.get(ref.registry)
 
@@ -121,7 +122,9 @@ def plan_image(
         size = store.blob_path(digest).stat().st_size
         return store.load_manifest(Descriptor(media_type="", digest=digest, size=size))
 
-    digest = ref.digest or client.head_manifest(ref.repository, ref.identifier)
+    digest = ref.digest
+    if digest is None and store is not None:
+        digest = client.head_manifest(ref.repository, ref.identifier)
     item = stored(digest) if digest is not None else None
     if item is None:
         raw, media_type, digest = client.get_manifest(ref.repository, ref.identifier)
@@ -211,9 +214,10 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
     with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
         # 1. resolve every reference and fetch every manifest
         plans: dict[Reference, ImagePlan] = {}
+        cache = store if store.read_index() else None  # a new bundle has nothing to reuse
 
         def plan(ref: Reference) -> None:
-            plans[ref] = plan_image(ref, clients, manifest_pool, store)
+            plans[ref] = plan_image(ref, clients, manifest_pool, cache)
             report(Event("image", str(ref), "start", total=plans[ref].size))
 
         failures = run_parallel(refs, plan, jobs=jobs, stop=stop, keep_going=keep_going)
@@ -290,10 +294,10 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
     if not result.images:
         return result  # everything failed: index.json stays as it was
 
-    # 3. manifests, then index.json last
-    for plan_ in result.images:
-        for descriptor, item in plan_.manifests:
-            store.put_bytes(descriptor.digest, item.raw)
+    # 3. manifests (each fsynced, so written side by side), then index.json last
+    raw = {d.digest: m.raw for p in result.images for d, m in p.manifests}
+    _raise_first(run_parallel(list(raw), lambda d: store.put_bytes(d, raw[d]), jobs=jobs),
+                 list(raw))
     entries = {
         (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())
     }

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import tenacity
 
-from .auth import Credentials, RegistryAuth, redact_url, request_repository
+from .auth import Credentials, RegistryAuth, parse_challenge, redact_url, request_repository
 from .credentials import Keychain
 from .errors import (
     AccessDeniedError,
@@ -284,10 +284,17 @@ class RegistrySession:
         detail += f": {text}" if text else ""
         if status == 429:
             detail += f" (rate limited; gave up after {self.options.retries} retries)"
-        if status == 401:
+        if status == 401:  # the registry's own words add nothing to this
             user = self.auth.credentials_for(request_repository(response.request)).username
-            detail += (f" (authentication failed: credentials for {user!r} refused)" if user
-                       else " (authentication failed: no credentials given)")
+            _, challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+            who = f"{user!r}" if user else "anonymous access"
+            if challenge.get("error") == "insufficient_scope":
+                detail = (f" (access denied: the token for {who} does not grant "
+                          f"{challenge.get('scope') or 'this request'})")
+            elif user:
+                detail = f" (authentication failed: credentials for {who} refused)"
+            else:
+                detail = " (authentication failed: no credentials given)"
         url = str(response.request.url.copy_with(query=None))
         return cls(
             f"{what}: {self.registry} answered HTTP {status}{detail}",
