@@ -39,7 +39,7 @@ from .progress import Event, NullReporter, Reporter
 from .reference import Reference
 from .registry import TransportOptions
 from .stores.archive import output_format
-from .stores.archive_writer import ArchiveExport
+from .stores.archive_export import ArchiveExport
 from .stores.layout import LayoutStore
 
 __all__ = ["REF_NAME", "CONTAINERD_NAME", "ExportResult", "export_bundle", "plan_image",

@@ -200,8 +200,9 @@ class _ZstdFrames:
     """Decode zstd frames one after another; stop quietly at bytes that are not a frame.
 
     ``cat NAME.*`` also sends ``NAME.sha256`` after the volumes: such trailing data
-    after the last frame is ignored. Input goes in small pieces so that one piece's
-    output stays bounded (zstd expands at most ~32768:1).
+    after the last frame is ignored. Input goes to the decoder in small pieces so that
+    one piece's output stays bounded (zstd expands at most ~32768:1); ``read(n)``
+    decodes pieces until it has ``n`` bytes, so callers can read in large steps.
     """
 
     _PIECE = 8 << 10
@@ -210,42 +211,57 @@ class _ZstdFrames:
         self._source = source
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = self._dctx.decompressobj()
-        self._pending = b""
-        self._out = b""
+        self._pending = memoryview(b"")
+        self._out: list[bytes] = []
+        self._size = 0  # bytes in _out
         self._ended = False
         self._in_frame = False
 
-    def _fill(self) -> None:
-        while not self._out and not self._ended:
-            if not self._pending:
-                self._pending = self._source.read(_READ_SIZE)
-                if not self._pending:
-                    if self._in_frame:
-                        raise EOFError("the zstd stream ends inside a frame")
-                    self._ended = True
-                    return
-            piece, self._pending = self._pending[: self._PIECE], self._pending[self._PIECE:]
+    def _more(self) -> bool:
+        """Append the next input to ``_pending``; False at the end of the source."""
+        data = self._source.read(_READ_SIZE)
+        if not data:
+            return False
+        self._pending = memoryview(bytes(self._pending) + data) if self._pending else \
+            memoryview(data)
+        return True
+
+    def _fill(self, n: int) -> None:
+        while self._size < n and not self._ended:
+            if not self._pending and not self._more():
+                if self._in_frame:
+                    raise EOFError("the zstd stream ends inside a frame")
+                self._ended = True
+                return
             if not self._in_frame:
-                if len(piece) < 4:
-                    more = self._source.read(_READ_SIZE)
-                    if more:
-                        self._pending = piece + more
-                        continue
-                if piece[:4] != ZSTD_MAGIC:
+                if len(self._pending) < 4 and self._more():
+                    continue
+                if self._pending[:4] != ZSTD_MAGIC:
                     self._ended = True  # trailing data (e.g. the checksum file)
                     return
                 self._in_frame = True
-            self._out = self._obj.decompress(piece)
+            piece, self._pending = self._pending[: self._PIECE], self._pending[self._PIECE:]
+            out = self._obj.decompress(piece)
+            if out:
+                self._out.append(out)
+                self._size += len(out)
             if self._obj.eof:
-                self._pending = self._obj.unused_data + self._pending
+                unused = self._obj.unused_data
+                if unused:
+                    self._pending = memoryview(unused + bytes(self._pending))
                 self._obj = self._dctx.decompressobj()
                 self._in_frame = False
 
     def read(self, n: int = -1) -> bytes:
-        self._fill()
         if n is None or n < 0:
-            n = len(self._out)
-        data, self._out = self._out[:n], self._out[n:]
+            n = max(self._size, 1)
+        self._fill(n)
+        data = b"".join(self._out)
+        if len(data) > n:
+            self._out, data = [data[n:]], data[:n]
+        else:
+            self._out = []
+        self._size -= len(data)
         return data
 
 
@@ -312,7 +328,7 @@ class ArchiveReader:
         self._stream = _Guarded(stream, self.where)  # type: ignore[arg-type]
         try:
             self._tar = tarfile.open(fileobj=self._stream, mode="r|",  # noqa: SIM115
-                                     copybufsize=_READ_SIZE)
+                                     bufsize=_READ_SIZE, copybufsize=_READ_SIZE)
         except tarfile.TarError as exc:
             self.close()
             raise BundleError(f"{self.where}: not a tar or tar.zst bundle ({exc})") from exc

@@ -1,11 +1,10 @@
 """Write a bundle archive: tar (pax), optionally zstd, optionally split into volumes.
 
-:class:`ArchiveWriter` appends members to the byte stream. :class:`ArchiveExport` is
-the store an export writes into: it writes ``oci-layout``, ``index.json`` and every
-manifest as soon as the images are planned, then receives blobs from concurrent
-downloads, spools each one to a file in a spool directory beside the output and
-appends it to the archive as soon as it is its turn (configs, then layers, in plan
-order), deleting the spool file. Disk use stays near the archive's size.
+:class:`ArchiveWriter` appends members to the byte stream. Members are written directly
+(header, content, padding to 512 bytes; two zero blocks and padding to a 10240-byte
+record at the end), in large writes; into a plain ``.tar`` spooled content is copied by
+the kernel (``copy_file_range``). A ``.tar.zst`` is a sequence of zstd frames, one per
+member, which ``zstd -d`` and ``tar --zstd`` read as one stream.
 
 The archive is written under a temp name (``.NAME.*.partial``) and renamed at the end;
 an interrupted export never leaves a file at the final name.
@@ -15,29 +14,35 @@ Spec: image-spec ``image-layout.md``; POSIX.1-2001 pax; RFC 8878 (Zstandard).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
 import tarfile
 import tempfile
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
-from ..content import OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor, Manifest
-from ..copy import ImagePlan
-from ..digest import Digest, VerifyingReader
+from ..content import OCI_INDEX, Descriptor
+from ..digest import Digest
 from ..errors import BundleError
-from .archive import refuse_existing
 from .layout import fsync_dir
 from .volumes import VolumeWriter
 
-__all__ = ["ArchiveExport", "ArchiveWriter", "index_bytes"]
+__all__ = ["ArchiveWriter", "blob_name", "file_mode", "index_bytes"]
 
-_COPY_SIZE = 1 << 20
+COPY_SIZE = 1 << 20
+#: The writer thread wakes to follow a blob still downloading once this many new bytes
+#: are in its spool file (or the blob is complete).
+_FOLLOW_SIZE = 1 << 20
+#: A single-file archive is fdatasynced whenever this many bytes were written since the
+#: last time, so the disk writes go on during the downloads, not all at the commit.
+_SYNC_SIZE = 32 << 20
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+_NO_COPY_FILE_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
 
 
 def index_bytes(descriptors: Iterable[Descriptor]) -> bytes:
@@ -62,19 +67,23 @@ def blob_name(digest: Digest) -> str:
 class ArchiveWriter:
     """Append members to a new tar or tar.zst archive (or its volumes).
 
+    A member is written whole (:meth:`add_bytes`, :meth:`add_file`) or in steps:
+    :meth:`begin`, then its content through :meth:`write` and :meth:`copy_from`, then
+    :meth:`end`.
+
     Args:
         output: the final archive name (``NAME``; volumes are ``NAME.000``, ...).
         fmt: ``tar`` or ``tar.zst``.
         split_size: bytes per volume, or None for one file.
         compression_level: zstd level (1-22).
-        threads: zstd worker threads (-1: one per CPU; 0: single-threaded).
+        threads: zstd worker threads (-1: one per CPU; 0: compress in the calling thread).
 
     Raises:
         BundleError: the output cannot be created.
     """
 
     def __init__(self, output: Path, fmt: str, *, split_size: int | None = None,
-                 compression_level: int = 3, threads: int = -1) -> None:
+                 compression_level: int = 3, threads: int = 0) -> None:
         self.output = output
         self.paths: list[Path] = []
         self._temp: Path | None = None
@@ -88,16 +97,23 @@ class ArchiveWriter:
                 fd, temp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial",
                                             dir=output.parent)
                 self._temp = Path(temp)
-                sink = self._file = os.fdopen(fd, "wb")
+                sink = self._file = os.fdopen(fd, "wb", buffering=0)
         except OSError as exc:
             raise BundleError(f"{output}: cannot create the archive: {exc}") from exc
         self._zstd = None
-        stream = sink
+        self._stream: BinaryIO | VolumeWriter = sink
         if fmt == "tar.zst":
             compressor = zstandard.ZstdCompressor(level=compression_level, threads=threads)
-            self._zstd = stream = compressor.stream_writer(sink, closefd=False)
-        self._tar = tarfile.open(fileobj=stream, mode="w|",  # noqa: SIM115
-                                 format=tarfile.PAX_FORMAT, copybufsize=_COPY_SIZE)
+            self._zstd = self._stream = compressor.stream_writer(
+                sink, closefd=False, write_size=COPY_SIZE)
+        self._level = compression_level
+        self._framed = False  # the compressor has begun a frame
+        # a plain single-file tar takes spooled content by copy_file_range
+        self._fd = self._file.fileno() if self._file is not None and self._zstd is None else None
+        self._offset = 0  # bytes of tar stream written
+        self._unsynced = 0  # bytes written to the single file since its last fdatasync
+        self._left = 0  # content bytes the open member still needs
+        self._name = ""
 
     @staticmethod
     def _info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
@@ -108,25 +124,163 @@ class ArchiveWriter:
         info.uname = info.gname = ""
         return info
 
+    @classmethod
+    def member_bytes(cls, name: str, size: int) -> tuple[bytes, bytes]:
+        """The header and the padding that surround ``size`` bytes of content in a member."""
+        header = cls._info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        return header, bytes(-size % _BLOCK)
+
+    @property
+    def compressed(self) -> bool:
+        """True for a ``.tar.zst``."""
+        return self._zstd is not None
+
+    def frame_compressor(self) -> zstandard.ZstdCompressor | None:
+        """A compressor for a member compressed apart (:meth:`copy_frame`); None for a .tar."""
+        if self._zstd is None:
+            return None
+        return zstandard.ZstdCompressor(level=self._level)
+
+    def copy_frame(self, fd: int, offset: int, count: int) -> None:
+        """Append ``count`` bytes of zstd frame data from file ``fd`` at ``offset``, as is.
+
+        A member compressed apart (header, content, padding in its own frame, made by a
+        :meth:`frame_compressor`) is copied in pieces; call :meth:`frame_end` after its
+        last piece. Frames simply follow one another (RFC 8878, 3.1).
+        """
+        assert self._zstd is not None
+        if self._framed:
+            self._guarded(lambda: self._zstd.flush(zstandard.FLUSH_FRAME))  # type: ignore[union-attr]
+            self._framed = False
+        end = offset + count
+        while offset < end and self._file is not None and self._volumes is None:
+            try:
+                copied = os.copy_file_range(fd, self._file.fileno(), end - offset, offset)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_FILE_RANGE:
+                    raise BundleError(f"{self.output}: cannot write: {exc}") from exc
+                break
+            if copied == 0:
+                raise BundleError(f"{self.output}: a spool file ended early")
+            offset += copied
+            self._wrote(copied)
+        while offset < end:
+            data = os.pread(fd, min(end - offset, COPY_SIZE), offset)
+            if not data:
+                raise BundleError(f"{self.output}: a spool file ended early")
+            self._guarded(lambda: self._raw(data))  # noqa: B023 - called at once
+            offset += len(data)
+            self._wrote(len(data))
+
+    def frame_end(self, member_size: int) -> None:
+        """A member copied by :meth:`copy_frame` is complete: ``member_size`` tar bytes."""
+        self._offset += member_size
+
+    def _wrote(self, count: int) -> None:
+        """Count bytes written to a single-file archive; fdatasync every ``_SYNC_SIZE``."""
+        if self._file is None:
+            return
+        self._unsynced += count
+        if self._unsynced >= _SYNC_SIZE:
+            self._unsynced = 0
+            self._guarded(lambda: os.fdatasync(self._file.fileno()))  # type: ignore[union-attr]
+
+    def _raw(self, data: bytes) -> None:
+        view = memoryview(data)
+        sink = self._volumes if self._volumes is not None else self._file
+        assert sink is not None
+        while view:
+            written = sink.write(view)
+            view = view[len(view) if written is None else written:]
+
+    def _put(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._stream.write(view)
+            if self._stream is not self._file or written is None:
+                self._framed = self._zstd is not None
+                return  # zstd and volumes take everything
+            view = view[written:]
+
     def add_dir(self, name: str) -> None:
         """A directory entry (``blobs``, ``blobs/sha256``) so plain tar extraction works."""
-        self._write(lambda: self._tar.addfile(self._info(name, directory=True)), name)
+        self._header(self._info(name, directory=True), 0)
 
     def add_bytes(self, name: str, data: bytes) -> None:
         """A small member held in memory (``oci-layout``, ``index.json``, a manifest)."""
-        import io
-
-        self.add_file(name, io.BytesIO(data), len(data))
+        self.begin(name, len(data))
+        self.write(data)
+        self.end()
 
     def add_file(self, name: str, file: BinaryIO, size: int) -> None:
         """A member of ``size`` bytes read from ``file``, streamed."""
-        self._write(lambda: self._tar.addfile(self._info(name, size), file), name)
+        self.begin(name, size)
+        while self._left and (data := file.read(min(self._left, COPY_SIZE))):
+            self.write(data)
+        self.end()
 
-    def _write(self, action: Callable[[], object], name: str) -> None:
+    def _header(self, info: tarfile.TarInfo, size: int) -> None:
+        if self._left:
+            raise BundleError(f"{self.output}: {self._name} is not complete")
+        self._name, self._left = info.name, size
+        buf = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        self._guarded(lambda: self._put(buf))
+        self._offset += len(buf)
+
+    def begin(self, name: str, size: int) -> None:
+        """Start a regular-file member of ``size`` bytes."""
+        self._header(self._info(name, size), size)
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Content of the open member."""
+        if len(data) > self._left:
+            raise BundleError(f"{self.output}: {self._name} is longer than its header says")
+        self._guarded(lambda: self._put(data))
+        self._left -= len(data)
+        self._offset += len(data)
+        self._wrote(len(data))
+
+    def copy_from(self, fd: int, offset: int, count: int) -> None:
+        """Content of the open member: ``count`` bytes of file ``fd`` from ``offset``."""
+        if count > self._left:
+            raise BundleError(f"{self.output}: {self._name} is longer than its header says")
+        end = offset + count
+        while offset < end and self._fd is not None:
+            try:
+                copied = os.copy_file_range(fd, self._fd, end - offset, offset)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_FILE_RANGE:
+                    raise BundleError(f"{self.output}: cannot write {self._name}: {exc}") \
+                        from exc
+                self._fd = None  # not between these files: read and write instead
+                break
+            if copied == 0:
+                raise BundleError(f"{self.output}: {self._name}: its spool file ended early")
+            offset += copied
+            self._left -= copied
+            self._offset += copied
+            self._wrote(copied)
+        while offset < end:
+            data = os.pread(fd, min(end - offset, COPY_SIZE), offset)
+            if not data:
+                raise BundleError(f"{self.output}: {self._name}: its spool file ended early")
+            self.write(data)
+            offset += len(data)
+
+    def end(self) -> None:
+        """Close the open member (pad to the 512-byte block)."""
+        if self._left:
+            raise BundleError(f"{self.output}: {self._name} is {self._left} bytes short")
+        pad = -self._offset % _BLOCK
+        if pad:
+            self._guarded(lambda: self._put(bytes(pad)))
+            self._offset += pad
+
+    def _guarded(self, action: Callable[[], object]) -> None:
         try:
             action()
         except OSError as exc:
-            raise BundleError(f"{self.output}: cannot write {name}: {exc}") from exc
+            raise BundleError(f"{self.output}: cannot write {self._name}: {exc}") from exc
 
     def commit(self) -> list[Path]:
         """End the archive, fsync, move it to its final name(s); the paths written.
@@ -135,14 +289,16 @@ class ArchiveWriter:
             BundleError: a disk error (nothing gets the final name).
         """
         try:
-            self._tar.close()
+            if self._left:
+                raise OSError(f"{self._name} is {self._left} bytes short")
+            trailer = 2 * _BLOCK + (-(self._offset + 2 * _BLOCK) % _RECORD)
+            self._put(bytes(trailer))
             if self._zstd is not None:
                 self._zstd.close()
             if self._volumes is not None:
                 self.paths = self._volumes.commit()
             else:
                 assert self._file is not None and self._temp is not None
-                self._file.flush()
                 os.fsync(self._file.fileno())
                 self._file.close()
                 os.chmod(self._temp, file_mode())
@@ -162,195 +318,3 @@ class ArchiveWriter:
             self._temp.unlink(missing_ok=True)
         if self._volumes is not None:
             self._volumes.abort()
-
-
-class ArchiveExport:
-    """The store an export writes into when the output is an archive.
-
-    Offers the verbs :func:`bundler.exporting.export_bundle` uses on a layout
-    (``has_blob``, ``write_blob``, ``put_bytes``, ``read_index``, ``write_index``,
-    ``sync``) plus :meth:`start` (called once the images are planned). Use as a context
-    manager: the archive is committed on success, removed on error.
-
-    Args:
-        output: the archive name.
-        fmt: ``tar`` or ``tar.zst``.
-        split_size: bytes per volume, or None.
-        compression_level: zstd level.
-
-    Raises:
-        BundleError: the output name is taken, or cannot be written.
-    """
-
-    def __init__(self, output: str | os.PathLike[str], fmt: str, *,
-                 split_size: int | None = None, compression_level: int = 3) -> None:
-        self.output = Path(output).absolute()
-        refuse_existing(self.output)
-        if not self.output.parent.is_dir():
-            raise BundleError(f"{self.output.parent}: no such directory")
-        self.spool = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.spool-",
-                                           dir=self.output.parent))
-        self.writer = ArchiveWriter(self.output, fmt, split_size=split_size,
-                                    compression_level=compression_level)
-        self.paths: list[Path] = []
-        self._written: set[Digest] = set()
-        self._order: list[Descriptor] = []
-        self._position: dict[Digest, int] = {}
-        self._ready: dict[Digest, Path | None] = {}
-        self._cond = threading.Condition()
-        self._finishing = False
-        self._aborted = False
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._entries: list[Descriptor] = []
-
-    # -- the plan ------------------------------------------------------------------
-    def start(self, entries: list[Descriptor], plans: list[ImagePlan]) -> None:
-        """Write ``oci-layout``, ``index.json`` and the manifests; fix the blob order.
-
-        Args:
-            entries: the ``index.json`` descriptors.
-            plans: the planned images (manifests children-first, blobs).
-        """
-        self._entries = list(entries)
-        self.writer.add_bytes("oci-layout",
-                              json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode())
-        self.writer.add_bytes("index.json", index_bytes(entries))
-        manifests: dict[Digest, bytes] = {}
-        configs: dict[Digest, Descriptor] = {}
-        layers: dict[Digest, Descriptor] = {}
-        for plan in plans:  # parents before children: a reader always knows what comes
-            for descriptor, item in reversed(plan.manifests):
-                manifests.setdefault(descriptor.digest, item.raw)
-                if isinstance(item, Manifest) and item.config is not None:
-                    configs.setdefault(item.config.digest, item.config)
-            for digest, descriptor in plan.blobs.items():
-                if digest not in configs:
-                    layers.setdefault(digest, descriptor)
-        algorithms = sorted({d.algorithm for d in [*manifests, *configs, *layers]})
-        self.writer.add_dir("blobs")
-        for algorithm in algorithms:
-            self.writer.add_dir(f"blobs/{algorithm}")
-        for digest, raw in manifests.items():
-            self.writer.add_bytes(blob_name(digest), raw)
-            self._written.add(digest)
-        self._order = [d for d in [*configs.values(), *layers.values()]
-                       if d.digest not in self._written]
-        self._position = {d.digest: i for i, d in enumerate(self._order)}
-        self._thread = threading.Thread(target=self._append_in_order, name="bundler-archive",
-                                        daemon=True)
-        self._thread.start()
-
-    def position(self, digest: Digest) -> int:
-        """The blob's place in the archive (download in this order to keep the spool small)."""
-        return self._position.get(digest, len(self._position))
-
-    # -- the store verbs an export uses ------------------------------------------------
-    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
-        """True for content already in the archive (manifests written by :meth:`start`)."""
-        return digest in self._written
-
-    def write_blob(self, digest: Digest, size: int, open_source: Callable[[int], Iterable[bytes]],
-                   *, on_bytes: Callable[[int], None] | None = None, fsync: bool = True) -> int:
-        """Download a blob to the spool (verified), then queue it for the archive.
-
-        Returns:
-            Bytes fetched.
-
-        Raises:
-            IntegrityError: wrong size or digest. BundleError: the archive cannot be written.
-        """
-        self._raise_writer_error()
-        path = self.spool / f"{digest.algorithm}-{digest.hex}"
-        fetched = 0
-        try:
-            with open(path, "wb") as f:
-                for chunk in VerifyingReader(open_source(0), digest, size, where=str(path)):
-                    f.write(chunk)
-                    fetched += len(chunk)
-                    if on_bytes:
-                        on_bytes(len(chunk))
-        except BaseException:
-            path.unlink(missing_ok=True)
-            self._mark(digest, None)
-            raise
-        self._mark(digest, path)
-        return fetched
-
-    def put_bytes(self, digest: Digest, data: bytes) -> None:
-        """Manifests were written by :meth:`start`; anything else is refused."""
-        if digest not in self._written:
-            raise BundleError(f"{self.output}: {digest} was not planned for this archive")
-
-    def read_index(self) -> list[Descriptor]:
-        """A new archive has no earlier entries."""
-        return []
-
-    def write_index(self, descriptors: Iterable[Descriptor]) -> None:
-        """``index.json`` was written by :meth:`start`; the entries must be the same."""
-        if [d.to_dict() for d in descriptors] != [d.to_dict() for d in self._entries]:
-            raise BundleError(f"{self.output}: index.json changed after it was written")
-
-    def sync(self) -> None:
-        """Nothing to do: the archive is fsynced when committed."""
-
-    # -- ordered appending ------------------------------------------------------------------
-    def _mark(self, digest: Digest, path: Path | None) -> None:
-        with self._cond:
-            self._ready[digest] = path
-            self._cond.notify_all()
-
-    def _raise_writer_error(self) -> None:
-        if self._error is not None:
-            raise BundleError(f"{self.output}: cannot write the archive: {self._error}") \
-                from self._error
-
-    def _append_in_order(self) -> None:
-        try:
-            for descriptor in self._order:
-                with self._cond:
-                    while (descriptor.digest not in self._ready and not self._aborted
-                           and not self._finishing):
-                        self._cond.wait()
-                    if self._aborted:
-                        return
-                    path = self._ready.pop(descriptor.digest, None)
-                if path is None:
-                    continue  # not served (non-distributable) or failed
-                with open(path, "rb") as f:
-                    self.writer.add_file(blob_name(descriptor.digest), f, descriptor.size)
-                path.unlink()
-        except BaseException as exc:
-            self._error = exc
-
-    # -- end --------------------------------------------------------------------------------
-    def commit(self) -> list[Path]:
-        """Append what is left, end the archive and give it its final name(s)."""
-        with self._cond:
-            self._finishing = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-        self._raise_writer_error()
-        self.paths = self.writer.commit()
-        shutil.rmtree(self.spool, ignore_errors=True)
-        return self.paths
-
-    def abort(self) -> None:
-        """Stop appending and remove the temp archive and the spool."""
-        with self._cond:
-            self._aborted = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-        self.writer.abort()
-        shutil.rmtree(self.spool, ignore_errors=True)
-
-    def __enter__(self) -> ArchiveExport:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
