@@ -19,16 +19,12 @@ from typing import TypeVar
 
 from .content import Descriptor, Index, Manifest
 from .digest import Digest
-from .errors import BundlerError
+from .errors import Cancelled
 from .registry import RegistryClient, TransportOptions
 
-__all__ = ["Cancelled", "ClientPool", "ImagePlan", "run_parallel", "walk"]
+__all__ = ["ClientPool", "ImagePlan", "run_parallel", "walk"]
 
 T = TypeVar("T")
-
-
-class Cancelled(BundlerError):
-    """The run was stopped (Ctrl-C or another task failed) before this task finished."""
 
 
 @dataclass

@@ -23,11 +23,15 @@ caller can catch one class. Library errors (httpx, OSError, zstandard) are wrapp
     +-- MappingError                import naming: bad --to / --mapping, no repository
     +-- TransferError               one image failed; names the image, wraps the cause
     +-- PartialFailureError         --keep-going: some images failed, the others were done
+    +-- CredentialsError            an auth file, credential helper or TLS file unusable
+    +-- Cancelled                   the run was stopped (Ctrl-C, or another task failed)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "Cancelled",
+    "CredentialsError",
     "AccessDeniedError",
     "AuthenticationError",
     "BundleError",
@@ -198,3 +202,11 @@ class PartialFailureError(BundlerError):
                          f"failed: {names}")
         self.failures = list(failures)
         self.result = result
+
+
+class CredentialsError(BundlerError):
+    """An auth file, credential helper or TLS certificate directory that cannot be used."""
+
+
+class Cancelled(BundlerError):
+    """The run was stopped (Ctrl-C, or another task failed) before this task finished."""

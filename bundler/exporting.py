@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .content import FOREIGN_LAYER_TYPES, Descriptor, Index, Manifest, parse_manifest
-from .copy import Cancelled, ClientPool, ImagePlan, run_parallel, walk
+from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest
 from .errors import (
     BundlerError,
+    Cancelled,
     InvalidReferenceError,
     NotFoundError,
     PartialFailureError,

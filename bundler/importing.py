@@ -23,9 +23,9 @@ import threading
 from dataclasses import dataclass, field
 
 from .content import Descriptor
-from .copy import Cancelled, ClientPool, ImagePlan, run_parallel, walk
+from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest
-from .errors import PartialFailureError, TransferError
+from .errors import Cancelled, PartialFailureError, TransferError
 from .naming import Target
 from .progress import Event, NullReporter, Reporter
 from .registry import RegistryClient, TransportOptions
