@@ -7,7 +7,7 @@ Spec: image-spec ``image-layout.md``, ``descriptor.md`` (digests and sizes).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -22,10 +22,97 @@ from .stores.volumes import checksum_path
 if TYPE_CHECKING:
     from .bundle import VerifyReport
 
-__all__ = ["ArchiveHead", "read_head", "verify_archive"]
+__all__ = ["MAX_HELD", "ArchiveHead", "HeadManifests", "read_head", "verify_archive"]
 
 #: Cap, in bytes, on index.json and manifests held in memory while reading an archive.
 MAX_HELD = 64 << 20
+
+
+class HeadManifests:
+    """The manifests reachable from root descriptors, parsed as their members arrive.
+
+    Members may come in any order: bytes offered before anything reaches them are held
+    (:attr:`held`) and parsed once the roots or a parsed index reach them. :attr:`missing`
+    (reachable, not loaded yet) is kept up to date as manifests are parsed, so asking
+    what is still to come costs nothing, however many members there are.
+
+    Args:
+        on_bad: receives (digest, error) for a manifest that does not parse; when None,
+            the :class:`ManifestError` is raised.
+
+    Attributes:
+        manifests: the parsed manifests and indexes, by digest.
+        held: offered bytes nothing has reached yet (configs, unordered manifests).
+        missing: reachable manifests not loaded yet.
+        bad: digests known to be unusable (they are not waited for).
+    """
+
+    def __init__(self, on_bad: Callable[[Digest, ManifestError], None] | None = None) -> None:
+        self.manifests: dict[Digest, Manifest | Index] = {}
+        self.held: dict[Digest, bytes] = {}
+        self.missing: dict[Digest, Descriptor] = {}
+        self.bad: set[Digest] = set()
+        self.rooted = False
+        self._reached: set[Digest] = set()
+        self._on_bad = on_bad
+
+    @property
+    def complete(self) -> bool:
+        """True once the roots are known and every manifest they reach is loaded."""
+        return self.rooted and not self.missing
+
+    def root(self, descriptors: Iterable[Descriptor]) -> None:
+        """The descriptors to start from (``index.json`` entries, or the import targets).
+
+        Raises:
+            ManifestError: a held manifest does not parse (and ``on_bad`` is None).
+        """
+        self.rooted = True
+        self._reach(list(descriptors))
+
+    def offer(self, digest: Digest, data: bytes) -> None:
+        """Bytes of a member (already verified against ``digest``).
+
+        Raises:
+            ManifestError: a wanted manifest does not parse (and ``on_bad`` is None).
+        """
+        descriptor = self.missing.pop(digest, None)
+        if descriptor is None:
+            self.held[digest] = data
+        else:
+            self._reach(self._parse(descriptor, data))
+
+    def mark_bad(self, digest: Digest) -> None:
+        """``digest`` cannot be used (its member is damaged): do not wait for it."""
+        self.bad.add(digest)
+        self.missing.pop(digest, None)
+        self.held.pop(digest, None)
+
+    def _reach(self, stack: list[Descriptor]) -> None:
+        while stack:
+            descriptor = stack.pop()
+            digest = descriptor.digest
+            if digest in self._reached or digest in self.bad:
+                continue
+            self._reached.add(digest)
+            raw = self.held.pop(digest, None)
+            if raw is None:
+                self.missing[digest] = descriptor
+            else:
+                stack.extend(self._parse(descriptor, raw))
+
+    def _parse(self, descriptor: Descriptor, raw: bytes) -> list[Descriptor]:
+        """Parse a reached manifest; the children an index reaches next."""
+        try:
+            item = parse_manifest(raw, descriptor.media_type, digest=descriptor.digest)
+        except ManifestError as exc:
+            if self._on_bad is None:
+                raise
+            self.bad.add(descriptor.digest)
+            self._on_bad(descriptor.digest, exc)
+            return []
+        self.manifests[descriptor.digest] = item
+        return list(item.manifests) if isinstance(item, Index) else []
 
 
 @dataclass
@@ -34,38 +121,21 @@ class _Scan:
 
     where: str
     entries: list[Descriptor] | None = None
-    manifests: dict[Digest, Manifest | Index] = field(default_factory=dict)
-    held: dict[Digest, bytes] = field(default_factory=dict)
     held_bytes: int = 0
     sizes: dict[Digest, int] = field(default_factory=dict)
-    bad: set[Digest] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    graph: HeadManifests = field(init=False)
 
-    def wanted(self) -> dict[Digest, Descriptor]:
-        """Manifests reachable from index.json that are not loaded yet (held ones parsed)."""
-        missing: dict[Digest, Descriptor] = {}
-        stack = list(self.entries or ())
-        seen: set[Digest] = set()
-        while stack:
-            descriptor = stack.pop()
-            if descriptor.digest in seen:
-                continue
-            seen.add(descriptor.digest)
-            item = self.manifests.get(descriptor.digest)
-            if item is None and descriptor.digest in self.held:
-                raw = self.held.pop(descriptor.digest)
-                try:
-                    item = self.manifests[descriptor.digest] = parse_manifest(
-                        raw, descriptor.media_type, digest=descriptor.digest)
-                except ManifestError as exc:
-                    self.bad.add(descriptor.digest)
-                    self.problems.append(str(exc))
-                    continue
-            if item is None and descriptor.digest not in self.bad:
-                missing[descriptor.digest] = descriptor
-            elif isinstance(item, Index):
-                stack.extend(item.manifests)
-        return missing
+    def __post_init__(self) -> None:
+        self.graph = HeadManifests(lambda _digest, exc: self.problems.append(str(exc)))
+
+    @property
+    def manifests(self) -> dict[Digest, Manifest | Index]:
+        return self.graph.manifests
+
+    @property
+    def bad(self) -> set[Digest]:
+        return self.graph.bad
 
     def _read_small(self, member: Member) -> bytes:
         if member.size > MANIFEST_LIMIT or self.held_bytes + member.size > MAX_HELD:
@@ -85,30 +155,29 @@ class _Scan:
             if not isinstance(index, Index):
                 raise BundleError(f"{self.where}: index.json is not an image index")
             self.entries = list(index.manifests)
+            self.graph.root(self.entries)
             return 0
         digest = member.digest
         assert digest is not None
         self.sizes[digest] = member.size
         fits = member.size <= MANIFEST_LIMIT and self.held_bytes + member.size <= MAX_HELD
-        wanted = digest in self.wanted()
         if fits:  # a manifest, or may turn out to be one (archives of other tools)
             data = self._read_small(member)
-            if self._sound(digest, [data]):
-                self.held[digest] = data
-                if wanted:
-                    self.wanted()
+            if self._sound(digest, [data], len(data)):
+                self.graph.offer(digest, data)
             return member.size
-        if hash_all:
-            self._sound(digest, member.file)
+        if hash_all:  # streamed: never more than one chunk in memory
+            self._sound(digest, member.file, member.size)
             return member.size
         return 0
 
-    def _sound(self, digest: Digest, source: Iterable[bytes] | BinaryIO) -> bool:
+    def _sound(self, digest: Digest, source: Iterable[bytes] | BinaryIO, size: int) -> bool:
         where = f"blobs/{digest.algorithm}/{digest.hex}"
         try:
-            VerifyingReader(source, digest, None, where=where).read()
+            for _ in VerifyingReader(source, digest, size, where=where):
+                pass
         except BundlerError as exc:
-            self.bad.add(digest)
+            self.graph.mark_bad(digest)
             self.problems.append(str(exc))
             return False
         return True
@@ -213,13 +282,13 @@ def read_head(bundle: str | os.PathLike[str]) -> ArchiveHead:
         scan = _Scan(reader.where)
         for member in reader:
             scan.feed(member, hash_all=False)
-            if scan.entries is not None and not scan.wanted():
+            if scan.graph.complete:
                 break
         if scan.entries is None:
             raise BundleError(f"{reader.where}: the archive has no index.json")
         if scan.problems:
             raise BundleError(f"{reader.where}: {scan.problems[0]}")
-        missing = scan.wanted()
+        missing = scan.graph.missing
         if missing:
             raise BundleError(f"{reader.where}: manifest {next(iter(missing))} is missing "
                               "from the archive")

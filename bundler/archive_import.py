@@ -25,13 +25,13 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-from .blob_sources import OneShot, SpooledFile, spool_bytes, spool_member
-from .content import OCI_INDEX, Descriptor, Index, Manifest, parse_manifest
+from .archive_check import MAX_HELD, HeadManifests
+from .blob_sources import InMemory, OneShot, Teed
+from .content import OCI_INDEX, Descriptor, Index, parse_manifest
 from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest, VerifyingReader
-from .errors import BundleError, BundlerError, SizeMismatchError, TransferError
+from .errors import BundleError, BundlerError, Cancelled, SizeMismatchError, TransferError
 from .importing import ImportResult, _push_blob, finish, record_failure
 from .naming import Target, resolve_targets
 from .progress import Event, NullReporter, Reporter
@@ -40,8 +40,9 @@ from .stores.archive import ArchiveReader, Member
 
 __all__ = ["MAX_HELD", "import_archive"]
 
-#: Default cap, in bytes, on index.json and manifests held in memory during an import.
-MAX_HELD = 64 << 20
+#: A blob that must be uploaded more than once is read into memory up to this size,
+#: and copied to a temp file beyond it.
+IN_MEMORY = 1 << 20
 
 
 @dataclass
@@ -66,8 +67,7 @@ class _Session:
         self.result = ImportResult()
         self.lock = threading.Lock()
         self.targets: list[Target] | None = None
-        self.manifests: dict[Digest, Manifest | Index] = {}
-        self.held: dict[Digest, bytes] = {}
+        self.graph = HeadManifests()
         self.held_bytes = 0
         self.plans: dict[Target, ImagePlan] = {}
         self.ready = False
@@ -106,7 +106,7 @@ class _Session:
 
     def take(self, member: Member) -> None:
         if self.stop.is_set():
-            raise BundlerError("cancelled")
+            raise Cancelled("cancelled")
         if member.name == "oci-layout":
             data = self._hold(member)
             try:
@@ -122,13 +122,14 @@ class _Session:
             self.targets = resolve_targets(list(index.manifests), to=self.to,
                                            mapping=self.mapping)
             self.result.targets = list(self.targets)
+            self.graph.root(t.descriptor for t in self.targets)
             self._advance()
         elif member.digest is not None and self.ready:
             if member.digest in self.work:
                 self._push(member.digest, member)
         elif member.digest is not None:
-            self.held[member.digest] = self._verified(member.digest, member.size,
-                                                      self._hold(member))
+            self.graph.offer(member.digest, self._verified(member.digest, member.size,
+                                                           self._hold(member)))
             self._advance()
 
     def _verified(self, digest: Digest, size: int, data: bytes) -> bytes:
@@ -136,42 +137,22 @@ class _Session:
         return data
 
     # -- planning ------------------------------------------------------------------------
-    def _missing(self) -> list[Descriptor]:
-        """Manifests reachable from the targets that have not been loaded yet."""
-        assert self.targets is not None
-        missing, seen = [], set()
-        stack = [t.descriptor for t in self.targets]
-        while stack:
-            descriptor = stack.pop()
-            if descriptor.digest in seen:
-                continue
-            seen.add(descriptor.digest)
-            item = self.manifests.get(descriptor.digest)
-            if item is None and descriptor.digest in self.held:
-                item = parse_manifest(self.held.pop(descriptor.digest), descriptor.media_type,
-                                      digest=descriptor.digest)
-                self.manifests[descriptor.digest] = item
-            if item is None:
-                missing.append(descriptor)
-            elif isinstance(item, Index):
-                stack.extend(item.manifests)
-        return missing
-
     def _advance(self) -> None:
-        if self.targets is None or self.ready or self._missing():
+        if self.targets is None or self.ready or not self.graph.complete:
             return
+        manifests = self.graph.manifests
         for target in self.targets:
             try:
                 self.plans[target] = walk(target.descriptor,
-                                          lambda d: self.manifests[d.digest], name=target.name)
+                                          lambda d: manifests[d.digest], name=target.name)
             except BundlerError as exc:
                 self._fail([target], exc)
         self.ready = True
         self._check_destinations()
-        for digest in [d for d in self.held if d in self.work]:
-            data = self.held.pop(digest)
-            self._push(digest, None, data)
-        self.held.clear()
+        held = self.graph.held
+        for digest in [d for d in held if d in self.work]:
+            self._push(digest, None, held.pop(digest))
+        held.clear()
         for target in self.todo:
             if not self.remaining[target]:
                 self._push_manifests(target)
@@ -179,7 +160,7 @@ class _Session:
     def _check_destinations(self) -> None:
         """HEAD the images and blobs at their destinations, before any blob arrives."""
         assert self.targets is not None
-        skipped: set[str] = set()
+        skipped: set[Target] = set()
         planned = [t for t in self.targets if t in self.plans]
 
         def check_image(target: Target) -> None:
@@ -188,7 +169,7 @@ class _Session:
                 dest.repository, dest.tag or str(dest.digest))
             if have == target.descriptor.digest:
                 with self.lock:
-                    skipped.add(target.name)
+                    skipped.add(target)
                 self.report(Event("image", target.name, "skipped",
                                   total=self.plans[target].size))
 
@@ -196,10 +177,10 @@ class _Session:
                               keep_going=self.keep_going)
         for target, exc in checks.items():
             self._fail([target], exc)
-        self.result.skipped_images = [t.name for t in planned if t.name in skipped]
-        self.todo = [t for t in planned if t.name not in skipped and t not in self.failed]
+        self.result.skipped_images = [t.name for t in planned if t in skipped]
+        self.todo = [t for t in planned if t not in skipped and t not in self.failed]
         for target in planned:  # a complete image's repository is a mount source
-            if target.name in skipped:
+            if target in skipped:
                 for digest in self.plans[target].blobs:
                     self.known.setdefault((target.destination.registry, digest),
                                           target.destination.repository)
@@ -247,21 +228,31 @@ class _Session:
                 where=f"{self.where}: {member.name}"))
             return
         works = [w for w in works if self._needing(digest, w.registry)]
-        needing = [w for w in works if len(w.present) < len(w.repositories)]
-        spool: Path | None = None
+        uploads = sum(len(w.repositories) - len(w.present) for w in works)
+        where = f"{self.where}: {member.name if member is not None else digest}"
+        source: InMemory | OneShot | Teed
+        if data is not None:
+            source = InMemory(data, where)
+        elif uploads > 1 and descriptor.size <= IN_MEMORY:  # read again: keep it at hand
+            assert member is not None
+            try:
+                source = InMemory(self._verified(digest, member.size, member.file.read()),
+                                  where)
+            except BundlerError as exc:
+                self._fail(self._needing(digest), exc)
+                return
+        elif uploads > 1:  # a refused mount uploads it again: copied as it is first read
+            assert member is not None
+            try:
+                source = Teed(member.file, where)
+            except BundlerError as exc:
+                self._fail(self._needing(digest), exc)
+                return
+        else:
+            assert member is not None
+            source = OneShot(member.file, where)
         try:
-            if data is not None:
-                spool = spool_bytes(data)
-            elif len(needing) > 1:
-                assert member is not None
-                try:
-                    spool = spool_member(member, descriptor)
-                except BundlerError as exc:
-                    self._fail(self._needing(digest), exc)
-                    return
             for work in works:
-                source = (SpooledFile(spool) if spool is not None else
-                          OneShot(member.file, f"{self.where}: {member.name}"))  # type: ignore[union-attr]
                 try:
                     _push_blob(self.clients.get(work.registry), source, descriptor,  # type: ignore[arg-type]
                                work.repositories, self.result, self.lock, self.report,
@@ -270,8 +261,8 @@ class _Session:
                 except BundlerError as exc:
                     self._fail(self._needing(digest, work.registry), exc)
         finally:
-            if spool is not None:
-                spool.unlink(missing_ok=True)
+            if isinstance(source, Teed):
+                source.close()
         for target in list(self.todo):
             left = self.remaining[target]
             if digest in left:
@@ -296,7 +287,7 @@ class _Session:
         if self.targets is None:
             raise BundleError(f"{self.where}: the archive has no index.json")
         if not self.ready:
-            descriptor = self._missing()[0]
+            descriptor = next(iter(self.graph.missing.values()))
             raise BundleError(f"{self.where}: manifest {descriptor.digest} is missing from "
                               "the archive")
         for target in list(self.todo):

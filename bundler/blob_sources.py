@@ -1,5 +1,6 @@
 """Blob sources for an archive import: ``open_blob`` over an archive member read once,
-or over a temp file (a spool) when one blob must go to several registries.
+over bytes held in memory, or over a member copied to a temp file as it is first read
+(a blob that goes to more than one repository).
 
 Every read goes through the verifying reader (size cap, digest checked at EOF).
 """
@@ -14,11 +15,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .content import Descriptor
-from .digest import VerifyingReader
+from .digest import CHUNK_SIZE, VerifyingReader
 from .errors import BundleError
-from .stores.archive import Member
 
-__all__ = ["OneShot", "SpooledFile", "spool_bytes", "spool_member"]
+__all__ = ["InMemory", "OneShot", "Teed"]
 
 
 class OneShot:
@@ -49,40 +49,82 @@ class OneShot:
         yield VerifyingReader(self.file, descriptor.digest, descriptor.size, where=self.where)
 
 
-class SpooledFile:
-    """``open_blob`` over a temp file (a blob that goes to more than one registry)."""
+class InMemory:
+    """``open_blob`` over a blob held in memory (opened as often as needed).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    Args:
+        data: the blob's bytes.
+        where: a human name for errors.
+    """
+
+    def __init__(self, data: bytes, where: str) -> None:
+        self.data = data
+        self.where = where
 
     @contextmanager
     def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
-        """The spooled file as a verifying reader (can be opened again for a retry)."""
-        with open(self.path, "rb") as f:
-            yield VerifyingReader(f, descriptor.digest, descriptor.size, where=str(self.path))
+        """The bytes as a verifying reader."""
+        yield VerifyingReader([self.data], descriptor.digest, descriptor.size, where=self.where)
 
 
-def spool_bytes(data: bytes) -> Path:
-    """Write ``data`` (a blob held in memory) to a new temp file; its path."""
-    fd, path = tempfile.mkstemp(prefix="bundler-blob-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return Path(path)
+class Teed:
+    """``open_blob`` over an archive member that may be read more than once.
 
+    The first opening streams the member, copying every byte read to a temp file; a
+    later opening (another repository whose mount was refused, a restarted upload) first
+    copies what is left of the member, then reads the temp file. Call :meth:`close`.
 
-def spool_member(member: Member, descriptor: Descriptor) -> Path:
-    """Copy (verified) a blob that must go to several registries to a temp file.
+    Args:
+        file: the member's file object.
+        where: a human name for errors (archive and member).
 
     Raises:
-        IntegrityError: the member does not match ``descriptor`` (no file is left).
+        BundleError: the temp file cannot be created.
     """
-    fd, path = tempfile.mkstemp(prefix="bundler-blob-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in VerifyingReader(member.file, descriptor.digest, descriptor.size,
-                                         where=member.name):
-                f.write(chunk)
-    except BaseException:
-        Path(path).unlink(missing_ok=True)
-        raise
-    return Path(path)
+
+    def __init__(self, file: BinaryIO, where: str) -> None:
+        self.where = where
+        self._member = file
+        try:
+            fd, path = tempfile.mkstemp(prefix="bundler-blob-")
+        except OSError as exc:
+            raise BundleError(f"{where}: cannot create a temp file: {exc}") from exc
+        self.path = Path(path)
+        self._copy = os.fdopen(fd, "wb")
+        self._started = False
+
+    def read(self, n: int = -1) -> bytes:
+        """Read from the member, copying to the temp file."""
+        data = self._member.read(n)
+        if data:
+            self._write(data)
+        return data
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._copy.write(data)
+        except OSError as exc:
+            raise BundleError(f"{self.where}: cannot write the temp file {self.path}: "
+                              f"{exc}") from exc
+
+    @contextmanager
+    def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
+        """The member (first time) or its copy (later) as a verifying reader."""
+        if not self._started:
+            self._started = True
+            yield VerifyingReader(self, descriptor.digest, descriptor.size, where=self.where)
+            return
+        while data := self._member.read(CHUNK_SIZE):
+            self._write(data)
+        try:
+            self._copy.flush()
+        except OSError as exc:
+            raise BundleError(f"{self.where}: cannot write the temp file {self.path}: "
+                              f"{exc}") from exc
+        with open(self.path, "rb") as f:
+            yield VerifyingReader(f, descriptor.digest, descriptor.size, where=self.where)
+
+    def close(self) -> None:
+        """Remove the temp file."""
+        self._copy.close()
+        self.path.unlink(missing_ok=True)

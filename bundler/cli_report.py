@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .errors import BundlerError, PartialFailureError
+from .errors import BundlerError, Cancelled, PartialFailureError
 from .exporting import ExportResult
 from .importing import ImportResult
 from .planning import ExportPlan, ImportPlan
@@ -56,7 +56,7 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
     started = time.monotonic()
     try:
         result = action(stop)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):
         stop.set()
         reporter.close()
         click.echo(
@@ -105,6 +105,9 @@ def import_summary(result: ImportResult, seconds: float) -> None:
     )
     for target in result.targets:
         click.echo(f"  {target.name} -> {target.destination}")
+    for digest in result.skipped_foreign:
+        click.echo(f"note: non-distributable layer {digest} is not in the bundle; "
+                   "it was not pushed", err=True)
 
 
 def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None:

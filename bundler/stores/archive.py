@@ -31,7 +31,7 @@ import zstandard
 
 from ..digest import Digest
 from ..errors import BundleError, UnsafeArchiveError
-from .volumes import VolumeReader, find_volumes, read_checksums, volume_name
+from .volumes import VolumeReader, find_volumes, is_volume_of, read_checksums
 
 __all__ = [
     "FORMATS",
@@ -44,6 +44,10 @@ __all__ = [
 
 FORMATS = ("dir", "tar", "tar.zst")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: A skippable frame (RFC 8878, 3.1.2): magic 0x184D2A50..0x184D2A5F (little endian),
+#: then a 4-byte little-endian size, then that many bytes that decoders ignore.
+_SKIPPABLE_TAIL = b"\x2a\x4d\x18"
+_SKIPPABLE_HEADER = 8
 _READ_SIZE = 1 << 20
 _BLOB_RE = re.compile(r"^blobs/(?P<algorithm>[a-z0-9]+)/(?P<hex>[^/]+)$")
 _DIRECTORIES = re.compile(r"^(\.|blobs|blobs/[a-z0-9]+)$")
@@ -72,10 +76,18 @@ def output_format(output: str | os.PathLike[str], format: str | None = None,
 def refuse_existing(output: Path) -> None:
     """Refuse to export into an archive name that is already taken.
 
+    A leftover volume of an earlier, larger bundle (``NAME.005``) counts: volumes are
+    found by number, so it would be read as part of the new bundle.
+
     Raises:
-        BundleError: ``output``, its first volume or its checksum file exists.
+        BundleError: ``output``, its checksum file or any volume ``NAME.NNN`` exists.
     """
-    for path in (output, volume_name(output, 0), output.with_name(output.name + ".sha256")):
+    taken = [output, output.with_name(output.name + ".sha256")]
+    try:
+        taken += sorted(p for p in output.parent.iterdir() if is_volume_of(p, output))
+    except OSError:
+        pass  # a missing or unreadable folder is reported when the archive is created
+    for path in taken:
         if path.exists() or path.is_symlink():
             raise BundleError(f"{path} already exists; an archive bundle is written whole: "
                               "remove it or choose another output name")
@@ -196,8 +208,16 @@ class _Prefixed:
         return self._source.read(n)
 
 
+def is_skippable(magic: bytes | memoryview) -> bool:
+    """True for the 4-byte magic number of a zstd skippable frame (0x184D2A5?)."""
+    return (len(magic) >= 4 and 0x50 <= magic[0] <= 0x5F
+            and bytes(magic[1:4]) == _SKIPPABLE_TAIL)
+
+
 class _ZstdFrames:
     """Decode zstd frames one after another; stop quietly at bytes that are not a frame.
+
+    Skippable frames (written by ``pzstd`` and the seekable format) are passed over.
 
     ``cat NAME.*`` also sends ``NAME.sha256`` after the volumes: such trailing data
     after the last frame is ignored. Input goes to the decoder in small pieces so that
@@ -216,6 +236,7 @@ class _ZstdFrames:
         self._size = 0  # bytes in _out
         self._ended = False
         self._in_frame = False
+        self._skip = 0  # bytes of a skippable frame still to pass over
 
     def _more(self) -> bool:
         """Append the next input to ``_pending``; False at the end of the source."""
@@ -229,12 +250,23 @@ class _ZstdFrames:
     def _fill(self, n: int) -> None:
         while self._size < n and not self._ended:
             if not self._pending and not self._more():
-                if self._in_frame:
+                if self._in_frame or self._skip:
                     raise EOFError("the zstd stream ends inside a frame")
                 self._ended = True
                 return
+            if self._skip:
+                count = min(self._skip, len(self._pending))
+                self._pending = self._pending[count:]
+                self._skip -= count
+                continue
             if not self._in_frame:
-                if len(self._pending) < 4 and self._more():
+                if len(self._pending) < _SKIPPABLE_HEADER and self._more():
+                    continue
+                if is_skippable(self._pending[:4]):
+                    if len(self._pending) < _SKIPPABLE_HEADER:
+                        raise EOFError("the zstd stream ends inside a skippable frame")
+                    self._skip = int.from_bytes(self._pending[4:_SKIPPABLE_HEADER], "little")
+                    self._pending = self._pending[_SKIPPABLE_HEADER:]
                     continue
                 if self._pending[:4] != ZSTD_MAGIC:
                     self._ended = True  # trailing data (e.g. the checksum file)
@@ -322,7 +354,7 @@ class ArchiveReader:
                 raise BundleError(f"{text}: cannot open the bundle: {exc}") from exc
         head = source.read(4)
         stream: BinaryIO | _Prefixed = _Prefixed(head, source)
-        self.compressed = head == ZSTD_MAGIC
+        self.compressed = head == ZSTD_MAGIC or is_skippable(head)
         if self.compressed:
             stream = _ZstdFrames(stream)
         self._stream = _Guarded(stream, self.where)  # type: ignore[arg-type]

@@ -25,10 +25,10 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..content import OCI_LAYOUT_VERSION, Descriptor, Manifest
+from ..content import FOREIGN_LAYER_TYPES, OCI_LAYOUT_VERSION, Descriptor, Manifest
 from ..copy import ImagePlan
 from ..digest import Digest, VerifyingReader
-from ..errors import BundleError
+from ..errors import BundleError, NotFoundError
 from .archive import refuse_existing
 from .archive_writer import COPY_SIZE, ArchiveWriter, blob_name, index_bytes
 
@@ -86,6 +86,10 @@ class ArchiveExport:
         split_size: bytes per volume, or None.
         compression_level: zstd level.
 
+    Attributes:
+        skipped: non-distributable (foreign) layers left out because the registry did
+            not serve them; every other planned blob must be in the archive.
+
     Raises:
         BundleError: the output name is taken, or cannot be written.
     """
@@ -101,7 +105,10 @@ class ArchiveExport:
         self.writer = ArchiveWriter(self.output, fmt, split_size=split_size,
                                     compression_level=compression_level)
         self.paths: list[Path] = []
+        self.skipped: list[Digest] = []
         self._written: set[Digest] = set()
+        self._appended: set[Digest] = set()
+        self._not_served: set[Digest] = set()  # 404 before the first byte
         self._order: list[Descriptor] = []
         self._position: dict[Digest, int] = {}
         self._spooled: dict[Digest, _Spooled | None] = {}
@@ -164,9 +171,11 @@ class ArchiveExport:
 
         For a ``.tar.zst`` the spool file holds the whole member (header, content,
         padding) as one zstd frame, compressed here, in the download's thread. The
-        writer may follow the spool file while the download goes on. A blob that fails
-        before its first byte is left out of the archive; one that fails later, after
-        the writer began its member, makes the archive fail.
+        writer may follow the spool file while the download goes on. A foreign layer the
+        registry does not serve (404 before the first byte) is left out of the archive
+        (:attr:`skipped`); any other planned blob missing at the commit makes it fail, as
+        does a download that fails after the writer began its member. The download stops
+        at its next chunk once the writer thread has failed.
 
         Returns:
             Bytes fetched.
@@ -190,6 +199,8 @@ class ArchiveExport:
                                                    write_size=COPY_SIZE, closefd=False)
                     out.write(header)
                 for chunk in VerifyingReader(open_source(0), digest, size, where=str(path)):
+                    if self._error is not None:
+                        self._raise_writer_error()
                     if not offered:
                         offered = self._offer(digest, spooled)
                     out.write(chunk)
@@ -199,10 +210,12 @@ class ArchiveExport:
                 if compressor is not None:
                     out.write(padding)
                     out.flush(zstandard.FLUSH_FRAME)  # type: ignore[call-arg]
-        except BaseException:
+        except BaseException as exc:
             with self._cond:
                 if not offered:
                     self._spooled[digest] = None
+                    if isinstance(exc, NotFoundError):
+                        self._not_served.add(digest)
                 spooled.failed = True
                 if not spooled.watched:
                     path.unlink(missing_ok=True)
@@ -254,21 +267,36 @@ class ArchiveExport:
                         return
                     spooled = self._spooled.pop(descriptor.digest, None)
                     if spooled is None or spooled.failed:
-                        continue  # not served (non-distributable) or failed before its turn
+                        self._leave_out(descriptor)
+                        continue
                     spooled.watched = True
                     f = open(spooled.path, "rb", buffering=0)  # noqa: SIM115 - closed below
                 with f:
-                    if not self._append(descriptor, spooled, f.fileno()):
-                        return
+                    appended = self._append(descriptor, spooled, f.fileno())
+                if appended is None:
+                    return
+                if appended:
+                    self._appended.add(descriptor.digest)
+                else:
+                    self._leave_out(descriptor)
                 spooled.path.unlink(missing_ok=True)
         except BaseException as exc:
-            self._error = exc
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
 
-    def _append(self, descriptor: Descriptor, spooled: _Spooled, fd: int) -> bool:
+    def _leave_out(self, descriptor: Descriptor) -> None:
+        """A blob not appended: a foreign layer not served is skipped on purpose."""
+        if (descriptor.digest in self._not_served
+                and descriptor.media_type in FOREIGN_LAYER_TYPES):
+            self.skipped.append(descriptor.digest)
+
+    def _append(self, descriptor: Descriptor, spooled: _Spooled, fd: int) -> bool | None:
         """Copy one blob's spool file into its member, following it while it grows.
 
         Returns:
-            False when the export was aborted meanwhile.
+            True when appended, False when its download failed before anything of it was
+            written, None when the export was aborted meanwhile.
         """
         copied, begun = 0, False
         while True:
@@ -277,11 +305,11 @@ class ArchiveExport:
                            or spooled.written - copied >= _FOLLOW_SIZE):
                     self._cond.wait()
                 if self._aborted:
-                    return False
+                    return None
                 done, failed, available = spooled.done, spooled.failed, spooled.written
             if failed:
                 if not begun:
-                    return True  # nothing of it was written: leave it out
+                    return False  # nothing of it was written: leave it out
                 raise BundleError(f"the download of {descriptor.digest} failed after its "
                                   "member was begun")
             framed = self.writer.compressed
@@ -303,14 +331,31 @@ class ArchiveExport:
 
     # -- end --------------------------------------------------------------------------------
     def commit(self) -> list[Path]:
-        """Append what is left, end the archive and give it its final name(s)."""
+        """Append what is left, end the archive and give it its final name(s).
+
+        Raises:
+            BundleError: the writer failed, or a planned blob other than a foreign layer
+            the registry did not serve is not in the archive (nothing gets the final name).
+        """
         with self._cond:
             self._finishing = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
-        self._raise_writer_error()
-        self.paths = self.writer.commit()
+        try:
+            self._raise_writer_error()
+            skipped = set(self.skipped)
+            missing = [d.digest for d in self._order
+                       if d.digest not in self._appended and d.digest not in skipped]
+            if missing:
+                raise BundleError(f"{self.output}: {len(missing)} planned blob"
+                                  f"{'s were' if len(missing) != 1 else ' was'} not written "
+                                  f"to the archive ({', '.join(map(str, missing[:3]))}"
+                                  f"{', ...' if len(missing) > 3 else ''})")
+            self.paths = self.writer.commit()
+        except BaseException:
+            self.abort()
+            raise
         shutil.rmtree(self.spool, ignore_errors=True)
         return self.paths
 

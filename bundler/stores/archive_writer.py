@@ -34,9 +34,6 @@ from .volumes import VolumeWriter
 __all__ = ["ArchiveWriter", "blob_name", "file_mode", "index_bytes"]
 
 COPY_SIZE = 1 << 20
-#: The writer thread wakes to follow a blob still downloading once this many new bytes
-#: are in its spool file (or the blob is complete).
-_FOLLOW_SIZE = 1 << 20
 #: A single-file archive is fdatasynced whenever this many bytes were written since the
 #: last time, so the disk writes go on during the downloads, not all at the commit.
 _SYNC_SIZE = 32 << 20
@@ -52,11 +49,19 @@ def index_bytes(descriptors: Iterable[Descriptor]) -> bytes:
     return json.dumps(doc, indent=2).encode() + b"\n"
 
 
-def file_mode() -> int:
-    """0666 less the process umask: what ``open()`` would give a new file."""
+def _read_umask() -> int:
+    """The process umask; read once, at import, before any worker thread runs."""
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
+def file_mode() -> int:
+    """0666 less the process umask (as read at import): what ``open()`` gives a new file."""
+    return _FILE_MODE
 
 
 def blob_name(digest: Digest) -> str:

@@ -27,8 +27,8 @@ from typing import BinaryIO
 
 from ..errors import BundleError
 
-__all__ = ["VolumeInfo", "VolumeReader", "VolumeWriter", "find_volumes", "read_checksums",
-           "volume_name"]
+__all__ = ["VolumeInfo", "VolumeReader", "VolumeWriter", "find_volumes", "is_volume_of",
+           "read_checksums", "volume_name"]
 
 _VOLUME_RE = re.compile(r"^(?P<base>.+)\.(?P<number>\d{3,})$")
 _LINE_RE = re.compile(r"^(?P<hex>[0-9a-f]{64}) [ *](?P<name>.+)$")
@@ -38,6 +38,12 @@ _SIZE_RE = re.compile(r"^# (?P<name>\S+) (?P<size>\d+)$")
 def volume_name(base: Path, number: int) -> Path:
     """``base.000``, ``base.001``, ... (more digits past 999)."""
     return base.with_name(f"{base.name}.{number:03d}")
+
+
+def is_volume_of(path: Path, base: Path) -> bool:
+    """True if ``path`` is named like a volume of ``base`` (``base.NNN``)."""
+    match = _VOLUME_RE.match(path.name)
+    return match is not None and match.group("base") == base.name
 
 
 @dataclass(frozen=True)
@@ -176,10 +182,7 @@ class VolumeWriter:
         from .layout import write_atomic
 
         path = checksum_path(self.base)
-        write_atomic(path, ("\n".join(lines) + "\n").encode())
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)
+        write_atomic(path, ("\n".join(lines) + "\n").encode())  # mode 0666 less the umask
         return [final for _, final, _, _ in self.volumes]
 
     def abort(self) -> None:
