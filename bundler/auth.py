@@ -10,12 +10,20 @@ refresh-token grant for an identity token), reads it from ``token`` or ``access_
 and retries with ``Authorization: Bearer <token>``. Tokens are cached per scope until
 ``expires_in`` (default 60 s) runs out.
 
+Token requests go through ``send`` (given by :class:`bundler.transport.RegistrySession`):
+a direct call through the registry's ``httpx.Client`` with the client's retries (5xx,
+429 and ``Retry-After`` honoured). That call is made under a lock per (credentials,
+scopes), so N threads that start at once make one token request; holding a lock across
+a ``yield`` of the auth flow would not be safe, since httpx may abandon a flow. Without
+``send`` the token request is yielded through the flow, once, without single flight.
+
 Secrets never appear in ``repr()``, log lines or error messages.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -24,7 +32,7 @@ from collections.abc import Callable, Generator, Iterable
 import httpx
 
 from .credentials import Credentials, load_authfile, lookup_credentials, parse_creds
-from .errors import AuthenticationError
+from .errors import AuthenticationError, RateLimitError, RegistryError
 
 __all__ = [
     "Credentials",
@@ -113,9 +121,14 @@ class RegistryAuth(httpx.Auth):
         credentials: what to present, or None for anonymous access.
         resolve: repository -> credentials (``""`` for registry-wide requests); called
             once per repository; overrides ``credentials``.
+        send: sends a token request and returns its (read) response, retrying transient
+            failures; with it, a token is fetched once for threads that need the same
+            scopes at the same time. None: the request is yielded through the flow.
 
     Raises (from the request that triggered it):
         AuthenticationError: the token service refused or answered without a token.
+        RegistryError: the token service failed (5xx) past the retries; RateLimitError
+            for a 429.
 
     Spec: docker token authentication, ``token.md`` and ``oauth.md``.
     """
@@ -126,8 +139,11 @@ class RegistryAuth(httpx.Auth):
         credentials: Credentials | None = None,
         *,
         resolve: Callable[[str], Credentials | None] | None = None,
+        send: Callable[[httpx.Request], httpx.Response] | None = None,
     ) -> None:
         self.registry = registry
+        self._send = send
+        self._fetching: dict[tuple[Credentials, frozenset[str]], threading.Lock] = {}
         self._fixed = credentials or Credentials()
         self._resolve = resolve
         self._by_repository: dict[str, Credentials] = {}
@@ -135,7 +151,6 @@ class RegistryAuth(httpx.Auth):
         self._scheme = ""
         self._challenge: dict[str, str] = {}
         self._tokens: list[tuple[Credentials, frozenset[str], str, float]] = []
-        self.token_requests = 0
 
     @property
     def credentials(self) -> Credentials:
@@ -209,9 +224,32 @@ class RegistryAuth(httpx.Auth):
             params.append(("account", creds.username))
         return httpx.Request("GET", realm, params=params, headers=headers)
 
+    def _fetch_token(self, creds: Credentials, scopes: set[str]) -> str:
+        """A token for ``scopes``: from the cache, or fetched once through ``send`` while
+        other threads that need the same scopes wait for it (single flight)."""
+        assert self._send is not None
+        key = (creds, frozenset(scopes))
+        with self._lock:
+            flight = self._fetching.setdefault(key, threading.Lock())
+        with flight:
+            token = self._cached(creds, scopes)
+            if token is None:
+                response = self._send(self._token_request(creds, scopes))
+                token = self._read_token(response, creds, scopes)
+        return token
+
     def _read_token(self, response: httpx.Response, creds: Credentials, scopes: set[str]) -> str:
         response.read()
         url = str(response.request.url.copy_with(query=None))
+        if response.status_code in (408, 429) or response.status_code >= 500:
+            cls = RateLimitError if response.status_code == 429 else RegistryError
+            raise cls(
+                f"{self.registry}: the token service failed (HTTP {response.status_code} "
+                f"from {url})",
+                status=response.status_code,
+                url=url,
+                registry=self.registry,
+            )
         if response.status_code != 200:
             if creds.identity_token:
                 who = "the identity token"
@@ -236,12 +274,18 @@ class RegistryAuth(httpx.Auth):
                 url=url,
                 registry=self.registry,
             )
-        lifetime = body.get("expires_in") or _DEFAULT_TOKEN_LIFETIME_S
+        lifetime = _lifetime_s(body.get("expires_in"))
         log.debug("token for %s: scopes %s, valid %s s", self.registry,
                   " ".join(sorted(scopes)) or "(none)", lifetime)
-        self._store(creds, scopes, token, float(lifetime))
-        self.token_requests += 1
+        self._store(creds, scopes, token, lifetime)
         return token
+
+    def _token(self, creds: Credentials, scopes: set[str]
+               ) -> Generator[httpx.Request, httpx.Response, str]:
+        """Get a token inside the flow: through ``send``, else by yielding the request."""
+        if self._send is not None:
+            return self._fetch_token(creds, scopes)
+        return self._read_token((yield self._token_request(creds, scopes)), creds, scopes)
 
     # -- the flow ------------------------------------------------------------------
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -253,7 +297,7 @@ class RegistryAuth(httpx.Auth):
         elif self._scheme == "bearer":
             token = self._cached(creds, scopes)
             if token is None and scopes:
-                token = self._read_token((yield self._token_request(creds, scopes)), creds, scopes)
+                token = yield from self._token(creds, scopes)
             if token:
                 request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
@@ -277,9 +321,19 @@ class RegistryAuth(httpx.Auth):
         wanted = set(scopes)
         if params.get("scope"):
             wanted.update(params["scope"].split(" "))
-        token = self._read_token((yield self._token_request(creds, wanted)), creds, wanted)
+        token = yield from self._token(creds, wanted)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+def _lifetime_s(value: object) -> float:
+    """``expires_in`` in seconds; the default (60 s) for a missing, non-numeric, or
+    non-positive value."""
+    try:
+        lifetime = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return _DEFAULT_TOKEN_LIFETIME_S
+    return lifetime if math.isfinite(lifetime) and lifetime > 0 else _DEFAULT_TOKEN_LIFETIME_S
 
 
 _PLAIN_PARAMS = frozenset({"scope", "service", "account", "digest", "mount", "from", "n",

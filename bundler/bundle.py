@@ -18,7 +18,7 @@ from .copy import ImagePlan, walk
 from .digest import Digest
 from .errors import BundleError, BundlerError, IntegrityError
 from .exporting import ExportResult, export_bundle, read_images_file
-from .importing import ImportResult, push_images
+from .importing import ImportResult, not_distributed, push_images
 from .naming import entry_name, parse_mapping, resolve_targets
 from .planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .progress import Reporter
@@ -164,12 +164,15 @@ class VerifyReport:
     Attributes:
         images: images checked. blobs: blobs checked. bytes: bytes hashed.
         problems: one human-readable line each; empty means the bundle is sound.
+        skipped: digests of non-distributable (foreign) layers the bundle does not
+            hold; they were not distributed, so their absence is no problem.
     """
 
     images: int = 0
     blobs: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    skipped: list[Digest] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -178,7 +181,8 @@ class VerifyReport:
 
 def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
     """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
-    every manifest parses, every blob has its size and sha256.
+    every manifest parses, every blob has its size and sha256. A non-distributable
+    (foreign) layer the bundle does not hold is listed in ``skipped``, not as a problem.
 
     Returns:
         A :class:`VerifyReport` (problems listed, not raised).
@@ -210,6 +214,9 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
                 if descriptor.is_manifest or descriptor is entry:
                     item = store.load_manifest(descriptor)
                     stack.extend(item.manifests if isinstance(item, Index) else item.blobs)
+                elif not_distributed(store, descriptor):
+                    report.skipped.append(descriptor.digest)
+                    continue
                 else:
                     with store.open_blob(descriptor) as reader:
                         for _ in reader:

@@ -304,13 +304,16 @@ def verify_cmd(bundle: str, as_json: bool) -> None:
     report = api.verify_bundle(bundle)
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,
-                               "bytes": report.bytes, "problems": report.problems}, indent=2))
+                               "bytes": report.bytes, "problems": report.problems,
+                               "skipped": [str(d) for d in report.skipped]}, indent=2))
     else:
         for problem in report.problems:
             click.echo(f"problem: {problem}", err=True)
         state = "OK" if report.ok else f"{len(report.problems)} problems"
+        skipped = (f", {len(report.skipped)} non-distributable layers not held (skipped)"
+                   if report.skipped else "")
         click.echo(f"{bundle}: {state}: {report.images} images, {report.blobs} blobs, "
-                   f"{human(report.bytes)} checked")
+                   f"{human(report.bytes)} checked{skipped}")
     sys.exit(0 if report.ok else 1)
 
 

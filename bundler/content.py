@@ -31,6 +31,7 @@ __all__ = [
     "Index",
     "Manifest",
     "Platform",
+    "is_non_distributable",
     "parse_manifest",
 ]
 
@@ -46,6 +47,7 @@ DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyj
 #: Layer media types that registries may not serve (image-spec "non-distributable").
 FOREIGN_LAYER_TYPES = frozenset(
     {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar",
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
         "application/vnd.oci.image.layer.nondistributable.v1.tar",
         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
@@ -172,6 +174,26 @@ class Descriptor:
     def is_manifest(self) -> bool:
         """True if the descriptor points at a manifest or index (not a plain blob)."""
         return self.media_type in MANIFEST_MEDIA_TYPES or self.media_type in INDEX_MEDIA_TYPES
+
+
+def is_non_distributable(descriptor: Descriptor) -> bool:
+    """True for content a registry need not hold: a foreign (non-distributable) layer.
+
+    Such a layer has a foreign media type (:data:`FOREIGN_LAYER_TYPES`) or lists
+    ``urls`` to fetch it from. When its blob is absent from a bundle it was not
+    distributed: an import does not push it (registries accept a manifest that
+    references it) and a verification reports it as skipped, not missing.
+
+    Args:
+        descriptor: a layer (or any) descriptor.
+
+    Returns:
+        Whether the descriptor names non-distributable content.
+
+    Spec: image-spec ``descriptor.md`` (``urls``), ``layer.md`` "Non-Distributable
+    Layers"; Docker image manifest v2 schema 2 (foreign layers).
+    """
+    return descriptor.media_type in FOREIGN_LAYER_TYPES or bool(descriptor.urls)
 
 
 @dataclass(frozen=True)

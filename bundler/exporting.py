@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .content import FOREIGN_LAYER_TYPES, Descriptor, Index, Manifest, parse_manifest
+from .content import Descriptor, Index, Manifest, is_non_distributable, parse_manifest
 from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest
 from .errors import (
@@ -34,6 +34,7 @@ from .errors import (
     InvalidReferenceError,
     NotFoundError,
     PartialFailureError,
+    SizeMismatchError,
     TransferError,
 )
 from .progress import Event, NullReporter, Reporter
@@ -139,6 +140,10 @@ def plan_image(
         if child is not None:
             return child
         child_raw, child_type, _ = client.get_manifest(ref.repository, str(descriptor.digest))
+        if len(child_raw) != descriptor.size:
+            raise SizeMismatchError(
+                digest=str(descriptor.digest), expected=descriptor.size, actual=len(child_raw),
+                where=f"manifest {ref.registry}/{ref.repository}@{descriptor.digest}")
         return parse_manifest(child_raw, descriptor.media_type or child_type,
                               digest=descriptor.digest)
 
@@ -250,6 +255,12 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
         def download(digest: Digest) -> None:
             descriptor, ref = sources[digest]
             client = clients.get(ref.registry)
+            opened: list[Iterator[bytes]] = []
+
+            def open_source(offset: int) -> Iterator[bytes]:
+                source = client.iter_blob(ref.repository, digest, offset=offset)
+                opened.append(source)
+                return source
 
             def on_bytes(n: int) -> None:
                 if stop.is_set():
@@ -258,19 +269,26 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
 
             report(Event("blob", str(digest), "start", total=descriptor.size))
             try:
-                fetched = store.write_blob(
-                    digest, descriptor.size,
-                    lambda offset: client.iter_blob(ref.repository, digest, offset=offset),
-                    on_bytes=on_bytes,
-                )
-            except NotFoundError:
-                if descriptor.media_type not in FOREIGN_LAYER_TYPES:
+                fetched = store.write_blob(digest, descriptor.size, open_source,
+                                           on_bytes=on_bytes)
+            except NotFoundError as exc:
+                if not is_non_distributable(descriptor):
+                    report(Event("blob", str(digest), "failed", total=descriptor.size,
+                                 detail=str(exc)))
                     raise
                 with lock:
                     result.skipped_foreign.append(digest)
                 report(Event("blob", str(digest), "skipped", total=descriptor.size,
                              detail="non-distributable layer not served by the registry"))
                 return
+            except Exception as exc:
+                if not isinstance(exc, Cancelled):
+                    report(Event("blob", str(digest), "failed", total=descriptor.size,
+                                 detail=str(exc) or type(exc).__name__))
+                raise
+            finally:
+                for source in opened:  # a failed download gives its connection back now
+                    source.close()
             with lock:
                 result.blobs_downloaded += 1
                 result.bytes_downloaded += fetched
@@ -287,18 +305,20 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
         result.images = [plans[r] for r in planned if r not in failed]
         if isinstance(store, ArchiveExport) and keep_going and result.images:
             _start_archive(store, result.images)
-        store.sync()
     manifests = {d.digest: len(m.raw) for p in result.images for d, m in p.manifests}
     blobs = {d: b.size for p in result.images for d, b in p.blobs.items()}
     result.unique_bytes = sum(blobs.values()) + sum(manifests.values())
     result.total_bytes = sum(p.size for p in result.images)
     if not result.images:
+        store.sync()  # the finished blobs stay for the next run
         return result  # everything failed: index.json stays as it was
 
-    # 3. manifests (each fsynced, so written side by side), then index.json last
+    # 3. manifests (each fsynced, so written side by side), then the blob directories
+    # (every rename of this run durable), then index.json last
     raw = {d.digest: m.raw for p in result.images for d, m in p.manifests}
     _raise_first(run_parallel(list(raw), lambda d: store.put_bytes(d, raw[d]), jobs=jobs),
                  list(raw))
+    store.sync()
     entries = {
         (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())
     }

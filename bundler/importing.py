@@ -4,7 +4,8 @@ For each destination registry the blobs of all images move first, concurrently; 
 distinct (registry, blob) is handled by one task that climbs a ladder: the repository
 has it (HEAD: skip) -> another repository of this run has it, or holds an image found
 complete (cross-repository mount) -> upload (streamed from the bundle through the
-verifying reader). Then, per image, the child manifests are pushed by digest, then the
+verifying reader). A non-distributable (foreign) layer the bundle does not hold is not
+pushed: registries accept a manifest that references one they do not have. Then, per image, the child manifests are pushed by digest, then the
 top manifest by tag (or by digest), byte for byte, and the digest the registry reports
 is checked. An image whose destination already holds the same digest is skipped whole
 after one HEAD.
@@ -22,16 +23,24 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from .content import Descriptor
+from .content import Descriptor, is_non_distributable
 from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest
-from .errors import Cancelled, PartialFailureError, TransferError
+from .errors import (
+    BundlerError,
+    Cancelled,
+    PartialFailureError,
+    RegistryError,
+    TransferError,
+    TransportError,
+)
 from .naming import Target
 from .progress import Event, NullReporter, Reporter
 from .registry import RegistryClient, TransportOptions
 from .stores.layout import LayoutStore
 
-__all__ = ["ImportResult", "push_images", "record_failure"]
+__all__ = ["ImportResult", "foreign_refused", "not_distributed", "push_images",
+           "record_failure"]
 
 
 @dataclass
@@ -43,6 +52,7 @@ class ImportResult:
         skipped_images: names of images whose destination already had the digest.
         blobs_uploaded, blobs_mounted, blobs_present: blob counts per destination repository.
         bytes_uploaded: blob bytes sent.
+        skipped_foreign: non-distributable layers not in the bundle, so not pushed.
     """
 
     targets: list[Target] = field(default_factory=list)
@@ -51,6 +61,7 @@ class ImportResult:
     blobs_mounted: int = 0
     blobs_present: int = 0
     bytes_uploaded: int = 0
+    skipped_foreign: list[Digest] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,7 @@ def push_images(
         for target in targets:
             try:
                 plans[target] = walk(target.descriptor, store.load_manifest, name=target.name)
-            except Exception as exc:
+            except (BundlerError, OSError) as exc:
                 record_failure(failed, target, target.name, exc, report, keep_going)
         planned = [t for t in targets if t not in failed]
 
@@ -143,6 +154,13 @@ def push_images(
         for target in todo:
             dest = target.destination
             for digest, descriptor in plans[target].blobs.items():
+                if digest not in descriptors and not_distributed(store, descriptor):
+                    descriptors[digest] = descriptor
+                    result.skipped_foreign.append(digest)
+                    report(Event("blob", str(digest), "skipped", total=descriptor.size,
+                                 detail="non-distributable layer not in the bundle"))
+                if digest in result.skipped_foreign:
+                    continue
                 task = _BlobTask(dest.registry, digest)
                 wanted = repos.setdefault(task, [])
                 if dest.repository not in wanted:
@@ -167,13 +185,18 @@ def push_images(
             dest = target.destination
             client = clients.get(dest.registry)
             plan = plans[target]
-            for descriptor, item in plan.manifests[:-1]:
-                media_type = item.media_type or descriptor.media_type
-                client.put_manifest(dest.repository, str(descriptor.digest), item.raw, media_type)
-                report(Event("manifest", str(descriptor.digest), "done", len(item.raw)))
-            top = plan.top
-            client.put_manifest(dest.repository, dest.tag or str(target.descriptor.digest),
-                                top.raw, top.media_type or target.descriptor.media_type)
+            foreign = [d for d in plan.blobs if d in result.skipped_foreign]
+            try:
+                for descriptor, item in plan.manifests[:-1]:
+                    media_type = item.media_type or descriptor.media_type
+                    client.put_manifest(dest.repository, str(descriptor.digest), item.raw,
+                                        media_type)
+                    report(Event("manifest", str(descriptor.digest), "done", len(item.raw)))
+                top = plan.top
+                client.put_manifest(dest.repository, dest.tag or str(target.descriptor.digest),
+                                    top.raw, top.media_type or target.descriptor.media_type)
+            except RegistryError as exc:
+                raise foreign_refused(exc, foreign) from exc
             report(Event("image", target.name, "done", plan.size, plan.size,
                          detail=str(dest)))
 
@@ -181,6 +204,47 @@ def push_images(
         fail(run_parallel(ready, push_manifests, jobs=jobs, stop=stop, keep_going=keep_going),
              lambda t: [t])
     return finish(result, targets, failed)
+
+
+def not_distributed(store: LayoutStore, descriptor: Descriptor) -> bool:
+    """True for a non-distributable (foreign) layer the bundle does not hold: it is not
+    pushed, and the manifest that references it is pushed all the same.
+
+    Args:
+        store: the bundle.
+        descriptor: a blob descriptor of one of its images.
+
+    Returns:
+        Whether the blob is left out on purpose.
+
+    Spec: image-spec ``layer.md`` "Non-Distributable Layers".
+    """
+    return is_non_distributable(descriptor) and not store.has_blob(descriptor.digest)
+
+
+def foreign_refused(exc: RegistryError, foreign: list[Digest]) -> RegistryError:
+    """``exc`` (a refused manifest push), told apart when the manifest references
+    non-distributable layers that were not pushed: some registries refuse those.
+
+    Args:
+        exc: the error of the manifest push.
+        foreign: the image's non-distributable layers that were not pushed.
+
+    Returns:
+        ``exc`` itself, or a RegistryError with the same status and codes that says why.
+
+    Spec: image-spec ``layer.md`` "Non-Distributable Layers"; distribution
+    ``validation.manifests.urls``.
+    """
+    if not foreign or isinstance(exc, TransportError) or exc.status in (401, 403, 404, 429):
+        return exc
+    layers = ", ".join(str(d) for d in foreign)
+    return RegistryError(
+        f"{exc} (the manifest references non-distributable layers the bundle does not hold "
+        f"({layers}); this registry refuses them: it must accept foreign layer URLs, e.g. "
+        f"distribution's validation.manifests.urls.allow)",
+        status=exc.status, codes=exc.codes, url=exc.url, registry=exc.registry,
+    )
 
 
 def record_failure(failed: dict, key: object, name: str, exc: BaseException, report: Reporter,
@@ -253,22 +317,28 @@ def _push_blob(
         return chunks()
 
     source_repo = present[0] if present else known_source
-    for repository in repositories:
-        if repository in present:
-            continue
-        upload_url = ""
-        if source_repo is not None:
-            mounted = client.mount_blob(repository, digest, source_repo)
-            if mounted is None:
-                with lock:
-                    result.blobs_mounted += 1
-                report(Event("blob", name, "mounted", total=size, detail=repository))
+    try:
+        for repository in repositories:
+            if repository in present:
                 continue
-            upload_url = mounted
-        report(Event("blob", name, "start", total=size, detail=repository))
-        client.put_blob(repository, digest, size, open_source, upload_url=upload_url)
-        with lock:
-            result.blobs_uploaded += 1
-            result.bytes_uploaded += size
-        report(Event("blob", name, "done", size, size, detail=repository))
-        source_repo = repository  # surely holds it now
+            upload_url = ""
+            if source_repo is not None:
+                mounted = client.mount_blob(repository, digest, source_repo)
+                if mounted is None:
+                    with lock:
+                        result.blobs_mounted += 1
+                    report(Event("blob", name, "mounted", total=size, detail=repository))
+                    continue
+                upload_url = mounted
+            report(Event("blob", name, "start", total=size, detail=repository))
+            client.put_blob(repository, digest, size, open_source, upload_url=upload_url)
+            with lock:
+                result.blobs_uploaded += 1
+                result.bytes_uploaded += size
+            report(Event("blob", name, "done", size, size, detail=repository))
+            source_repo = repository  # surely holds it now
+    except Exception as exc:
+        if not isinstance(exc, Cancelled):
+            report(Event("blob", name, "failed", total=size,
+                         detail=str(exc) or type(exc).__name__))
+        raise

@@ -139,13 +139,15 @@ def resolve_targets(
             if not matches:
                 raise MappingError(f"mapping source {source!r} is not in the bundle")
             entry = matches[0]
-            name = entry_name(entry) or str(entry.digest)
+            recorded = entry_name(entry)
             dest = _to_reference(destination, what=f"mapping destination {destination!r}")
             if dest.tag is None and dest.digest is None:
-                src = _safe_source(name)
-                tag = src.tag if src is not None else (name if name and "@" not in name else None)
+                # the recorded tag is kept; an entry without a name goes by digest only
+                src = _safe_source(recorded)
+                tag = src.tag if src is not None else (
+                    recorded if recorded and "@" not in recorded else None)
                 dest = dest.with_tag(tag)
-            targets.append(Target(name, entry, _pin(dest, entry)))
+            targets.append(Target(recorded or str(entry.digest), entry, _pin(dest, entry)))
         return targets
     registry, prefix = _split_to(to or "")
     for position, entry in enumerate(entries):

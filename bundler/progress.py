@@ -66,7 +66,6 @@ class Tally:
         self.mounted = 0
         self.failed = 0
         self.bytes_transferred = 0
-        self.bytes_skipped = 0
         self.bytes_done = 0
         self.manifests = 0
         self.images_done = 0
@@ -81,7 +80,6 @@ class Tally:
                     self.bytes_done += event.total
                 elif event.state == "skipped":
                     self.skipped += 1
-                    self.bytes_skipped += event.total
                 elif event.state == "mounted":
                     self.mounted += 1
                 elif event.state == "failed":

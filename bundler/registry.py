@@ -12,7 +12,7 @@ Spec: distribution-spec ("Pulling manifests", "Pulling blobs", "Pushing manifest
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import httpx
 
@@ -20,8 +20,10 @@ from .content import ACCEPT_MANIFESTS
 from .digest import Digest
 from .errors import (
     DigestMismatchError,
+    InvalidReferenceError,
     ManifestError,
     NotFoundError,
+    RegistryError,
 )
 from .transport import MANIFEST_LIMIT, RETRY_STATUSES, RegistrySession, TransportOptions
 from .uploads import BlobUploads
@@ -75,34 +77,59 @@ class RegistryClient(RegistrySession, BlobUploads):
             response.close()
         raw = bytes(raw)
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        served = response.headers.get("Docker-Content-Digest")
-        expected = identifier if identifier.startswith("sha") and ":" in identifier else served
-        if expected:
-            want = Digest.parse(expected)
-            got = Digest.of(raw, want.algorithm)
-            if got != want:
-                raise DigestMismatchError(expected=str(want), actual=str(got), where=what)
-        return raw, media_type, Digest.of(raw)
+        if identifier.startswith("sha") and ":" in identifier:
+            want: Digest | None = Digest.parse(identifier)
+        else:
+            want = self._served_digest(response, what)
+        got = Digest.of(raw, want.algorithm) if want is not None else Digest.of(raw)
+        if want is not None and got != want:
+            raise DigestMismatchError(expected=str(want), actual=str(got), where=what)
+        return raw, media_type, got if got.algorithm == "sha256" else Digest.of(raw)
 
     def head_manifest(self, repository: str, identifier: str) -> Digest | None:
-        """HEAD a manifest: its digest, or None if the registry does not have it.
+        """HEAD a manifest: its digest, or None if the registry does not have it (404).
 
-        Falls back to GET when the registry answers HEAD without ``Docker-Content-Digest``
-        or with 405.
+        Falls back to GET only when the registry answers HEAD with 405 or without
+        ``Docker-Content-Digest`` (a GET by tag counts as a pull on some registries).
+
+        Raises:
+            RegistryError: an error answer, or a malformed ``Docker-Content-Digest``.
+
+        Spec: distribution-spec "Checking if content exists in the registry".
         """
         what = f"manifest {self.registry}/{repository}{_sep(identifier)}{identifier}"
         response = self.request(
             "HEAD", f"/v2/{repository}/manifests/{identifier}", what=what,
             headers={"Accept": ACCEPT_MANIFESTS}, ok=(200, 404, 405),
         )
-        digest = response.headers.get("Docker-Content-Digest")
-        if response.status_code == 200 and digest:
-            return Digest.parse(digest)
-        # some registries answer HEAD with 404/405 or without a digest while GET works
+        if response.status_code == 404:
+            return None
+        if response.status_code == 200:
+            digest = self._served_digest(response, what)
+            if digest is not None:
+                return digest
         try:
             return self.get_manifest(repository, identifier)[2]
         except NotFoundError:
             return None
+
+    def _served_digest(self, response: httpx.Response, what: str) -> Digest | None:
+        """``Docker-Content-Digest`` of a response, or None when absent.
+
+        Raises:
+            RegistryError: the header is not a digest (names the registry).
+        """
+        value = response.headers.get("Docker-Content-Digest")
+        if not value:
+            return None
+        try:
+            return Digest.parse(value)
+        except InvalidReferenceError as exc:
+            raise RegistryError(
+                f"{what}: {self.registry} answered a malformed Docker-Content-Digest "
+                f"{value[:100]!r}", status=response.status_code,
+                url=str(response.request.url.copy_with(query=None)), registry=self.registry,
+            ) from exc
 
     def put_manifest(self, repository: str, identifier: str, raw: bytes, media_type: str) -> Digest:
         """PUT manifest bytes unchanged under a tag or digest; check the returned digest.
@@ -147,20 +174,23 @@ class RegistryClient(RegistrySession, BlobUploads):
         )
         return response.status_code == 200
 
-    def iter_blob(self, repository: str, digest: Digest, *, offset: int = 0) -> Iterator[bytes]:
+    def iter_blob(self, repository: str, digest: Digest, *,
+                  offset: int = 0) -> Generator[bytes, None, None]:
         """Stream a blob's bytes from ``offset``; resume with ``Range`` when cut.
 
         Redirects to storage hosts are followed without our Authorization header. The
-        caller verifies the bytes (see :class:`bundler.digest.VerifyingReader`).
+        caller verifies the bytes (see :class:`bundler.digest.VerifyingReader`) and
+        closes the generator when it stops early, which closes the response at once.
 
         Raises:
-            NotFoundError: no such blob. TransportError: cut more often than ``retries``.
+            NotFoundError: no such blob. TransportError: cut more than ``retries`` times
+            in a row without a byte received between the cuts.
 
         Spec: distribution-spec "Pulling blobs"; RFC 9110 Range.
         """
         what = f"blob {digest} from {self.registry}/{repository}"
         path = f"/v2/{repository}/blobs/{digest}"
-        position, cuts = offset, 0
+        position, cuts, cut_at = offset, 0, offset
         while True:
             headers = {"Range": f"bytes={position}-"} if position else {}
             response = self.request("GET", path, what=what, ok=(200, 206), stream=True,
@@ -177,7 +207,9 @@ class RegistryClient(RegistrySession, BlobUploads):
                     yield chunk
                 return
             except httpx.TransportError as exc:
-                cuts += 1
+                if position > cut_at:  # progress since the last cut: a fresh budget
+                    cuts = 0
+                cuts, cut_at = cuts + 1, position
                 if cuts > self.options.retries:
                     raise self._transport_error(exc, str(response.url), what) from exc
                 time.sleep(min(self.options.retry_delay_s * 2 ** (cuts - 1), self.options.retry_cap_s))

@@ -161,7 +161,8 @@ class RegistrySession:
         self.options = options or TransportOptions()
         keychain = self.options.keychain or Keychain(self.options.credentials,
                                                      self.options.authfile)
-        self.auth = RegistryAuth(registry, resolve=lambda repo: keychain.resolve(registry, repo))
+        self.auth = RegistryAuth(registry, resolve=lambda repo: keychain.resolve(registry, repo),
+                                 send=self._send_token_request)
         self.host = DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
         self.http = httpx.Client(
             verify=_ssl_context(self.options.tls_verify, self.options.cert_dir, registry),
@@ -219,6 +220,37 @@ class RegistrySession:
             response.close()
             raise _RetryableStatus(response)
         return response
+
+    def _send_token_request(self, request: httpx.Request) -> httpx.Response:
+        """Send a token request of the auth flow with the retries of registry requests.
+
+        Returns:
+            The read response; a retryable status (5xx, 429) once the retries are spent.
+
+        Raises:
+            TransportError: the token service could not be reached.
+
+        Spec: docker token authentication ``token.md``.
+        """
+        url = str(request.url)
+        what = f"token request to {url.split('?')[0]}"
+
+        def once() -> httpx.Response:
+            try:
+                response = self.http.send(request)
+            except httpx.TransportError as exc:
+                raise self._transport_error(exc, url, what) from exc
+            if response.status_code in RETRY_STATUSES:
+                raise _RetryableStatus(response)
+            return response
+
+        try:
+            return self._retrying()(once)
+        except _RetryableStatus as exc:
+            return exc.response
+        except TransportError as exc:
+            exc.retryable = False  # type: ignore[attr-defined]  # retried here already
+            raise
 
     def _transport_error(self, exc: Exception, url: str, what: str) -> TransportError:
         text = str(exc) or type(exc).__name__

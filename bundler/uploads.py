@@ -72,7 +72,7 @@ class BlobUploads:
             return ""
         if response.status_code == 201:
             return None
-        return location(response)
+        return location(response, self.registry)
 
     def put_blob(
         self,
@@ -109,8 +109,12 @@ class BlobUploads:
                 if chunked:
                     response = self._upload_chunks(url, what, open_source, size, digest)
                 else:
-                    response = self._send_body("PUT", with_digest(url, digest), what,
-                                               open_source(), size, ok=(201, 204))
+                    body = open_source()
+                    try:
+                        response = self._send_body("PUT", with_digest(url, digest), what,
+                                                   body, size, ok=(201, 204))
+                    finally:
+                        _close(body)  # an upload cut short gives its file back at once
             except RegistryError as exc:
                 if not switched and ((chunked and exc.status in _PATCH_REFUSED)
                                      or (not chunked and exc.status == 413)):
@@ -132,7 +136,7 @@ class BlobUploads:
     def _start_upload(self, repository: str, what: str) -> str:
         response = self.request("POST", f"/v2/{repository}/blobs/uploads/", what=what, ok=(202,),
                                 headers={"Content-Length": "0"})
-        return location(response)
+        return location(response, self.registry)
 
     def _send_body(self, method: str, url: str, what: str, body: Iterable[bytes] | bytes,
                    length: int, *, ok: Iterable[int], extra: dict | None = None) -> httpx.Response:
@@ -149,35 +153,41 @@ class BlobUploads:
             return None
         last = response.headers.get("Range", "0--1").rpartition("-")[2]
         try:
-            return int(last) + 1, location(response) if "Location" in response.headers else url
+            return int(last) + 1, location(response, self.registry) if "Location" in response.headers else url
         except ValueError:
             return None
 
     def _upload_chunks(self, url: str, what: str, open_source: Callable[[], Iterable[bytes]],
                        size: int, digest: Digest) -> httpx.Response:
-        reader = ChunkReader(open_source())
-        start, step, resumes = 0, self.options.chunk_size, 0
-        while start < size:
-            length = min(step, size - start)
-            try:
-                response = self._send_body(
-                    "PATCH", url, what, reader.take(length), length, ok=(202, 204),
-                    extra={"Content-Range": f"{start}-{start + length - 1}"},
-                )
-            except RegistryError as exc:
-                resumes += 1
-                if not _transient(exc) or resumes > self.options.retries:
-                    raise
-                time.sleep(self._backoff_s(resumes))
-                state = self._upload_offset(url, what)
-                if state is None:
-                    raise
-                start, url = state
-                reader = ChunkReader(skip(open_source(), start))
-                continue
-            url = location(response)
-            start += length
-        reader.drain()  # lets a verifying source finish its checks
+        source = open_source()
+        try:
+            reader = ChunkReader(source)
+            start, step, resumes = 0, self.options.chunk_size, 0
+            while start < size:
+                length = min(step, size - start)
+                try:
+                    response = self._send_body(
+                        "PATCH", url, what, reader.take(length), length, ok=(202, 204),
+                        extra={"Content-Range": f"{start}-{start + length - 1}"},
+                    )
+                except RegistryError as exc:
+                    resumes += 1
+                    if not _transient(exc) or resumes > self.options.retries:
+                        raise
+                    time.sleep(self._backoff_s(resumes))
+                    state = self._upload_offset(url, what)
+                    if state is None:
+                        raise
+                    start, url = state
+                    _close(source)
+                    source = open_source()
+                    reader = ChunkReader(skip(source, start))
+                    continue
+                url = location(response, self.registry)
+                start += length
+            reader.drain()  # lets a verifying source finish its checks
+        finally:
+            _close(source)
         return self._send_body("PUT", with_digest(url, digest), what, b"", 0, ok=(201, 204))
 
 
@@ -206,6 +216,13 @@ class ChunkReader:
             pass
 
 
+def _close(source: Iterable[bytes]) -> None:
+    """Close a source that can be closed (a generator over an open file)."""
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
+
+
 def skip(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:
     """The chunks after the first ``count`` bytes (those are still read, and verified)."""
     for chunk in chunks:
@@ -217,13 +234,28 @@ def skip(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:
         yield chunk
 
 
-def location(response: httpx.Response) -> str:
-    """The ``Location`` header resolved against the URL of the response that gave it."""
+def location(response: httpx.Response, registry: str = "") -> str:
+    """The ``Location`` header resolved against the URL of the response that gave it.
+
+    Args:
+        response: an upload answer (202, 201, 204).
+        registry: ``host[:port]`` of the registry that answered, for the error.
+
+    Returns:
+        The absolute upload URL.
+
+    Raises:
+        RegistryError: no ``Location`` header (names the registry).
+
+    Spec: distribution-spec "Pushing blobs" (``Location``).
+    """
     value = response.headers.get("Location")
     if not value:
+        at = f"{registry} answered " if registry else ""
         raise RegistryError(
-            f"{response.request.method} {response.request.url.path}: no Location header",
+            f"{response.request.method} {response.request.url.path}: {at}no Location header",
             status=response.status_code, url=str(response.request.url.copy_with(query=None)),
+            registry=registry,
         )
     return str(response.url.join(value))
 

@@ -196,3 +196,33 @@ def test_import_keep_going_library_error(seeded_registry: Seeded, bundles, regis
     assert isinstance(failure.cause, RegistryError) and failure.cause.status == 500
     assert [t.name for t in info.value.result.targets] == [
         f"{registry.host}/base/os:1", f"{registry.host}/apps/api:1.0"]
+
+
+def test_failed_downloads_give_their_connections_back(registry: LocalRegistry,
+                                                      tmp_path: Path) -> None:
+    """Six images whose manifests understate a layer's size fail mid-stream; with a pool
+    of two connections the two healthy images after them still export."""
+    from bundler.sandbox import Image, make_image, push, random_layer
+    from bundler.sandbox.images import sha256_digest
+
+    refs = []
+    for i in range(6):
+        image = make_image([random_layer(100 + i, 1 << 20)])
+        doc = json.loads(image.manifest_bytes)
+        doc["layers"][0]["size"] = 200_000
+        data = json.dumps(doc).encode()
+        push(registry, f"bad/b{i}", Image(data, image.media_type, sha256_digest(data),
+                                          len(data), image.config, image.layers,
+                                          image.platform), tag="1")
+        refs.append(f"{registry.host}/bad/b{i}:1")
+    good = [make_image([random_layer(200 + i, 300_000)]) for i in range(2)]
+    for i, image in enumerate(good):
+        push(registry, f"good/g{i}", image, tag="1")
+        refs.append(f"{registry.host}/good/g{i}:1")
+    options = TransportOptions(retries=0, max_connections=2, timeout_s=5)
+    with pytest.raises(PartialFailureError) as info:
+        export_bundle(refs, tmp_path / "bundle", options=options, jobs=2, keep_going=True)
+    assert [f.image for f in info.value.failures] == refs[:6]
+    assert {type(f.cause).__name__ for f in info.value.failures} == {"SizeMismatchError"}
+    assert [str(p.descriptor.digest) for p in info.value.result.images] == [
+        image.digest for image in good]

@@ -242,3 +242,12 @@ def test_parse_mapping_missing_file(tmp_path: Path) -> None:
 def test_reference_of_destination_is_a_value() -> None:
     (target,) = resolve_targets(bundle_entries()[:1], to="reg.local:5000/m")
     assert target.destination == Reference("reg.local:5000", "m/library/alpine", "3.20", D1)
+
+
+def test_mapping_by_digest_of_an_unnamed_entry_pushes_by_digest() -> None:
+    unnamed = entry(D4)
+    targets = resolve_targets([*bundle_entries(), unnamed],
+                              mapping=[(str(D4), "registry.internal:5000/x/y")])
+    assert [t.name for t in targets] == [str(D4)]
+    assert targets[0].destination.tag is None
+    assert destinations(targets) == [f"registry.internal:5000/x/y@{D4}"]

@@ -24,7 +24,7 @@ from bundler import export_bundle, tls
 from bundler.cli import main
 from bundler.credentials import Credentials, Keychain
 from bundler.errors import AuthenticationError, BundlerError, TransferError, TransportError
-from bundler.registry import TransportOptions
+from bundler.registry import RegistryClient, TransportOptions
 from bundler.sandbox import LocalRegistry, TokenServer, make_image, make_layer, push, start_registry
 from bundler.tls import ssl_context
 
@@ -395,3 +395,65 @@ def test_proxy_from_the_environment_is_used(registry: LocalRegistry, tmp_path: P
     blob_paths = sorted(f"GET {registry.url}/v2/app/blobs/{b.digest}" for b in IMAGE.blobs)
     assert Handler.seen[:2] == [f"CONNECT {registry.host}", f"GET {registry.url}/v2/"]
     assert sorted(s for s in Handler.seen if "/blobs/" in s) == blob_paths
+
+
+# -- token requests: single flight, retries ------------------------------------------------
+def test_concurrent_pulls_of_one_repository_make_one_token_request(token_registry: tuple
+                                                                   ) -> None:
+    reg, tokens = token_registry
+    options = TransportOptions(credentials=Credentials("alice", USERS["alice"]), retries=0)
+    with RegistryClient(reg.host, options) as client:
+        client.base_url()  # the ping learns the Bearer challenge
+        before = len(tokens.requests)
+        start = threading.Barrier(8)
+        digests: list[str] = []
+
+        def pull() -> None:
+            start.wait()
+            digests.append(str(client.get_manifest("team-a/app", "v1")[2]))
+
+        threads = [threading.Thread(target=pull) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert digests == [IMAGE.digest] * 8
+    assert tokens.requests[before:] == [
+        ("GET", tokens.service, ("repository:team-a/app:pull",), "alice")]
+
+
+class FrontedTokens(TokenServer):
+    """A TokenServer whose realm is a FaultProxy in front of it."""
+
+    front = ""
+
+    @property
+    def realm(self) -> str:
+        return self.front + "/token"
+
+
+def test_token_service_answering_503_once_is_retried(tmp_path: Path, fault_proxy) -> None:
+    tokens = FrontedTokens(dict(USERS)).start()
+    proxy = fault_proxy(tokens.url)
+    tokens.front = proxy.url
+    reg = start_registry(tmp_path / "registry", token=tokens)
+    try:
+        with reg.client() as http:
+            push(reg, "team-a/app", IMAGE, tag="v1", client=http)
+        proxy.requests.clear()
+        proxy.status(r"^/token", 503, {"Retry-After": "0"}, b"busy", times=1)
+        options = TransportOptions(credentials=Credentials("alice", USERS["alice"]), retries=2,
+                                   retry_delay_s=0.01)
+        result = export_bundle([f"{reg.host}/team-a/app:v1"], tmp_path / "out", options=options)
+        assert [str(p.descriptor.digest) for p in result.images] == [IMAGE.digest]
+        assert [(m, s) for m, _, s, _ in proxy.requests] == [("GET", 503), ("GET", 200)]
+    finally:
+        reg.stop()
+        tokens.stop()
+
+
+def test_token_lifetime_is_read_defensively() -> None:
+    from bundler.auth import _lifetime_s
+
+    assert [_lifetime_s(v) for v in (300, "120", None, "soon", -5, float("nan"))] == [
+        300.0, 120.0, 60.0, 60.0, 60.0, 60.0]

@@ -158,6 +158,7 @@ def push(
     *,
     tag: str | None,
     client: httpx.Client | None = None,
+    skip_blobs: frozenset[str] | set[str] = frozenset(),
 ) -> str:
     """Push an image or index: blobs (skipping existing), children by digest, then the top.
 
@@ -168,6 +169,8 @@ def push(
         item: what to push.
         tag: tag for the top manifest; None pushes by digest only.
         client: an httpx client to use (already configured for TLS/auth).
+        skip_blobs: digests of blobs not to push (a non-distributable layer the
+            registry is never given).
 
     Returns:
         The digest of the top manifest.
@@ -178,7 +181,7 @@ def push(
     base, http, owned = _base_and_client(registry, client)
     try:
         images = item.children if isinstance(item, Index) else [item]
-        seen: set[str] = set()
+        seen: set[str] = set(skip_blobs)
         for image in images:
             for blob in image.blobs:
                 if blob.digest not in seen:

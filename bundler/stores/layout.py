@@ -5,27 +5,70 @@ Spec: image-spec ``image-layout.md``: ``oci-layout`` (``{"imageLayoutVersion":"1
 
 Writes are crash-safe: a blob is written to ``blobs/<alg>/.<hex>.partial``, fsynced and
 renamed to its name only after its size and digest were checked; ``index.json`` is
-replaced atomically and last. A partial blob left by an interrupted run is continued.
+replaced atomically and last. A partial blob left by an interrupted run is continued;
+a partial file is locked while it is written, so two exports into one directory never
+interleave their bytes. New directories are fsynced into their parents.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from ..content import OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor, Index, Manifest, parse_manifest
 from ..digest import Digest, VerifyingReader
 from ..errors import BundleError, IntegrityError
 
-__all__ = ["LayoutStore", "fsync_dir"]
+__all__ = ["LayoutStore", "closing_source", "file_mode", "fsync_dir"]
 
 _READ_CHUNK = 1 << 20
-_UMASK = os.umask(0o022)
+_UMASK = os.umask(0o022)  # read once: os.umask can only be read by setting it
 os.umask(_UMASK)
+
+
+def file_mode() -> int:
+    """The mode of a new file: 0666 less the process umask (read once, at import).
+
+    Returns:
+        The permission bits ``open()`` would give a file created now.
+    """
+    return 0o666 & ~_UMASK
+
+
+@contextmanager
+def closing_source(source: Iterable[bytes]) -> Iterator[Iterable[bytes]]:
+    """Close ``source`` (a generator, a streamed response) on leaving, on error too.
+
+    A generator over a streamed HTTP response holds its pooled connection until it is
+    closed; a failed or cancelled transfer must not wait for the garbage collector.
+
+    Args:
+        source: an iterable of chunks; closed if it has ``close()``.
+
+    Returns:
+        A context manager yielding ``source``.
+    """
+    try:
+        yield source
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def _same_file(f: BinaryIO, path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path``."""
+    try:
+        return os.fstat(f.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 def fsync_dir(path: Path) -> None:
@@ -41,7 +84,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -67,8 +110,12 @@ class LayoutStore:
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = Path(root)
+        self._lock = threading.Lock()
+        self._dirs_ready: set[str] = set()
         if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if not self.root.is_dir():
+                self.root.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.root.parent)
             if not (self.root / "oci-layout").exists():
                 layout = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
                 write_atomic(self.root / "oci-layout", layout)
@@ -146,6 +193,20 @@ class LayoutStore:
         """Store small content held in memory (a manifest) under its digest."""
         self.write_blob(digest, len(data), lambda offset: [data[offset:]])
 
+    def _blob_dir(self, algorithm: str) -> Path:
+        """``blobs/<algorithm>/``, created if missing; the new directory entries are
+        fsynced (``root`` after ``blobs/``, ``blobs`` after ``blobs/<algorithm>/``) once
+        per store."""
+        folder = self.root / "blobs" / algorithm
+        with self._lock:
+            if algorithm in self._dirs_ready:
+                return folder
+            folder.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.root)
+            fsync_dir(folder.parent)
+            self._dirs_ready.add(algorithm)
+        return folder
+
     def write_blob(
         self,
         digest: Digest,
@@ -153,15 +214,18 @@ class LayoutStore:
         open_source: Callable[[int], Iterable[bytes]],
         *,
         on_bytes: Callable[[int], None] | None = None,
-        fsync: bool = True,
     ) -> int:
         """Write a blob: continue a partial file if any, verify, fsync, rename.
+
+        The partial file is locked (``flock``) while it is written: another writer of
+        the same blob (a second export into this directory) waits, then finds the blob
+        complete or continues the partial file. The source is closed as soon as the
+        write ends, on error too, so a streamed download gives its connection back.
 
         Args:
             digest, size: the expected digest and size in bytes.
             open_source: called with the byte offset to start from; returns chunks.
             on_bytes: called with the length of each chunk written (progress).
-            fsync: fsync the file before the rename.
 
         Returns:
             The number of bytes fetched from the source (0 if the blob already existed).
@@ -169,59 +233,58 @@ class LayoutStore:
         Raises:
             IntegrityError: wrong size or digest (nothing gets the blob's name).
             BundleError: disk errors, wrapped.
+
+        Spec: image-spec ``image-layout.md`` (``blobs/<alg>/<encoded>``).
         """
         final = self.blob_path(digest)
-        if self.has_blob(digest, size):
-            return 0
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".{digest.hex}.partial")
-        hasher, offset = digest.hasher(), 0
         try:
-            if partial.exists():
-                with open(partial, "rb") as f:
-                    while data := f.read(_READ_CHUNK):
-                        hasher.update(data)
-                        offset += len(data)
-                complete = offset == size and hasher.copy().hexdigest() == digest.hex  # type: ignore[attr-defined]
-                if offset >= size and not complete:
-                    partial.unlink()
-                    hasher, offset = digest.hasher(), 0
-            fetched = 0
-            # a complete partial needs no request (a Range from its end would get 416)
-            source = open_source(offset) if offset < size else ()
-            with open(partial, "ab") as f:
-                reader = VerifyingReader(source, digest, size, where=str(final),
-                                         hasher=hasher, offset=offset)
-                try:
-                    for chunk in reader:
-                        f.write(chunk)
-                        fetched += len(chunk)
-                        if on_bytes:
-                            on_bytes(len(chunk))
-                except IntegrityError:
-                    f.close()
-                    partial.unlink(missing_ok=True)
-                    raise
-                f.flush()
-                if fsync:
-                    os.fsync(f.fileno())
-            os.replace(partial, final)
+            while True:
+                if self.has_blob(digest, size):
+                    return 0
+                partial = self._blob_dir(digest.algorithm) / f".{digest.hex}.partial"
+                with open(partial, "a+b") as f:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when f is closed
+                    if not _same_file(f, partial):
+                        continue  # renamed or removed by the writer we waited for
+                    if self.has_blob(digest, size):
+                        partial.unlink()
+                        return 0
+                    return self._write_locked(f, partial, final, digest, size, open_source,
+                                              on_bytes)
         except OSError as exc:
             raise BundleError(f"{self.root}: cannot write blob {digest}: {exc}") from exc
-        return fetched
 
-    def iter_blob_files(self) -> Iterator[tuple[Digest | None, Path]]:
-        """Every file under ``blobs/`` with its digest (None for names that are not one)."""
-        blobs = self.root / "blobs"
-        if not blobs.is_dir():
-            return
-        for algorithm_dir in sorted(blobs.iterdir()):
-            for path in sorted(algorithm_dir.iterdir()) if algorithm_dir.is_dir() else ():
-                try:
-                    digest = Digest(algorithm_dir.name, path.name)
-                except Exception:
-                    digest = None
-                yield digest, path
+    def _write_locked(self, f: BinaryIO, partial: Path, final: Path, digest: Digest, size: int,
+                      open_source: Callable[[int], Iterable[bytes]],
+                      on_bytes: Callable[[int], None] | None) -> int:
+        """Continue the locked partial file ``f``, verify, fsync, rename; bytes fetched."""
+        hasher, offset = digest.hasher(), 0
+        f.seek(0)
+        while data := f.read(_READ_CHUNK):
+            hasher.update(data)
+            offset += len(data)
+        complete = offset == size and hasher.copy().hexdigest() == digest.hex  # type: ignore[attr-defined]
+        if offset >= size and not complete:
+            f.truncate(0)
+            hasher, offset = digest.hasher(), 0
+        fetched = 0
+        # a complete partial needs no request (a Range from its end would get 416)
+        with closing_source(open_source(offset) if offset < size else ()) as source:
+            reader = VerifyingReader(source, digest, size, where=str(final),
+                                     hasher=hasher, offset=offset)
+            try:
+                for chunk in reader:
+                    f.write(chunk)
+                    fetched += len(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+            except IntegrityError:
+                partial.unlink(missing_ok=True)
+                raise
+        f.flush()
+        os.fsync(f.fileno())
+        os.replace(partial, final)
+        return fetched
 
     def sync(self) -> None:
         """fsync the blob directories so the renames of this run are durable."""

@@ -1,0 +1,128 @@
+"""The layout store's writes: two writers of one blob, sources closed on error, and the
+order in which an export makes its renames durable."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bundler import export_bundle
+from bundler.digest import Digest
+from bundler.errors import SizeMismatchError
+from bundler.registry import TransportOptions
+from bundler.sandbox import LocalRegistry, SeededSet
+from bundler.stores import layout
+from bundler.stores.layout import LayoutStore, file_mode
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+DIGEST = Digest("sha256", hashlib.sha256(DATA).hexdigest())
+
+
+def slow_chunks(offset: int, chunk: int = 1 << 15) -> Iterator[bytes]:
+    """DATA from ``offset`` in small chunks with pauses, so two writers overlap."""
+    for start in range(offset, len(DATA), chunk):
+        time.sleep(0.002)
+        yield DATA[start:start + chunk]
+
+
+def test_two_writers_of_one_blob_end_with_the_right_file(tmp_path: Path) -> None:
+    stores = [LayoutStore(tmp_path / "bundle", create=True) for _ in range(2)]
+    fetched: list[int] = []
+    errors: list[BaseException] = []
+
+    def write(store: LayoutStore) -> None:
+        try:
+            fetched.append(store.write_blob(DIGEST, len(DATA), slow_chunks))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(fetched) == [0, len(DATA)]  # the second writer found the blob complete
+    folder = tmp_path / "bundle/blobs/sha256"
+    assert (folder / DIGEST.hex).read_bytes() == DATA
+    assert sorted(p.name for p in folder.iterdir()) == [DIGEST.hex]
+
+
+def test_a_second_writer_continues_a_partial_file(tmp_path: Path) -> None:
+    store = LayoutStore(tmp_path / "bundle", create=True)
+
+    def cut(offset: int) -> Iterator[bytes]:
+        for start in range(offset, 300_000, 100_000):
+            yield DATA[start:start + 100_000]
+        raise RuntimeError("cut")
+
+    with pytest.raises(RuntimeError):
+        store.write_blob(DIGEST, len(DATA), cut)
+    offsets: list[int] = []
+
+    def rest(offset: int) -> Iterator[bytes]:
+        offsets.append(offset)
+        yield DATA[offset:]
+
+    # the reader holds the last chunk back until the end: 200,000 bytes were kept
+    assert store.write_blob(DIGEST, len(DATA), rest) == len(DATA) - 200_000
+    assert offsets == [200_000]
+    assert store.blob_path(DIGEST).read_bytes() == DATA
+    assert store.blob_path(DIGEST).stat().st_mode & 0o777 == file_mode()
+
+
+def test_a_failed_write_closes_its_source_at_once(tmp_path: Path) -> None:
+    store = LayoutStore(tmp_path / "bundle", create=True)
+    closed: list[bool] = []
+
+    def too_long(offset: int) -> Iterator[bytes]:
+        try:
+            while True:
+                yield DATA[:1 << 16]
+        finally:
+            closed.append(True)
+
+    with pytest.raises(SizeMismatchError) as info:
+        store.write_blob(DIGEST, len(DATA), too_long)
+    assert info.value.actual > len(DATA)
+    assert closed == [True]  # while the traceback still holds the frames
+    assert list((tmp_path / "bundle/blobs/sha256").iterdir()) == []
+
+
+def test_export_makes_manifests_durable_before_index_json(
+        seeded_registry: tuple[LocalRegistry, SeededSet], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, _ = seeded_registry
+    bundle = tmp_path / "bundle"
+    steps: list[str] = []
+    real_fsync_dir, real_put, real_index = (layout.fsync_dir, LayoutStore.put_bytes,
+                                            LayoutStore.write_index)
+
+    def fsync_dir(path: Path) -> None:
+        steps.append(f"fsync {Path(path).relative_to(tmp_path)}")
+        real_fsync_dir(path)
+
+    def put_bytes(self: LayoutStore, digest: Digest, data: bytes) -> None:
+        real_put(self, digest, data)
+        steps.append("manifest")
+
+    def write_index(self: LayoutStore, descriptors: object) -> None:
+        steps.append("index.json")
+        real_index(self, descriptors)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(layout, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(LayoutStore, "put_bytes", put_bytes)
+    monkeypatch.setattr(LayoutStore, "write_index", write_index)
+    export_bundle([f"{registry.host}/base/os:1"], bundle,
+                  options=TransportOptions(retries=0), jobs=1)
+    # the new directories into their parents: the bundle, oci-layout, blobs/, blobs/sha256/
+    assert steps[:4] == ["fsync .", "fsync bundle", "fsync bundle", "fsync bundle/blobs"]
+    assert steps.count("fsync bundle/blobs") == 1
+    last_manifest = len(steps) - 1 - steps[::-1].index("manifest")
+    assert steps[last_manifest + 1:] == ["fsync bundle/blobs/sha256", "index.json",
+                                         "fsync bundle"]
