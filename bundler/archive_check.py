@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
-from .content import OCI_INDEX, Descriptor, Index, Manifest, parse_manifest
+from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable, parse_manifest
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, ManifestError, UnsafeArchiveError
 from .naming import entry_name
@@ -232,8 +232,11 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
             checked.add(descriptor.digest)
             size = scan.sizes.get(descriptor.digest)
             if size is None:
-                report.problems.append(f"{name}: {descriptor.digest} is missing from the "
-                                       "archive")
+                if is_non_distributable(descriptor):
+                    report.skipped.append(descriptor.digest)
+                else:
+                    report.problems.append(f"{name}: {descriptor.digest} is missing from the "
+                                           "archive")
                 continue
             if size != descriptor.size:
                 report.problems.append(f"{name}: {descriptor.digest} has {size} bytes in the "

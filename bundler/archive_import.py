@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from .archive_check import MAX_HELD, HeadManifests
 from .blob_sources import InMemory, OneShot, Teed
-from .content import OCI_INDEX, Descriptor, Index, parse_manifest
+from .content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
 from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, Cancelled, SizeMismatchError, TransferError
@@ -291,8 +291,15 @@ class _Session:
             raise BundleError(f"{self.where}: manifest {descriptor.digest} is missing from "
                               "the archive")
         for target in list(self.todo):
-            if self.remaining[target]:
-                digest = sorted(self.remaining[target])[0]
+            left, blobs = self.remaining[target], self.plans[target].blobs
+            if left and all(is_non_distributable(blobs[d]) for d in left):
+                with self.lock:  # left out of the archive on purpose: not pushed
+                    self.result.skipped_foreign.extend(
+                        d for d in sorted(left) if d not in self.result.skipped_foreign)
+                left.clear()
+                self._push_manifests(target)
+            elif left:
+                digest = sorted(left)[0]
                 self._fail([target], BundleError(
                     f"{self.where}: blob {digest} is missing from the archive"))
         for target in list(self.todo):

@@ -111,3 +111,23 @@ def test_a_registry_refusing_foreign_urls_is_named_as_the_cause(
         f"(the manifest references non-distributable layers the bundle does not hold "
         f"({image.layers[1].digest}); this registry refuses them: it must accept foreign "
         f"layer URLs, e.g. distribution's validation.manifests.urls.allow)")
+
+
+def test_archive_export_verify_and_pipe_import_without_the_foreign_blob(
+        source: LocalRegistry, registry_factory, tmp_path: Path) -> None:
+    image = foreign_image()
+    foreign = image.layers[1].digest
+    archive = tmp_path / "bundle.tar.zst"
+    exported = export_bundle([f"{source.host}/win/app:1"], archive, options=FAST)
+    assert [str(d) for d in exported.skipped_foreign] == [foreign]
+
+    report = verify_bundle(archive)
+    assert (report.problems, [str(d) for d in report.skipped]) == ([], [foreign])
+
+    dest = registry_factory(extra_config=ALLOW_URLS)
+    runner = CliRunner()
+    shown = runner.invoke(main, ["import", "-", "--to", f"{dest.host}/m", "-q"],
+                          input=archive.read_bytes())
+    assert shown.exit_code == 0, shown.output
+    assert manifest_digest(dest, "m/win/app/manifests/1") == image.digest
+    assert httpx.head(f"{dest.url}/v2/m/win/app/blobs/{foreign}").status_code == 404
