@@ -266,7 +266,7 @@ class ArchiveHead:
     def read_index(self) -> list[Descriptor]:
         return list(self.entries)
 
-    def load_manifest(self, descriptor: Descriptor) -> Manifest | Index:
+    def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
         item = self.manifests.get(descriptor.digest)
         if item is None:
             raise BundleError(f"{self.where}: manifest {descriptor.digest} is missing from "

@@ -165,7 +165,7 @@ class _Session:
 
         def check_image(target: Target) -> None:
             dest = target.destination
-            have = self.clients.get(dest.registry).head_manifest(
+            have = self.clients.get(dest.registry).resolve(
                 dest.repository, dest.tag or str(dest.digest))
             if have == target.descriptor.digest:
                 with self.lock:

@@ -127,7 +127,7 @@ class BundleListing:
 
 def _plans(store: LayoutStore) -> list[ImagePlan]:
     return [
-        walk(d, store.load_manifest, name=entry_name(d) or str(d.digest))
+        walk(d, store.get_manifest, name=entry_name(d) or str(d.digest))
         for d in store.read_index()
     ]
 
@@ -212,7 +212,7 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
             checked.add(descriptor.digest)
             try:
                 if descriptor.is_manifest or descriptor is entry:
-                    item = store.load_manifest(descriptor)
+                    item = store.get_manifest(descriptor)
                     stack.extend(item.manifests if isinstance(item, Index) else item.blobs)
                 elif not_distributed(store, descriptor):
                     report.skipped.append(descriptor.digest)

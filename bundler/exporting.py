@@ -40,6 +40,7 @@ from .errors import (
 from .progress import Event, NullReporter, Reporter
 from .reference import Reference
 from .registry import TransportOptions
+from .stores import BundleStore
 from .stores.archive import output_format
 from .stores.archive_export import ArchiveExport
 from .stores.layout import LayoutStore
@@ -122,11 +123,11 @@ def plan_image(
         if store is None or not store.has_blob(digest):
             return None
         size = store.blob_path(digest).stat().st_size
-        return store.load_manifest(Descriptor(media_type="", digest=digest, size=size))
+        return store.get_manifest(Descriptor(media_type="", digest=digest, size=size))
 
     digest = ref.digest
     if digest is None and store is not None:
-        digest = client.head_manifest(ref.repository, ref.identifier)
+        digest = client.resolve(ref.repository, ref.identifier)
     item = stored(digest) if digest is not None else None
     if item is None:
         raw, media_type, digest = client.get_manifest(ref.repository, ref.identifier)
@@ -209,7 +210,7 @@ def export_bundle(
     return result
 
 
-def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
+def _export(refs: list[Reference], store: BundleStore,
             options: TransportOptions | None, jobs: int, report: Reporter,
             stop: threading.Event, failed: dict[Reference, TransferError] | None = None,
             ) -> ExportResult:
@@ -269,7 +270,7 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
 
             report(Event("blob", str(digest), "start", total=descriptor.size))
             try:
-                fetched = store.write_blob(digest, descriptor.size, open_source,
+                fetched = store.put_blob(digest, descriptor.size, open_source,
                                            on_bytes=on_bytes)
             except NotFoundError as exc:
                 if not is_non_distributable(descriptor):
@@ -316,7 +317,7 @@ def _export(refs: list[Reference], store: LayoutStore | ArchiveExport,
     # 3. manifests (each fsynced, so written side by side), then the blob directories
     # (every rename of this run durable), then index.json last
     raw = {d.digest: m.raw for p in result.images for d, m in p.manifests}
-    _raise_first(run_parallel(list(raw), lambda d: store.put_bytes(d, raw[d]), jobs=jobs),
+    _raise_first(run_parallel(list(raw), lambda d: store.put_manifest(d, raw[d]), jobs=jobs),
                  list(raw))
     store.sync()
     entries = {

@@ -117,7 +117,7 @@ def push_images(
         plans: dict[Target, ImagePlan] = {}
         for target in targets:
             try:
-                plans[target] = walk(target.descriptor, store.load_manifest, name=target.name)
+                plans[target] = walk(target.descriptor, store.get_manifest, name=target.name)
             except (BundlerError, OSError) as exc:
                 record_failure(failed, target, target.name, exc, report, keep_going)
         planned = [t for t in targets if t not in failed]
@@ -127,7 +127,7 @@ def push_images(
 
         def check(target: Target) -> None:
             dest = target.destination
-            have = clients.get(dest.registry).head_manifest(
+            have = clients.get(dest.registry).resolve(
                 dest.repository, dest.tag or str(dest.digest)
             )
             if have == target.descriptor.digest:

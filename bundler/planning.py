@@ -184,13 +184,13 @@ def plan_import(
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     store = read_head(bundle) if is_archive(bundle) else LayoutStore(bundle)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
-    plans = {t: walk(t.descriptor, store.load_manifest, name=t.name) for t in targets}
+    plans = {t: walk(t.descriptor, store.get_manifest, name=t.name) for t in targets}
     have: dict[Target, bool] = {}
     with ClientPool(options) as clients:
 
         def check(target: Target) -> None:
             dest = target.destination
-            have[target] = clients.get(dest.registry).head_manifest(
+            have[target] = clients.get(dest.registry).resolve(
                 dest.repository, dest.tag or str(dest.digest)) == target.descriptor.digest
 
         _first_failure(run_parallel(targets, check, jobs=jobs), lambda t: t.name)

@@ -86,7 +86,7 @@ class RegistryClient(RegistrySession, BlobUploads):
             raise DigestMismatchError(expected=str(want), actual=str(got), where=what)
         return raw, media_type, got if got.algorithm == "sha256" else Digest.of(raw)
 
-    def head_manifest(self, repository: str, identifier: str) -> Digest | None:
+    def resolve(self, repository: str, identifier: str) -> Digest | None:
         """HEAD a manifest: its digest, or None if the registry does not have it (404).
 
         Falls back to GET only when the registry answers HEAD with 405 or without

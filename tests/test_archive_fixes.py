@@ -262,7 +262,7 @@ def test_commit_refuses_an_archive_missing_a_planned_blob(tmp_path: Path) -> Non
     output = tmp_path / "out.tar"
     archive = ArchiveExport(output, "tar")
     archive.start([descriptor], [plan])  # type: ignore[list-item]
-    archive.write_blob(Digest.parse(image.config.digest), image.config.size,
+    archive.put_blob(Digest.parse(image.config.digest), image.config.size,
                        serve(image.config.data))
     with pytest.raises(BundleError) as info:
         archive.commit()
@@ -291,9 +291,9 @@ def test_a_foreign_layer_not_served_is_left_out_on_purpose(tmp_path: Path) -> No
         yield b""  # a generator, as the registry client's
 
     for blob in (image.config, base):
-        archive.write_blob(Digest.parse(blob.digest), blob.size, serve(blob.data))
+        archive.put_blob(Digest.parse(blob.digest), blob.size, serve(blob.data))
     with pytest.raises(NotFoundError):
-        archive.write_blob(Digest.parse(foreign.digest), foreign.size, not_served)
+        archive.put_blob(Digest.parse(foreign.digest), foreign.size, not_served)
     assert archive.commit() == [output]
     assert archive.skipped == [Digest.parse(foreign.digest)]
     with tarfile.open(output) as tar:
@@ -316,7 +316,7 @@ def test_downloads_stop_when_the_writer_fails(tmp_path: Path) -> None:
 
     archive.writer.copy_from = broken  # type: ignore[method-assign]
     archive.start([descriptor], [plan])  # type: ignore[list-item]
-    archive.write_blob(Digest.parse(image.config.digest), image.config.size,
+    archive.put_blob(Digest.parse(image.config.digest), image.config.size,
                        serve(image.config.data))
     pulled: list[int] = []
 
@@ -331,7 +331,7 @@ def test_downloads_stop_when_the_writer_fails(tmp_path: Path) -> None:
 
     try:
         with pytest.raises(BundleError) as info:
-            archive.write_blob(Digest.parse(layer.digest), layer.size, source)
+            archive.put_blob(Digest.parse(layer.digest), layer.size, source)
         assert str(info.value) == f"{tmp_path / 'out.tar'}: cannot write the archive: disk full"
         assert len(pulled) <= 4
     finally:

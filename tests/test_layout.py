@@ -37,7 +37,7 @@ def test_two_writers_of_one_blob_end_with_the_right_file(tmp_path: Path) -> None
 
     def write(store: LayoutStore) -> None:
         try:
-            fetched.append(store.write_blob(DIGEST, len(DATA), slow_chunks))
+            fetched.append(store.put_blob(DIGEST, len(DATA), slow_chunks))
         except BaseException as exc:
             errors.append(exc)
 
@@ -62,7 +62,7 @@ def test_a_second_writer_continues_a_partial_file(tmp_path: Path) -> None:
         raise RuntimeError("cut")
 
     with pytest.raises(RuntimeError):
-        store.write_blob(DIGEST, len(DATA), cut)
+        store.put_blob(DIGEST, len(DATA), cut)
     offsets: list[int] = []
 
     def rest(offset: int) -> Iterator[bytes]:
@@ -70,7 +70,7 @@ def test_a_second_writer_continues_a_partial_file(tmp_path: Path) -> None:
         yield DATA[offset:]
 
     # the reader holds the last chunk back until the end: 200,000 bytes were kept
-    assert store.write_blob(DIGEST, len(DATA), rest) == len(DATA) - 200_000
+    assert store.put_blob(DIGEST, len(DATA), rest) == len(DATA) - 200_000
     assert offsets == [200_000]
     assert store.blob_path(DIGEST).read_bytes() == DATA
     assert store.blob_path(DIGEST).stat().st_mode & 0o777 == file_mode()
@@ -88,7 +88,7 @@ def test_a_failed_write_closes_its_source_at_once(tmp_path: Path) -> None:
             closed.append(True)
 
     with pytest.raises(SizeMismatchError) as info:
-        store.write_blob(DIGEST, len(DATA), too_long)
+        store.put_blob(DIGEST, len(DATA), too_long)
     assert info.value.actual > len(DATA)
     assert closed == [True]  # while the traceback still holds the frames
     assert list((tmp_path / "bundle/blobs/sha256").iterdir()) == []
@@ -100,14 +100,14 @@ def test_export_makes_manifests_durable_before_index_json(
     registry, _ = seeded_registry
     bundle = tmp_path / "bundle"
     steps: list[str] = []
-    real_fsync_dir, real_put, real_index = (layout.fsync_dir, LayoutStore.put_bytes,
+    real_fsync_dir, real_put, real_index = (layout.fsync_dir, LayoutStore.put_manifest,
                                             LayoutStore.write_index)
 
     def fsync_dir(path: Path) -> None:
         steps.append(f"fsync {Path(path).relative_to(tmp_path)}")
         real_fsync_dir(path)
 
-    def put_bytes(self: LayoutStore, digest: Digest, data: bytes) -> None:
+    def put_manifest(self: LayoutStore, digest: Digest, data: bytes) -> None:
         real_put(self, digest, data)
         steps.append("manifest")
 
@@ -116,7 +116,7 @@ def test_export_makes_manifests_durable_before_index_json(
         real_index(self, descriptors)  # type: ignore[arg-type]
 
     monkeypatch.setattr(layout, "fsync_dir", fsync_dir)
-    monkeypatch.setattr(LayoutStore, "put_bytes", put_bytes)
+    monkeypatch.setattr(LayoutStore, "put_manifest", put_manifest)
     monkeypatch.setattr(LayoutStore, "write_index", write_index)
     export_bundle([f"{registry.host}/base/os:1"], bundle,
                   options=TransportOptions(retries=0), jobs=1)

@@ -28,7 +28,7 @@ def test_head_of_a_missing_manifest_is_one_request(registry: LocalRegistry,
                                                    fault_proxy: Callable[..., FaultProxy]) -> None:
     proxy = fault_proxy(registry.url)
     with RegistryClient(proxy.host, FAST) as client:
-        assert client.head_manifest("no/such", "1") is None
+        assert client.resolve("no/such", "1") is None
     assert [(m, p, s) for m, p, s, _ in proxy.requests if p != "/v2/"] == [
         ("HEAD", "/v2/no/such/manifests/1", 404)]
 
@@ -40,7 +40,7 @@ def test_head_answered_405_falls_back_to_get(registry: LocalRegistry,
     proxy = fault_proxy(registry.url)
     proxy.status(r"/manifests/1$", 405, method="HEAD")
     with RegistryClient(proxy.host, FAST) as client:
-        assert str(client.head_manifest("a/b", "1")) == image.digest
+        assert str(client.resolve("a/b", "1")) == image.digest
     assert [(m, s) for m, p, s, _ in proxy.requests if "/manifests/" in p] == [
         ("HEAD", 405), ("GET", 200)]
 
@@ -51,7 +51,7 @@ def test_malformed_docker_content_digest_is_a_registry_error(
     proxy.status(r"/manifests/1$", 200, {"Docker-Content-Digest": "sha256:nothex"},
                  method="HEAD")
     with RegistryClient(proxy.host, FAST) as client, pytest.raises(RegistryError) as info:
-        client.head_manifest("a/b", "1")
+        client.resolve("a/b", "1")
     assert type(info.value) is RegistryError
     assert info.value.registry == proxy.host
     assert str(info.value) == (f"manifest {proxy.host}/a/b:1: {proxy.host} answered a "

@@ -76,7 +76,7 @@ class ArchiveExport:
     """The store an export writes into when the output is an archive.
 
     Offers the verbs :func:`bundler.exporting.export_bundle` uses on a layout
-    (``has_blob``, ``write_blob``, ``put_bytes``, ``read_index``, ``write_index``,
+    (``has_blob``, ``put_blob``, ``put_manifest``, ``read_index``, ``write_index``,
     ``sync``) plus :meth:`start` (called once the images are planned). Use as a context
     manager: the archive is committed on success, removed on error.
 
@@ -165,8 +165,8 @@ class ArchiveExport:
         """True for content already in the archive (manifests written by :meth:`start`)."""
         return digest in self._written
 
-    def write_blob(self, digest: Digest, size: int, open_source: Callable[[int], Iterable[bytes]],
-                   *, on_bytes: Callable[[int], None] | None = None, fsync: bool = True) -> int:
+    def put_blob(self, digest: Digest, size: int, open_source: Callable[[int], Iterable[bytes]],
+                   *, on_bytes: Callable[[int], None] | None = None) -> int:
         """Download a blob to the spool (verified); the writer thread appends it in turn.
 
         For a ``.tar.zst`` the spool file holds the whole member (header, content,
@@ -233,7 +233,7 @@ class ArchiveExport:
             self._cond.notify_all()
         return True
 
-    def put_bytes(self, digest: Digest, data: bytes) -> None:
+    def put_manifest(self, digest: Digest, data: bytes) -> None:
         """Manifests were written by :meth:`start`; anything else is refused."""
         if digest not in self._written:
             raise BundleError(f"{self.output}: {digest} was not planned for this archive")

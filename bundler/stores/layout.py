@@ -184,14 +184,14 @@ class LayoutStore:
         with self.open_blob(descriptor) as reader:
             return reader.read()
 
-    def load_manifest(self, descriptor: Descriptor) -> Manifest | Index:
+    def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
         """Read, verify and parse the manifest or index a descriptor points at."""
         return parse_manifest(self.read_blob(descriptor), descriptor.media_type,
                               digest=descriptor.digest)
 
-    def put_bytes(self, digest: Digest, data: bytes) -> None:
+    def put_manifest(self, digest: Digest, data: bytes) -> None:
         """Store small content held in memory (a manifest) under its digest."""
-        self.write_blob(digest, len(data), lambda offset: [data[offset:]])
+        self.put_blob(digest, len(data), lambda offset: [data[offset:]])
 
     def _blob_dir(self, algorithm: str) -> Path:
         """``blobs/<algorithm>/``, created if missing; the new directory entries are
@@ -207,7 +207,7 @@ class LayoutStore:
             self._dirs_ready.add(algorithm)
         return folder
 
-    def write_blob(
+    def put_blob(
         self,
         digest: Digest,
         size: int,
