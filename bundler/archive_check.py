@@ -6,6 +6,7 @@ Spec: image-spec ``image-layout.md``, ``descriptor.md`` (digests and sizes).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from .bundle import VerifyReport
 
 __all__ = ["MAX_HELD", "ArchiveHead", "HeadManifests", "read_head", "verify_archive"]
+
+_log = logging.getLogger("bundler.verify")
 
 #: Cap, in bytes, on index.json and manifests held in memory while reading an archive.
 MAX_HELD = 64 << 20
@@ -188,7 +191,9 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
 
     Every member is hashed against its name; every descriptor reachable from
     ``index.json`` must be present with its size; manifests must parse; split volumes
-    must match ``NAME.sha256``.
+    must match ``NAME.sha256`` and have no gap in their numbering. Split volumes without
+    ``NAME.sha256`` are no problem when every blob checks (each carries its digest): a
+    warning is logged (``bundler.verify``) instead.
 
     Args:
         bundle: a ``.tar``/``.tar.zst`` file, volumes (base name or first volume), or ``-``.
@@ -204,10 +209,10 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
         return report
     scan = _Scan(reader.where, problems=report.problems)
     with reader:
-        if reader.volumes and not checksum_path(reader.volumes[0].with_suffix("")).exists():
-            report.problems.append(f"{reader.where}: no checksum file "
-                                   f"{checksum_path(reader.volumes[0].with_suffix('')).name}; "
-                                   "the volumes cannot be checked")
+        if reader.base is not None and not checksum_path(reader.base).exists():
+            _log.warning("warning: %s: no checksum file %s; the volumes were checked through "
+                         "the digests of the blobs they hold", reader.where,
+                         checksum_path(reader.base).name)
         try:
             for member in reader:
                 report.bytes += scan.feed(member, hash_all=True)

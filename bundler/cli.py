@@ -1,7 +1,10 @@
 """The ``bundler`` command line: thin click commands over the library facade.
 
-Exit status: 0 success; 1 an error (message on stderr, naming the image); 2 bad usage;
-130 interrupted (Ctrl-C), after a one-line summary of what was kept.
+Exit status: 0 success; 1 an error (message on stderr, naming the image); 2 bad usage
+(click's ``Usage: ...`` lines, then ``Error: ...``): an unknown option or bad value, a bad
+reference, images file, ``--to`` or ``--mapping``, found before any network use where the
+command line alone tells; 130 interrupted (Ctrl-C), after a one-line summary of what
+was kept.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any
 import click
 
 from . import bundle as api
-from .authfile import login, logout
-from .cli_report import export_summary, human, import_summary, print_plan, run
+from .authfile import default_authfile, login, logout
+from .cli_report import export_summary, human, import_summary, plural, print_plan, run
 from .credentials import Credentials, Keychain, load_authfile, parse_creds
-from .errors import BundlerError
+from .errors import BundlerError, InvalidReferenceError, MappingError
 from .exporting import parse_references
+from .naming import check_to, parse_mapping
 from .progress import Tally
 from .registry import TransportOptions
 from .reporting import make_reporter
@@ -32,16 +36,41 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb":
           "tb": 1000**4, "tib": 1024**4}
 
 
-def parse_size(text: str) -> int:
+MIN_CHUNK_SIZE = 1024  # bytes: a smaller PATCH chunk only multiplies the requests
+MIN_SPLIT_SIZE = 1024  # bytes: a volume holds at least one tar block and some content
+
+
+def parse_size(text: str, *, minimum: int = 1, param: str = "") -> int:
     """``64MiB``, ``4GiB``, ``700MB``, ``1048576`` -> bytes.
 
+    Args:
+        text: the size as given on the command line.
+        minimum: the smallest size accepted, in bytes.
+        param: the option's name, for the message (e.g. ``--chunk-size``).
+
     Raises:
-        click.BadParameter: not a size.
+        click.BadParameter: not a size, or below ``minimum``.
     """
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in _UNITS:
         raise click.BadParameter(f"{text!r} is not a size like 64MiB or 4GiB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size < minimum:
+        raise click.BadParameter(
+            f"{text!r} is too small: {param or 'the size'} must be at least {human(minimum)}")
+    return size
+
+
+def _size_option(minimum: int) -> Callable[[click.Context, click.Parameter, str | None],
+                                           int | None]:
+    """A click callback: the option's value as bytes, at least ``minimum``."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+        if value is None:
+            return None
+        return parse_size(value, minimum=minimum, param=param.opts[0])
+
+    return convert
 
 
 def _bool(text: str) -> bool:
@@ -58,7 +87,7 @@ def transport_options(side: str) -> Callable:
 
     def decorate(func: Callable) -> Callable:
         for option in reversed([
-            click.option(f"--{side}-creds", metavar="USER:PASS",
+            click.option(f"--{side}-creds", metavar="USER:PASSWORD",
                          help=f"Credentials for the {side} registries."),
             click.option(f"--{side}-username", metavar="USER",
                          help=f"User name for the {side} registries (with --{side}-password)."),
@@ -68,7 +97,8 @@ def transport_options(side: str) -> Callable:
                          help="A docker config.json or containers auth.json."),
             click.option(f"--{side}-tls-verify", default="true", metavar="BOOL",
                          help="Verify TLS certificates (false also allows plain http)."),
-            click.option(f"--{side}-cert-dir", type=click.Path(file_okay=False),
+            click.option(f"--{side}-cert-dir",
+                         type=click.Path(exists=True, file_okay=False),
                          help="Directory of *.crt CAs and *.cert/*.key client pairs."),
             click.option("--retries", default=4, show_default=True, type=click.IntRange(0),
                          help="Retries of a failed request."),
@@ -164,14 +194,15 @@ def main(debug: bool) -> None:
                    "NAME.tar.zst (a new single-file bundle).")
 @click.option("--format", "fmt", type=click.Choice(["dir", "tar", "tar.zst"]),
               help="Bundle format (default: from the output name).")
-@click.option("--split-size", metavar="SIZE",
-              help="Cut an archive into volumes NAME.000, NAME.001, ... of SIZE (e.g. 4GiB).")
+@click.option("--split-size", metavar="SIZE", callback=_size_option(MIN_SPLIT_SIZE),
+              help="Cut an archive into volumes NAME.000, NAME.001, ... of SIZE (e.g. 4GiB; "
+                   "at least 1KiB).")
 @click.option("--compression-level", default=3, show_default=True, type=click.IntRange(1, 22),
               help="zstd level of a .tar.zst bundle.")
 @transport_options("src")
 @_progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
-               fmt: str | None, split_size: str | None, compression_level: int,
+               fmt: str | None, split_size: int | None, compression_level: int,
                jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
                as_json: bool, **kw: Any) -> None:
     """Export images from registries into one deduplicated OCI layout bundle.
@@ -183,16 +214,16 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export --images-file images.txt -o bundle.tar.zst --split-size 4GiB
       bundler export --images-file images.txt -o ./bundle --dry-run
     """
-    split = parse_size(split_size) if split_size else None
+    split = split_size
     try:
-        output_format(output, fmt, split)
+        archive = output if output_format(output, fmt, split) != "dir" else None
     except BundlerError as exc:
         raise click.UsageError(str(exc)) from exc
     options = _options("src", kw)
-    texts = list(references)
+    texts: list[tuple[str, str]] = [(text, "") for text in references]
     try:
         if images_file:
-            texts += api.read_images_file(images_file)
+            texts += api.read_images_file(images_file, numbered=True)
         refs = parse_references(texts)
     except BundlerError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -206,14 +237,18 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
                                        compression_level=compression_level, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
                                        keep_going=keep_going),
-        tally, lambda result, seconds: export_summary(result, output, seconds), reporter)
+        tally, lambda result, seconds: export_summary(result, output, seconds), reporter,
+        archive=archive)
 
 
 def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
              as_json: bool) -> None:
-    """Print the plan ``plan()`` works out; exit 1 (message on stderr) if it fails."""
+    """Print the plan ``plan()`` works out; exit 1 (message on stderr) if it fails, 2 on
+    a usage error (bad ``--to``, ``--mapping`` or reference)."""
     try:
         print_plan(plan(), where, as_json)
+    except (MappingError, InvalidReferenceError) as exc:
+        raise click.UsageError(str(exc)) from exc
     except BundlerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -226,10 +261,12 @@ def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
 @click.option("--mapping", type=click.Path(dir_okay=False),
               help="File of SOURCE=DESTINATION lines (oc image mirror style).")
 @click.option("--chunk-size", default="64MiB", show_default=True,
-              help="Blobs larger than this are uploaded in PATCH chunks of this size.")
+              callback=_size_option(MIN_CHUNK_SIZE),
+              help="Blobs larger than this are uploaded in PATCH chunks of this size "
+                   "(at least 1KiB).")
 @transport_options("dest")
 @_progress_options
-def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: str, jobs: int,
+def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int, jobs: int,
                quiet: bool, progress: str, keep_going: bool, dry_run: bool, as_json: bool,
                **kw: Any) -> None:
     """Push a bundle's images into a registry, preserving every digest.
@@ -247,14 +284,20 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: str
     """
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
-    options = _options("dest", kw, chunk_size=parse_size(chunk_size))
+    try:  # checked before the bundle is opened
+        if to is not None:
+            check_to(to)
+        pairs = parse_mapping(mapping) if mapping is not None else None
+    except BundlerError as exc:
+        raise click.UsageError(str(exc)) from exc
+    options = _options("dest", kw, chunk_size=chunk_size)
     if dry_run:
-        _dry_run(lambda: api.plan_import(bundle, to=to, mapping=mapping, options=options,
+        _dry_run(lambda: api.plan_import(bundle, to=to, mapping=pairs, options=options,
                                          jobs=jobs), bundle, as_json)
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
-    run(lambda stop: api.import_bundle(bundle, to=to, mapping=mapping, options=options,
+    run(lambda stop: api.import_bundle(bundle, to=to, mapping=pairs, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
                                        keep_going=keep_going),
         tally, import_summary, reporter)
@@ -291,7 +334,8 @@ def list_cmd(bundle: str, as_json: bool) -> None:
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
     saved = listing.total_bytes - listing.unique_bytes
-    click.echo(f"{len(listing.images)} images, {listing.blob_count} blobs: "
+    click.echo(f"{plural(len(listing.images), 'image')}, "
+               f"{plural(listing.blob_count, 'blob')}: "
                f"{human(listing.unique_bytes)} stored, {human(listing.total_bytes)} without "
                f"dedup ({human(saved)} saved)")
 
@@ -309,10 +353,12 @@ def verify_cmd(bundle: str, as_json: bool) -> None:
     else:
         for problem in report.problems:
             click.echo(f"problem: {problem}", err=True)
-        state = "OK" if report.ok else f"{len(report.problems)} problems"
-        skipped = (f", {len(report.skipped)} non-distributable layers not held (skipped)"
+        state = "OK" if report.ok else plural(len(report.problems), "problem")
+        skipped = (f", {plural(len(report.skipped), 'non-distributable layer')} not held "
+                   "(skipped)"
                    if report.skipped else "")
-        click.echo(f"{bundle}: {state}: {report.images} images, {report.blobs} blobs, "
+        click.echo(f"{bundle}: {state}: {plural(report.images, 'image')}, "
+                   f"{plural(report.blobs, 'blob')}, "
                    f"{human(report.bytes)} checked{skipped}")
     sys.exit(0 if report.ok else 1)
 
@@ -326,7 +372,7 @@ def verify_cmd(bundle: str, as_json: bool) -> None:
               help="Auth file to write (default: $REGISTRY_AUTH_FILE, else "
                    "$XDG_RUNTIME_DIR/containers/auth.json, else ~/.docker/config.json).")
 @click.option("--tls-verify", default="true", metavar="BOOL", help="Verify TLS certificates.")
-@click.option("--cert-dir", type=click.Path(file_okay=False),
+@click.option("--cert-dir", type=click.Path(exists=True, file_okay=False),
               help="Directory of *.crt CAs and *.cert/*.key client pairs.")
 def login_cmd(registry: str, username: str | None, password: str | None, password_stdin: bool,
               authfile: str | None, tls_verify: str, cert_dir: str | None) -> None:
@@ -368,7 +414,11 @@ def logout_cmd(registry: str | None, all_: bool, authfile: str | None) -> None:
     except BundlerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    click.echo(f"Removed login credentials for {', '.join(gone) or 'no registry'}")
+    if not gone:
+        path = authfile or default_authfile()
+        click.echo(f"No stored credentials to remove (in {path})")
+        return
+    click.echo(f"Removed login credentials for {', '.join(gone)}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,19 @@ from typing import Any
 
 import click
 
-from .errors import BundlerError, Cancelled, PartialFailureError
+from .errors import (
+    BundlerError,
+    Cancelled,
+    InvalidReferenceError,
+    MappingError,
+    PartialFailureError,
+)
 from .exporting import ExportResult
 from .importing import ImportResult
 from .planning import ExportPlan, ImportPlan
 from .progress import Tally
 
-__all__ = ["export_summary", "human", "import_summary", "print_plan", "run"]
+__all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run"]
 
 
 def human(size: float) -> str:
@@ -39,18 +45,29 @@ def _rate(nbytes: int, seconds: float) -> str:
     return f"{nbytes / seconds / 1e6 if seconds > 0 else 0.0:.1f} MB/s"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 image``, ``2 images``, ``0 images``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def run(action: Callable[[threading.Event], Any], tally: Tally,
-        done: Callable[[Any, float], None], reporter: Any) -> None:
+        done: Callable[[Any, float], None], reporter: Any, *,
+        archive: str | None = None) -> None:
     """Run ``action(stop)``, then print its summary with ``done(result, seconds)``.
 
     Exits 1 after an error (with ``--keep-going``: one line per failed image, then the
-    summary of the others) and 130 on Ctrl-C, after one line saying what was kept.
+    summary of the others), 2 after a usage error found by the library (a bad ``--to``,
+    ``--mapping`` or reference: :class:`MappingError`, :class:`InvalidReferenceError`,
+    printed like click's usage errors), and 130 on Ctrl-C, after one line saying what
+    was kept.
 
     Args:
         action: the export or import, given the stop event.
         tally: counts the events (for the Ctrl-C line).
         done: prints the summary of a result.
         reporter: the progress reporter (closed before anything is printed).
+        archive: the archive an export writes; None for a directory export or an import.
+            An interrupted archive export keeps nothing (the archive is written whole).
     """
     stop = threading.Event()
     started = time.monotonic()
@@ -59,12 +76,19 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
     except (KeyboardInterrupt, Cancelled):
         stop.set()
         reporter.close()
-        click.echo(
-            f"interrupted: kept {tally.transferred} finished blobs "
-            f"({human(tally.bytes_done)}); run the same command again to continue",
-            err=True,
-        )
+        if archive is not None:
+            click.echo(f"interrupted: the archive {archive} was not written and nothing was "
+                       "kept; run the same command again to start over", err=True)
+        else:
+            click.echo(
+                f"interrupted: kept {plural(tally.transferred, 'finished blob')} "
+                f"({human(tally.bytes_done)}); run the same command again to continue",
+                err=True,
+            )
         sys.exit(130)
+    except (MappingError, InvalidReferenceError) as exc:
+        reporter.close()
+        raise click.UsageError(str(exc)) from exc
     except PartialFailureError as exc:
         reporter.close()
         for failure in exc.failures:
@@ -84,7 +108,7 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
     saved = result.total_bytes - result.unique_bytes
     pct = 100 * saved / result.total_bytes if result.total_bytes else 0
     click.echo(
-        f"exported {len(result.images)} images to {output}: {human(result.unique_bytes)} "
+        f"exported {plural(len(result.images), 'image')} to {output}: {human(result.unique_bytes)} "
         f"unique ({human(result.total_bytes)} without dedup, {pct:.0f}% saved); blobs "
         f"downloaded {result.blobs_downloaded} ({human(result.bytes_downloaded)}), "
         f"already present {result.blobs_reused}; {seconds:.1f} s, "
@@ -98,7 +122,7 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
 def import_summary(result: ImportResult, seconds: float) -> None:
     """Print the summary of an import and one ``NAME -> DESTINATION`` line per image."""
     click.echo(
-        f"imported {len(result.targets)} images ({len(result.skipped_images)} already "
+        f"imported {plural(len(result.targets), 'image')} ({len(result.skipped_images)} already "
         f"there); blobs uploaded {result.blobs_uploaded} ({human(result.bytes_uploaded)}), "
         f"mounted {result.blobs_mounted}, already present {result.blobs_present}; "
         f"{seconds:.1f} s, {_rate(result.bytes_uploaded, seconds)}"
@@ -135,8 +159,8 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None
                        toMount=plan.to_mount, present=plan.present)
         click.echo(json.dumps(doc, indent=2))
         return
-    verb = f"export {len(plan.images)} images to" if export else \
-        f"import {len(plan.images)} images from"
+    images = plural(len(plan.images), "image")
+    verb = f"export {images} to" if export else f"import {images} from"
     click.echo(f"dry run: would {verb} {where}")
     for image in plan.images:
         if isinstance(plan, ExportPlan):

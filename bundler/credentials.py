@@ -85,13 +85,13 @@ class Credentials:
 
 
 def parse_creds(text: str) -> Credentials:
-    """Parse ``USER[:PASS]`` as given to ``--src-creds``/``--dest-creds``.
+    """Parse ``USER:PASSWORD`` as given to ``--src-creds``/``--dest-creds``.
 
     Raises:
-        BundlerError: empty user name.
+        BundlerError: no ``:``, or an empty user name.
     """
-    user, _, password = text.partition(":")
-    if not user:
+    user, colon, password = text.partition(":")
+    if not user or not colon:
         raise BundlerError("credentials must look like USER:PASSWORD")
     return Credentials(user, password)
 

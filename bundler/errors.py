@@ -20,7 +20,8 @@ caller can catch one class. Library errors (httpx, OSError, zstandard) are wrapp
     |   +-- TransportError          no HTTP answer: connection refused, TLS, timeout
     +-- BundleError                 a bundle that is missing, malformed or incomplete
     |   +-- UnsafeArchiveError      an archive member that must not be extracted/read
-    +-- MappingError                import naming: bad --to / --mapping, no repository
+    +-- MappingError                import naming: bad --to / --mapping, no repository,
+    |                               two images with one destination (CLI: exit 2)
     +-- TransferError               one image failed; names the image, wraps the cause
     +-- PartialFailureError         --keep-going: some images failed, the others were done
     +-- CredentialsError            an auth file, credential helper or TLS file unusable
@@ -61,12 +62,16 @@ class InvalidReferenceError(BundlerError, ValueError):
 
     Attributes:
         text: the input exactly as given.
+        reason: what is wrong with it.
+        where: where the input came from (``FILE:LINE``), or "".
     """
 
-    def __init__(self, text: str, reason: str) -> None:
-        super().__init__(f"invalid reference {text!r}: {reason}")
+    def __init__(self, text: str, reason: str, *, where: str = "") -> None:
+        at = f"{where}: " if where else ""
+        super().__init__(f"{at}invalid reference {text!r}: {reason}")
         self.text = text
         self.reason = reason
+        self.where = where
 
 
 class ManifestError(BundlerError):

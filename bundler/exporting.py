@@ -75,36 +75,55 @@ class ExportResult:
     skipped_foreign: list[Digest] = field(default_factory=list)
 
 
-def read_images_file(path: str | os.PathLike[str]) -> list[str]:
+def read_images_file(path: str | os.PathLike[str], *,
+                     numbered: bool = False) -> list[str] | list[tuple[str, str]]:
     """Read a list of references: one per line, blank lines and ``#`` comments ignored.
+
+    Args:
+        path: the images file.
+        numbered: return ``(reference, "FILE:LINE")`` pairs, so that a bad line can be
+            named by :func:`parse_references`.
 
     Raises:
         BundlerError: the file cannot be read.
     """
     try:
         text = Path(path).read_text()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise BundlerError(f"cannot read images file {path}: {exc}") from exc
     out = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if line:
-            out.append(line)
-    return out
+            out.append((line, f"{path}:{number}"))
+    if numbered:
+        return out
+    return [line for line, _ in out]
 
 
-def parse_references(texts: Iterable[str]) -> list[Reference]:
+def parse_references(texts: Iterable[str | tuple[str, str]]) -> list[Reference]:
     """Parse and normalize references; duplicates (same canonical form) kept once.
 
+    Args:
+        texts: references, or ``(reference, where)`` pairs (``where`` like ``FILE:LINE``
+            names the input in an error).
+
     Raises:
-        InvalidReferenceError: naming the first bad input.
+        InvalidReferenceError: naming the first bad input (and where it came from).
+        BundlerError: no references at all.
     """
     seen: dict[str, Reference] = {}
-    for text in texts:
-        ref = Reference.parse(text)
+    for item in texts:
+        text, where = (item, "") if isinstance(item, str) else item
+        try:
+            ref = Reference.parse(text)
+        except InvalidReferenceError as exc:
+            if not where:
+                raise
+            raise InvalidReferenceError(exc.text, exc.reason, where=where) from exc
         seen.setdefault(str(ref), ref)
     if not seen:
-        raise InvalidReferenceError("", "no image references given")
+        raise BundlerError("no image references given")
     return list(seen.values())
 
 
@@ -203,8 +222,14 @@ def export_bundle(
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in refs if r in failed], result)
     else:
-        result = _export(refs, LayoutStore(output, create=True), options, jobs, report, stop,
-                         collect)
+        store = LayoutStore(output, create=True)
+        try:
+            result = _export(refs, store, options, jobs, report, stop, collect)
+        except BaseException:
+            store.discard_if_empty()  # a new directory holding only oci-layout is no bundle
+            raise
+        if not result.images:
+            store.discard_if_empty()
     if failed:
         raise PartialFailureError([failed[r] for r in refs if r in failed], result)
     return result

@@ -8,6 +8,11 @@ digest only is pushed by digest. A layout entry named by a bare tag (skopeo
 ``--mapping FILE``: ``SOURCE=DESTINATION`` lines in the style of ``oc image mirror``;
 SOURCE is the name the bundle records (or the image's digest), DESTINATION a full
 reference (no tag: the source tag is kept). Blank lines and ``#`` comments are ignored.
+
+Destinations always name their registry host: the first component holds a ``.`` or a
+``:`` or is ``localhost`` (``docker.io/...`` for Docker Hub). A name without one is
+refused rather than sent to Docker Hub. Two images may not go to the same tagged
+destination (the tag would name whichever was pushed last).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from .content import Descriptor
 from .errors import InvalidReferenceError, MappingError
 from .reference import Reference
 
-__all__ = ["Target", "entry_name", "parse_mapping", "resolve_targets"]
+__all__ = ["Target", "check_to", "entry_name", "parse_mapping", "resolve_targets"]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -53,18 +58,43 @@ def _source_reference(name: str) -> Reference | None:
     return Reference.parse(name, default_tag=None)
 
 
+def _is_host(component: str) -> bool:
+    """Whether a name's first component names a registry (docker's rule, made strict)."""
+    return any(c in component for c in ".:[") or component == "localhost"
+
+
 def _split_to(to: str) -> tuple[str, str]:
+    shown = to
+    if "://" in to:
+        raise MappingError(f"--to {shown!r}: expected REGISTRY[/PREFIX] without a scheme, "
+                           f"e.g. {to.split('://', 1)[1].rstrip('/') or 'registry.internal:5000'}")
     to = to.rstrip("/")
     registry, _, prefix = to.partition("/")
     if not registry:
-        raise MappingError(f"--to {to!r}: expected REGISTRY[/PREFIX]")
-    if not any(c in registry for c in ".:[") and registry != "localhost":
+        raise MappingError(f"--to {shown!r}: expected REGISTRY[/PREFIX]")
+    if not _is_host(registry):
         # a first component without '.', ':' or localhost would parse as a Docker Hub path
         raise MappingError(
-            f"--to {to!r}: {registry!r} is not a registry host; expected REGISTRY[/PREFIX] "
+            f"--to {shown!r}: {registry!r} is not a registry host; expected REGISTRY[/PREFIX] "
             f"with REGISTRY like registry.internal:5000 or localhost"
         )
+    if any(c in prefix for c in ":@"):
+        raise MappingError(f"--to {shown!r}: expected REGISTRY[/PREFIX] without a tag or "
+                           "digest (each image keeps its own tag)")
+    try:
+        Reference.parse(f"{to}/x" if prefix else f"{registry}/x", default_tag=None)
+    except InvalidReferenceError as exc:
+        raise MappingError(f"--to {shown!r}: {exc.reason}") from exc
     return registry, prefix
+
+
+def check_to(to: str) -> None:
+    """Check a ``--to REGISTRY[/PREFIX]`` without any I/O.
+
+    Raises:
+        MappingError: a scheme, no registry host, a bad repository prefix, a tag or digest.
+    """
+    _split_to(to)
 
 
 def _to_reference(text: str, *, what: str) -> Reference:
@@ -74,15 +104,27 @@ def _to_reference(text: str, *, what: str) -> Reference:
         raise MappingError(f"{what}: {exc}") from exc
 
 
+def _destination(text: str, *, what: str) -> Reference:
+    """A mapping destination: a full reference that names its registry host."""
+    first, slash, _ = text.partition("/")
+    if not slash or not _is_host(first):
+        raise MappingError(
+            f"{what}: {text!r} names no registry host; write the registry first, e.g. "
+            f"registry.internal:5000/{text} (docker.io/{text} for Docker Hub)"
+        )
+    return _to_reference(text, what=what)
+
+
 def parse_mapping(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """Read ``SOURCE=DESTINATION`` lines.
 
     Raises:
-        MappingError: unreadable file, or a line without ``=`` (with its line number).
+        MappingError: unreadable file, a line without ``=``, or a destination that is no
+        reference with a registry host (naming ``FILE:LINE``).
     """
     try:
         text = Path(path).read_text()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise MappingError(f"cannot read mapping file {path}: {exc}") from exc
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -92,6 +134,8 @@ def parse_mapping(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         source, eq, destination = line.partition("=")
         if not eq or not source.strip() or not destination.strip():
             raise MappingError(f"{path}:{number}: expected SOURCE=DESTINATION, got {line!r}")
+        _destination(destination.strip(),
+                     what=f"{path}:{number}: mapping destination {destination.strip()!r}")
         pairs.append((source.strip(), destination.strip()))
     return pairs
 
@@ -140,7 +184,7 @@ def resolve_targets(
                 raise MappingError(f"mapping source {source!r} is not in the bundle")
             entry = matches[0]
             recorded = entry_name(entry)
-            dest = _to_reference(destination, what=f"mapping destination {destination!r}")
+            dest = _destination(destination, what=f"mapping destination {destination!r}")
             if dest.tag is None and dest.digest is None:
                 # the recorded tag is kept; an entry without a name goes by digest only
                 src = _safe_source(recorded)
@@ -148,7 +192,7 @@ def resolve_targets(
                     recorded if recorded and "@" not in recorded else None)
                 dest = dest.with_tag(tag)
             targets.append(Target(recorded or str(entry.digest), entry, _pin(dest, entry)))
-        return targets
+        return _unique(targets, mapped=[source for source, _ in mapping])
     registry, prefix = _split_to(to or "")
     for position, entry in enumerate(entries):
         name = entry_name(entry)
@@ -167,6 +211,37 @@ def resolve_targets(
                 f"repository (REGISTRY/REPOSITORY) or use --mapping"
             )
         targets.append(Target(name or str(entry.digest), entry, _pin(dest, entry)))
+    return _unique(targets)
+
+
+def _unique(targets: list[Target], mapped: list[str] | None = None) -> list[Target]:
+    """Refuse two images (or mapping lines) that go to one tagged destination.
+
+    Args:
+        targets: in the order of the bundle entries or mapping lines.
+        mapped: the mapping sources, one per target (None: ``--to``).
+
+    Raises:
+        MappingError: naming both sources and the destination.
+    """
+    seen: dict[str, int] = {}
+    for position, target in enumerate(targets):
+        dest = target.destination
+        if dest.tag is None:
+            continue  # pushed by digest: distinct content, distinct names
+        key = str(dest.with_digest(None))
+        if key in seen:
+            first = seen[key]
+            if mapped is not None:
+                raise MappingError(
+                    f"mapping sources {mapped[first]!r} and {mapped[position]!r} both go to "
+                    f"{key}; give each image its own destination"
+                )
+            raise MappingError(
+                f"bundle entries {targets[first].name!r} and {target.name!r} both go to "
+                f"{key}; use --mapping to give each its own destination"
+            )
+        seen[key] = position
     return targets
 
 

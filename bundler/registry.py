@@ -11,11 +11,13 @@ Spec: distribution-spec ("Pulling manifests", "Pulling blobs", "Pushing manifest
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Generator
 
 import httpx
 
+from .auth import redact_url
 from .content import ACCEPT_MANIFESTS
 from .digest import Digest
 from .errors import (
@@ -29,6 +31,8 @@ from .transport import MANIFEST_LIMIT, RETRY_STATUSES, RegistrySession, Transpor
 from .uploads import BlobUploads
 
 __all__ = ["RETRY_STATUSES", "RegistryClient", "TransportOptions"]
+
+_http_log = logging.getLogger("bundler.http")
 
 
 class RegistryClient(RegistrySession, BlobUploads):
@@ -207,6 +211,8 @@ class RegistryClient(RegistrySession, BlobUploads):
                     yield chunk
                 return
             except httpx.TransportError as exc:
+                _http_log.debug("GET %s -> cut at byte %d: %s", redact_url(response.url),
+                                position, str(exc) or type(exc).__name__)
                 if position > cut_at:  # progress since the last cut: a fresh budget
                     cuts = 0
                 cuts, cut_at = cuts + 1, position

@@ -6,12 +6,20 @@ Retries live here and only here: connection errors, timeouts and the statuses in
 ``Retry-After`` (seconds or an HTTP date) up to ``retry_cap_s``. Bodies that cannot be
 sent twice (streamed uploads) are not retried here; the upload code restarts them.
 
+The ping is retried like any request, once per session: when it fails, every later
+request of the session fails at once with the same error, so a registry that is down
+costs one round of retries, not one per image or blob.
+
+``--debug`` (the ``bundler.http`` logger) shows every exchange and every attempt that got
+no answer, with URLs stripped of secrets.
+
 Spec: distribution-spec "API version check" (``GET /v2/``), "Error codes"; RFC 9110
 ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import ipaddress
 import logging
@@ -176,6 +184,7 @@ class RegistrySession:
             headers={"User-Agent": _USER_AGENT},
         )
         self._base: str | None = None
+        self._ping_error: RegistryError | None = None
         self._base_lock = threading.Lock()
 
     # -- plumbing ----------------------------------------------------------------
@@ -211,7 +220,7 @@ class RegistrySession:
             request = self.http.build_request(method, url, **kw)
             response = self.http.send(request, auth=self.auth, stream=stream)
         except httpx.TransportError as exc:
-            raise self._transport_error(exc, url, what) from exc
+            raise self._transport_error(exc, url, what, method) from exc
         except httpx.StreamConsumed as exc:  # a 401 asked to resend a streamed body
             raise TransportError(f"{what}: the registry asked for credentials again mid-request",
                                  url=url.split("?")[0], registry=self.registry) from exc
@@ -239,7 +248,7 @@ class RegistrySession:
             try:
                 response = self.http.send(request)
             except httpx.TransportError as exc:
-                raise self._transport_error(exc, url, what) from exc
+                raise self._transport_error(exc, url, what, request.method) from exc
             if response.status_code in RETRY_STATUSES:
                 raise _RetryableStatus(response)
             return response
@@ -252,8 +261,11 @@ class RegistrySession:
             exc.retryable = False  # type: ignore[attr-defined]  # retried here already
             raise
 
-    def _transport_error(self, exc: Exception, url: str, what: str) -> TransportError:
+    def _transport_error(self, exc: Exception, url: str, what: str,
+                         method: str = "GET") -> TransportError:
+        """The :class:`TransportError` for an attempt that got no answer (logged)."""
         text = str(exc) or type(exc).__name__
+        _http_log.debug("%s %s -> no answer: %s", method, redact_url(url), text)
         tls = "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text
         if "CERTIFICATE_VERIFY_FAILED" in text:
             message = (
@@ -340,6 +352,7 @@ class RegistrySession:
         """``scheme://host`` of the registry, found once with ``GET /v2/`` (the ping).
 
         https is tried first; plain http only for loopback hosts or with tls_verify off.
+        A failed ping is remembered: later calls raise the same error at once.
 
         Raises:
             TransportError: no scheme answered; RegistryError: not a registry.
@@ -349,28 +362,37 @@ class RegistrySession:
         with self._base_lock:
             if self._base is not None:
                 return self._base
-            schemes = ["https"]
-            if not self.options.tls_verify or _is_loopback(self.host):
-                schemes.append("http")
-            last: Exception | None = None
-            for scheme in schemes:
-                url = f"{scheme}://{self.host}/v2/"
-                try:
-                    response = self._retrying()(self._ping, url, scheme != schemes[-1])
-                except (TransportError, _RetryableStatus) as exc:
-                    if getattr(exc, "certificate", False):
-                        raise  # it speaks TLS: plain http would only hide the reason
-                    last = exc
-                    continue
-                if response.status_code == 401:
-                    self.auth.learn(response.headers.get("WWW-Authenticate", ""))
-                elif response.status_code != 200:
-                    raise self.error(response, f"ping {self.registry}")
-                self._base = f"{scheme}://{self.host}"
-                return self._base
-            if isinstance(last, _RetryableStatus):
-                raise self.error(last.response, f"ping {self.registry}")
-            raise last  # type: ignore[misc]
+            if self._ping_error is not None:
+                raise copy.copy(self._ping_error) from self._ping_error
+            try:
+                self._base = self._find_base()
+            except RegistryError as exc:
+                self._ping_error = exc
+                raise
+            return self._base
+
+    def _find_base(self) -> str:
+        schemes = ["https"]
+        if not self.options.tls_verify or _is_loopback(self.host):
+            schemes.append("http")
+        last: Exception | None = None
+        for scheme in schemes:
+            url = f"{scheme}://{self.host}/v2/"
+            try:
+                response = self._retrying()(self._ping, url, scheme != schemes[-1])
+            except (TransportError, _RetryableStatus) as exc:
+                if getattr(exc, "certificate", False):
+                    raise  # it speaks TLS: plain http would only hide the reason
+                last = exc
+                continue
+            if response.status_code == 401:
+                self.auth.learn(response.headers.get("WWW-Authenticate", ""))
+            elif response.status_code != 200:
+                raise self.error(response, f"ping {self.registry}")
+            return f"{scheme}://{self.host}"
+        if isinstance(last, _RetryableStatus):
+            raise self.error(last.response, f"ping {self.registry}")
+        raise last  # type: ignore[misc]
 
     def _ping(self, url: str, probing: bool) -> httpx.Response:
         try:

@@ -108,7 +108,7 @@ def summary_pattern(images: int, output: Path, downloaded: int, nbytes: int, pre
     pct = 100 * (total - unique) / total if total else 0
     return re.compile(
         re.escape(
-            f"exported {images} images to {output}: {human(unique)} unique ({human(total)} "
+            f"exported {images} image{'s' if images != 1 else ''} to {output}: {human(unique)} unique ({human(total)} "
             f"without dedup, {pct:.0f}% saved); blobs downloaded {downloaded} "
             f"({human(nbytes)}), already present {present}; "
         )

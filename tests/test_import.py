@@ -35,7 +35,7 @@ ACCEPT = (
     "application/vnd.docker.distribution.manifest.v2+json"
 )
 SUMMARY_RE = re.compile(
-    r"imported (\d+) images \((\d+) already there\); blobs uploaded (\d+) \(([^)]*)\), "
+    r"imported (\d+) images? \((\d+) already there\); blobs uploaded (\d+) \(([^)]*)\), "
     r"mounted (\d+), already present (\d+); \d+\.\d s, \d+\.\d MB/s"
 )
 
@@ -54,6 +54,7 @@ def summary(result: Result) -> tuple[int, int, int, str, int, int]:
     match = SUMMARY_RE.fullmatch(result.stdout.splitlines()[0])
     assert match, result.stdout
     g = match.groups()
+    assert (" image " in match.group(0)) == (g[0] == "1"), result.stdout
     return int(g[0]), int(g[1]), int(g[2]), g[3], int(g[4]), int(g[5])
 
 
@@ -381,8 +382,9 @@ def test_mapping_source_not_in_bundle(bundle: Path, registry: LocalRegistry,
     mark = registry.mark()
     mapping = write_mapping(tmp_path / "m.txt", [f"docker.io/library/nginx:1.27={registry.host}/x"])
     result = run_import(str(bundle), "--mapping", mapping)
-    assert result.exit_code == 1
-    assert result.stderr == "error: mapping source 'docker.io/library/nginx:1.27' is not in the bundle\n"
+    assert result.exit_code == 2
+    assert result.stderr.endswith(
+        "\n\nError: mapping source 'docker.io/library/nginx:1.27' is not in the bundle\n")
     assert result.stdout == ""
     assert registry.requests(mark) == []
 
@@ -395,13 +397,22 @@ def test_to_and_mapping_are_exclusive_usage_errors(bundle: Path, args: list[str]
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--chunk-size", "lots"], "Invalid value: 'lots' is not a size like 64MiB or 4GiB"),
+    (["--chunk-size", "lots"],
+     "Invalid value for '--chunk-size': 'lots' is not a size like 64MiB or 4GiB"),
+    (["--chunk-size", "0"],
+     "Invalid value for '--chunk-size': '0' is too small: --chunk-size must be at least 1.0 KiB"),
+    (["--chunk-size", "1023"], "Invalid value for '--chunk-size': '1023' is too small: "
+                               "--chunk-size must be at least 1.0 KiB"),
     (["--dest-tls-verify", "maybe"], "Invalid value: 'maybe': expected true or false"),
+    (["--dest-creds", "nocolon"], "credentials must look like USER:PASSWORD"),
+    (["--dest-cert-dir", "/nonexistent"],
+     "Invalid value for '--dest-cert-dir': Directory '/nonexistent' does not exist."),
 ])
 def test_bad_option_values_are_usage_errors(bundle: Path, option: list[str], message: str) -> None:
     result = run_import(str(bundle), "--to", "127.0.0.1:1/x", *option)
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert result.stderr.endswith(f"\n\nError: {message}\n"), result.stderr
+    assert result.stdout == ""
 
 
 # -- the push protocol -------------------------------------------------------------------

@@ -119,10 +119,10 @@ def test_tag_only_layout_with_registry_only_names_the_entry(
 ) -> None:
     mark = registry.mark()
     result = run_import(str(skopeo_layout), "--to", registry.host)
-    assert result.exit_code == 1
-    assert result.stderr == (
-        "error: bundle entry 'v1' records no repository; give --to with the full repository "
-        "(REGISTRY/REPOSITORY) or use --mapping\n"
+    assert result.exit_code == 2
+    assert result.stderr.endswith(
+        "\n\nError: bundle entry 'v1' records no repository; give --to with the full "
+        "repository (REGISTRY/REPOSITORY) or use --mapping\n"
     )
     assert registry.requests(mark) == []
 

@@ -9,7 +9,7 @@ import pytest
 from bundler.content import OCI_INDEX, OCI_MANIFEST, Descriptor
 from bundler.digest import Digest
 from bundler.errors import MappingError
-from bundler.naming import entry_name, parse_mapping, resolve_targets
+from bundler.naming import check_to, entry_name, parse_mapping, resolve_targets
 from bundler.reference import Reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -148,8 +148,7 @@ def test_to_with_invalid_repository_names_the_option() -> None:
     with pytest.raises(MappingError) as info:
         resolve_targets(bundle_entries()[:1], to="reg.local:5000/Mirror")
     assert str(info.value) == (
-        "--to 'reg.local:5000/Mirror': invalid reference 'reg.local:5000/Mirror/library/alpine': "
-        "repository name must be lowercase"
+        "--to 'reg.local:5000/Mirror': repository name must be lowercase"
     )
 
 
@@ -251,3 +250,102 @@ def test_mapping_by_digest_of_an_unnamed_entry_pushes_by_digest() -> None:
     assert [t.name for t in targets] == [str(D4)]
     assert targets[0].destination.tag is None
     assert destinations(targets) == [f"registry.internal:5000/x/y@{D4}"]
+
+
+# -- destinations name their registry; one destination per image --------------------------
+@pytest.mark.parametrize("destination", ["nohost/repo:1", "repo", "alpine:3.20",
+                                         "Team/app"])
+def test_mapping_destination_without_registry_host_is_refused(destination: str) -> None:
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries(), mapping=[("alpine:3.20", destination)])
+    assert str(info.value) == (
+        f"mapping destination {destination!r}: {destination!r} names no registry host; write "
+        f"the registry first, e.g. registry.internal:5000/{destination} "
+        f"(docker.io/{destination} for Docker Hub)"
+    )
+
+
+def test_mapping_destination_on_docker_hub_must_say_so() -> None:
+    (target,) = resolve_targets(bundle_entries(), mapping=[("alpine:3.20",
+                                                            "docker.io/team/alpine")])
+    assert str(target.destination) == f"docker.io/team/alpine:3.20@{D1}"
+    (target,) = resolve_targets(bundle_entries(), mapping=[("alpine:3.20", "localhost/a")])
+    assert str(target.destination) == f"localhost/a:3.20@{D1}"
+
+
+def test_parse_mapping_checks_destinations_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.txt"
+    path.write_text("alpine:3.20=reg.local:5000/a\n# c\nquay.io/org/app/server:v1=nohost/repo:1\n")
+    with pytest.raises(MappingError) as info:
+        parse_mapping(path)
+    assert str(info.value) == (
+        f"{path}:3: mapping destination 'nohost/repo:1': 'nohost/repo:1' names no registry "
+        "host; write the registry first, e.g. registry.internal:5000/nohost/repo:1 "
+        "(docker.io/nohost/repo:1 for Docker Hub)"
+    )
+    path.write_text("alpine:3.20=reg.local:5000/A\n")
+    with pytest.raises(MappingError) as info:
+        parse_mapping(path)
+    assert str(info.value) == (
+        f"{path}:1: mapping destination 'reg.local:5000/A': invalid reference "
+        "'reg.local:5000/A': repository name must be lowercase"
+    )
+
+
+def test_two_mapping_lines_with_one_destination_are_refused() -> None:
+    mapping = [("alpine:3.20", "reg.local:5000/app:1"),
+               ("quay.io/org/app/server:v1", "reg.local:5000/app:1")]
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries(), mapping=mapping)
+    assert str(info.value) == (
+        "mapping sources 'alpine:3.20' and 'quay.io/org/app/server:v1' both go to "
+        "reg.local:5000/app:1; give each image its own destination"
+    )
+
+
+def test_kept_tags_that_collide_are_refused_too() -> None:
+    """No tag in the destination: the source tags decide, and may collide."""
+    entries = [entry(D1, "docker.io/library/app:1", containerd="docker.io/library/app:1"),
+               entry(D2, "quay.io/org/app:1", containerd="quay.io/org/app:1")]
+    with pytest.raises(MappingError) as info:
+        resolve_targets(entries, mapping=[("docker.io/library/app:1", "reg.local:5000/app"),
+                                          ("quay.io/org/app:1", "reg.local:5000/app")])
+    assert str(info.value) == (
+        "mapping sources 'docker.io/library/app:1' and 'quay.io/org/app:1' both go to "
+        "reg.local:5000/app:1; give each image its own destination"
+    )
+
+
+def test_to_that_sends_two_entries_to_one_tag_is_refused() -> None:
+    entries = [entry(D1, "docker.io/library/app:1", containerd="docker.io/library/app:1"),
+               entry(D2, "quay.io/library/app:1", containerd="quay.io/library/app:1")]
+    with pytest.raises(MappingError) as info:
+        resolve_targets(entries, to="reg.local:5000/m")
+    assert str(info.value) == (
+        "bundle entries 'docker.io/library/app:1' and 'quay.io/library/app:1' both go to "
+        "reg.local:5000/m/library/app:1; use --mapping to give each its own destination"
+    )
+
+
+def test_by_digest_destinations_never_collide() -> None:
+    targets = resolve_targets([entry(D3), entry(D4)], mapping=[
+        (str(D3), "reg.local:5000/x"), (str(D4), "reg.local:5000/x")])
+    assert destinations(targets) == [f"reg.local:5000/x@{D3}", f"reg.local:5000/x@{D4}"]
+
+
+@pytest.mark.parametrize("to, message", [
+    ("", "--to '': expected REGISTRY[/PREFIX]"),
+    ("mirror", "--to 'mirror': 'mirror' is not a registry host; expected REGISTRY[/PREFIX] "
+               "with REGISTRY like registry.internal:5000 or localhost"),
+    ("reg.local:5000/Mirror", "--to 'reg.local:5000/Mirror': repository name must be lowercase"),
+    ("reg.local:5000/mirror:tag", "--to 'reg.local:5000/mirror:tag': expected "
+     "REGISTRY[/PREFIX] without a tag or digest (each image keeps its own tag)"),
+    ("http://reg.local:5000/m", "--to 'http://reg.local:5000/m': expected REGISTRY[/PREFIX] "
+     "without a scheme, e.g. reg.local:5000/m"),
+    ("reg.local:5000/a//b", "--to 'reg.local:5000/a//b': '' is not a valid repository path "
+     "component"),
+])
+def test_check_to_needs_no_bundle(to: str, message: str) -> None:
+    with pytest.raises(MappingError) as info:
+        check_to(to)
+    assert str(info.value) == message

@@ -94,7 +94,7 @@ def refuse_existing(output: Path) -> None:
 
 
 def is_archive(bundle: str | os.PathLike[str]) -> bool:
-    """True for ``-`` (stdin), a file, or the base name or first volume of split volumes."""
+    """True for ``-`` (stdin), a file, or the base name or any volume of split volumes."""
     if os.fspath(bundle) == "-":
         return True
     path = Path(bundle)
@@ -322,7 +322,7 @@ class ArchiveReader:
     """Read a bundle archive's members in order, one pass, checked as they come.
 
     Args:
-        bundle: a ``.tar`` or ``.tar.zst`` file, split volumes (base name or first
+        bundle: a ``.tar`` or ``.tar.zst`` file, split volumes (base name or any
             volume), or ``-`` for stdin. Compression is detected from the content.
         on_volume_problem: receives volume checksum problems (verify); when None they
             raise :class:`BundleError` (import).
@@ -338,14 +338,15 @@ class ArchiveReader:
                  on_volume_problem: Callable[[str], None] | None = None) -> None:
         text = os.fspath(bundle)
         self.where = "stdin" if text == "-" else text
+        self.base: Path | None = None
         self.volumes: list[Path] = []
         self._owned: BinaryIO | VolumeReader | None = None
         if text == "-":
             source: BinaryIO | VolumeReader = sys.stdin.buffer
         elif (found := find_volumes(Path(text))) is not None:
-            base, self.volumes = found
-            self.where = str(base)
-            source = self._owned = VolumeReader(self.volumes, read_checksums(base),
+            self.base, self.volumes = found
+            self.where = str(self.base)
+            source = self._owned = VolumeReader(self.volumes, read_checksums(self.base),
                                                 on_volume_problem)
         else:
             try:
@@ -390,8 +391,7 @@ class ArchiveReader:
     def drain_volumes(self) -> None:
         """Read the rest of the volumes undecoded, so each one's checksum is checked."""
         if isinstance(self._owned, VolumeReader):
-            while self._owned.read(_READ_SIZE):
-                pass
+            self._owned.drain(_READ_SIZE)
 
     def close(self) -> None:
         if self._owned is not None:

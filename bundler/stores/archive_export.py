@@ -100,10 +100,19 @@ class ArchiveExport:
         refuse_existing(self.output)
         if not self.output.parent.is_dir():
             raise BundleError(f"{self.output.parent}: no such directory")
-        self.spool = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.spool-",
-                                           dir=self.output.parent))
-        self.writer = ArchiveWriter(self.output, fmt, split_size=split_size,
-                                    compression_level=compression_level)
+        try:
+            self.spool = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.spool-",
+                                               dir=self.output.parent))
+        except OSError as exc:
+            raise BundleError(f"{self.output}: cannot create the archive: cannot create a "
+                              f"spool directory in {self.output.parent}: "
+                              f"{exc.strerror or exc}") from exc
+        try:
+            self.writer = ArchiveWriter(self.output, fmt, split_size=split_size,
+                                        compression_level=compression_level)
+        except BaseException:
+            shutil.rmtree(self.spool, ignore_errors=True)
+            raise
         self.paths: list[Path] = []
         self.skipped: list[Digest] = []
         self._written: set[Digest] = set()
@@ -123,14 +132,14 @@ class ArchiveExport:
     def start(self, entries: list[Descriptor], plans: list[ImagePlan]) -> None:
         """Write ``oci-layout``, ``index.json`` and the manifests; fix the blob order.
 
+        Volumes are numbered for an upper bound of the archive's size, so that their
+        names sort in order (``NAME.0000``, ... past 1000 volumes).
+
         Args:
             entries: the ``index.json`` descriptors.
             plans: the planned images (manifests children-first, blobs).
         """
         self._entries = list(entries)
-        self.writer.add_bytes("oci-layout",
-                              json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode())
-        self.writer.add_bytes("index.json", index_bytes(entries))
         manifests: dict[Digest, bytes] = {}
         configs: dict[Digest, Descriptor] = {}
         layers: dict[Digest, Descriptor] = {}
@@ -143,6 +152,15 @@ class ArchiveExport:
                 if digest not in configs:
                     layers.setdefault(digest, descriptor)
         algorithms = sorted({d.algorithm for d in [*manifests, *configs, *layers]})
+        layout = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
+        index = index_bytes(entries)
+        self.writer.expect_size(self.writer.size_bound([
+            len(layout), len(index), 0, *(0 for _ in algorithms),
+            *(len(raw) for raw in manifests.values()),
+            *(d.size for d in [*configs.values(), *layers.values()] if d.digest not in manifests),
+        ]))
+        self.writer.add_bytes("oci-layout", layout)
+        self.writer.add_bytes("index.json", index)
         self.writer.add_dir("blobs")
         for algorithm in algorithms:
             self.writer.add_dir(f"blobs/{algorithm}")

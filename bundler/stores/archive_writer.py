@@ -140,6 +140,32 @@ class ArchiveWriter:
         """True for a ``.tar.zst``."""
         return self._zstd is not None
 
+    def size_bound(self, sizes: Iterable[int]) -> int:
+        """Bytes the archive will have at most, holding members of these content sizes.
+
+        Args:
+            sizes: the content size, in bytes, of every member (0 for a directory).
+        """
+        count = total = 0
+        for size in sizes:
+            count += 1
+            total += 3 * _BLOCK + size + _BLOCK  # header (pax too), content, padding
+        total += 2 * _BLOCK + _RECORD  # the end of the archive
+        if self._zstd is not None:  # frames of stored blocks at worst
+            total += total // 128 + 1024 * (count + 1)
+        return total
+
+    def expect_size(self, size: int) -> None:
+        """The archive will have at most ``size`` bytes: volumes get digits for all of them.
+
+        Call before the first member; nothing to do without volumes.
+
+        Raises:
+            BundleError: a member was written already.
+        """
+        if self._volumes is not None:
+            self._volumes.expect(size)
+
     def frame_compressor(self) -> zstandard.ZstdCompressor | None:
         """A compressor for a member compressed apart (:meth:`copy_frame`); None for a .tar."""
         if self._zstd is None:

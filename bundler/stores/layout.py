@@ -112,17 +112,68 @@ class LayoutStore:
         self.root = Path(root)
         self._lock = threading.Lock()
         self._dirs_ready: set[str] = set()
+        self._created: list[Path] = []  # what this store made: the root, oci-layout
         if create:
-            if not self.root.is_dir():
-                self.root.mkdir(parents=True, exist_ok=True)
-                fsync_dir(self.root.parent)
-            if not (self.root / "oci-layout").exists():
-                layout = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
-                write_atomic(self.root / "oci-layout", layout)
+            self._create()
         elif not self.root.is_dir():
             raise BundleError(f"{self.root}: no such bundle directory")
         elif not (self.root / "oci-layout").is_file() or not (self.root / "index.json").is_file():
             raise BundleError(f"{self.root}: not an OCI image layout (oci-layout or index.json missing)")
+
+    def _create(self) -> None:
+        """Make the root directory and ``oci-layout`` if missing.
+
+        Raises:
+            BundleError: the root is not a directory, or cannot be created or written.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise BundleError(f"{self.root}: exists and is not a directory; a directory "
+                              "bundle needs a directory (name an archive NAME.tar or "
+                              "NAME.tar.zst, or choose another output)")
+        try:
+            if not self.root.is_dir():
+                missing = [p for p in (self.root, *self.root.parents) if not p.exists()]
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._created.extend(missing)
+                fsync_dir(self.root.parent)
+            if not (self.root / "oci-layout").exists():
+                layout = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
+                write_atomic(self.root / "oci-layout", layout)
+                self._created.insert(0, self.root / "oci-layout")
+        except OSError as exc:
+            self.discard_if_empty()
+            raise BundleError(f"{self.root}: cannot create the bundle directory: "
+                              f"{exc.strerror or exc}") from exc
+
+    def discard_if_empty(self) -> bool:
+        """Remove what creating this store made, if no blob was written since.
+
+        A failed first export must not leave a directory holding only ``oci-layout``
+        (which is no bundle); a directory with blobs or partial blobs stays, so that the
+        next run continues them.
+
+        Returns:
+            True if the store's own files and directories were removed.
+        """
+        if not self._created or (self.root / "index.json").exists():
+            return False
+        blobs = self.root / "blobs"
+        try:
+            if blobs.is_dir() and any(p.is_file() for p in blobs.rglob("*")):
+                return False
+            if blobs.is_dir():
+                for folder in sorted(blobs.rglob("*"), reverse=True):
+                    folder.rmdir()
+                blobs.rmdir()
+            for path in self._created:
+                if path.is_dir():
+                    path.rmdir()  # fails (and stops) if something else is in it
+                else:
+                    path.unlink(missing_ok=True)
+        except OSError:
+            return False
+        self._created = []
+        return True
 
     def __str__(self) -> str:
         return str(self.root)

@@ -1,0 +1,287 @@
+"""What a user sees when the command line or the output is wrong: usage errors exit 2
+before any network use, unwritable outputs give one ``error:`` line (no traceback) and
+leave nothing behind, Ctrl-C of an archive export keeps nothing, singular summaries."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from bundler.cli import main
+from bundler.sandbox import LocalRegistry, SeededSet, make_image, push, random_layer
+
+Seeded = tuple[LocalRegistry, SeededSet]
+UNREACHABLE = "127.0.0.1:1/app/x:1"  # nothing listens on port 1
+
+
+def run_cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def usage_error(result: Result, command: str, message: str) -> None:
+    """click's usage error: exit 2, usage line, hint, then ``Error: message``."""
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    args = "BUNDLE" if command == "import" else "[REFERENCES]..."
+    assert result.stderr == (
+        f"Usage: main {command} [OPTIONS] {args}\n"
+        f"Try 'main {command} --help' for help.\n\nError: {message}\n"
+    )
+
+
+# -- 1. sizes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["0", "0KiB", "1023", "0.5KiB"])
+def test_chunk_size_below_one_kib_is_a_usage_error(tmp_path: Path, size: str) -> None:
+    result = run_cli("import", str(tmp_path / "absent"), "--to", "127.0.0.1:1/x",
+                     "--chunk-size", size)
+    usage_error(result, "import", f"Invalid value for '--chunk-size': {size!r} is too small: "
+                                  "--chunk-size must be at least 1.0 KiB")
+
+
+@pytest.mark.parametrize("size", ["0", "100B"])
+def test_split_size_below_one_kib_is_a_usage_error(tmp_path: Path, size: str) -> None:
+    result = run_cli("export", UNREACHABLE, "-o", str(tmp_path / "b.tar"), "--split-size", size)
+    usage_error(result, "export", f"Invalid value for '--split-size': {size!r} is too small: "
+                                  "--split-size must be at least 1.0 KiB")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- 2. outputs that cannot be written ---------------------------------------------------
+
+
+def test_export_into_an_existing_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    taken = tmp_path / "notes"
+    taken.write_text("mine\n")
+    result = run_cli("export", UNREACHABLE, "-o", str(taken), "-q")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {taken}: exists and is not a directory; a directory bundle needs a directory "
+        "(name an archive NAME.tar or NAME.tar.zst, or choose another output)\n"
+    )
+    assert result.stdout == ""
+    assert taken.read_text() == "mine\n"
+
+
+def test_export_below_a_file_names_the_path_and_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "notes").write_text("mine\n")
+    out = tmp_path / "notes" / "bundle"
+    result = run_cli("export", UNREACHABLE, "-o", str(out), "-q")
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {out}: cannot create the bundle directory: Not a directory\n"
+
+
+def _read_only(path: str) -> OSError:
+    return OSError(errno.EROFS, "Read-only file system", path)
+
+
+def test_export_into_a_read_only_directory(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        raise _read_only(str(self))
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    out = tmp_path / "ro" / "b"
+    result = run_cli("export", UNREACHABLE, "-o", str(out), "-q")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {out}: cannot create the bundle directory: Read-only file system\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["b.tar.zst", "b.tar"])
+def test_archive_export_into_a_read_only_directory(tmp_path: Path, name: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def mkdtemp(*args: object, dir: str = "", **kwargs: object) -> str:
+        raise _read_only(str(dir))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    out = tmp_path / name
+    result = run_cli("export", UNREACHABLE, "-o", str(out), "-q")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {out}: cannot create the archive: cannot create a spool directory in "
+        f"{tmp_path}: Read-only file system\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_first_export_leaves_no_directory(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "bundle"
+    result = run_cli("export", UNREACHABLE, "-o", str(out), "-q", "--retries", "0")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {UNREACHABLE}: ")
+    assert list(tmp_path.iterdir()) == []  # the parent this run made is gone too
+
+
+def test_failed_export_into_an_empty_directory_leaves_it_empty(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    out.mkdir()
+    result = run_cli("export", UNREACHABLE, "-o", str(out), "-q", "--retries", "0",
+                     "--keep-going")
+    assert result.exit_code == 1
+    assert out.is_dir() and list(out.iterdir()) == []
+    listed = run_cli("list", str(out))
+    assert listed.stderr == (
+        f"error: {out}: not an OCI image layout (oci-layout or index.json missing)\n")
+
+
+def test_failed_export_keeps_an_existing_bundle(seeded_registry: Seeded, tmp_path: Path) -> None:
+    registry, seeded = seeded_registry
+    out = tmp_path / "bundle"
+    ref = seeded.get("base/os", "1").reference
+    assert run_cli("export", ref, "-o", str(out), "-q").exit_code == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    result = run_cli("export", UNREACHABLE, "-o", str(out), "-q", "--retries", "0")
+    assert result.exit_code == 1
+    assert sorted(p.name for p in out.rglob("*")) == before
+    assert run_cli("list", str(out)).exit_code == 0
+
+
+# -- 4. command-line mistakes exit 2, before the bundle is opened ------------------------
+
+
+@pytest.mark.parametrize("to, message", [
+    ("mirror", "--to 'mirror': 'mirror' is not a registry host; expected REGISTRY[/PREFIX] "
+               "with REGISTRY like registry.internal:5000 or localhost"),
+    ("", "--to '': expected REGISTRY[/PREFIX]"),
+    ("127.0.0.1:5000/Mirror", "--to '127.0.0.1:5000/Mirror': repository name must be lowercase"),
+    ("127.0.0.1:5000/mirror:tag", "--to '127.0.0.1:5000/mirror:tag': expected "
+     "REGISTRY[/PREFIX] without a tag or digest (each image keeps its own tag)"),
+    ("http://127.0.0.1:5000/m", "--to 'http://127.0.0.1:5000/m': expected REGISTRY[/PREFIX] "
+     "without a scheme, e.g. 127.0.0.1:5000/m"),
+])
+def test_bad_to_is_a_usage_error(tmp_path: Path, to: str, message: str) -> None:
+    result = run_cli("import", str(tmp_path / "absent"), "--to", to)
+    usage_error(result, "import", message)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("a", "expected SOURCE=DESTINATION, got 'a'"),
+    ("a=127.0.0.1:5000/Up", "mapping destination '127.0.0.1:5000/Up': invalid reference "
+                            "'127.0.0.1:5000/Up': repository name must be lowercase"),
+    ("a=nohost/repo:1", "mapping destination 'nohost/repo:1': 'nohost/repo:1' names no "
+                        "registry host; write the registry first, e.g. "
+                        "registry.internal:5000/nohost/repo:1 (docker.io/nohost/repo:1 for "
+                        "Docker Hub)"),
+])
+def test_bad_mapping_file_is_a_usage_error(tmp_path: Path, line: str, message: str) -> None:
+    mapping = tmp_path / "m.txt"
+    mapping.write_text(f"# mirror\nb=127.0.0.1:5000/b\n{line}\n")
+    result = run_cli("import", str(tmp_path / "absent"), "--mapping", str(mapping))
+    usage_error(result, "import", f"{mapping}:3: {message}")
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--src-creds", "nocolon"], "credentials must look like USER:PASSWORD"),
+    (["--src-cert-dir", "/nonexistent"],
+     "Invalid value for '--src-cert-dir': Directory '/nonexistent' does not exist."),
+])
+def test_bad_source_options_are_usage_errors(tmp_path: Path, option: list[str],
+                                             message: str) -> None:
+    result = run_cli("export", UNREACHABLE, "-o", str(tmp_path / "b"), *option)
+    usage_error(result, "export", message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_destinations_are_a_usage_error(seeded_registry: Seeded,
+                                                  tmp_path: Path) -> None:
+    registry, seeded = seeded_registry
+    one, two = seeded.get("base/os", "1").reference, seeded.get("base/os", "2").reference
+    bundle = tmp_path / "bundle"
+    assert run_cli("export", one, two, "-o", str(bundle), "-q").exit_code == 0
+    mapping = tmp_path / "m.txt"
+    mapping.write_text(f"{one}=127.0.0.1:1/os:stable\n{two}=127.0.0.1:1/os:stable\n")
+    result = run_cli("import", str(bundle), "--mapping", str(mapping), "-q")
+    usage_error(result, "import", f"mapping sources {one!r} and {two!r} both go to "
+                                  "127.0.0.1:1/os:stable; give each image its own destination")
+
+
+# -- 7. small messages -------------------------------------------------------------------
+
+
+def test_empty_images_file_says_no_references(tmp_path: Path) -> None:
+    images = tmp_path / "images.txt"
+    images.write_text("# nothing yet\n\n")
+    result = run_cli("export", "-f", str(images), "-o", str(tmp_path / "b"))
+    usage_error(result, "export", "no image references given")
+    assert run_cli("export", "-o", str(tmp_path / "b")).stderr.endswith(
+        "Error: no image references given\n")
+
+
+def test_bad_line_of_an_images_file_is_named_by_file_and_line(tmp_path: Path) -> None:
+    images = tmp_path / "images.txt"
+    images.write_text("# base\n127.0.0.1:1/a:1\n\n127.0.0.1:1/Bad:1  # typo\n")
+    result = run_cli("export", "-f", str(images), "-o", str(tmp_path / "b"))
+    usage_error(result, "export", f"{images}:4: invalid reference '127.0.0.1:1/Bad:1': "
+                                  "repository name must be lowercase")
+
+
+def test_logout_all_with_nothing_stored(tmp_path: Path) -> None:
+    authfile = tmp_path / "auth.json"
+    result = run_cli("logout", "--all", "--authfile", str(authfile))
+    assert result.exit_code == 0
+    assert result.stdout == f"No stored credentials to remove (in {authfile})\n"
+    assert not authfile.exists()
+
+
+def test_one_image_is_singular_everywhere(seeded_registry: Seeded, tmp_path: Path,
+                                          registry: LocalRegistry) -> None:
+    seeded = seeded_registry[1]
+    ref = seeded.get("base/os", "1").reference
+    bundle = tmp_path / "bundle"
+    plan = run_cli("export", ref, "-o", str(bundle), "--dry-run")
+    assert plan.stdout.splitlines()[0] == f"dry run: would export 1 image to {bundle}"
+    exported = run_cli("export", ref, "-o", str(bundle), "-q")
+    assert exported.stdout.startswith(f"exported 1 image to {bundle}: ")
+    listed = run_cli("list", str(bundle))
+    assert listed.stdout.splitlines()[-1].startswith("1 image, ")
+    verified = run_cli("verify", str(bundle))
+    assert verified.stdout.startswith(f"{bundle}: OK: 1 image, ")
+    to = f"{registry.host}/m"
+    plan = run_cli("import", str(bundle), "--to", to, "--dry-run")
+    assert plan.stdout.splitlines()[0] == f"dry run: would import 1 image from {bundle}"
+    imported = run_cli("import", str(bundle), "--to", to, "-q")
+    assert imported.stdout.startswith("imported 1 image (0 already there); ")
+
+
+# -- 6. Ctrl-C of an archive export ------------------------------------------------------
+
+
+def test_ctrl_c_of_an_archive_export_says_nothing_was_kept(registry: LocalRegistry,
+                                                          fault_proxy, tmp_path: Path) -> None:
+    small, big = random_layer(71, 200_000), random_layer(72, 3 << 20)
+    image = make_image([small, big])
+    push(registry, "cut/app", image, tag="1")
+    proxy = fault_proxy(registry.url)
+    proxy.slow(big.digest, 1_000_000, times=1)
+    where = tmp_path / "out"
+    where.mkdir()
+    out = where / "b.tar.zst"
+    args = [sys.executable, "-m", "bundler.cli", "export", f"{proxy.host}/cut/app:1",
+            "-o", str(out), "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def spooled() -> int:
+        return sum(p.stat().st_size for p in where.glob(".b.tar.zst.spool-*/*")
+                   if p.is_file())
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and spooled() < 300_000:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out_bytes, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert out_bytes == b""
+    assert err.decode().splitlines() == [
+        f"interrupted: the archive {out} was not written and nothing was kept; run the same "
+        "command again to start over"]
+    assert list(where.iterdir()) == []  # no archive, no spool
