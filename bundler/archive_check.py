@@ -193,7 +193,7 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
     ``index.json`` must be present with its size; manifests must parse; split volumes
     must match ``NAME.sha256`` and have no gap in their numbering. Split volumes without
     ``NAME.sha256`` are no problem when every blob checks (each carries its digest): a
-    warning is logged (``bundler.verify``) instead.
+    warning is added to ``report.warnings`` instead.
 
     Args:
         bundle: a ``.tar``/``.tar.zst`` file, volumes (base name or first volume), or ``-``.
@@ -210,9 +210,9 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
     scan = _Scan(reader.where, problems=report.problems)
     with reader:
         if reader.base is not None and not checksum_path(reader.base).exists():
-            _log.warning("warning: %s: no checksum file %s; the volumes were checked through "
-                         "the digests of the blobs they hold", reader.where,
-                         checksum_path(reader.base).name)
+            report.warnings.append(
+                f"{reader.where}: no checksum file {checksum_path(reader.base).name}; the "
+                "volumes were checked through the digests of the blobs they hold")
         try:
             for member in reader:
                 report.bytes += scan.feed(member, hash_all=True)

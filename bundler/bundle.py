@@ -166,6 +166,7 @@ class VerifyReport:
         problems: one human-readable line each; empty means the bundle is sound.
         skipped: digests of non-distributable (foreign) layers the bundle does not
             hold; they were not distributed, so their absence is no problem.
+        warnings: things worth knowing that are no problem (e.g. no volume checksum file).
     """
 
     images: int = 0
@@ -173,6 +174,7 @@ class VerifyReport:
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
     skipped: list[Digest] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

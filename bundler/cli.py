@@ -349,8 +349,11 @@ def verify_cmd(bundle: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,
                                "bytes": report.bytes, "problems": report.problems,
-                               "skipped": [str(d) for d in report.skipped]}, indent=2))
+                               "skipped": [str(d) for d in report.skipped],
+                               "warnings": report.warnings}, indent=2))
     else:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
         for problem in report.problems:
             click.echo(f"problem: {problem}", err=True)
         state = "OK" if report.ok else plural(len(report.problems), "problem")
