@@ -273,6 +273,8 @@ def _export(refs: list[Reference], store: BundleStore,
                 report(Event("blob", str(digest), "skipped", total=descriptor.size))
             else:
                 todo.append(digest)
+        # largest first: the long downloads start at once and the small ones fill in
+        todo.sort(key=lambda d: sources[d][0].size, reverse=True)
         if isinstance(store, ArchiveExport) and not keep_going:  # index.json first
             _start_archive(store, result.images)
             todo.sort(key=store.position)

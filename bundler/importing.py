@@ -172,8 +172,9 @@ def push_images(
             _push_blob(clients.get(task.registry), store, descriptors[task.digest],
                        repos[task], result, lock, report, stop, known.get(task))
 
-        failures = run_parallel(list(repos), push_blob, jobs=jobs, stop=stop,
-                                keep_going=keep_going)
+        # largest first: the long transfers start at once and the small ones fill in
+        order = sorted(repos, key=lambda t: descriptors[t.digest].size, reverse=True)
+        failures = run_parallel(order, push_blob, jobs=jobs, stop=stop, keep_going=keep_going)
         if failures and not keep_going:
             task, exc = next(iter(failures.items()))
             raise TransferError(owners[task], exc) from exc
