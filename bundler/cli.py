@@ -389,7 +389,7 @@ def login_cmd(registry: str, username: str | None, password: str | None, passwor
     if password is not None and password_stdin:
         raise click.UsageError("--password and --password-stdin are mutually exclusive")
     if password_stdin:
-        password = click.get_text_stream("stdin").read().rstrip("\r\n")
+        password = sys.stdin.read().rstrip("\r\n")
     if username is None:
         username = click.prompt("Username")
     if password is None:
