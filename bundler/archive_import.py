@@ -24,17 +24,17 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
 
 from .archive_check import MAX_HELD, HeadManifests
 from .blob_sources import InMemory, OneShot, Teed
 from .content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
-from .copy import ClientPool, ImagePlan, run_parallel, walk
+from .copy import ClientPool, ImagePlan, walk
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, Cancelled, SizeMismatchError, TransferError
 from .importing import ImportResult, _push_blob, finish, record_failure
 from .naming import Target, resolve_targets
 from .progress import Event, NullReporter, Reporter
+from .pushplan import BlobPush, plan_push
 from .registry import MANIFEST_LIMIT, TransportOptions
 from .stores.archive import ArchiveReader, Member
 
@@ -43,17 +43,6 @@ __all__ = ["MAX_HELD", "import_archive"]
 #: A blob that must be uploaded more than once is read into memory up to this size,
 #: and copied to a temp file beyond it.
 IN_MEMORY = 1 << 20
-
-
-@dataclass
-class _BlobWork:
-    """One blob in one registry: the repositories that need it, and those that have it."""
-
-    registry: str
-    digest: Digest
-    repositories: list[str]
-    present: list[str]
-    owner: str
 
 
 class _Session:
@@ -71,11 +60,10 @@ class _Session:
         self.held_bytes = 0
         self.plans: dict[Target, ImagePlan] = {}
         self.ready = False
-        self.work: dict[Digest, list[_BlobWork]] = {}
+        self.work: dict[Digest, list[BlobPush]] = {}
         self.descriptors: dict[Digest, Descriptor] = {}
         self.remaining: dict[Target, set[Digest]] = {}
         self.todo: list[Target] = []
-        self.known: dict[tuple[str, Digest], str] = {}
 
     # -- failures ------------------------------------------------------------------------
     def _fail(self, targets: list[Target], exc: BaseException) -> None:
@@ -160,53 +148,18 @@ class _Session:
     def _check_destinations(self) -> None:
         """HEAD the images and blobs at their destinations, before any blob arrives."""
         assert self.targets is not None
-        skipped: set[Target] = set()
         planned = [t for t in self.targets if t in self.plans]
-
-        def check_image(target: Target) -> None:
-            dest = target.destination
-            have = self.clients.get(dest.registry).resolve(
-                dest.repository, dest.tag or str(dest.digest))
-            if have == target.descriptor.digest:
-                with self.lock:
-                    skipped.add(target)
-                self.report(Event("image", target.name, "skipped",
-                                  total=self.plans[target].size))
-
-        checks = run_parallel(planned, check_image, jobs=self.jobs, stop=self.stop,
-                              keep_going=self.keep_going)
-        for target, exc in checks.items():
-            self._fail([target], exc)
-        self.result.skipped_images = [t.name for t in planned if t in skipped]
-        self.todo = [t for t in planned if t not in skipped and t not in self.failed]
-        for target in planned:  # a complete image's repository is a mount source
-            if target in skipped:
-                for digest in self.plans[target].blobs:
-                    self.known.setdefault((target.destination.registry, digest),
-                                          target.destination.repository)
-        by_key: dict[tuple[str, Digest], _BlobWork] = {}
-        for target in self.todo:
-            dest = target.destination
-            for digest, descriptor in self.plans[target].blobs.items():
-                self.descriptors.setdefault(digest, descriptor)
-                work = by_key.get((dest.registry, digest))
-                if work is None:
-                    work = by_key[(dest.registry, digest)] = _BlobWork(
-                        dest.registry, digest, [], [], target.name)
-                    self.work.setdefault(digest, []).append(work)
-                if dest.repository not in work.repositories:
-                    work.repositories.append(dest.repository)
-
-        def heads(work: _BlobWork) -> None:
-            client = self.clients.get(work.registry)
-            work.present = [r for r in work.repositories if client.has_blob(r, work.digest)]
-
-        works = list(by_key.values())
-        for work, exc in run_parallel(works, heads, jobs=self.jobs, stop=self.stop,
-                                      keep_going=self.keep_going).items():
-            self._fail(self._needing(work.digest, work.registry), exc)
+        push = plan_push(planned, self.plans, self.clients, jobs=self.jobs, report=self.report,
+                         stop=self.stop, keep_going=self.keep_going)
+        for key, exc in push.failures.items():
+            self._fail([key] if isinstance(key, Target) else push.needing(key, self.plans), exc)
+        self.result.skipped_images = [t.name for t in push.complete]
+        self.todo = [t for t in push.todo if t not in self.failed]
+        for blob in push.blobs:
+            self.work.setdefault(blob.digest, []).append(blob)
+            self.descriptors.setdefault(blob.digest, blob.descriptor)
         for digest in list(self.work):
-            if all(len(w.present) == len(w.repositories) for w in self.work[digest]):
+            if all(not w.missing for w in self.work[digest]):
                 self._account_present(digest)
         for target in self.todo:
             self.remaining[target] = {d for d in self.plans[target].blobs if d in self.work}
@@ -256,7 +209,7 @@ class _Session:
                 try:
                     _push_blob(self.clients.get(work.registry), source, descriptor,  # type: ignore[arg-type]
                                work.repositories, self.result, self.lock, self.report,
-                               self.stop, self.known.get((work.registry, digest)),
+                               self.stop, work.mount_from,
                                work.present)
                 except BundlerError as exc:
                     self._fail(self._needing(digest, work.registry), exc)

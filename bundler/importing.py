@@ -36,6 +36,7 @@ from .errors import (
 )
 from .naming import Target
 from .progress import Event, NullReporter, Reporter
+from .pushplan import BlobPush, plan_push
 from .registry import RegistryClient, TransportOptions
 from .stores.layout import LayoutStore
 
@@ -62,12 +63,6 @@ class ImportResult:
     blobs_present: int = 0
     bytes_uploaded: int = 0
     skipped_foreign: list[Digest] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _BlobTask:
-    registry: str
-    digest: Digest
 
 
 def push_images(
@@ -122,64 +117,38 @@ def push_images(
                 record_failure(failed, target, target.name, exc, report, keep_going)
         planned = [t for t in targets if t not in failed]
 
-        # 2. skip images the destination already has (by target: one name may go to many)
-        skipped: set[Target] = set()
-
-        def check(target: Target) -> None:
-            dest = target.destination
-            have = clients.get(dest.registry).resolve(
-                dest.repository, dest.tag or str(dest.digest)
-            )
-            if have == target.descriptor.digest:
-                with lock:
-                    skipped.add(target)
-                    result.skipped_images.append(target.name)
-                report(Event("image", target.name, "skipped", total=plans[target].size))
-
-        fail(run_parallel(planned, check, jobs=jobs, stop=stop, keep_going=keep_going),
-             lambda t: [t])
-        todo = [t for t in planned if t not in skipped and t not in failed]
-        # a complete image's repository holds its blobs: a mount source for the others
-        known: dict[_BlobTask, str] = {}
-        for target in planned:
-            if target in skipped:
-                for digest in plans[target].blobs:
-                    known.setdefault(_BlobTask(target.destination.registry, digest),
-                                     target.destination.repository)
+        # 2. what the destinations have: complete images are skipped, their repositories
+        #    become mount sources; the other images' blobs are grouped by registry
+        foreign = {d: b for t in planned for d, b in plans[t].blobs.items()
+                   if not_distributed(store, b)}
+        push = plan_push(planned, plans, clients, jobs=jobs, report=report, stop=stop,
+                         keep_going=keep_going, leave_out=lambda d: d.digest in foreign)
+        result.skipped_images = [t.name for t in push.complete]
+        for key, exc in push.failures.items():
+            culprits = [key] if isinstance(key, Target) else push.needing(key, plans)
+            for target in culprits:
+                record_failure(failed, target, target.name, exc, report, keep_going)
+        todo = [t for t in push.todo if t not in failed]
+        for digest in sorted({d for t in todo for d in plans[t].blobs if d in foreign}):
+            result.skipped_foreign.append(digest)
+            report(Event("blob", str(digest), "skipped", total=foreign[digest].size,
+                         detail="non-distributable layer not in the bundle"))
 
         # 3. blobs: one task per (registry, digest), all repositories that need it
-        repos: dict[_BlobTask, list[str]] = {}
-        descriptors: dict[Digest, Descriptor] = {}
-        owners: dict[_BlobTask, str] = {}
-        for target in todo:
-            dest = target.destination
-            for digest, descriptor in plans[target].blobs.items():
-                if digest not in descriptors and not_distributed(store, descriptor):
-                    descriptors[digest] = descriptor
-                    result.skipped_foreign.append(digest)
-                    report(Event("blob", str(digest), "skipped", total=descriptor.size,
-                                 detail="non-distributable layer not in the bundle"))
-                if digest in result.skipped_foreign:
-                    continue
-                task = _BlobTask(dest.registry, digest)
-                wanted = repos.setdefault(task, [])
-                if dest.repository not in wanted:
-                    wanted.append(dest.repository)
-                descriptors.setdefault(digest, descriptor)
-                owners.setdefault(task, target.name)
-
-        def push_blob(task: _BlobTask) -> None:
-            _push_blob(clients.get(task.registry), store, descriptors[task.digest],
-                       repos[task], result, lock, report, stop, known.get(task))
+        def push_blob(blob: BlobPush) -> None:
+            _push_blob(clients.get(blob.registry), store, blob.descriptor, blob.repositories,
+                       result, lock, report, stop, blob.mount_from, blob.present)
 
         # largest first: the long transfers start at once and the small ones fill in
-        order = sorted(repos, key=lambda t: descriptors[t.digest].size, reverse=True)
+        order = sorted((b for b in push.blobs if b not in push.failures),
+                       key=lambda b: b.descriptor.size, reverse=True)
         failures = run_parallel(order, push_blob, jobs=jobs, stop=stop, keep_going=keep_going)
         if failures and not keep_going:
-            task, exc = next(iter(failures.items()))
-            raise TransferError(owners[task], exc) from exc
-        fail(failures, lambda task: [t for t in todo if t.destination.registry == task.registry
-                                     and task.digest in plans[t].blobs])
+            blob, exc = next(iter(failures.items()))
+            raise TransferError(blob.owner.name, exc) from exc
+        for blob, exc in failures.items():
+            for target in push.needing(blob, plans):
+                record_failure(failed, target, target.name, exc, report, keep_going)
 
         # 4. manifests, children first, then the tag
         def push_manifests(target: Target) -> None:

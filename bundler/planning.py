@@ -24,6 +24,8 @@ from .digest import Digest
 from .errors import TransferError
 from .exporting import plan_image
 from .naming import Target, parse_mapping, resolve_targets
+from .progress import NullReporter
+from .pushplan import plan_push
 from .reference import Reference
 from .registry import TransportOptions
 from .stores.archive import is_archive, output_format, refuse_existing
@@ -185,48 +187,24 @@ def plan_import(
     store = read_head(bundle) if is_archive(bundle) else LayoutStore(bundle)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
     plans = {t: walk(t.descriptor, store.get_manifest, name=t.name) for t in targets}
-    have: dict[Target, bool] = {}
     with ClientPool(options) as clients:
-
-        def check(target: Target) -> None:
-            dest = target.destination
-            have[target] = clients.get(dest.registry).resolve(
-                dest.repository, dest.tag or str(dest.digest)) == target.descriptor.digest
-
-        _first_failure(run_parallel(targets, check, jobs=jobs), lambda t: t.name)
-        repos: dict[tuple[str, Digest], list[str]] = {}
-        known: set[tuple[str, Digest]] = set()  # a complete image's repository can mount
-        owners: dict[tuple[str, Digest], str] = {}
-        sizes: dict[Digest, int] = {}
-        for target in targets:
-            for digest, descriptor in plans[target].blobs.items():
-                key = (target.destination.registry, digest)
-                if have[target]:
-                    known.add(key)
-                    continue
-                sizes[digest] = descriptor.size
-                owners.setdefault(key, target.name)
-                wanted = repos.setdefault(key, [])
-                if target.destination.repository not in wanted:
-                    wanted.append(target.destination.repository)
-        present: dict[tuple[str, Digest, str], bool] = {}
-        pairs_ = [(k[0], k[1], r) for k, rs in repos.items() for r in rs]
-
-        def head(item: tuple[str, Digest, str]) -> None:
-            present[item] = clients.get(item[0]).has_blob(item[2], item[1])
-
-        _first_failure(run_parallel(pairs_, head, jobs=jobs), lambda i: owners[(i[0], i[1])])
+        push = plan_push(targets, plans, clients, jobs=jobs, report=NullReporter())
+    for key, exc in push.failures.items():
+        name = key.name if isinstance(key, Target) else key.owner.name
+        raise TransferError(name, exc) from exc
+    complete = set(push.complete)
     result = ImportPlan(images=[
-        PlannedImage(t.name, t.descriptor.digest, plans[t].size, str(t.destination), have[t])
+        PlannedImage(t.name, t.descriptor.digest, plans[t].size, str(t.destination),
+                     t in complete)
         for t in targets])
+    sizes = {b.digest: b.descriptor.size for b in push.blobs}
     result.blobs, result.blob_bytes = len(sizes), sum(sizes.values())
-    for (registry, digest), wanted in repos.items():
-        there = [r for r in wanted if present[(registry, digest, r)]]
-        result.present += len(there)
-        missing = len(wanted) - len(there)
-        if missing and not there and (registry, digest) not in known:
+    for blob in push.blobs:
+        result.present += len(blob.present)
+        missing = len(blob.missing)
+        if missing and not blob.present and blob.mount_from is None:
             result.to_upload += 1
-            result.upload_bytes += sizes[digest]
+            result.upload_bytes += blob.descriptor.size
             missing -= 1
         result.to_mount += missing
     return result

@@ -1,0 +1,160 @@
+"""Planning a push: which images the destinations already have, and for the others,
+which blobs each destination repository needs, grouped by (registry, digest).
+
+One plan serves the directory import, the one-pass archive import and ``--dry-run``:
+
+1. ``HEAD`` each image at its destination (by tag, else by digest): an image whose
+   digest is already there is complete and is skipped whole.
+2. A complete image's repository holds all its blobs: it becomes the cross-repository
+   mount source for those blobs in the same registry.
+3. The blobs of the other images are grouped into one :class:`BlobPush` per
+   (registry, digest), listing every repository that needs it; with ``head_blobs``
+   each repository is asked (``HEAD``) whether it already has the blob.
+
+Spec: distribution-spec "Checking if content exists" (manifests and blobs), "Mounting
+a blob from another repository".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .content import Descriptor
+from .copy import ClientPool, ImagePlan, run_parallel
+from .digest import Digest
+from .naming import Target
+from .progress import Event, Reporter
+
+__all__ = ["BlobPush", "PushPlan", "plan_push"]
+
+
+@dataclass(eq=False)
+class BlobPush:
+    """One blob in one destination registry.
+
+    Attributes:
+        registry: the destination registry (``host[:port]``).
+        descriptor: the blob's descriptor.
+        repositories: the repositories of that registry that need it, in plan order.
+        owner: the first image that needs it (for messages).
+        present: the repositories that already have it (after ``HEAD``).
+        mount_from: a repository holding it already (a complete image's), or None.
+    """
+
+    registry: str
+    descriptor: Descriptor
+    repositories: list[str]
+    owner: Target
+    present: list[str] = field(default_factory=list)
+    mount_from: str | None = None
+
+    @property
+    def digest(self) -> Digest:
+        return self.descriptor.digest
+
+    @property
+    def missing(self) -> list[str]:
+        """The repositories that still need the blob."""
+        return [r for r in self.repositories if r not in self.present]
+
+
+@dataclass
+class PushPlan:
+    """What a push has to do.
+
+    Attributes:
+        complete: images whose destination already holds their digest (skipped).
+        todo: the images to push, in the order given.
+        blobs: one :class:`BlobPush` per (registry, digest) the ``todo`` images need.
+        failures: a ``HEAD`` that failed, keyed by the image (Target) or the blob
+            (BlobPush) it was about.
+    """
+
+    complete: list[Target] = field(default_factory=list)
+    todo: list[Target] = field(default_factory=list)
+    blobs: list[BlobPush] = field(default_factory=list)
+    failures: dict[object, BaseException] = field(default_factory=dict)
+
+    def needing(self, blob: BlobPush, plans: dict[Target, ImagePlan]) -> list[Target]:
+        """The images to push that need ``blob`` in its registry."""
+        return [t for t in self.todo if t.destination.registry == blob.registry
+                and blob.digest in plans[t].blobs]
+
+
+def plan_push(
+    targets: list[Target],
+    plans: dict[Target, ImagePlan],
+    clients: ClientPool,
+    *,
+    jobs: int,
+    report: Reporter,
+    stop: threading.Event | None = None,
+    keep_going: bool = False,
+    head_blobs: bool = True,
+    leave_out: Callable[[Descriptor], bool] | None = None,
+) -> PushPlan:
+    """Ask the destinations what they have and group the blobs to push.
+
+    Args:
+        targets: the images and their destinations (each must have a plan).
+        plans: the manifests and blobs of each image.
+        clients: the destination registry clients.
+        jobs: concurrent ``HEAD`` requests.
+        report: receives an ``image skipped`` event per complete image.
+        stop: set to cancel.
+        keep_going: ask about everything even after a failed ``HEAD``; else the plan
+            stops at the first failure (see ``PushPlan.failures``).
+        head_blobs: ask each repository about each blob.
+        leave_out: blobs not to push at all (non-distributable layers not held).
+
+    Returns:
+        A :class:`PushPlan`.
+    """
+    plan = PushPlan()
+    lock = threading.Lock()
+    complete: set[Target] = set()
+
+    def check(target: Target) -> None:
+        dest = target.destination
+        have = clients.get(dest.registry).resolve(dest.repository, dest.tag or str(dest.digest))
+        if have == target.descriptor.digest:
+            with lock:
+                complete.add(target)
+            report(Event("image", target.name, "skipped", total=plans[target].size))
+
+    plan.failures.update(run_parallel(targets, check, jobs=jobs, stop=stop,
+                                      keep_going=keep_going))
+    plan.complete = [t for t in targets if t in complete]
+    plan.todo = [t for t in targets if t not in complete and t not in plan.failures]
+    if plan.failures and not keep_going:
+        return plan
+    sources: dict[tuple[str, Digest], str] = {}
+    for target in plan.complete:
+        for digest in plans[target].blobs:
+            sources.setdefault((target.destination.registry, digest),
+                               target.destination.repository)
+    by_key: dict[tuple[str, Digest], BlobPush] = {}
+    for target in plan.todo:
+        dest = target.destination
+        for digest, descriptor in plans[target].blobs.items():
+            if leave_out is not None and leave_out(descriptor):
+                continue
+            key = (dest.registry, digest)
+            blob = by_key.get(key)
+            if blob is None:
+                blob = by_key[key] = BlobPush(dest.registry, descriptor, [], target,
+                                              mount_from=sources.get(key))
+            if dest.repository not in blob.repositories:
+                blob.repositories.append(dest.repository)
+    plan.blobs = list(by_key.values())
+    if head_blobs:
+
+        def head(blob: BlobPush) -> None:
+            client = clients.get(blob.registry)
+            blob.present = [r for r in blob.repositories if client.has_blob(r, blob.digest)]
+
+        plan.failures.update(run_parallel(plan.blobs, head, jobs=jobs, stop=stop,
+                                          keep_going=keep_going))
+    return plan
