@@ -25,6 +25,7 @@ from .cli_report import export_summary, human, import_summary, plural, print_pla
 from .credentials import Credentials, Keychain, load_authfile, parse_creds
 from .errors import BundlerError, InvalidReferenceError, MappingError
 from .exporting import parse_references
+from .journal import UploadJournal
 from .naming import check_to, parse_mapping
 from .progress import Tally
 from .registry import TransportOptions
@@ -290,7 +291,7 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
         pairs = parse_mapping(mapping) if mapping is not None else None
     except BundlerError as exc:
         raise click.UsageError(str(exc)) from exc
-    options = _options("dest", kw, chunk_size=chunk_size)
+    options = _options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
     if dry_run:
         _dry_run(lambda: api.plan_import(bundle, to=to, mapping=pairs, options=options,
                                          jobs=jobs), bundle, as_json)

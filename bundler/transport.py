@@ -44,6 +44,7 @@ from .errors import (
     RegistryError,
     TransportError,
 )
+from .journal import UploadJournal
 from .reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
 from .tls import ssl_context
 
@@ -74,6 +75,8 @@ class TransportOptions:
         timeout_s: connect/read timeout in seconds.
         chunk_size: uploads above this many bytes go in PATCH chunks of this size.
         max_connections: connection pool size per registry.
+        journal: where chunked uploads are recorded so a later run continues them
+            (:class:`bundler.journal.UploadJournal`), or None.
     """
 
     credentials: Credentials | None = None
@@ -87,6 +90,7 @@ class TransportOptions:
     timeout_s: float = 60.0
     chunk_size: int = 64 << 20
     max_connections: int = 16
+    journal: UploadJournal | None = None
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ from another repository", "Getting the upload status".
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from .transport import TransportOptions
 
 __all__ = ["BlobUploads"]
+
+_log = logging.getLogger("bundler.http")
 
 #: Statuses with which a registry refuses chunked (PATCH) uploads.
 _PATCH_REFUSED = frozenset({400, 405, 406, 415, 416, 501})
@@ -102,12 +105,17 @@ class BlobUploads:
         chunked = size > self.options.chunk_size
         switched = False
         failures = 0
+        key = f"{self.registry}/{repository}@{digest}"
+        start = self._journaled_offset(key, size, what) if chunked and not upload_url else None
+        if start is not None:
+            start, upload_url = start
         while True:
             url = upload_url or self._start_upload(repository, what)
             upload_url = ""
             try:
                 if chunked:
-                    response = self._upload_chunks(url, what, open_source, size, digest)
+                    response = self._upload_chunks(url, what, open_source, size, digest,
+                                                   start=start or 0, key=key)
                 else:
                     body = open_source()
                     try:
@@ -116,6 +124,7 @@ class BlobUploads:
                     finally:
                         _close(body)  # an upload cut short gives its file back at once
             except RegistryError as exc:
+                start = None  # a new session starts from zero
                 if not switched and ((chunked and exc.status in _PATCH_REFUSED)
                                      or (not chunked and exc.status == 413)):
                     chunked, switched = not chunked, True
@@ -129,6 +138,20 @@ class BlobUploads:
             if served and served != str(digest):
                 raise DigestMismatchError(expected=str(digest), actual=served, where=what)
             return
+
+    def _journaled_offset(self, key: str, size: int, what: str) -> tuple[int, str] | None:
+        """(offset, upload URL) of a session an earlier run left for ``key``, if the
+        registry still has it; see :mod:`bundler.journal`."""
+        journal = self.options.journal
+        saved = journal.get(key) if journal is not None else None
+        if saved is None:
+            return None
+        state = self._upload_offset(saved, what)
+        if state is None or not 0 < state[0] <= size:
+            journal.remove(key)  # type: ignore[union-attr]
+            return None
+        _log.debug("continuing the upload of %s at byte %d", key, state[0])
+        return state
 
     def _backoff_s(self, failures: int) -> float:
         return min(self.options.retry_delay_s * 2 ** (failures - 1), self.options.retry_cap_s)
@@ -153,16 +176,20 @@ class BlobUploads:
             return None
         last = response.headers.get("Range", "0--1").rpartition("-")[2]
         try:
-            return int(last) + 1, location(response, self.registry) if "Location" in response.headers else url
+            # "0-0" is an empty session here: chunks are at least 1 KiB, never one byte
+            offset = int(last) + 1 if last != "0" else 0
         except ValueError:
             return None
+        return offset, location(response, self.registry) if "Location" in response.headers else url
 
     def _upload_chunks(self, url: str, what: str, open_source: Callable[[], Iterable[bytes]],
-                       size: int, digest: Digest) -> httpx.Response:
+                       size: int, digest: Digest, *, start: int = 0, key: str = ""
+                       ) -> httpx.Response:
+        journal = self.options.journal if key else None
         source = open_source()
         try:
-            reader = ChunkReader(source)
-            start, step, resumes = 0, self.options.chunk_size, 0
+            reader = ChunkReader(skip(source, start) if start else source)
+            step, resumes = self.options.chunk_size, 0
             while start < size:
                 length = min(step, size - start)
                 try:
@@ -185,10 +212,15 @@ class BlobUploads:
                     continue
                 url = location(response, self.registry)
                 start += length
+                if journal is not None:
+                    journal.put(key, url)
             reader.drain()  # lets a verifying source finish its checks
         finally:
             _close(source)
-        return self._send_body("PUT", with_digest(url, digest), what, b"", 0, ok=(201, 204))
+        response = self._send_body("PUT", with_digest(url, digest), what, b"", 0, ok=(201, 204))
+        if journal is not None:
+            journal.remove(key)
+        return response
 
 
 class ChunkReader:

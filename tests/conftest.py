@@ -94,3 +94,11 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
     finally:
         for proxy in proxies:
             proxy.stop()
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own upload journal (bundler.journal), never the user's."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("BUNDLER_STATE_DIR", str(state))
+    return state

@@ -112,3 +112,35 @@ def test_export_killed_at_several_points_resumes_exactly(registry, fault_proxy, 
     assert hashlib.sha256(stored).hexdigest() == layer.digest[7:]
     index = json.loads((bundle / "index.json").read_text())
     assert [m["digest"] for m in index["manifests"]] == [image.digest]
+
+
+def test_an_interrupted_chunked_upload_continues_in_the_next_run(registry, registry_factory,
+                                                                 fault_proxy, tmp_path: Path):
+    image = make_image([random_layer(64, 3_000_000)])
+    push(registry, "resume/app", image, tag="1")
+    bundle = tmp_path / "b"
+    export_bundle([f"{registry.host}/resume/app:1"], bundle, options=FAST)
+    dest = registry_factory()
+    proxy = fault_proxy(dest.url)
+    # the fifth PATCH fails, and so does every one after it: the first run gives up
+    proxy.add_rule("status", r"/blobs/uploads/", method="PATCH", times=None, skip=4,
+                   code=500, headers={}, body=b"")
+    args = [sys.executable, "-m", "bundler.cli", "import", str(bundle), "--to",
+            f"{proxy.host}/m", "--chunk-size", "256KiB", "--retries", "0", "-q"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 1 and "HTTP 500" in first.stderr
+    journal = json.loads((tmp_path / "state" / "uploads.json").read_text())
+    key = f"{proxy.host}/m/resume/app@{image.layers[0].digest}"
+    assert list(journal) == [key]
+    proxy.clear_rules()
+    proxy.requests.clear()
+    second = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    chunks = -(-image.layers[0].size // (256 << 10))
+    patches = [s for m, p, s, _ in proxy.requests if m == "PATCH"]
+    assert patches == [202] * (chunks - 4)  # the four acknowledged chunks are not sent again
+    assert proxy.count("GET", r"/blobs/uploads/") == 1  # asked where the session stood
+    response = httpx.get(f"{dest.url}/v2/m/resume/app/manifests/1",
+                         headers={"Accept": image.media_type})
+    assert "sha256:" + hashlib.sha256(response.content).hexdigest() == image.digest
+    assert json.loads((tmp_path / "state" / "uploads.json").read_text()) == {}

@@ -6,7 +6,8 @@ header is forwarded so the registry builds ``Location`` URLs that point at the p
 :attr:`FaultProxy.requests` as (method, path_with_query, status, response_body_bytes).
 
 Fault rules match a method (None = any) and a path regex (``re.search`` on the path with
-query) and fire ``times`` times (None = forever); the first matching live rule wins for
+query) and fire ``times`` times (None = forever), after letting the first ``skip``
+matches through (``add_rule(..., skip=N)``); the first matching live rule wins for
 response faults; ``ignore_range`` and ``relative_location`` combine with them:
 
 * ``corrupt_body(rx)``: forward, but flip one byte (the first) of the response body;
@@ -215,6 +216,9 @@ class FaultProxy:
         with self._lock:
             for rule in self.rules:
                 if rule.kind in kinds and rule.matches(method, path):
+                    if rule.params.get("skip", 0) > 0:  # let the first N matches through
+                        rule.params["skip"] -= 1
+                        continue
                     if rule.times is not None:
                         rule.times -= 1
                     return rule
