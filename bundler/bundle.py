@@ -225,7 +225,11 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
                             pass
                 report.blobs += 1
                 report.bytes += descriptor.size
-            except (IntegrityError, BundleError) as exc:
+            except IntegrityError as exc:  # export reuses blobs by size: it must go first
+                report.problems.append(
+                    f"{name}: {exc}; delete {store.blob_path(descriptor.digest)} and run the "
+                    "export again to fetch it anew")
+            except BundleError as exc:
                 report.problems.append(f"{name}: {exc}")
             except BundlerError as exc:
                 report.problems.append(f"{name}: {descriptor.digest}: {exc}")

@@ -74,13 +74,13 @@ def _size_option(minimum: int) -> Callable[[click.Context, click.Parameter, str 
     return convert
 
 
-def _bool(text: str) -> bool:
+def _bool(text: str, option: str = "--tls-verify") -> bool:
     value = text.strip().lower()
     if value in ("true", "1", "yes", "on"):
         return True
     if value in ("false", "0", "no", "off"):
         return False
-    raise click.BadParameter(f"{text!r}: expected true or false")
+    raise click.BadParameter(f"{text!r}: expected true or false", param_hint=f"'{option}'")
 
 
 def transport_options(side: str) -> Callable:
@@ -130,7 +130,7 @@ def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
             load_authfile(authfile)  # a missing or broken --authfile is a usage error
         return TransportOptions(
             keychain=Keychain(explicit, authfile),
-            tls_verify=_bool(kw.pop(f"{side}_tls_verify")),
+            tls_verify=_bool(kw.pop(f"{side}_tls_verify"), f"--{side}-tls-verify"),
             cert_dir=Path(cert_dir) if cert_dir else None,
             retries=kw.pop("retries"),
             retry_delay_s=kw.pop("retry_delay"),

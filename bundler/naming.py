@@ -137,6 +137,8 @@ def parse_mapping(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         _destination(destination.strip(),
                      what=f"{path}:{number}: mapping destination {destination.strip()!r}")
         pairs.append((source.strip(), destination.strip()))
+    if not pairs:
+        raise MappingError(f"{path}: no SOURCE=DESTINATION lines: nothing to import")
     return pairs
 
 
@@ -185,7 +187,13 @@ def resolve_targets(
             entry = matches[0]
             recorded = entry_name(entry)
             dest = _destination(destination, what=f"mapping destination {destination!r}")
-            if dest.tag is None and dest.digest is None:
+            if dest.digest is not None and dest.digest != entry.digest:
+                raise MappingError(
+                    f"mapping destination {destination!r} names digest {dest.digest}, but "
+                    f"{source!r} is {entry.digest} in the bundle; a push keeps the digest, so "
+                    "drop the digest or give the image's own")
+            dest = dest.with_digest(None)
+            if dest.tag is None:
                 # the recorded tag is kept; an entry without a name goes by digest only
                 src = _safe_source(recorded)
                 tag = src.tag if src is not None else (

@@ -81,7 +81,8 @@ class Reference:
         if not isinstance(text, str) or not text or text != text.strip():
             raise InvalidReferenceError(str(text), "empty or surrounded by white space")
         if "://" in text:
-            raise InvalidReferenceError(text, "a reference has no scheme (drop the 'xxx://')")
+            scheme = text.split("://", 1)[0]
+            raise InvalidReferenceError(text, f"a reference has no scheme (drop the '{scheme}://')")
         rest, at, digest_text = text.partition("@")
         digest = None
         if at:

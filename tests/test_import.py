@@ -403,7 +403,7 @@ def test_to_and_mapping_are_exclusive_usage_errors(bundle: Path, args: list[str]
      "Invalid value for '--chunk-size': '0' is too small: --chunk-size must be at least 1.0 KiB"),
     (["--chunk-size", "1023"], "Invalid value for '--chunk-size': '1023' is too small: "
                                "--chunk-size must be at least 1.0 KiB"),
-    (["--dest-tls-verify", "maybe"], "Invalid value: 'maybe': expected true or false"),
+    (["--dest-tls-verify", "maybe"], "Invalid value for '--dest-tls-verify': 'maybe': expected true or false"),
     (["--dest-creds", "nocolon"], "credentials must look like USER:PASSWORD"),
     (["--dest-cert-dir", "/nonexistent"],
      "Invalid value for '--dest-cert-dir': Directory '/nonexistent' does not exist."),

@@ -349,3 +349,27 @@ def test_check_to_needs_no_bundle(to: str, message: str) -> None:
     with pytest.raises(MappingError) as info:
         check_to(to)
     assert str(info.value) == message
+
+
+def test_mapping_destination_with_another_digest_is_refused() -> None:
+    with pytest.raises(MappingError) as info:
+        resolve_targets(bundle_entries(), mapping=[
+            ("quay.io/org/app/server:v1", f"reg.local:5000/x/server@{D4}")])
+    assert str(info.value) == (
+        f"mapping destination 'reg.local:5000/x/server@{D4}' names digest {D4}, but "
+        f"'quay.io/org/app/server:v1' is {D2} in the bundle; a push keeps the digest, so "
+        "drop the digest or give the image's own")
+
+
+def test_mapping_destination_with_the_image_digest_keeps_the_source_tag() -> None:
+    targets = resolve_targets(bundle_entries(), mapping=[
+        ("quay.io/org/app/server:v1", f"reg.local:5000/x/server@{D2}")])
+    assert destinations(targets) == [f"reg.local:5000/x/server:v1@{D2}"]
+
+
+def test_an_empty_mapping_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "empty.txt"
+    path.write_text("# nothing yet\n\n")
+    with pytest.raises(MappingError) as info:
+        parse_mapping(path)
+    assert str(info.value) == f"{path}: no SOURCE=DESTINATION lines: nothing to import"

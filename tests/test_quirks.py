@@ -144,3 +144,23 @@ def test_an_interrupted_chunked_upload_continues_in_the_next_run(registry, regis
                          headers={"Accept": image.media_type})
     assert "sha256:" + hashlib.sha256(response.content).hexdigest() == image.digest
     assert json.loads((tmp_path / "state" / "uploads.json").read_text()) == {}
+
+
+def test_verify_tells_how_to_repair_a_corrupt_blob(registry, tmp_path: Path) -> None:
+    from bundler import verify_bundle
+
+    image = make_image([random_layer(65, 50_000)])
+    push(registry, "repair/app", image, tag="1")
+    bundle = tmp_path / "b"
+    export_bundle([f"{registry.host}/repair/app:1"], bundle, options=FAST)
+    layer = bundle / "blobs/sha256" / image.layers[0].digest[7:]
+    data = bytearray(layer.read_bytes())
+    data[100] ^= 1
+    layer.write_bytes(bytes(data))
+    problems = verify_bundle(bundle).problems
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{registry.host}/repair/app:1: digest mismatch")
+    assert problems[0].endswith(f"; delete {layer} and run the export again to fetch it anew")
+    layer.unlink()
+    export_bundle([f"{registry.host}/repair/app:1"], bundle, options=FAST)
+    assert verify_bundle(bundle).ok

@@ -116,7 +116,7 @@ def test_str_round_trips(text: str) -> None:
         ("", "invalid reference '': empty or surrounded by white space"),
         (" alpine", "invalid reference ' alpine': empty or surrounded by white space"),
         ("docker://alpine",
-         "invalid reference 'docker://alpine': a reference has no scheme (drop the 'xxx://')"),
+         "invalid reference 'docker://alpine': a reference has no scheme (drop the 'docker://')"),
         ("host:5000/", "invalid reference 'host:5000/': no repository name"),
         ("host:5000/a//b",
          "invalid reference 'host:5000/a//b': '' is not a valid repository path component"),

@@ -114,3 +114,21 @@ def test_a_missing_checksum_file_is_a_warning(four_volumes: Path, tmp_path: Path
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert out.stderr.splitlines() == [warning]
+
+
+def test_a_last_volume_from_another_bundle_is_named(four_volumes: Path, tmp_path: Path,
+                                                    registry: LocalRegistry) -> None:
+    base = copy_of(four_volumes, tmp_path)
+    last = base.with_name("tool.tar.zst.003")
+    expected = last.stat().st_size
+    shutil.copyfile(base.with_name("tool.tar.zst.000"), last)  # a volume of another set
+    actual = last.stat().st_size
+    message = (f"volume tool.tar.zst.003 has {actual} bytes, the checksum file says "
+               f"{expected} (truncated or from another bundle)")
+    report = verify_bundle(base)
+    assert volume_problems(report.problems)[0] == message
+    mark = registry.mark()
+    with pytest.raises(BundleError) as info:
+        import_bundle(base, to=f"{registry.host}/swap")
+    assert str(info.value) == message
+    assert registry.requests(since=mark) == []  # refused before any request

@@ -263,7 +263,8 @@ class VolumeWriter:
 class VolumeReader:
     """Read volumes one after another as one binary stream, checking each one's sha256.
 
-    Missing volumes are found before the first byte is read: those the checksum file
+    Missing volumes, and volumes whose size differs from the checksum file, are found
+    before the first byte is read: missing ones are those the checksum file
     lists and those a gap in the numbering shows (``NAME.002``, ``NAME.004``: ``NAME.003``
     is missing). The stream ends at the first gap; :meth:`drain` still reads the volumes
     after it, so that each one is checked.
@@ -291,7 +292,22 @@ class VolumeReader:
         numbers = [_number(p) for p in self.volumes]
         #: index of the first volume after a gap: the stream ends before it
         self._end = next((i for i, n in enumerate(numbers) if n != i), len(self.volumes))
+        self._sized: set[str] = set()
         self._missing()
+        self._sizes()
+
+    def _sizes(self) -> None:
+        """Compare each volume's size with the checksum file before reading any."""
+        for path in self.volumes:
+            info = (self.expected or {}).get(path.name)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if info is not None and info.size is not None and info.size != size:
+                self._sized.add(path.name)
+                self._problem(f"volume {path.name} has {size} bytes, the checksum file "
+                              f"says {info.size} (truncated or from another bundle)")
 
     def _missing(self) -> None:
         if not self.volumes:
@@ -332,6 +348,8 @@ class VolumeReader:
             base = path.with_name(path.name.rsplit(".", 1)[0])
             self._problem(f"volume {path.name} is not listed in {checksum_path(base).name}")
         elif info.size is not None and info.size != self._size:
+            if path.name in self._sized:
+                return  # said before reading
             self._problem(f"volume {path.name} has {self._size} bytes, the checksum file "
                           f"says {info.size} (truncated or from another bundle)")
         elif info.sha256 != self._hasher.hexdigest():
