@@ -122,7 +122,8 @@ def push_images(
         foreign = {d: b for t in planned for d, b in plans[t].blobs.items()
                    if not_distributed(store, b)}
         push = plan_push(planned, plans, clients, jobs=jobs, report=report, stop=stop,
-                         keep_going=keep_going, leave_out=lambda d: d.digest in foreign)
+                         keep_going=keep_going, head_blobs=False,
+                         leave_out=lambda d: d.digest in foreign)
         result.skipped_images = [t.name for t in push.complete]
         for key, exc in push.failures.items():
             culprits = [key] if isinstance(key, Target) else push.needing(key, plans)
@@ -137,7 +138,7 @@ def push_images(
         # 3. blobs: one task per (registry, digest), all repositories that need it
         def push_blob(blob: BlobPush) -> None:
             _push_blob(clients.get(blob.registry), store, blob.descriptor, blob.repositories,
-                       result, lock, report, stop, blob.mount_from, blob.present)
+                       result, lock, report, stop, blob.mount_from)  # HEADs in the task
 
         # largest first: the long transfers start at once and the small ones fill in
         order = sorted((b for b in push.blobs if b not in push.failures),
