@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable, parse_manifest
+from .copy import visit_reachable
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, ManifestError, UnsafeArchiveError
-from .naming import entry_name
 from .registry import MANIFEST_LIMIT
 from .stores.archive import ArchiveReader, Member
 from .stores.volumes import checksum_path
@@ -225,38 +225,31 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
     if scan.entries is None:
         report.problems.append(f"{scan.where}: no index.json in the archive")
         return report
-    checked: set[Digest] = set()
-    for position, entry in enumerate(scan.entries):
-        name = entry_name(entry) or f"#{position} ({entry.digest})"
-        report.images += 1
-        stack = [entry]
-        while stack:
-            descriptor = stack.pop()
-            if descriptor.digest in checked:
-                continue
-            checked.add(descriptor.digest)
-            size = scan.sizes.get(descriptor.digest)
-            if size is None:
-                if is_non_distributable(descriptor):
-                    report.skipped.append(descriptor.digest)
-                else:
-                    report.problems.append(f"{name}: {descriptor.digest} is missing from the "
-                                           "archive")
-                continue
-            if size != descriptor.size:
-                report.problems.append(f"{name}: {descriptor.digest} has {size} bytes in the "
-                                       f"archive, the descriptor says {descriptor.size}")
-                continue
-            if descriptor.digest in scan.bad:
-                continue
-            item = scan.manifests.get(descriptor.digest)
-            if item is None and (descriptor.is_manifest or descriptor is entry):
-                report.problems.append(f"{name}: manifest {descriptor.digest} could not be "
-                                       "read")
-                continue
-            if item is not None:
-                stack.extend(item.manifests if isinstance(item, Index) else item.blobs)
-            report.blobs += 1
+    def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
+        size = scan.sizes.get(descriptor.digest)
+        if size is None:
+            if is_non_distributable(descriptor):
+                report.skipped.append(descriptor.digest)
+            else:
+                report.problems.append(f"{name}: {descriptor.digest} is missing from the "
+                                       "archive")
+            return ()
+        if size != descriptor.size:
+            report.problems.append(f"{name}: {descriptor.digest} has {size} bytes in the "
+                                   f"archive, the descriptor says {descriptor.size}")
+            return ()
+        if descriptor.digest in scan.bad:
+            return ()
+        item = scan.manifests.get(descriptor.digest)
+        if item is None and (descriptor.is_manifest or is_entry):
+            report.problems.append(f"{name}: manifest {descriptor.digest} could not be read")
+            return ()
+        report.blobs += 1
+        if item is None:
+            return ()
+        return item.manifests if isinstance(item, Index) else item.blobs
+
+    report.images = visit_reachable(scan.entries, visit)
     return report
 
 

@@ -31,15 +31,11 @@ from collections.abc import Callable, Generator, Iterable
 
 import httpx
 
-from .credentials import Credentials, load_authfile, lookup_credentials, parse_creds
+from .credentials import Credentials
 from .errors import AuthenticationError, RateLimitError, RegistryError
 
 __all__ = [
-    "Credentials",
     "RegistryAuth",
-    "load_authfile",
-    "lookup_credentials",
-    "parse_creds",
     "request_repository",
     "redact_url",
     "request_scope",

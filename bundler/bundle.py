@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archive_check import read_head, verify_archive
 from .archive_import import import_archive
-from .content import Index
-from .copy import ImagePlan, walk
+from .content import Descriptor, Index
+from .copy import ImagePlan, visit_reachable, walk
 from .digest import Digest
 from .errors import BundleError, BundlerError, IntegrityError
 from .exporting import ExportResult, export_bundle, read_images_file
@@ -202,35 +203,30 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
     except BundleError as exc:
         report.problems.append(str(exc))
         return report
-    checked: set[Digest] = set()
-    for position, entry in enumerate(entries):
-        name = entry_name(entry) or f"#{position} ({entry.digest})"
-        report.images += 1
-        stack = [entry]
-        while stack:
-            descriptor = stack.pop()
-            if descriptor.digest in checked:
-                continue
-            checked.add(descriptor.digest)
-            try:
-                if descriptor.is_manifest or descriptor is entry:
-                    item = store.get_manifest(descriptor)
-                    stack.extend(item.manifests if isinstance(item, Index) else item.blobs)
-                elif not_distributed(store, descriptor):
-                    report.skipped.append(descriptor.digest)
-                    continue
-                else:
-                    with store.open_blob(descriptor) as reader:
-                        for _ in reader:
-                            pass
-                report.blobs += 1
-                report.bytes += descriptor.size
-            except IntegrityError as exc:  # export reuses blobs by size: it must go first
-                report.problems.append(
-                    f"{name}: {exc}; delete {store.blob_path(descriptor.digest)} and run the "
-                    "export again to fetch it anew")
-            except BundleError as exc:
-                report.problems.append(f"{name}: {exc}")
-            except BundlerError as exc:
-                report.problems.append(f"{name}: {descriptor.digest}: {exc}")
+    def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
+        under: Iterable[Descriptor] = ()
+        try:
+            if descriptor.is_manifest or is_entry:
+                item = store.get_manifest(descriptor)
+                under = item.manifests if isinstance(item, Index) else item.blobs
+            elif not_distributed(store, descriptor):
+                report.skipped.append(descriptor.digest)
+                return ()
+            else:
+                with store.open_blob(descriptor) as reader:
+                    for _ in reader:
+                        pass
+            report.blobs += 1
+            report.bytes += descriptor.size
+        except IntegrityError as exc:  # export reuses blobs by size: it must go first
+            report.problems.append(
+                f"{name}: {exc}; delete {store.blob_path(descriptor.digest)} and run the "
+                "export again to fetch it anew")
+        except BundleError as exc:
+            report.problems.append(f"{name}: {exc}")
+        except BundlerError as exc:
+            report.problems.append(f"{name}: {descriptor.digest}: {exc}")
+        return under
+
+    report.images = visit_reachable(entries, visit)
     return report

@@ -59,6 +59,10 @@ INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 #: The Accept header for manifest requests (distribution-spec "Pulling manifests").
 ACCEPT_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 OCI_LAYOUT_VERSION = "1.0.0"
+#: image-spec annotations.md: the name of an image in a layout's ``index.json``.
+REF_NAME = "org.opencontainers.image.ref.name"
+#: containerd's full image name annotation (also written by ``docker save``).
+CONTAINERD_NAME = "io.containerd.image.name"
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ from typing import TypeVar
 from .content import Descriptor, Index, Manifest
 from .digest import Digest
 from .errors import Cancelled
+from .naming import entry_name
 from .registry import RegistryClient, TransportOptions
 
-__all__ = ["ClientPool", "ImagePlan", "run_parallel", "walk"]
+__all__ = ["ClientPool", "ImagePlan", "run_parallel", "visit_reachable", "walk"]
 
 T = TypeVar("T")
 
@@ -112,6 +113,35 @@ def walk(
     seen.add(top.digest)
     visit(top, load(top), 0)
     return plan
+
+
+def visit_reachable(
+    entries: list[Descriptor],
+    visit: Callable[[str, Descriptor, bool], Iterable[Descriptor]],
+) -> int:
+    """Call ``visit`` once per digest reachable from a layout's ``index.json`` entries.
+
+    Args:
+        entries: the ``index.json`` descriptors.
+        visit: called as ``visit(image name, descriptor, is_entry)``, depth first; returns
+            the descriptors under it (an index's children, a manifest's blobs), or ``()``
+            for a blob or for content it could not read.
+
+    Returns:
+        The number of images (entries).
+
+    Spec: image-spec ``image-layout.md`` (``index.json``), ``image-index.md``, ``manifest.md``.
+    """
+    checked: set[Digest] = set()
+    for position, entry in enumerate(entries):
+        name = entry_name(entry) or f"#{position} ({entry.digest})"
+        stack = [entry]
+        while stack:
+            descriptor = stack.pop()
+            if descriptor.digest not in checked:
+                checked.add(descriptor.digest)
+                stack.extend(visit(name, descriptor, descriptor is entry))
+    return len(entries)
 
 
 def run_parallel(

@@ -25,7 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .content import Descriptor, Index, Manifest, is_non_distributable, parse_manifest
+from .content import (
+    CONTAINERD_NAME,
+    REF_NAME,
+    Descriptor,
+    Index,
+    Manifest,
+    is_non_distributable,
+    parse_manifest,
+)
 from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest
 from .errors import (
@@ -45,11 +53,9 @@ from .stores.archive import output_format
 from .stores.archive_export import ArchiveExport
 from .stores.layout import LayoutStore
 
-__all__ = ["REF_NAME", "CONTAINERD_NAME", "ExportResult", "export_bundle", "plan_image",
+__all__ = ["ExportResult", "export_bundle", "plan_image", "unique_references",
            "read_images_file"]
 
-REF_NAME = "org.opencontainers.image.ref.name"
-CONTAINERD_NAME = "io.containerd.image.name"
 
 
 @dataclass
@@ -170,6 +176,16 @@ def plan_image(
     return walk(top, load, name=str(ref), pool=pool)
 
 
+def unique_references(references: Sequence[str | Reference]) -> list[Reference]:
+    """Parse what is not parsed yet; keep each canonical reference once, in order.
+
+    Raises:
+        InvalidReferenceError: naming the first bad input.
+    """
+    refs = [r if isinstance(r, Reference) else Reference.parse(r) for r in references]
+    return list({str(r): r for r in refs}.values())
+
+
 def export_bundle(
     references: Sequence[str | Reference],
     output: str | os.PathLike[str],
@@ -208,8 +224,7 @@ def export_bundle(
             the bundle; ``.result`` says what was exported).
         BundleError: the bundle cannot be written.
     """
-    refs = [r if isinstance(r, Reference) else Reference.parse(r) for r in references]
-    refs = list({str(r): r for r in refs}.values())
+    refs = unique_references(references)
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     fmt = output_format(output, format, split_size)

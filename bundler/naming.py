@@ -21,14 +21,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .content import Descriptor
+from .content import CONTAINERD_NAME, REF_NAME, Descriptor
 from .errors import InvalidReferenceError, MappingError
 from .reference import Reference
 
 __all__ = ["Target", "check_to", "entry_name", "parse_mapping", "resolve_targets"]
 
-REF_NAME = "org.opencontainers.image.ref.name"
-CONTAINERD_NAME = "io.containerd.image.name"
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,7 +22,7 @@ from .archive_check import read_head
 from .copy import ClientPool, ImagePlan, run_parallel, walk
 from .digest import Digest
 from .errors import TransferError
-from .exporting import plan_image
+from .exporting import plan_image, unique_references
 from .naming import Target, parse_mapping, resolve_targets
 from .progress import NullReporter
 from .pushplan import plan_push
@@ -127,8 +127,7 @@ def plan_export(
         (an archive name that is taken, a directory that is not a layout).
         TransferError: an image cannot be resolved.
     """
-    refs = [r if isinstance(r, Reference) else Reference.parse(r) for r in references]
-    refs = list({str(r): r for r in refs}.values())
+    refs = unique_references(references)
     fmt = output_format(output, format, split_size)
     store: LayoutStore | None = None
     if fmt != "dir":

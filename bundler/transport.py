@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 import tenacity
 
-from .auth import Credentials, RegistryAuth, parse_challenge, redact_url, request_repository
-from .credentials import Keychain
+from .auth import RegistryAuth, parse_challenge, redact_url, request_repository
+from .credentials import Credentials, Keychain
 from .errors import (
     AccessDeniedError,
     AuthenticationError,

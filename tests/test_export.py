@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from bundler.auth import Credentials
 from bundler.bundle import export_bundle
 from bundler.cli import human, main
+from bundler.credentials import Credentials
 from bundler.errors import (
     AuthenticationError,
     DigestMismatchError,
