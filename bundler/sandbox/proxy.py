@@ -342,11 +342,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             proxy.record(method, path, upstream.status, 0)  # before the client sees it
             self.end_headers()
             return
-        self.end_headers()
-        self._headers_sent = True
         slow = fault.params["rate"] if fault is not None and fault.kind == "slow" else 0
         size = max(1, min(_CHUNK, slow // 10)) if slow else _CHUNK
         sent, data = 0, upstream.read(size)
+        if not data:
+            proxy.record(method, path, upstream.status, 0)  # before the client sees it
+            self.end_headers()
+            if use_chunked:
+                self.wfile.write(b"0\r\n\r\n")
+            return
+        self.end_headers()
+        self._headers_sent = True
         if data and fault is not None and fault.kind == "corrupt":
             data = bytes([data[0] ^ 0x01]) + data[1:]
         while data:
@@ -369,8 +375,6 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 proxy.record(method, path, upstream.status, sent)
             self._write(data, use_chunked)
             data = following
-        if sent == 0:
-            proxy.record(method, path, upstream.status, 0)
         if use_chunked:
             self.wfile.write(b"0\r\n\r\n")
 
