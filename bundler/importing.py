@@ -1,14 +1,16 @@
 """Import: push the images of a bundle into registries, every digest preserved.
 
-For each destination registry the blobs of all images move first, concurrently; each
-distinct (registry, blob) is handled by one task that climbs a ladder: the repository
-has it (HEAD: skip) -> another repository of this run has it, or holds an image found
-complete (cross-repository mount) -> upload (streamed from the bundle through the
-verifying reader). A non-distributable (foreign) layer the bundle does not hold is not
-pushed: registries accept a manifest that references one they do not have. Then, per image, the child manifests are pushed by digest, then the
-top manifest by tag (or by digest), byte for byte, and the digest the registry reports
-is checked. An image whose destination already holds the same digest is skipped whole
-after one HEAD.
+For each destination registry the blobs of all images move concurrently, the largest
+and the smallest alternating; each distinct (registry, blob) is handled by one task that
+climbs a ladder: the repository has it (HEAD: skip) -> another repository of this run has
+it, or holds an image found complete (cross-repository mount) -> upload (streamed from
+the bundle through the verifying reader). A non-distributable (foreign) layer the bundle
+does not hold is not pushed: registries accept a manifest that references one they do
+not have. As soon as the last blob of an image is in place, the task that placed it
+pushes that image's child manifests by digest, then its top manifest by tag (or by
+digest), byte for byte, and the digest the registry reports is checked; tagging thus
+overlaps the transfers of the other images. An image whose destination already holds
+the same digest is skipped whole after one HEAD.
 
 With ``keep_going`` an image whose blob or manifest fails is not tagged, the others
 still go, and the failures come back together in one
@@ -135,21 +137,40 @@ def push_images(
             report(Event("blob", str(digest), "skipped", total=foreign[digest].size,
                          detail="non-distributable layer not in the bundle"))
 
-        # 3. blobs: one task per (registry, digest), all repositories that need it
+        # 3. blobs: one task per (registry, digest), all repositories that need it; the
+        #    worker that finishes an image's last blob pushes its manifests (step 4) at
+        #    once, so tagging overlaps the remaining transfers
+        order = by_size_interleaved([b for b in push.blobs if b not in push.failures])
+        waiting: dict[Target, int] = {t: 0 for t in todo if t not in failed}
+        needs = {b: [t for t in push.needing(b, plans) if t in waiting] for b in order}
+        for blob in order:
+            for target in needs[blob]:
+                waiting[target] += 1
+        tagged: set[Target] = set()
+        manifest_failures: dict[Target, BaseException] = {}
+
         def push_blob(blob: BlobPush) -> None:
             _push_blob(clients.get(blob.registry), store, blob.descriptor, blob.repositories,
                        result, lock, report, stop, blob.mount_from)  # HEADs in the task
-
-        # largest first: the long transfers start at once and the small ones fill in
-        order = sorted((b for b in push.blobs if b not in push.failures),
-                       key=lambda b: b.descriptor.size, reverse=True)
-        failures = run_parallel(order, push_blob, jobs=jobs, stop=stop, keep_going=keep_going)
-        if failures and not keep_going:
-            blob, exc = next(iter(failures.items()))
-            raise TransferError(blob.owner.name, exc) from exc
-        for blob, exc in failures.items():
-            for target in push.needing(blob, plans):
-                record_failure(failed, target, target.name, exc, report, keep_going)
+            with lock:
+                ready = []
+                for target in needs[blob]:
+                    waiting[target] -= 1
+                    if waiting[target] == 0:
+                        ready.append(target)
+            for target in ready:
+                if stop.is_set():
+                    return
+                try:
+                    push_manifests(target)
+                except Exception as exc:
+                    with lock:
+                        manifest_failures[target] = exc
+                    if not keep_going:
+                        stop.set()
+                else:
+                    with lock:
+                        tagged.add(target)
 
         # 4. manifests, children first, then the tag
         def push_manifests(target: Target) -> None:
@@ -171,10 +192,37 @@ def push_images(
             report(Event("image", target.name, "done", plan.size, plan.size,
                          detail=str(dest)))
 
-        ready = [t for t in todo if t not in failed]
-        fail(run_parallel(ready, push_manifests, jobs=jobs, stop=stop, keep_going=keep_going),
+        failures = run_parallel(order, push_blob, jobs=jobs, stop=stop, keep_going=keep_going)
+        fail(manifest_failures, lambda t: [t])
+        if failures and not keep_going:
+            blob, exc = next(iter(failures.items()))
+            raise TransferError(blob.owner.name, exc) from exc
+        for blob, exc in failures.items():
+            for target in push.needing(blob, plans):
+                record_failure(failed, target, target.name, exc, report, keep_going)
+
+        # images with nothing left to upload, and any a stopped worker left untagged
+        rest = [t for t in todo if t not in failed and t not in tagged]
+        fail(run_parallel(rest, push_manifests, jobs=jobs, stop=stop, keep_going=keep_going),
              lambda t: [t])
     return finish(result, targets, failed)
+
+
+def by_size_interleaved(blobs: list[BlobPush]) -> list[BlobPush]:
+    """The largest blob, the smallest, the next largest, the next smallest, ...
+
+    The long transfers start at once; a small blob is a few round trips that fills in
+    beside them instead of queueing at the end, where it would leave the CPUs idle.
+    """
+    ranked = sorted(blobs, key=lambda b: b.descriptor.size, reverse=True)
+    order: list[BlobPush] = []
+    low, high = 0, len(ranked) - 1
+    while low <= high:
+        order.append(ranked[low])
+        if low != high:
+            order.append(ranked[high])
+        low, high = low + 1, high - 1
+    return order
 
 
 def not_distributed(store: LayoutStore, descriptor: Descriptor) -> bool:

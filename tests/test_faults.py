@@ -120,6 +120,28 @@ def test_import_through_relative_locations(registry, registry_factory, big_image
     assert _manifest_digest(dest.url, "m/big/one/manifests/1") == big_image.digest
 
 
+def test_an_image_is_tagged_while_another_image_still_uploads(registry, registry_factory,
+                                                             big_image, fault_proxy, tmp_path):
+    small = make_image([random_layer(12, 2000)])
+    push(registry, "small/one", small, tag="1")
+    bundle = _export(registry, tmp_path, [f"{registry.host}/big/one:1",
+                                          f"{registry.host}/small/one:1"])
+    dest = registry_factory()
+    proxy = fault_proxy(dest.url)
+    layer_hex = big_image.layers[0].digest.split(":")[1]
+    proxy.status(layer_hex, 503, method="PUT", times=2)  # the big layer waits out two retries
+    options = TransportOptions(retries=3, retry_delay_s=0.3, retry_cap_s=1.0)
+    import_bundle(bundle, to=f"{proxy.host}/m", options=options, jobs=2)
+    assert _manifest_digest(dest.url, "m/big/one/manifests/1") == big_image.digest
+    assert _manifest_digest(dest.url, "m/small/one/manifests/1") == small.digest
+    seen = [(m, p, s) for m, p, s, _ in proxy.requests]
+    layer_puts = [i for i, (m, p, s) in enumerate(seen) if m == "PUT" and layer_hex in p]
+    assert [seen[i][2] for i in layer_puts] == [503, 503, 201]
+    small_tag = seen.index(("PUT", "/v2/m/small/one/manifests/1", 201))
+    big_tag = seen.index(("PUT", "/v2/m/big/one/manifests/1", 201))
+    assert small_tag < layer_puts[-1] < big_tag
+
+
 def test_chunked_upload_continues_from_the_registry_offset(registry, registry_factory, big_image,
                                                            fault_proxy, tmp_path):
     bundle = _export(registry, tmp_path, [f"{registry.host}/big/one:1"])

@@ -733,3 +733,19 @@ def test_401_during_push_fetches_a_token_with_push_scope(
         assert [(m, user) for m, _, _, user in push_tokens] == [("GET", "pusher")] * 2
         assert skopeo_raw(f"{reg.host}/a/os:1", "--creds", "pusher:push-pw",
                           "--tls-verify=false") == base1.manifest_bytes
+
+
+def test_blob_uploads_alternate_largest_and_smallest() -> None:
+    from bundler.content import Descriptor
+    from bundler.digest import Digest
+    from bundler.importing import by_size_interleaved
+    from bundler.pushplan import BlobPush
+
+    def blob(size: int) -> BlobPush:
+        descriptor = Descriptor("application/octet-stream", Digest.of(b"%d" % size), size)
+        return BlobPush("r.example", descriptor, ["a"], owner=None)  # type: ignore[arg-type]
+
+    blobs = [blob(size) for size in (30, 1, 50, 7, 900, 2)]
+    assert [b.descriptor.size for b in by_size_interleaved(blobs)] == [900, 1, 50, 2, 30, 7]
+    assert by_size_interleaved([]) == []
+    assert [b.descriptor.size for b in by_size_interleaved(blobs[:1])] == [30]

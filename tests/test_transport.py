@@ -113,3 +113,14 @@ def test_debug_shows_attempts_without_an_answer(seeded_bundle: tuple[Path, int])
                     f"debug: bundler.http: GET http://{host}/v2/ -> {refused}",
                     f"debug: bundler.http: GET http://{host}/v2/ -> {refused}"]
     assert "s3cret" not in result.output + result.stderr
+
+
+def test_a_session_raises_httpcore_response_reads_to_256_kib(registry: LocalRegistry) -> None:
+    import httpcore
+
+    from bundler.transport import RESPONSE_READ_BYTES
+
+    with RegistryClient(registry.host, TransportOptions()) as client:
+        assert client.has_blob("any/repo", Digest.of(b"absent")) is False
+    assert RESPONSE_READ_BYTES == 256 * 1024
+    assert httpcore.HTTP11Connection.READ_NUM_BYTES == RESPONSE_READ_BYTES
