@@ -31,9 +31,14 @@ TIME_BINARY = "/usr/bin/time"
 
 
 def bundler_command() -> list[str]:
-    """The ``bundler`` console script, or ``python -m bundler.cli`` when it is not on PATH."""
-    exe = shutil.which("bundler")
-    return [exe] if exe else [sys.executable, "-m", "bundler.cli"]
+    """The ``bundler`` console script of the interpreter running the benchmark, or
+    ``python -m bundler.cli`` when it has none.
+
+    Not a ``bundler`` found on PATH: that may be another installation, or a version
+    manager's shim that adds its own start-up time to every run.
+    """
+    script = Path(sys.executable).parent / "bundler"
+    return [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", "bundler.cli"]
 
 
 @dataclass
@@ -209,20 +214,27 @@ def sha256_rate(total: int = 512 * MB) -> float:
     return (total // len(chunk)) * len(chunk) / (time.perf_counter() - started)
 
 
-def disk_write_rate(directory: Path, total: int = 512 * MB) -> float:
-    """Write ``total`` bytes to a file in ``directory`` and fsync it; bytes/s (file removed)."""
+def disk_write_rate(directory: Path, total: int = 512 * MB, tries: int = 3) -> float:
+    """Median of ``tries`` runs of: write ``total`` bytes to a file in ``directory`` in
+    1 MiB writes and fsync it; bytes/s (the file is removed after each run).
+
+    A virtual disk often absorbs a burst far faster than it sustains writes, and one
+    run lands on either; the median of three is steadier.
+    """
     chunk = os.urandom(1 << 20)
     path = directory / "disk-probe.bin"
     count = total // len(chunk)
-    started = time.perf_counter()
-    with open(path, "wb") as f:
-        for _ in range(count):
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    rate = count * len(chunk) / (time.perf_counter() - started)
-    path.unlink()
-    return rate
+    rates = []
+    for _ in range(tries):
+        started = time.perf_counter()
+        with open(path, "wb") as f:
+            for _ in range(count):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        rates.append(count * len(chunk) / (time.perf_counter() - started))
+        path.unlink()
+    return median(rates)
 
 
 def curl_rate(url: str, tries: int = 3) -> float:

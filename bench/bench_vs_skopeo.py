@@ -236,6 +236,12 @@ class Bench:
               f"peak RSS {mb(run.rss)}",
               file=sys.stderr, flush=True)
 
+    def measure(self, argv: list[str], name: str) -> Run:
+        """Run one timed step after ``sync``: the data earlier steps wrote is on disk, so
+        its writeback does not land on this step's clock (the same for both tools)."""
+        os.sync()
+        return measure(argv, log=self.log(name))
+
     def log(self, name: str) -> Path:
         return self.work / "logs" / f"{name}.log"
 
@@ -270,19 +276,17 @@ class Bench:
         for tool in order:
             remove(self.bundle if tool == "bundler" else self.shared)
             argv = self.bundler_export() if tool == "bundler" else self.skopeo_export()
-            self.record("export", tool, measure(argv, log=self.log(f"export-{tool}-{index}")))
+            self.record("export", tool, self.measure(argv, f"export-{tool}-{index}"))
         for tool in order:
             argv = self.bundler_export() if tool == "bundler" else self.skopeo_export()
-            self.record("re-export", tool,
-                        measure(argv, log=self.log(f"reexport-{tool}-{index}")))
+            self.record("re-export", tool, self.measure(argv, f"reexport-{tool}-{index}"))
         for tool in order:
             dest = fresh_registry(self.work / "dest")
             try:
                 argv = self.bundler_import(dest) if tool == "bundler" else self.skopeo_import(dest)
-                self.record("import", tool,
-                            measure(argv, log=self.log(f"import-{tool}-{index}")))
+                self.record("import", tool, self.measure(argv, f"import-{tool}-{index}"))
                 self.record("re-import", tool,
-                            measure(argv, log=self.log(f"reimport-{tool}-{index}")))
+                            self.measure(argv, f"reimport-{tool}-{index}"))
             finally:
                 dest.stop()
                 remove(self.work / "dest")
