@@ -19,11 +19,11 @@ from typing import TypeVar
 
 from .content import Descriptor, Index, Manifest
 from .digest import Digest
-from .errors import Cancelled
+from .errors import Cancelled, TransferError
 from .naming import entry_name
 from .registry import RegistryClient, TransportOptions
 
-__all__ = ["ClientPool", "ImagePlan", "run_parallel", "visit_reachable", "walk"]
+__all__ = ["ClientPool", "ImagePlan", "raise_first", "run_parallel", "visit_reachable", "walk"]
 
 T = TypeVar("T")
 
@@ -192,6 +192,18 @@ def run_parallel(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return failures
+
+
+def raise_first(failures: dict[T, BaseException], order: Iterable[T]) -> None:
+    """Raise the failure of the first task in ``order`` that failed, if any.
+
+    Raises:
+        TransferError: naming the task (``str(task)``), caused by its exception.
+    """
+    for task in order:
+        if task in failures:
+            exc = failures[task]
+            raise TransferError(str(task), exc) from exc
 
 
 class ClientPool:

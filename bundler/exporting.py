@@ -34,7 +34,7 @@ from .content import (
     is_non_distributable,
     parse_manifest,
 )
-from .copy import ClientPool, ImagePlan, run_parallel, walk
+from .copy import ClientPool, ImagePlan, raise_first, run_parallel, walk
 from .digest import Digest
 from .errors import (
     BundlerError,
@@ -269,7 +269,7 @@ def _export(refs: list[Reference], store: BundleStore,
 
         failures = run_parallel(refs, plan, jobs=jobs, stop=stop, keep_going=keep_going)
         if not keep_going:
-            _raise_first(failures, refs)
+            raise_first(failures, refs)
         for ref in refs:
             if ref in failures:
                 _fail(failed, ref, failures[ref], report)
@@ -359,8 +359,8 @@ def _export(refs: list[Reference], store: BundleStore,
     # 3. manifests (each fsynced, so written side by side), then the blob directories
     # (every rename of this run durable), then index.json last
     raw = {d.digest: m.raw for p in result.images for d, m in p.manifests}
-    _raise_first(run_parallel(list(raw), lambda d: store.put_manifest(d, raw[d]), jobs=jobs),
-                 list(raw))
+    raise_first(run_parallel(list(raw), lambda d: store.put_manifest(d, raw[d]), jobs=jobs),
+                list(raw))
     store.sync()
     entries = {
         (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())
@@ -388,9 +388,3 @@ def _fail(failed: dict[Reference, TransferError], ref: Reference, exc: BaseExcep
         failed[ref] = exc if isinstance(exc, TransferError) else TransferError(str(ref), exc)
         report(Event("image", str(ref), "failed", detail=str(exc)))
 
-
-def _raise_first(failures: dict, order: list) -> None:
-    for item in order:
-        if item in failures:
-            exc = failures[item]
-            raise TransferError(str(item), exc) from exc

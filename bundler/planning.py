@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .archive_check import read_head
-from .copy import ClientPool, ImagePlan, run_parallel, walk
+from .copy import ClientPool, ImagePlan, raise_first, run_parallel, walk
 from .digest import Digest
 from .errors import TransferError
 from .exporting import plan_image, unique_references
@@ -94,12 +94,6 @@ class ImportPlan:
     present: int = 0
 
 
-def _first_failure(failures: dict, name) -> None:  # type: ignore[no-untyped-def]
-    if failures:
-        item, exc = next(iter(failures.items()))
-        raise TransferError(name(item), exc) from exc
-
-
 def plan_export(
     references: Sequence[str | Reference],
     output: str | os.PathLike[str],
@@ -140,7 +134,7 @@ def plan_export(
         def resolve(ref: Reference) -> None:
             plans[ref] = plan_image(ref, clients, pool, store)
 
-        _first_failure(run_parallel(refs, resolve, jobs=jobs), str)
+        raise_first(run_parallel(refs, resolve, jobs=jobs), refs)
     result = ExportPlan()
     sizes: dict[Digest, int] = {}
     for ref in refs:
