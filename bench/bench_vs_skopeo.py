@@ -418,11 +418,12 @@ def main() -> int:
     source = seeded_source(args.workdir, args.scale)
     bench = Bench(args, source)
     try:
+        for index in range(args.runs):
+            bench.round(index)
+        # after the rounds: the probes write gigabytes, which no timed step should follow
         print("measuring machine limits ...", file=sys.stderr, flush=True)
         limits = machine_limits(args.workdir, source, args.probe_mb * MB)
         upload = upload_limit(args.workdir, args.probe_mb * MB)
-        for index in range(args.runs):
-            bench.round(index)
         doc = report(bench, limits, upload, args)
     finally:
         source.registry.stop()
