@@ -163,6 +163,8 @@ class _Session:
                 self._account_present(digest)
         for target in self.todo:
             self.remaining[target] = {d for d in self.plans[target].blobs if d in self.work}
+        self.report(Event("plan", "import", "start", images=len(self.todo), total=sum(
+            self.descriptors[d].size * len(works) for d, works in self.work.items())))
 
     def _account_present(self, digest: Digest) -> None:
         for work in self.work.pop(digest):

@@ -288,6 +288,8 @@ def _export(refs: list[Reference], store: BundleStore,
                 report(Event("blob", str(digest), "skipped", total=descriptor.size))
             else:
                 todo.append(digest)
+        report(Event("plan", "export", "start",
+                     total=sum(sources[d][0].size for d in todo), images=len(planned)))
         # largest first: the long downloads start at once and the small ones fill in
         todo.sort(key=lambda d: sources[d][0].size, reverse=True)
         if isinstance(store, ArchiveExport) and not keep_going:  # index.json first

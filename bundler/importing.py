@@ -141,6 +141,8 @@ def push_images(
         #    worker that finishes an image's last blob pushes its manifests (step 4) at
         #    once, so tagging overlaps the remaining transfers
         order = by_size_interleaved([b for b in push.blobs if b not in push.failures])
+        report(Event("plan", "import", "start", total=sum(b.descriptor.size for b in order),
+                     images=len([t for t in todo if t not in failed])))
         waiting: dict[Target, int] = {t: 0 for t in todo if t not in failed}
         needs = {b: [t for t in push.needing(b, plans) if t in waiting] for b in order}
         for blob in order:

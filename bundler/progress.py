@@ -4,6 +4,11 @@ An event says what happened to one piece of content (``kind`` = ``blob``, ``mani
 or ``image``): ``state`` is ``start``, ``progress``, ``done``, ``skipped``, ``mounted``
 or ``failed``; ``done``/``total`` are bytes (for ``image`` events, ``total`` is the
 image's bytes).
+
+One ``plan`` event (state ``start``) comes before the first blob moves: ``total`` is
+the bytes of the blobs the run will move unless the destination turns out to have them
+(each blob once per destination registry), ``images`` the images it will copy. A blob
+that then needs no transfer is reported ``skipped`` (or only ``mounted``).
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ class Event:
     """One progress event.
 
     Attributes:
-        kind: ``blob``, ``manifest`` or ``image``.
-        name: the digest (blob, manifest) or the image reference.
+        kind: ``blob``, ``manifest``, ``image`` or ``plan``.
+        name: the digest (blob, manifest), the image reference, or ``export``/``import``
+            (plan).
         state: ``start``, ``progress``, ``done``, ``skipped``, ``mounted`` or ``failed``.
         done: bytes moved so far for this item (``progress``), or in this step.
-        total: the item's size in bytes.
+        total: the item's size in bytes (plan: the bytes to move).
         detail: free text (e.g. the destination repository, an error).
+        images: plan only: how many images the run copies.
     """
 
     kind: str
@@ -34,6 +41,7 @@ class Event:
     done: int = 0
     total: int = 0
     detail: str = ""
+    images: int = 0
 
 
 class Reporter(Protocol):

@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import Any
 
+from .cli_report import human, plural
 from .progress import Event, Tally
 
 __all__ = ["make_reporter"]
@@ -46,12 +47,17 @@ class _Json(_Base):
                                "done": event.done, "total": event.total}
         if event.detail:
             doc["detail"] = event.detail
+        if event.kind == "plan":
+            doc["images"] = event.images
         sys.stderr.write(json.dumps(doc) + "\n")
 
 
 class _Plain(_Base):
     def show(self, event: Event) -> None:
-        if event.kind == "image" and event.state in ("done", "skipped"):
+        if event.kind == "plan":
+            sys.stderr.write(f"{event.name}: {plural(event.images, 'image')}, "
+                             f"up to {human(event.total)} to transfer\n")
+        elif event.kind == "image" and event.state in ("done", "skipped"):
             verb = "done" if event.state == "done" else "already there"
             target = f" -> {event.detail}" if event.detail else ""
             sys.stderr.write(f"image {event.name}{target}: {verb}\n")
@@ -62,6 +68,10 @@ class _Plain(_Base):
 
 
 class _Bars(_Base):
+    """The overall bar's total is the plan's bytes once the ``plan`` event came (minus
+    the blobs that turn out to need no transfer, plus any blob sent twice); before it,
+    the sum of the transfers started."""
+
     def __init__(self, tally: Tally) -> None:
         super().__init__(tally)
         from tqdm import tqdm
@@ -71,29 +81,58 @@ class _Bars(_Base):
                             desc="total", position=0, dynamic_ncols=True, leave=True)
         self.bars: dict[str, Any] = {}
         self.images_done = 0
+        self.images = 0
+        self.planned = False
+        self.started: set[str] = set()
+        self.settled: set[str] = set()
+
+    def _grow(self, size: int) -> None:
+        self.overall.total = max(0, self.overall.total + size)
+        self.overall.refresh()
+
+    def _images(self) -> None:
+        count = f"{self.images_done}/{self.images}" if self.images else str(self.images_done)
+        self.overall.set_postfix_str(f"{count} images", refresh=True)
 
     def show(self, event: Event) -> None:
-        if event.kind == "blob":
-            if event.state == "start":
-                self.overall.total += event.total
-                self.overall.refresh()
-                if event.total >= _BIG_BLOB and len(self.bars) < _MAX_BARS:
-                    self.bars[event.name] = self._tqdm(
-                        total=event.total, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=event.name[7:19], position=len(self.bars) + 1, leave=False,
-                        dynamic_ncols=True)
-            elif event.state == "progress":
-                self.overall.update(event.done)
-                bar = self.bars.get(event.name)
-                if bar is not None:
-                    bar.update(event.done)
-            elif event.state in ("done", "failed"):
-                bar = self.bars.pop(event.name, None)
-                if bar is not None:
-                    bar.close()
+        if event.kind == "plan":
+            self.planned, self.images = True, event.images
+            self.overall.total = event.total
+            self.overall.refresh()
+            self._images()
+        elif event.kind == "blob":
+            self._blob(event)
         elif event.kind == "image" and event.state in ("done", "skipped"):
             self.images_done += 1
-            self.overall.set_postfix_str(f"{self.images_done} images", refresh=True)
+            self._images()
+
+    def _blob(self, event: Event) -> None:
+        name = event.name
+        if event.state == "start":
+            if not self.planned or name in self.started:
+                self._grow(event.total)  # no plan yet, or a second upload of the blob
+            elif name in self.settled:
+                self.settled.discard(name)  # a refused mount: uploaded after all
+                self._grow(event.total)
+            self.started.add(name)
+            if event.total >= _BIG_BLOB and len(self.bars) < _MAX_BARS:
+                self.bars[name] = self._tqdm(
+                    total=event.total, unit="B", unit_scale=True, unit_divisor=1024,
+                    desc=name[7:19], position=len(self.bars) + 1, leave=False,
+                    dynamic_ncols=True)
+        elif event.state == "progress":
+            self.overall.update(event.done)
+            bar = self.bars.get(name)
+            if bar is not None:
+                bar.update(event.done)
+        elif event.state in ("done", "failed"):
+            bar = self.bars.pop(name, None)
+            if bar is not None:
+                bar.close()
+        elif (event.state in ("skipped", "mounted") and self.planned
+              and name not in self.started and name not in self.settled):
+            self.settled.add(name)  # planned, but it needs no transfer
+            self._grow(-event.total)
 
     def close(self) -> None:
         for bar in self.bars.values():

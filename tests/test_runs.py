@@ -148,8 +148,14 @@ def test_json_progress_is_one_event_per_line(seeded_registry: Seeded, tmp_path):
     starts = sorted(i for i in images if i[1] == "start")
     assert starts == sorted((r, "start", 0, n) for r, n in expected_sizes.items())
     assert images[-2:] == [(r, "done", n, n) for r, n in expected_sizes.items()]
+    blobs = sizes(seeded.get("base/os", "1"), seeded.get("legacy/tool"))
     done = {e["name"] for e in events if e["kind"] == "blob" and e["state"] == "done"}
-    assert done == set(sizes(seeded.get("base/os", "1"), seeded.get("legacy/tool")))
+    assert done == set(blobs)
+    plans = [e for e in events if e["kind"] == "plan"]
+    assert plans == [{"kind": "plan", "name": "export", "state": "start", "done": 0,
+                      "total": sum(blobs.values()), "images": 2}]
+    first_blob = next(i for i, e in enumerate(events) if e["kind"] == "blob")
+    assert events.index(plans[0]) < first_blob
     line = result.stdout.splitlines()[0]
     assert line.startswith(f"exported 2 images to {tmp_path / 'b'}: ")
     assert line.endswith(" MB/s")
@@ -157,13 +163,42 @@ def test_json_progress_is_one_event_per_line(seeded_registry: Seeded, tmp_path):
 
 def test_quiet_prints_nothing_on_stderr_and_plain_lines_otherwise(seeded_registry: Seeded,
                                                                   tmp_path):
-    registry, _ = seeded_registry
+    registry, seeded = seeded_registry
     refs = [f"{registry.host}/base/os:1", f"{registry.host}/apps/api:1.0"]
     quiet = run_cli("export", *refs, "-o", str(tmp_path / "q"), "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
     plain = run_cli("export", *refs, "-o", str(tmp_path / "p"))  # stderr is not a terminal
     assert plain.exit_code == 0
-    assert plain.stderr.splitlines() == [f"image {r}: done" for r in refs]
+    total = sum(sizes(seeded.get("base/os", "1"), seeded.get("apps/api", "1.0")).values())
+    assert plain.stderr.splitlines() == [
+        f"export: 2 images, up to {human(total)} to transfer",
+        *(f"image {r}: done" for r in refs),
+    ]
+
+
+def test_overall_bar_total_follows_the_plan_and_what_needs_no_transfer() -> None:
+    from bundler.progress import Event, Tally
+    from bundler.reporting import make_reporter
+
+    bars = make_reporter("bar", Tally())
+    a, b, c = "sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64
+    events = [
+        Event("plan", "import", "start", total=300, images=2),
+        Event("blob", a, "start", total=100), Event("blob", a, "progress", 100, 100),
+        Event("blob", a, "done", 100, 100),
+        Event("blob", b, "skipped", total=50),       # the destination has it: 300 -> 250
+        Event("blob", c, "mounted", total=150),      # mounted, no transfer: 250 -> 100
+        Event("blob", c, "start", total=150),        # ... a refused mount after all: 250
+        Event("blob", c, "progress", 150, 150), Event("blob", c, "done", 150, 150),
+        Event("blob", a, "start", total=100),        # sent a second time: 350
+        Event("blob", a, "progress", 100, 100), Event("blob", a, "done", 100, 100),
+        Event("image", "r/one:1", "done", 1, 1), Event("image", "r/two:1", "done", 1, 1),
+    ]
+    for event in events:
+        bars(event)
+    assert (bars.overall.total, bars.overall.n) == (350, 350)
+    assert bars.overall.postfix == "2/2 images"
+    bars.close()
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------
