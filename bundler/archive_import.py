@@ -149,8 +149,13 @@ class _Session:
         """HEAD the images and blobs at their destinations, before any blob arrives."""
         assert self.targets is not None
         planned = [t for t in self.targets if t in self.plans]
-        push = plan_push(planned, self.plans, self.clients, jobs=self.jobs, report=self.report,
+        early: list[Event] = []  # reported after the plan event
+        push = plan_push(planned, self.plans, self.clients, jobs=self.jobs, report=early.append,
                          stop=self.stop, keep_going=self.keep_going)
+        self.report(Event("plan", "import", "start", images=len(planned), total=sum(
+            b.descriptor.size for b in push.blobs if b not in push.failures)))
+        for event in early:
+            self.report(event)
         for key, exc in push.failures.items():
             self._fail([key] if isinstance(key, Target) else push.needing(key, self.plans), exc)
         self.result.skipped_images = [t.name for t in push.complete]
@@ -163,8 +168,6 @@ class _Session:
                 self._account_present(digest)
         for target in self.todo:
             self.remaining[target] = {d for d in self.plans[target].blobs if d in self.work}
-        self.report(Event("plan", "import", "start", images=len(self.todo), total=sum(
-            self.descriptors[d].size * len(works) for d, works in self.work.items())))
 
     def _account_present(self, digest: Digest) -> None:
         for work in self.work.pop(digest):

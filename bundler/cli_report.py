@@ -173,6 +173,6 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None
         line += (f"to download {plan.to_fetch} ({human(plan.fetch_bytes)}), already in the "
                  f"bundle {plan.present} ({human(plan.present_bytes)})")
     else:
-        line += (f"to upload {plan.to_upload} ({human(plan.upload_bytes)}), to mount "
-                 f"{plan.to_mount}, already present {plan.present}")
+        line += (f"to upload {plan.to_upload} ({human(plan.upload_bytes)}); per "
+                 f"repository: {plan.to_mount} to mount, {plan.present} already present")
     click.echo(line)

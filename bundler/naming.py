@@ -176,10 +176,11 @@ def resolve_targets(
     targets: list[Target] = []
     if mapping is not None:
         for source, destination in mapping:
-            matches = [
-                d for d in entries if source in _keys(d, entry_name(d))
-                or _normalized(source) in _keys(d, entry_name(d))
-            ]
+            wanted = {source, _normalized(source)}
+            matches = [d for d in entries if wanted & _keys(d, entry_name(d))]
+            latest = _with_latest(source)
+            if not matches and latest is not None:  # no tag means :latest, as in export
+                matches = [d for d in entries if latest in _keys(d, entry_name(d))]
             if not matches:
                 raise MappingError(f"mapping source {source!r} is not in the bundle")
             entry = matches[0]
@@ -259,6 +260,15 @@ def _pin(dest: Reference, entry: Descriptor) -> Reference:
 def _normalized(text: str) -> str:
     src = _safe_source(text)
     return str(src) if src is not None else text
+
+
+def _with_latest(text: str) -> str | None:
+    """``text`` as a full reference with the default tag ``latest`` (``alpine`` ->
+    ``docker.io/library/alpine:latest``), or None when it is none."""
+    try:
+        return str(Reference.parse(text))
+    except InvalidReferenceError:
+        return None
 
 
 def _safe_source(text: str) -> Reference | None:

@@ -29,7 +29,8 @@ class Event:
         name: the digest (blob, manifest), the image reference, or ``export``/``import``
             (plan).
         state: ``start``, ``progress``, ``done``, ``skipped``, ``mounted`` or ``failed``.
-        done: bytes moved so far for this item (``progress``), or in this step.
+        done: ``progress``: the bytes moved since the item's previous event (add them
+            up; ``--progress json`` prints the running sum); ``done``: the item's bytes.
         total: the item's size in bytes (plan: the bytes to move).
         detail: free text (e.g. the destination repository, an error).
         images: plan only: how many images the run copies.

@@ -42,9 +42,24 @@ class _Base:
 
 
 class _Json(_Base):
+    """``done`` of a ``progress`` line is the bytes moved so far for that item (the sum of
+    the engine's increments since the item's ``start``)."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(tally)
+        self.moved: dict[str, int] = {}
+
     def show(self, event: Event) -> None:
+        done = event.done
+        if event.kind == "blob":
+            if event.state == "start":
+                self.moved[event.name] = 0
+            elif event.state == "progress":
+                done = self.moved[event.name] = self.moved.get(event.name, 0) + event.done
+            elif event.state in ("done", "failed"):
+                self.moved.pop(event.name, None)
         doc: dict[str, Any] = {"kind": event.kind, "name": event.name, "state": event.state,
-                               "done": event.done, "total": event.total}
+                               "done": done, "total": event.total}
         if event.detail:
             doc["detail"] = event.detail
         if event.kind == "plan":

@@ -187,6 +187,23 @@ def test_mapping_of_a_tag_only_layout_entry() -> None:
     assert str(target.destination) == f"reg.local:5000/app:v2@{D2}"
 
 
+@pytest.mark.parametrize("source", ["alpine", "library/alpine", "docker.io/library/alpine",
+                                    "reg.local:5000/team/app"])
+def test_mapping_source_without_tag_means_latest(source: str) -> None:
+    entries = [entry(D1, "docker.io/library/alpine:3.20"), entry(D2, "docker.io/library/alpine:latest"),
+               entry(D3, "reg.local:5000/team/app:latest")]
+    (target,) = resolve_targets(entries, mapping=[(source, "reg.local:5000/m/x")])
+    assert target.name == ("reg.local:5000/team/app:latest" if "team" in source
+                           else "docker.io/library/alpine:latest")
+    assert str(target.destination) == f"reg.local:5000/m/x:latest@{D3 if 'team' in source else D2}"
+
+
+def test_mapping_bare_word_matches_a_tag_only_entry_before_latest() -> None:
+    entries = [entry(D1, "alpine"), entry(D2, "docker.io/library/alpine:latest")]
+    (target,) = resolve_targets(entries, mapping=[("alpine", "reg.local:5000/m/x")])
+    assert target.descriptor.digest == D1
+
+
 def test_mapping_source_not_in_bundle() -> None:
     with pytest.raises(MappingError) as info:
         resolve_targets(bundle_entries(), mapping=[("docker.io/library/nginx:1", "reg.local:5000/x")])

@@ -118,7 +118,8 @@ def test_import_dry_run_heads_only_and_matches_the_real_import(seeded_registry: 
         digest = seeded.get(repo, tag).digest
         lines.append(f"  {name} -> {proxy.host}/m/{repo}:{tag}@{digest}: {there}")
     lines.append(f"blobs: 6 ({human(sum(blobs.values()))}) after dedup; to upload 4 "
-                 f"({human(sum(uploads.values()))}), to mount 2, already present 1")
+                 f"({human(sum(uploads.values()))}); per repository: 2 to mount, "
+                 "1 already present")
     assert result.stdout.splitlines() == lines
     assert proxy.count("GET", r"/blobs/") == 0
     assert sum(proxy.count(m) for m in MUTATING) == 0
@@ -151,6 +152,12 @@ def test_json_progress_is_one_event_per_line(seeded_registry: Seeded, tmp_path):
     blobs = sizes(seeded.get("base/os", "1"), seeded.get("legacy/tool"))
     done = {e["name"] for e in events if e["kind"] == "blob" and e["state"] == "done"}
     assert done == set(blobs)
+    moved: dict[str, list[int]] = {}
+    for e in events:
+        if e["kind"] == "blob" and e["state"] == "progress":
+            moved.setdefault(e["name"], []).append(e["done"])
+    assert set(moved) == set(blobs)  # running sums: rising, ending at the blob's size
+    assert all(v == sorted(v) and v[-1] == blobs[name] for name, v in moved.items())
     plans = [e for e in events if e["kind"] == "plan"]
     assert plans == [{"kind": "plan", "name": "export", "state": "start", "done": 0,
                       "total": sum(blobs.values()), "images": 2}]

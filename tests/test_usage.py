@@ -285,3 +285,15 @@ def test_ctrl_c_of_an_archive_export_says_nothing_was_kept(registry: LocalRegist
         f"interrupted: the archive {out} was not written and nothing was kept; run the same "
         "command again to start over"]
     assert list(where.iterdir()) == []  # no archive, no spool
+
+
+@pytest.mark.parametrize("command, prefix", [(["list"], "error"), (["verify"], "problem"),
+                                             (["import", "--to", "127.0.0.1:1/m"], "error")])
+def test_a_missing_bundle_is_named_as_missing(tmp_path: Path, command: list[str],
+                                              prefix: str) -> None:
+    missing = tmp_path / "nothing-here.tar.zst"
+    result = run_cli(command[0], str(missing), *command[1:])
+    assert result.exit_code == 1
+    assert result.stderr == (f"{prefix}: {missing}: no such bundle (no directory, archive or "
+                             "volumes of that name)\n")
+    assert not missing.exists()

@@ -115,8 +115,11 @@ class LayoutStore:
         self._created: list[Path] = []  # what this store made: the root, oci-layout
         if create:
             self._create()
+        elif not self.root.exists():
+            raise BundleError(f"{self.root}: no such bundle (no directory, archive or "
+                              "volumes of that name)")
         elif not self.root.is_dir():
-            raise BundleError(f"{self.root}: no such bundle directory")
+            raise BundleError(f"{self.root}: not a bundle directory")
         elif not (self.root / "oci-layout").is_file() or not (self.root / "index.json").is_file():
             raise BundleError(f"{self.root}: not an OCI image layout (oci-layout or index.json missing)")
 
