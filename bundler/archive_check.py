@@ -127,6 +127,7 @@ class _Scan:
     held_bytes: int = 0
     sizes: dict[Digest, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    corrupt: dict[Digest, str] = field(default_factory=dict)
     graph: HeadManifests = field(init=False)
 
     def __post_init__(self) -> None:
@@ -166,12 +167,12 @@ class _Scan:
         fits = member.size <= MANIFEST_LIMIT and self.held_bytes + member.size <= MAX_HELD
         if fits:  # a manifest, or may turn out to be one (archives of other tools)
             data = self._read_small(member)
-            if self._sound(digest, [data], len(data)):
-                self.graph.offer(digest, data)
+            if not self._sound(digest, [data], len(data)):
+                return 0
+            self.graph.offer(digest, data)
             return member.size
         if hash_all:  # streamed: never more than one chunk in memory
-            self._sound(digest, member.file, member.size)
-            return member.size
+            return member.size if self._sound(digest, member.file, member.size) else 0
         return 0
 
     def _sound(self, digest: Digest, source: Iterable[bytes] | BinaryIO, size: int) -> bool:
@@ -181,9 +182,13 @@ class _Scan:
                 pass
         except BundlerError as exc:
             self.graph.mark_bad(digest)
-            self.problems.append(str(exc))
+            self.corrupt[digest] = str(exc)
             return False
         return True
+
+    def all_problems(self) -> list[str]:
+        """The problems, then the corrupt members (not tied to an image)."""
+        return [*self.problems, *self.corrupt.values()]
 
 
 def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> VerifyReport:
@@ -217,13 +222,14 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
             for member in reader:
                 report.bytes += scan.feed(member, hash_all=True)
         except UnsafeArchiveError as exc:  # the rest of the archive is not looked at
-            report.problems.append(str(exc))
+            report.problems.extend([*scan.corrupt.values(), str(exc)])
             return report
         except BundlerError as exc:
             report.problems.append(str(exc))
             reader.drain_volumes()
     if scan.entries is None:
-        report.problems.append(f"{scan.where}: no index.json in the archive")
+        report.problems.extend([*scan.corrupt.values(),
+                                f"{scan.where}: no index.json in the archive"])
         return report
     def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
         size = scan.sizes.get(descriptor.digest)
@@ -239,6 +245,9 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
                                    f"archive, the descriptor says {descriptor.size}")
             return ()
         if descriptor.digest in scan.bad:
+            corrupt = scan.corrupt.pop(descriptor.digest, None)
+            if corrupt is not None:  # named once, by the first image that needs it
+                report.problems.append(f"{name}: {corrupt}")
             return ()
         item = scan.manifests.get(descriptor.digest)
         if item is None and (descriptor.is_manifest or is_entry):
@@ -250,6 +259,7 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
         return item.manifests if isinstance(item, Index) else item.blobs
 
     report.images = visit_reachable(scan.entries, visit)
+    report.problems.extend(scan.corrupt.values())  # members no image refers to
     return report
 
 
@@ -287,8 +297,8 @@ def read_head(bundle: str | os.PathLike[str]) -> ArchiveHead:
                 break
         if scan.entries is None:
             raise BundleError(f"{reader.where}: the archive has no index.json")
-        if scan.problems:
-            raise BundleError(f"{reader.where}: {scan.problems[0]}")
+        if scan.all_problems():
+            raise BundleError(f"{reader.where}: {scan.all_problems()[0]}")
         missing = scan.graph.missing
         if missing:
             raise BundleError(f"{reader.where}: manifest {next(iter(missing))} is missing "

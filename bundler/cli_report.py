@@ -94,6 +94,10 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         for failure in exc.failures:
             click.echo(f"error: {failure}", err=True)
         done(exc.result, time.monotonic() - started)
+        kept = exc.result.images if isinstance(exc.result, ExportResult) else exc.result.targets
+        failed = len(exc.failures)
+        click.echo(f"failed: {failed} of {plural(failed + len(kept), 'image')}; run the same "
+                   "command again to retry them", err=True)
         sys.exit(1)
     except BundlerError as exc:
         reporter.close()

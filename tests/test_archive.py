@@ -271,12 +271,15 @@ def test_verify_finds_a_flipped_byte_in_a_layer(bundles: dict[str, Path], seeded
     with open(path, "r+b") as f:
         f.seek(info.offset_data + 100)
         f.write(bytes([content[100]]))
+    sound = verify_bundle(bundles["tar"])
     report = verify_bundle(path)
     actual = "sha256:" + hashlib.sha256(content).hexdigest()
-    assert report.problems == [
-        f"digest mismatch (blobs/sha256/{digest.removeprefix('sha256:')}): "
-        f"expected {digest}, got {actual}"
+    registry, _ = seeded_registry
+    assert report.problems == [  # named by the image, as a directory's verify does
+        f"{registry.host}/legacy/tool:latest: digest mismatch "
+        f"(blobs/sha256/{digest.removeprefix('sha256:')}): expected {digest}, got {actual}"
     ]
+    assert report.bytes == sound.bytes - len(content)  # only the bytes that checked
     out = subprocess.run([sys.executable, "-m", "bundler.cli", "verify", str(path), "--json"],
                          capture_output=True, text=True)
     assert out.returncode == 1

@@ -29,6 +29,7 @@ import http.client
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class FaultProxy:
         class Handler(_ProxyHandler):
             proxy = owner
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -238,6 +239,15 @@ class FaultProxy:
         """Append one entry to :attr:`requests` (thread-safe)."""
         with self._lock:
             self.requests.append((method, path, status, nbytes))
+
+
+class _Server(ThreadingHTTPServer):
+    """A client that hangs up mid-exchange (a cut, a killed process) is normal here."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
