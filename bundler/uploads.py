@@ -25,6 +25,7 @@ from .errors import (
     AccessDeniedError,
     AuthenticationError,
     DigestMismatchError,
+    IntegrityError,
     NotFoundError,
     RegistryError,
     TransportError,
@@ -123,6 +124,9 @@ class BlobUploads:
                                                    body, size, ok=(201, 204))
                     finally:
                         _close(body)  # an upload cut short gives its file back at once
+            except IntegrityError:
+                self._cancel_upload(url, what, key if chunked else "")
+                raise
             except RegistryError as exc:
                 start = None  # a new session starts from zero
                 if not switched and ((chunked and exc.status in _PATCH_REFUSED)
@@ -152,6 +156,19 @@ class BlobUploads:
             return None
         _log.debug("continuing the upload of %s at byte %d", key, state[0])
         return state
+
+    def _cancel_upload(self, url: str, what: str, key: str) -> None:
+        """Drop an upload session that will never complete (the source is corrupt), so
+        the registry does not keep its bytes until it purges old sessions; best effort.
+
+        Spec: distribution-spec "Canceling an upload" (``DELETE`` on the session URL).
+        """
+        if key and self.options.journal is not None:
+            self.options.journal.remove(key)
+        try:
+            self.request("DELETE", url, what=what, ok=(204, 202, 200, 404), retry=False)
+        except RegistryError as exc:
+            _log.debug("could not cancel the upload session of %s: %s", what, exc)
 
     def _backoff_s(self, failures: int) -> float:
         return min(self.options.retry_delay_s * 2 ** (failures - 1), self.options.retry_cap_s)

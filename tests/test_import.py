@@ -586,6 +586,10 @@ def test_corrupted_blob_stops_the_import_and_tags_nothing(
     assert manifest_status(registry, "mirror/base/os", "2") == 404
     assert "manifest unknown" in skopeo_missing(f"{registry.host}/mirror/base/os:2")
     assert not [u for m, u in registry.requests() if m == "PUT" and u.endswith("/manifests/2")]
+    # the upload session of the corrupt blob was cancelled, not left for the registry
+    assert [m for m, u in registry.requests() if "/blobs/uploads/" in u and m == "DELETE"]
+    sessions = registry.root / "storage/docker/registry/v2/repositories/mirror/base/os/_uploads"
+    assert not sessions.exists() or list(sessions.iterdir()) == []
 
 
 # -- authentication and TLS ------------------------------------------------------------
