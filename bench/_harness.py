@@ -35,8 +35,15 @@ def bundler_command() -> list[str]:
     ``python -m bundler.cli`` when it has none.
 
     Not a ``bundler`` found on PATH: that may be another installation, or a version
-    manager's shim that adds its own start-up time to every run.
+    manager's shim that adds its own start-up time to every run. The package is
+    byte-compiled first, as ``pip install`` does for a regular install: an editable
+    install under ``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile every module
+    from source on every run (about 0.1 s).
     """
+    import bundler
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(bundler.__file__).parent)],
+                   check=True, stdout=subprocess.DEVNULL)
     script = Path(sys.executable).parent / "bundler"
     return [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", "bundler.cli"]
 

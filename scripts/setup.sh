@@ -23,3 +23,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# byte-compile the package as a regular pip install would (an editable install leaves it
+# to the first import, which PYTHONDONTWRITEBYTECODE=1 turns into a compile on every run)
+.venv/bin/python -m compileall -q bundler >/dev/null
