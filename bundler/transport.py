@@ -73,9 +73,11 @@ class TransportOptions:
         retries: attempts after the first for a failed request.
         retry_delay_s: first backoff delay in seconds (doubles, with jitter).
         retry_cap_s: longest single wait in seconds, ``Retry-After`` included.
-        timeout_s: connect/read timeout in seconds.
+        timeout_s: connect/read/write timeout in seconds (waiting for a free connection of
+            the pool has none).
         chunk_size: uploads above this many bytes go in PATCH chunks of this size.
-        max_connections: connection pool size per registry.
+        max_connections: connection pool size per registry: the per-registry cap on
+            concurrent requests, whatever ``--jobs`` is.
         journal: where chunked uploads are recorded so a later run continues them
             (:class:`bundler.journal.UploadJournal`), or None.
     """
@@ -196,7 +198,10 @@ class RegistrySession:
         self.http = httpx.Client(
             verify=_ssl_context(self.options.tls_verify, self.options.cert_dir, registry),
             event_hooks={"response": [_log_response]},
-            timeout=httpx.Timeout(self.options.timeout_s, connect=min(30.0, self.options.timeout_s)),
+            # no pool timeout: with more jobs than connections a worker waits its turn for
+            # as long as the transfers ahead of it take (minutes, for big layers)
+            timeout=httpx.Timeout(self.options.timeout_s, connect=min(30.0, self.options.timeout_s),
+                                  pool=None),
             limits=httpx.Limits(
                 max_connections=self.options.max_connections,
                 max_keepalive_connections=self.options.max_connections,

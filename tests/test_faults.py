@@ -142,6 +142,22 @@ def test_an_image_is_tagged_while_another_image_still_uploads(registry, registry
     assert small_tag < layer_puts[-1] < big_tag
 
 
+def test_more_jobs_than_connections_wait_their_turn(registry, fault_proxy, tmp_path):
+    """Workers beyond the per-registry connection cap wait for a connection as long as
+    the transfers ahead of them take, even longer than the request timeout."""
+    images = [make_image([random_layer(100 + i, 100_000)]) for i in range(4)]
+    for i, image in enumerate(images):
+        push(registry, f"wait/img{i}", image, tag="1")
+    proxy = fault_proxy(registry.url)
+    proxy.slow(r"/blobs/sha256:", 100_000, method="GET")  # each layer takes about 1 s
+    options = TransportOptions(timeout_s=0.5, max_connections=2, retries=0)
+    bundle = tmp_path / "bundle"
+    result = export_bundle([f"{proxy.host}/wait/img{i}:1" for i in range(4)], bundle,
+                           options=options, jobs=4)
+    assert result.blobs_downloaded == 8
+    assert [e["digest"] for e in _bundle_entries(bundle)] == [i.digest for i in images]
+
+
 def test_chunked_upload_continues_from_the_registry_offset(registry, registry_factory, big_image,
                                                            fault_proxy, tmp_path):
     bundle = _export(registry, tmp_path, [f"{registry.host}/big/one:1"])
