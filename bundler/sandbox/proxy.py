@@ -29,13 +29,14 @@ import http.client
 import re
 import socket
 import ssl
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import urlsplit
+
+from .loopback import LoopbackServer
 
 __all__ = ["FaultProxy", "FaultRule"]
 
@@ -70,7 +71,7 @@ class FaultRule:
         return (self.method is None or self.method == method) and bool(self.path.search(path))
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """Reverse proxy from ``http://127.0.0.1:PORT`` to ``upstream_url``.
 
     Args:
@@ -96,7 +97,6 @@ class FaultProxy:
         self.requests: list[tuple[str, str, int, int]] = []
         self.rules: list[FaultRule] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -106,29 +106,13 @@ class FaultProxy:
         class Handler(_ProxyHandler):
             proxy = owner
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        """Stop listening; idempotent."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start() if self._server is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def host(self) -> str:
         """``127.0.0.1:PORT`` of the proxy."""
-        assert self._server is not None, "FaultProxy not started"
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
@@ -239,15 +223,6 @@ class FaultProxy:
         """Append one entry to :attr:`requests` (thread-safe)."""
         with self._lock:
             self.requests.append((method, path, status, nbytes))
-
-
-class _Server(ThreadingHTTPServer):
-    """A client that hangs up mid-exchange (a cut, a killed process) is normal here."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):

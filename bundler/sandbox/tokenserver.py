@@ -24,9 +24,9 @@ import tempfile
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -34,6 +34,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from .loopback import LoopbackServer
 
 __all__ = ["ALL_ACTIONS", "TokenServer"]
 
@@ -58,7 +60,7 @@ def _make_key_and_cert() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     return key, cert
 
 
-class TokenServer:
+class TokenServer(LoopbackServer):
     """Docker token server on 127.0.0.1 in a daemon thread.
 
     Args:
@@ -102,8 +104,6 @@ class TokenServer:
         self.cert_pem_path = Path(self._dir.name) / "token-signer.crt"
         self.cert_pem_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         self._x5c = base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> TokenServer:
@@ -117,30 +117,13 @@ class TokenServer:
         class Handler(_TokenHandler):
             server_owner = owner
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        """Stop serving; idempotent."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start() if self._server is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT``."""
-        assert self._server is not None, "TokenServer not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def realm(self) -> str:
