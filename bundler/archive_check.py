@@ -297,8 +297,9 @@ def read_head(bundle: str | os.PathLike[str]) -> ArchiveHead:
                 break
         if scan.entries is None:
             raise BundleError(f"{reader.where}: the archive has no index.json")
-        if scan.all_problems():
-            raise BundleError(f"{reader.where}: {scan.all_problems()[0]}")
+        problems = scan.all_problems()
+        if problems:
+            raise BundleError(f"{reader.where}: {problems[0]}")
         missing = scan.graph.missing
         if missing:
             raise BundleError(f"{reader.where}: manifest {next(iter(missing))} is missing "

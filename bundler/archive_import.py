@@ -149,13 +149,8 @@ class _Session:
         """HEAD the images and blobs at their destinations, before any blob arrives."""
         assert self.targets is not None
         planned = [t for t in self.targets if t in self.plans]
-        early: list[Event] = []  # reported after the plan event
-        push = plan_push(planned, self.plans, self.clients, jobs=self.jobs, report=early.append,
+        push = plan_push(planned, self.plans, self.clients, jobs=self.jobs, report=self.report,
                          stop=self.stop, keep_going=self.keep_going)
-        self.report(Event("plan", "import", "start", images=len(planned), total=sum(
-            b.descriptor.size for b in push.blobs if b not in push.failures)))
-        for event in early:
-            self.report(event)
         for key, exc in push.failures.items():
             self._fail([key] if isinstance(key, Target) else push.needing(key, self.plans), exc)
         self.result.skipped_images = [t.name for t in push.complete]

@@ -123,15 +123,10 @@ def push_images(
         #    become mount sources; the other images' blobs are grouped by registry
         foreign = {d: b for t in planned for d, b in plans[t].blobs.items()
                    if not_distributed(store, b)}
-        early: list[Event] = []  # reported after the plan event
-        push = plan_push(planned, plans, clients, jobs=jobs, report=early.append, stop=stop,
+        push = plan_push(planned, plans, clients, jobs=jobs, report=report, stop=stop,
                          keep_going=keep_going, head_blobs=False,
                          leave_out=lambda d: d.digest in foreign)
         order = by_size_interleaved([b for b in push.blobs if b not in push.failures])
-        report(Event("plan", "import", "start", total=sum(b.descriptor.size for b in order),
-                     images=len(planned)))
-        for event in early:
-            report(event)
         result.skipped_images = [t.name for t in push.complete]
         for key, exc in push.failures.items():
             culprits = [key] if isinstance(key, Target) else push.needing(key, plans)

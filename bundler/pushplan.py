@@ -102,7 +102,8 @@ def plan_push(
         plans: the manifests and blobs of each image.
         clients: the destination registry clients.
         jobs: concurrent ``HEAD`` requests.
-        report: receives an ``image skipped`` event per complete image.
+        report: receives the ``plan`` event (images, bytes of the blobs to push), then an
+            ``image skipped`` event per complete image.
         stop: set to cancel.
         keep_going: ask about everything even after a failed ``HEAD``; else the plan
             stops at the first failure (see ``PushPlan.failures``).
@@ -122,14 +123,13 @@ def plan_push(
         if have == target.descriptor.digest:
             with lock:
                 complete.add(target)
-            report(Event("image", target.name, "skipped", total=plans[target].size))
 
     plan.failures.update(run_parallel(targets, check, jobs=jobs, stop=stop,
                                       keep_going=keep_going))
     plan.complete = [t for t in targets if t in complete]
     plan.todo = [t for t in targets if t not in complete and t not in plan.failures]
     if plan.failures and not keep_going:
-        return plan
+        return _announced(plan, targets, plans, report)
     sources: dict[tuple[str, Digest], str] = {}
     for target in plan.complete:
         for digest in plans[target].blobs:
@@ -157,4 +157,14 @@ def plan_push(
 
         plan.failures.update(run_parallel(plan.blobs, head, jobs=jobs, stop=stop,
                                           keep_going=keep_going))
+    return _announced(plan, targets, plans, report)
+
+
+def _announced(plan: PushPlan, targets: list[Target], plans: dict[Target, ImagePlan],
+               report: Reporter) -> PushPlan:
+    """Report the ``plan`` event, then the images found complete; returns ``plan``."""
+    report(Event("plan", "import", "start", images=len(targets),
+                 total=sum(b.descriptor.size for b in plan.blobs if b not in plan.failures)))
+    for target in plan.complete:
+        report(Event("image", target.name, "skipped", total=plans[target].size))
     return plan

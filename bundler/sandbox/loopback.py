@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from abc import ABC, abstractmethod
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -22,14 +23,15 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class LoopbackServer:
+class LoopbackServer(ABC):
     """Lifecycle of one loopback HTTP server: ``start()`` (in the subclass, which makes
     its handler class), ``stop()``, a context manager, and ``port``."""
 
     _server: ThreadingHTTPServer | None = None
 
+    @abstractmethod
     def start(self) -> Self:
-        raise NotImplementedError
+        """Serve (with :meth:`_serve`) and return self."""
 
     def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
         """Bind a free 127.0.0.1 port and serve ``handler`` in a daemon thread."""
