@@ -4,6 +4,7 @@ order in which an export makes its renames durable."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -74,6 +75,41 @@ def test_a_second_writer_continues_a_partial_file(tmp_path: Path) -> None:
     assert offsets == [200_000]
     assert store.blob_path(DIGEST).read_bytes() == DATA
     assert store.blob_path(DIGEST).stat().st_mode & 0o777 == file_mode()
+
+
+def test_writeback_starts_on_each_window_of_new_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob continued from byte 200,000 asks for writeback of consecutive windows of
+    at least WRITEBACK_BYTES from there; each window is already in the file, not in
+    Python's buffer, when it is asked for."""
+    data = bytes(range(256)) * (40 << 12)  # 40 MiB
+    digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+    store = LayoutStore(tmp_path / "bundle", create=True)
+    partial = store.blob_path(digest).with_name(f".{digest.hex}.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(data[:200_000])
+    calls: list[tuple[int, int, int]] = []
+
+    def start_writeback(fd: int, offset: int, count: int, flags: int) -> int:
+        assert os.fstat(fd).st_size >= offset + count
+        calls.append((offset, count, flags))
+        return 0
+
+    monkeypatch.setattr(layout, "_START_WRITEBACK", start_writeback)
+    window = layout.WRITEBACK_BYTES
+
+    def chunks(offset: int) -> Iterator[bytes]:
+        for start in range(offset, len(data), 1 << 20):
+            yield data[start:start + (1 << 20)]
+
+    assert store.put_blob(digest, len(data), chunks) == len(data) - 200_000
+    assert store.blob_path(digest).read_bytes() == data
+    assert [c[0] for c in calls] == [200_000 + sum(c[1] for c in calls[:i])
+                                     for i in range(len(calls))]
+    assert all(count >= window for _, count, _ in calls)
+    assert {flags for *_, flags in calls} == {2}  # SYNC_FILE_RANGE_WRITE: do not wait
+    assert len(data) - 200_000 - sum(c[1] for c in calls) < window + (1 << 20)
+    assert len(calls) >= 3
 
 
 def test_a_failed_write_closes_its_source_at_once(tmp_path: Path) -> None:
