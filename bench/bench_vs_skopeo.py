@@ -4,7 +4,9 @@ Starts a source registry holding a seeded, realistic image set (26 tags in 6
 repositories, shared base layers, two multi-arch indexes with attestations, about
 700 MiB of distinct blobs at ``--scale 1``; the seeded storage is cached under the work
 directory, keyed by ``SET_VERSION`` and the scale) and, for each of ``--runs`` rounds,
-alternating which tool goes first:
+alternating which tool goes first (after ``--warmup`` rounds that are run the same way
+and not counted: the first round otherwise meets a cold page cache and a freshly
+started registry, and whichever tool goes first in it pays for that):
 
 * export:   ``bundler export -f images.txt -o DIR`` vs a shell loop of
   ``skopeo copy --all docker://REF oci:SHARED:NAME`` into one shared layout;
@@ -222,6 +224,9 @@ class Bench:
         self.times: dict[str, dict[str, list[float]]] = {}
         self.rss: dict[str, dict[str, list[float]]] = {}
         self.cpu: dict[str, dict[str, list[float]]] = {}
+        #: step -> tool -> wall seconds of the warm-up rounds (reported, not counted)
+        self.warmup_times: dict[str, dict[str, list[float]]] = {}
+        self.warming = False
         images = self.work / "images.txt"
         images.write_text("\n".join(source.ref(n) for n in source.names) + "\n")
         self.images_file = images
@@ -229,6 +234,11 @@ class Bench:
         self.shared = self.work / "skopeo-layout"
 
     def record(self, step: str, tool: str, run: Run) -> None:
+        if self.warming:
+            self.warmup_times.setdefault(step, {}).setdefault(tool, []).append(run.wall_s)
+            print(f"  {step:<10} {tool:<8} {run.wall_s:8.2f} s  (warm-up)", file=sys.stderr,
+                  flush=True)
+            return
         self.times.setdefault(step, {}).setdefault(tool, []).append(run.wall_s)
         self.rss.setdefault(step, {}).setdefault(tool, []).append(run.rss)
         self.cpu.setdefault(step, {}).setdefault(tool, []).append(run.cpu_s)
@@ -269,10 +279,13 @@ class Bench:
         ])
 
     # -- one round -------------------------------------------------------------------
-    def round(self, index: int) -> None:
+    def round(self, index: int, *, warmup: bool = False) -> None:
+        """Run every step for both tools; a warm-up round is printed but not counted."""
+        self.warming = warmup
         order = ["bundler", "skopeo"] if index % 2 == 0 else ["skopeo", "bundler"]
-        print(f"round {index + 1}/{self.args.runs} ({' first, '.join(order)} second)",
-              file=sys.stderr, flush=True)
+        title = (f"warm-up round {index + 1}/{self.args.warmup}" if warmup
+                 else f"round {index + 1}/{self.args.runs}")
+        print(f"{title} ({' first, '.join(order)} second)", file=sys.stderr, flush=True)
         for tool in order:
             remove(self.bundle if tool == "bundler" else self.shared)
             argv = self.bundler_export() if tool == "bundler" else self.skopeo_export()
@@ -350,7 +363,7 @@ def report(bench: Bench, limits: dict[str, float], upload: float,
           f"{platform.python_version()}")
     print(f"image set {SET_VERSION} scale {args.scale:g}: {len(source.names)} tags, "
           f"{source.blobs} distinct blobs, {mb(source.unique_bytes)} unique; "
-          f"runs {args.runs}, bundler --jobs {args.jobs}")
+          f"runs {args.runs} (after {args.warmup} warm-up), bundler --jobs {args.jobs}")
     print()
     print(f"{'step':<10} {'bundler s':>10} {'skopeo s':>10} {'ratio':>7} "
           f"{'bundler CPU':>12} {'skopeo CPU':>11} {'bundler RSS':>12} {'skopeo RSS':>11}")
@@ -375,6 +388,8 @@ def report(bench: Bench, limits: dict[str, float], upload: float,
         "set": {"version": SET_VERSION, "scale": args.scale, "tags": len(source.names),
                 "blobs": source.blobs, "unique_bytes": source.unique_bytes},
         "runs": args.runs,
+        "warmup_rounds": args.warmup,
+        "warmup_seconds": bench.warmup_times,
         "jobs": args.jobs,
         "seconds": bench.times,
         "cpu_seconds": bench.cpu,
@@ -399,6 +414,8 @@ def report(bench: Bench, limits: dict[str, float], upload: float,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="rounds per step (default 3)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="uncounted rounds before them (default 1)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="fraction of the default ~700 MiB set (0.1 for a quick check)")
     parser.add_argument("--jobs", type=int, default=8, help="bundler --jobs (default 8)")
@@ -418,6 +435,8 @@ def main() -> int:
     source = seeded_source(args.workdir, args.scale)
     bench = Bench(args, source)
     try:
+        for index in range(args.warmup):
+            bench.round(index, warmup=True)
         for index in range(args.runs):
             bench.round(index)
         # after the rounds: the probes write gigabytes, which no timed step should follow
