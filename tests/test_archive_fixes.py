@@ -434,3 +434,35 @@ def test_archive_files_get_the_umask_mode_without_flipping_it(
     written = sorted(tmp_path.iterdir())
     assert written == sorted(paths + ([tmp_path / "out.tar.sha256"] if split else []))
     assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {expected}
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.zst"])
+def test_a_growing_archive_asks_for_writeback_of_what_it_wrote(
+        fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive file's writeback is started in consecutive ranges from byte 0, each
+    already written; the archive still reads back whole."""
+    from bundler.stores import layout
+
+    calls: list[tuple[int, int]] = []
+
+    def start_writeback(fd: int, offset: int, count: int, flags: int) -> int:
+        assert flags == 2 and count > 0
+        assert os.fstat(fd).st_size >= offset + count
+        calls.append((offset, count))
+        return 0
+
+    monkeypatch.setattr(layout, "_START_WRITEBACK", start_writeback)
+    member = random.Random(7).randbytes(20 << 20)
+    writer = ArchiveWriter(tmp_path / f"out.{fmt}", fmt)
+    writer.add_file("blobs/sha256/big", io.BytesIO(member), len(member))
+    [path] = writer.commit()
+    assert len(calls) >= 2
+    assert [offset for offset, _ in calls] == [sum(c for _, c in calls[:i])
+                                               for i in range(len(calls))]
+    assert sum(c for _, c in calls) <= path.stat().st_size
+    raw = path.read_bytes()
+    if fmt == "tar.zst":
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        extracted = tar.extractfile("blobs/sha256/big")
+        assert extracted is not None and extracted.read() == member

@@ -28,15 +28,12 @@ import zstandard
 from ..content import OCI_INDEX, Descriptor
 from ..digest import Digest
 from ..errors import BundleError
-from .layout import fsync_dir
+from .layout import EarlyWriteback, fsync_dir
 from .volumes import VolumeWriter
 
 __all__ = ["ArchiveWriter", "blob_name", "file_mode", "index_bytes"]
 
 COPY_SIZE = 1 << 20
-#: A single-file archive is fdatasynced whenever this many bytes were written since the
-#: last time, so the disk writes go on during the downloads, not all at the commit.
-_SYNC_SIZE = 32 << 20
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _NO_COPY_FILE_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
@@ -116,7 +113,9 @@ class ArchiveWriter:
         # a plain single-file tar takes spooled content by copy_file_range
         self._fd = self._file.fileno() if self._file is not None and self._zstd is None else None
         self._offset = 0  # bytes of tar stream written
-        self._unsynced = 0  # bytes written to the single file since its last fdatasync
+        # a single file starts its writeback as it grows, so the disk writes go on during
+        # the downloads, not all at the commit
+        self._writeback = EarlyWriteback(self._file, 0) if self._file is not None else None
         self._left = 0  # content bytes the open member still needs
         self._name = ""
 
@@ -208,13 +207,10 @@ class ArchiveWriter:
         self._offset += member_size
 
     def _wrote(self, count: int) -> None:
-        """Count bytes written to a single-file archive; fdatasync every ``_SYNC_SIZE``."""
-        if self._file is None:
-            return
-        self._unsynced += count
-        if self._unsynced >= _SYNC_SIZE:
-            self._unsynced = 0
-            self._guarded(lambda: os.fdatasync(self._file.fileno()))  # type: ignore[union-attr]
+        """Count bytes written to a single-file archive; start their writeback now and then."""
+        if self._writeback is not None:
+            writeback = self._writeback
+            self._guarded(lambda: writeback.wrote(count))
 
     def _raw(self, data: bytes) -> None:
         view = memoryview(data)

@@ -27,7 +27,7 @@ from ..content import OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor, Index, Manifest
 from ..digest import Digest, VerifyingReader
 from ..errors import BundleError, IntegrityError
 
-__all__ = ["LayoutStore", "closing_source", "file_mode", "fsync_dir"]
+__all__ = ["EarlyWriteback", "LayoutStore", "closing_source", "file_mode", "fsync_dir"]
 
 _READ_CHUNK = 1 << 20
 _UMASK = os.umask(0o022)  # read once: os.umask can only be read by setting it
@@ -103,15 +103,15 @@ _START_WRITEBACK = _sync_file_range()
 class EarlyWriteback:
     """Start the writeback of a file's new bytes every :data:`WRITEBACK_BYTES`.
 
-    Without it the kernel keeps a fresh blob in dirty pages until the fsync that ends
-    it, and that fsync then writes the whole blob while the worker waits; with it the
-    disk writes while the network delivers, and the fsync finds little left to do.
+    Without it the kernel keeps what was just written in dirty pages until an fsync,
+    which then writes it all while the writer waits; with it the disk writes while the
+    network delivers, and the fsync finds little left to do.
     ``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` returns at once and
     promises nothing: durability still comes from the fsync. Where the call is missing
     or fails (not Linux, an odd filesystem), this does nothing.
 
     Args:
-        f: the file being appended to (a buffered binary file is flushed first).
+        f: the file being written at its end (a buffered file is flushed first).
         offset: the file position where the new bytes start.
     """
 
@@ -121,14 +121,18 @@ class EarlyWriteback:
         self._pending = 0
 
     def wrote(self, count: int) -> None:
-        """``count`` more bytes were written after the previous ones."""
+        """About ``count`` more bytes went to the file (an estimate is enough: the range
+        asked for runs from the end of the last one to the file's current position)."""
         self._pending += count
         if self._pending < WRITEBACK_BYTES or _START_WRITEBACK is None:
             return
-        self._file.flush()
-        _START_WRITEBACK(self._file.fileno(), self._start, self._pending, _SYNC_FILE_RANGE_WRITE)
-        self._start += self._pending
         self._pending = 0
+        self._file.flush()
+        fd = self._file.fileno()
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if end > self._start:
+            _START_WRITEBACK(fd, self._start, end - self._start, _SYNC_FILE_RANGE_WRITE)
+            self._start = end
 
 
 def write_atomic(path: Path, data: bytes) -> None:
