@@ -64,11 +64,17 @@ def timed(argv: list[str], **kw: object) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=400)
-    parser.add_argument("--limit-mib", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--max-ratio", type=float, default=1.3)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--scale", type=int, default=400,
+                        help="size of the seeded image set (seed_standard_set's scale; "
+                             "default 400, about 280 MB)")
+    parser.add_argument("--limit-mib", type=int, default=64,
+                        help="peak temporary disk allowed to a piped import, MiB (default 64)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="exports per format; the median counts (default 3)")
+    parser.add_argument("--max-ratio", type=float, default=1.3,
+                        help=".tar.zst export time allowed over the directory's (default 1.3)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where to work (default: a new temporary directory)")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-archive-")).absolute()
     work.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,10 @@ def download(client: httpx.Client, url: str, digest: str) -> tuple[str, float, f
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=300, help="layer size in MiB")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size-mb", type=int, default=300,
+                        help="layer size in MiB (default 300)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="downloads per protocol; medians count (default 3)")
     args = parser.parse_args()
     try:
         import h2  # noqa: F401

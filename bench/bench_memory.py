@@ -81,9 +81,11 @@ def seeded_source(workdir: Path, size: int):  # type: ignore[no-untyped-def]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1GiB", help="random layer payload (default 1GiB)")
-    parser.add_argument("--workdir", default="/tmp/bundler-bench-memory", type=Path)
+    parser.add_argument("--workdir", default="/tmp/bundler-bench-memory", type=Path,
+                        help="bundle, logs and the cached seeded source "
+                             "(default /tmp/bundler-bench-memory)")
     parser.add_argument("--jobs", type=int, default=8, help="bundler --jobs (default 8)")
-    parser.add_argument("--limit-mb", type=float, default=150.0, help="RSS limit in MB")
+    parser.add_argument("--limit-mb", type=float, default=150.0, help="RSS limit in MB (default 150)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the bundle and destination registry (source is always cached)")

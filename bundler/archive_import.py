@@ -231,7 +231,8 @@ class _Session:
             for descriptor, item in self.plans[target].manifests:
                 client.put_manifest(dest.repository, str(descriptor.digest), item.raw,
                                     item.media_type or descriptor.media_type)
-                self.report(Event("manifest", str(descriptor.digest), "done", len(item.raw)))
+                self.report(Event("manifest", str(descriptor.digest), "done", len(item.raw),
+                                  len(item.raw)))
         except BundlerError as exc:
             self._fail([target], exc)
 

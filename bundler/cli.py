@@ -157,6 +157,16 @@ def _progress_options(func: Callable) -> Callable:
     return func
 
 
+def _check_output_options(quiet: bool, progress: str, dry_run: bool, as_json: bool) -> None:
+    """Refuse contradictory output options (exit 2) instead of ignoring one of them."""
+    if as_json and not dry_run:
+        raise click.UsageError("--json goes with --dry-run (the plan as JSON); for progress "
+                               "events as JSON lines use --progress json")
+    if quiet and progress not in ("auto", "none"):
+        raise click.UsageError(f"-q/--quiet shows no progress; it contradicts --progress "
+                               f"{progress} (give one of them)")
+
+
 class _StderrHandler(logging.Handler):
     """Writes log records to the current stderr (``--debug``)."""
 
@@ -215,6 +225,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export --images-file images.txt -o bundle.tar.zst --split-size 4GiB
       bundler export --images-file images.txt -o ./bundle --dry-run
     """
+    _check_output_options(quiet, progress, dry_run, as_json)
     split = split_size
     try:
         archive = output if output_format(output, fmt, split) != "dir" else None
@@ -283,6 +294,7 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
       cat bundle.tar.zst.* | bundler import - --to registry.internal:5000/mirror
       bundler import ./bundle --to registry.internal:5000/mirror --dry-run
     """
+    _check_output_options(quiet, progress, dry_run, as_json)
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
     try:  # checked before the bundle is opened

@@ -160,12 +160,14 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None
                        present=plan.present, presentBytes=plan.present_bytes)
         else:
             doc.update(toUpload=plan.to_upload, uploadBytes=plan.upload_bytes,
-                       toMount=plan.to_mount, present=plan.present)
+                       toMount=plan.to_mount, mountBytes=plan.mount_bytes,
+                       present=plan.present, presentBytes=plan.present_bytes)
         click.echo(json.dumps(doc, indent=2))
         return
     images = plural(len(plan.images), "image")
     verb = f"export {images} to" if export else f"import {images} from"
-    click.echo(f"dry run: would {verb} {where}")
+    there = 0 if export else sum(1 for image in plan.images if image.present)
+    click.echo(f"dry run: would {verb} {where}" + (f" ({there} already there)" if there else ""))
     for image in plan.images:
         if isinstance(plan, ExportPlan):
             click.echo(f"  {image.name} -> {image.digest}")

@@ -361,8 +361,12 @@ def _export(refs: list[Reference], store: BundleStore,
     # 3. manifests (each fsynced, so written side by side), then the blob directories
     # (every rename of this run durable), then index.json last
     raw = {d.digest: m.raw for p in result.images for d, m in p.manifests}
-    raise_first(run_parallel(list(raw), lambda d: store.put_manifest(d, raw[d]), jobs=jobs),
-                list(raw))
+
+    def put_manifest(digest: Digest) -> None:
+        store.put_manifest(digest, raw[digest])
+        report(Event("manifest", str(digest), "done", len(raw[digest]), len(raw[digest])))
+
+    raise_first(run_parallel(list(raw), put_manifest, jobs=jobs), list(raw))
     store.sync()
     entries = {
         (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())

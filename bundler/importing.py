@@ -183,10 +183,13 @@ def push_images(
                     media_type = item.media_type or descriptor.media_type
                     client.put_manifest(dest.repository, str(descriptor.digest), item.raw,
                                         media_type)
-                    report(Event("manifest", str(descriptor.digest), "done", len(item.raw)))
+                    report(Event("manifest", str(descriptor.digest), "done", len(item.raw),
+                                 len(item.raw)))
                 top = plan.top
                 client.put_manifest(dest.repository, dest.tag or str(target.descriptor.digest),
                                     top.raw, top.media_type or target.descriptor.media_type)
+                report(Event("manifest", str(target.descriptor.digest), "done", len(top.raw),
+                             len(top.raw)))
             except RegistryError as exc:
                 raise foreign_refused(exc, foreign) from exc
             report(Event("image", target.name, "done", plan.size, plan.size,

@@ -81,8 +81,9 @@ class ImportPlan:
         images: the images and their destinations.
         blobs: distinct blobs of the images to push; blob_bytes: their bytes.
         to_upload, upload_bytes: uploads (once per registry; other repositories mount).
-        to_mount: cross-repository mounts.
-        present: (blob, repository) pairs the destination already has.
+        to_mount, mount_bytes: cross-repository mounts (bytes: the mounted blobs' sizes,
+            once per repository).
+        present, present_bytes: (blob, repository) pairs the destination already has.
     """
 
     images: list[PlannedImage] = field(default_factory=list)
@@ -91,7 +92,9 @@ class ImportPlan:
     to_upload: int = 0
     upload_bytes: int = 0
     to_mount: int = 0
+    mount_bytes: int = 0
     present: int = 0
+    present_bytes: int = 0
 
 
 def plan_export(
@@ -193,11 +196,14 @@ def plan_import(
     sizes = {b.digest: b.descriptor.size for b in push.blobs}
     result.blobs, result.blob_bytes = len(sizes), sum(sizes.values())
     for blob in push.blobs:
+        size = blob.descriptor.size
         result.present += len(blob.present)
+        result.present_bytes += len(blob.present) * size
         missing = len(blob.missing)
         if missing and not blob.present and blob.mount_from is None:
             result.to_upload += 1
-            result.upload_bytes += blob.descriptor.size
+            result.upload_bytes += size
             missing -= 1
         result.to_mount += missing
+        result.mount_bytes += missing * size
     return result

@@ -166,5 +166,6 @@ def _announced(plan: PushPlan, targets: list[Target], plans: dict[Target, ImageP
     report(Event("plan", "import", "start", images=len(targets),
                  total=sum(b.descriptor.size for b in plan.blobs if b not in plan.failures)))
     for target in plan.complete:
-        report(Event("image", target.name, "skipped", total=plans[target].size))
+        report(Event("image", target.name, "skipped", total=plans[target].size,
+                     detail=str(target.destination)))
     return plan

@@ -77,13 +77,14 @@ class _Plain(_Base):
             target = f" -> {event.detail}" if event.detail else ""
             sys.stderr.write(f"image {event.name}{target}: {verb}\n")
         elif event.kind == "blob" and event.state == "done" and event.total >= _BIG_BLOB:
-            sys.stderr.write(f"blob {event.name[:19]}: {event.total} bytes\n")
+            sys.stderr.write(f"blob {event.name[:19]}: {human(event.total)}\n")
         elif event.kind == "blob" and event.state == "failed":
             sys.stderr.write(f"blob {event.name}: failed: {event.detail}\n")
 
 
 class _Bars(_Base):
-    """The overall bar's total is the plan's bytes once the ``plan`` event came (minus
+    """Sizes and rates are in units of 1000 (``MB`` is 10**6 bytes, as in the summary's
+    MB/s). The overall bar's total is the plan's bytes once the ``plan`` event came (minus
     the blobs that turn out to need no transfer, plus any blob sent twice); before it,
     the sum of the transfers started."""
 
@@ -92,7 +93,7 @@ class _Bars(_Base):
         from tqdm import tqdm
 
         self._tqdm = tqdm
-        self.overall = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024,
+        self.overall = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000,
                             desc="total", position=0, dynamic_ncols=True, leave=True)
         self.bars: dict[str, Any] = {}
         self.images_done = 0
@@ -132,7 +133,7 @@ class _Bars(_Base):
             self.started.add(name)
             if event.total >= _BIG_BLOB and len(self.bars) < _MAX_BARS:
                 self.bars[name] = self._tqdm(
-                    total=event.total, unit="B", unit_scale=True, unit_divisor=1024,
+                    total=event.total, unit="B", unit_scale=True, unit_divisor=1000,
                     desc=name[7:19], position=len(self.bars) + 1, leave=False,
                     dynamic_ncols=True)
         elif event.state == "progress":

@@ -112,7 +112,7 @@ def test_import_dry_run_heads_only_and_matches_the_real_import(seeded_registry: 
     os2, web = seeded.get("base/os", "2"), seeded.get("apps/web", "1.0")
     blobs = sizes(os2, web)
     uploads = {d: blobs[d] for d in blobs if d not in seeded.get("base/os", "1").blob_sizes}
-    lines = [f"dry run: would import 3 images from {full}"]
+    lines = [f"dry run: would import 3 images from {full} (1 already there)"]
     for name, there in zip(names, ["already there", "to push", "to push"], strict=True):
         repo, tag = name.split("/", 1)[1].split(":")
         digest = seeded.get(repo, tag).digest
@@ -125,6 +125,19 @@ def test_import_dry_run_heads_only_and_matches_the_real_import(seeded_registry: 
     assert sum(proxy.count(m) for m in MUTATING) == 0
     assert proxy.count("HEAD") == len(proxy.requests) - proxy.count("GET", r"^/v2/$") \
         - proxy.count("GET", r"/manifests/")
+    as_json = run_cli("import", str(full), "--to", f"{proxy.host}/m", "--dry-run", "--json")
+    assert as_json.exit_code == 0, as_json.stderr
+    doc = json.loads(as_json.stdout)
+    os1 = seeded.get("base/os", "1")
+    present_bytes = sum(n for d, n in os2.blob_sizes.items() if d in os1.blob_sizes)
+    pair_bytes = sum(os2.blob_sizes.values()) + sum(web.blob_sizes.values())  # two repositories
+    assert {k: doc[k] for k in ("dryRun", "blobs", "blobBytes", "toUpload", "uploadBytes",
+                                "toMount", "present", "presentBytes")} == {
+        "dryRun": "import", "blobs": 6, "blobBytes": sum(blobs.values()), "toUpload": 4,
+        "uploadBytes": sum(uploads.values()), "toMount": 2, "present": 1,
+        "presentBytes": present_bytes}
+    assert doc["mountBytes"] == pair_bytes - present_bytes - doc["uploadBytes"]
+    assert [i["present"] for i in doc["images"]] == [True, False, False]
     real = run_cli("import", str(full), "--to", f"{proxy.host}/m", "-q")
     assert real.stdout.splitlines()[0].startswith(
         f"imported 3 images (1 already there); blobs uploaded 4 "
@@ -244,3 +257,101 @@ def test_ctrl_c_exits_130_says_what_was_kept_and_a_rerun_finishes(registry: Loca
         data = (bundle / "blobs/sha256" / blob.digest.split(":")[1]).read_bytes()
         assert "sha256:" + hashlib.sha256(data).hexdigest() == blob.digest
     assert proxy.count("GET", small.digest) == 1  # kept, not fetched again
+
+
+def _manifest_events(stderr: str) -> dict[str, tuple[int, int]]:
+    """digest -> (done, total) of the ``manifest`` JSON events; each digest once."""
+    events = [json.loads(line) for line in stderr.splitlines()]
+    manifests = [e for e in events if e["kind"] == "manifest"]
+    assert {e["state"] for e in manifests} == {"done"}
+    found = [(e["name"], e["done"], e["total"]) for e in manifests]
+    names = [name for name, _, _ in found]
+    assert len(names) == len(set(names)), names
+    return {name: (done, total) for name, done, total in found}
+
+
+def test_every_manifest_written_or_pushed_is_one_manifest_event(seeded_registry: Seeded,
+                                                               tmp_path):
+    """Directory and archive, export and import: one ``manifest`` event per manifest, its
+    ``done`` and ``total`` both the manifest's size."""
+    registry, seeded = seeded_registry
+    multi = seeded.get("multi/arch", "1")
+    refs = [f"{registry.host}/base/os:1", f"{registry.host}/multi/arch:1"]
+    expected = {seeded.get("base/os", "1").digest: len(seeded.get("base/os", "1").manifest_bytes),
+                multi.digest: len(multi.manifest_bytes)}
+    expected.update({child.digest: len(child.manifest_bytes) for child in multi.item.children})
+    want = {digest: (size, size) for digest, size in expected.items()}
+    for out in (tmp_path / "b", tmp_path / "b.tar"):
+        result = run_cli("export", *refs, "-o", str(out), "--progress", "json")
+        assert result.exit_code == 0, result.stderr
+        assert _manifest_events(result.stderr) == want
+    for index, bundle in enumerate((tmp_path / "b", tmp_path / "b.tar")):
+        result = run_cli("import", str(bundle), "--to", f"{registry.host}/events{index}",
+                         "--progress", "json")
+        assert result.exit_code == 0, result.stderr
+        assert _manifest_events(result.stderr) == want
+
+
+def test_a_no_op_export_leaves_index_json_untouched(seeded_registry: Seeded, tmp_path):
+    registry, _ = seeded_registry
+    out = tmp_path / "b"
+    ref = f"{registry.host}/base/os:1"
+    assert run_cli("export", ref, "-o", str(out), "-q").exit_code == 0
+    before = (out / "index.json").stat()
+    again = run_cli("export", ref, "-o", str(out), "-q")
+    assert again.exit_code == 0, again.stderr
+    after = (out / "index.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    other = run_cli("export", f"{registry.host}/base/os:2", "-o", str(out), "-q")
+    assert other.exit_code == 0
+    assert (out / "index.json").stat().st_ino != before.st_ino  # a new entry: replaced
+    names = [m["annotations"]["org.opencontainers.image.ref.name"]
+             for m in json.loads((out / "index.json").read_text())["manifests"]]
+    assert names == [ref, f"{registry.host}/base/os:2"]
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--json"], "--json goes with --dry-run"),
+    (["-q", "--progress", "json"], "-q/--quiet shows no progress; it contradicts --progress json"),
+    (["--quiet", "--progress", "plain"], "contradicts --progress plain"),
+])
+def test_contradictory_output_options_are_usage_errors(command: str, flags: list[str],
+                                                       message: str, tmp_path):
+    target = (["127.0.0.1:1/a:1", "-o", str(tmp_path / "b")] if command == "export"
+              else [str(tmp_path / "missing"), "--to", "127.0.0.1:1/m"])
+    result = run_cli(command, *target, *flags)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_quiet_with_progress_none_is_accepted(seeded_registry: Seeded, tmp_path):
+    registry, _ = seeded_registry
+    result = run_cli("export", f"{registry.host}/base/os:1", "-o", str(tmp_path / "b"), "-q",
+                     "--progress", "none")
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_plain_lines_give_big_blob_sizes_in_binary_units(capsys) -> None:
+    from bundler.progress import Event, Tally
+    from bundler.reporting import make_reporter
+
+    plain = make_reporter("plain", Tally())
+    digest = "sha256:" + "c9e7527b26c4" + "0" * 52
+    plain(Event("blob", digest, "done", 9 << 20, 9 << 20))
+    plain(Event("blob", "sha256:" + "1" * 64, "done", 1 << 20, 1 << 20))  # small: no line
+    assert capsys.readouterr().err == "blob sha256:c9e7527b26c4: 9.0 MiB\n"
+
+
+def test_plain_import_names_the_destination_of_done_and_present_images(
+        seeded_registry: Seeded, tmp_path):
+    registry, seeded = seeded_registry
+    ref = f"{registry.host}/base/os:1"
+    export_bundle([ref], tmp_path / "b")
+    dest = f"{registry.host}/plain-{tmp_path.name}/base/os:1@{seeded.get('base/os', '1').digest}"
+    first = run_cli("import", str(tmp_path / "b"), "--to", f"{registry.host}/plain-{tmp_path.name}")
+    again = run_cli("import", str(tmp_path / "b"), "--to", f"{registry.host}/plain-{tmp_path.name}")
+    assert first.exit_code == 0 and again.exit_code == 0, first.stderr + again.stderr
+    assert first.stderr.splitlines()[-1] == f"image {ref} -> {dest}: done"
+    assert again.stderr.splitlines()[-1] == f"image {ref} -> {dest}: already there"

@@ -251,13 +251,21 @@ class LayoutStore:
         return list(index.manifests)
 
     def write_index(self, descriptors: Iterable[Descriptor]) -> None:
-        """Replace ``index.json`` atomically with an OCI index of ``descriptors``."""
+        """Replace ``index.json`` atomically with an OCI index of ``descriptors`` (left as
+        it is when it already holds exactly these bytes: a no-op export rewrites nothing)."""
         doc = {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
             "manifests": [d.to_dict() for d in descriptors],
         }
-        write_atomic(self.root / "index.json", json.dumps(doc, indent=2).encode() + b"\n")
+        data = json.dumps(doc, indent=2).encode() + b"\n"
+        path = self.root / "index.json"
+        try:
+            if path.read_bytes() == data:
+                return
+        except FileNotFoundError:
+            pass
+        write_atomic(path, data)
 
     # -- blobs ------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
