@@ -102,8 +102,8 @@ def plan_push(
         plans: the manifests and blobs of each image.
         clients: the destination registry clients.
         jobs: concurrent ``HEAD`` requests.
-        report: receives the ``plan`` event (images, bytes of the blobs to push), then an
-            ``image skipped`` event per complete image.
+        report: receives the ``plan`` event (images, bytes of the blobs to push), then per
+            image an ``image skipped`` event (complete) or ``image start`` (to push).
         stop: set to cancel.
         keep_going: ask about everything even after a failed ``HEAD``; else the plan
             stops at the first failure (see ``PushPlan.failures``).
@@ -162,10 +162,16 @@ def plan_push(
 
 def _announced(plan: PushPlan, targets: list[Target], plans: dict[Target, ImagePlan],
                report: Reporter) -> PushPlan:
-    """Report the ``plan`` event, then the images found complete; returns ``plan``."""
+    """Report the ``plan`` event, then each image: ``skipped`` if found complete, else
+    ``start`` (unless its planning failed); returns ``plan``."""
     report(Event("plan", "import", "start", images=len(targets),
                  total=sum(b.descriptor.size for b in plan.blobs if b not in plan.failures)))
-    for target in plan.complete:
-        report(Event("image", target.name, "skipped", total=plans[target].size,
-                     detail=str(target.destination)))
+    complete = set(plan.complete)
+    for target in targets:
+        if target in complete:
+            report(Event("image", target.name, "skipped", total=plans[target].size,
+                         detail=str(target.destination)))
+        elif target not in plan.failures:
+            report(Event("image", target.name, "start", total=plans[target].size,
+                         detail=str(target.destination)))
     return plan

@@ -355,3 +355,26 @@ def test_plain_import_names_the_destination_of_done_and_present_images(
     assert first.exit_code == 0 and again.exit_code == 0, first.stderr + again.stderr
     assert first.stderr.splitlines()[-1] == f"image {ref} -> {dest}: done"
     assert again.stderr.splitlines()[-1] == f"image {ref} -> {dest}: already there"
+
+
+def test_json_import_starts_each_image_to_push_and_skips_each_present_one(
+        seeded_registry: Seeded, tmp_path):
+    registry, seeded = seeded_registry
+    refs = [f"{registry.host}/base/os:1", f"{registry.host}/apps/api:1.0"]
+    export_bundle(refs[:1], tmp_path / "small")
+    export_bundle(refs, tmp_path / "b")
+    to = f"{registry.host}/starts-{tmp_path.name}"
+    assert run_cli("import", str(tmp_path / "small"), "--to", to, "-q").exit_code == 0
+    result = run_cli("import", str(tmp_path / "b"), "--to", to, "--progress", "json")
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    images = [(e["name"], e["state"], e["detail"]) for e in events if e["kind"] == "image"]
+    os1, api = seeded.get("base/os", "1"), seeded.get("apps/api", "1.0")
+    assert images == [
+        (refs[0], "skipped", f"{to}/base/os:1@{os1.digest}"),
+        (refs[1], "start", f"{to}/apps/api:1.0@{api.digest}"),
+        (refs[1], "done", f"{to}/apps/api:1.0@{api.digest}"),
+    ]
+    plan = next(i for i, e in enumerate(events) if e["kind"] == "plan")
+    first_image = next(i for i, e in enumerate(events) if e["kind"] == "image")
+    assert plan < first_image
