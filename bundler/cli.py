@@ -326,6 +326,9 @@ def list_cmd(bundle: str, as_json: bool) -> None:
     except BundlerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     if as_json:
         click.echo(json.dumps({
             "images": [
@@ -358,7 +361,14 @@ def list_cmd(bundle: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify_cmd(bundle: str, as_json: bool) -> None:
     """Check a bundle offline: every digest, size and reference. Exit 1 on problems."""
-    report = api.verify_bundle(bundle)
+    try:
+        report = api.verify_bundle(bundle)
+    except BundlerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the bundle was not fully checked", err=True)
+        sys.exit(130)
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,
                                "bytes": report.bytes, "problems": report.problems,

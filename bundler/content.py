@@ -88,6 +88,21 @@ class Platform:
         return f"{out}/{self.variant}" if self.variant else out
 
 
+def _annotations(value: Any, where: str) -> dict[str, str]:
+    """An ``annotations`` value checked as image-spec annotations.md requires: a map of
+    strings to strings (absent or null: empty).
+
+    Raises:
+        ManifestError: anything else.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ManifestError(f"{where}: annotations must map strings to strings")
+    return dict(value)
+
+
 @dataclass(frozen=True)
 class Descriptor:
     """image-spec descriptor.md: what a piece of content is, and its digest and size.
@@ -117,7 +132,8 @@ class Descriptor:
         """Read a descriptor JSON object.
 
         Raises:
-            ManifestError: missing or ill-typed ``mediaType``, ``digest`` or ``size``.
+            ManifestError: missing or ill-typed ``mediaType``, ``digest`` or ``size``;
+            ``annotations`` not a map of strings to strings.
         """
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: a descriptor must be a JSON object")
@@ -133,7 +149,7 @@ class Descriptor:
             media_type=str(data.get("mediaType") or ""),
             digest=digest,
             size=size,
-            annotations=dict(data.get("annotations") or {}),
+            annotations=_annotations(data.get("annotations"), where),
             platform=Platform.from_dict(platform) if isinstance(platform, dict) else None,
             artifact_type=data.get("artifactType"),
             urls=tuple(data.get("urls") or ()),
@@ -315,7 +331,7 @@ def parse_manifest(
         )
     subject = doc.get("subject")
     subject_desc = Descriptor.from_dict(subject, where=where) if subject else None
-    annotations = dict(doc.get("annotations") or {})
+    annotations = _annotations(doc.get("annotations"), where)
     if kind in INDEX_MEDIA_TYPES or (kind not in MANIFEST_MEDIA_TYPES and "manifests" in doc):
         children = doc.get("manifests") or []
         if not isinstance(children, list):

@@ -197,7 +197,12 @@ def resolve_targets(
                 src = _safe_source(recorded)
                 tag = src.tag if src is not None else (
                     recorded if recorded and "@" not in recorded else None)
-                dest = dest.with_tag(tag)
+                try:
+                    dest = dest.with_tag(tag)
+                except InvalidReferenceError as exc:
+                    raise MappingError(
+                        f"bundle entry {recorded!r} is not a valid tag ({exc.reason}); give "
+                        f"the mapping destination of {source!r} a tag") from None
             targets.append(Target(recorded or str(entry.digest), entry, _pin(dest, entry)))
         return _unique(targets, mapped=[source for source, _ in mapping])
     registry, prefix = _split_to(to or "")
@@ -210,7 +215,12 @@ def resolve_targets(
             dest = dest.with_tag(src.tag)
         elif prefix:
             dest = _to_reference(f"{registry}/{prefix}", what=f"--to {to!r}")
-            dest = dest.with_tag(name or None)
+            try:
+                dest = dest.with_tag(name or None)
+            except InvalidReferenceError as exc:
+                raise MappingError(
+                    f"bundle entry {name!r} is neither a reference nor a valid tag "
+                    f"({exc.reason}); use --mapping to say where it goes") from None
         else:
             label = f"{name!r}" if name else f"#{position} ({entry.digest.short}, no name)"
             raise MappingError(

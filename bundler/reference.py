@@ -100,6 +100,9 @@ class Reference:
         registry, path = _split_domain(name)
         if not _DOMAIN_RE.match(registry):
             raise InvalidReferenceError(text, f"{registry!r} is not a valid registry host")
+        port = registry.rpartition("]")[2].rpartition(":")[2] if ":" in registry else ""
+        if port.isdigit() and not 0 < int(port) < 65536:
+            raise InvalidReferenceError(text, f"port {port} of {registry!r} is not 1-65535")
         if registry in _HUB_ALIASES:
             registry = DOCKER_HUB
             if "/" not in path:
@@ -139,7 +142,15 @@ class Reference:
         return Reference(self.registry, self.repository, self.tag, digest)
 
     def with_tag(self, tag: str | None) -> Reference:
-        """The same name and digest with ``tag``."""
+        """The same name and digest with ``tag``.
+
+        Raises:
+            InvalidReferenceError: ``tag`` does not match the distribution-spec tag
+            grammar ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``.
+        """
+        if tag is not None and not _TAG_RE.match(tag):
+            why = "longer than 128 characters" if len(tag) > 128 else "not a valid tag"
+            raise InvalidReferenceError(f"{self.name}:{tag}", f"tag {tag!r} is {why}")
         return Reference(self.registry, self.repository, tag, self.digest)
 
     def __str__(self) -> str:

@@ -390,3 +390,30 @@ def test_an_empty_mapping_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(MappingError) as info:
         parse_mapping(path)
     assert str(info.value) == f"{path}: no SOURCE=DESTINATION lines: nothing to import"
+
+
+@pytest.mark.parametrize("name", ["v1?x=1", "v2#frag", "Not A Ref!!", "..", "v4 ", "t" * 129])
+def test_a_bare_name_that_is_no_tag_is_refused_before_anything_moves(name: str) -> None:
+    """A query or fragment in a bare entry name would otherwise tag the image under
+    another name than the one reported; the registry refuses other bad names only after
+    the blobs went up."""
+    with pytest.raises(MappingError) as info:
+        resolve_targets([entry(D1, "v1"), entry(D2, name)], to="reg.local:5000/team/app")
+    assert str(info.value).startswith(f"bundle entry {name!r} is neither a reference nor a "
+                                      "valid tag (tag ")
+    assert str(info.value).endswith("); use --mapping to say where it goes")
+    with pytest.raises(MappingError) as info:
+        resolve_targets([entry(D2, name)], mapping=[(str(D2), "reg.local:5000/team/app")])
+    assert f"bundle entry {name!r} is not a valid tag" in str(info.value)
+    targets = resolve_targets([entry(D2, name)], mapping=[(str(D2), "reg.local:5000/a:ok")])
+    assert destinations(targets) == [f"reg.local:5000/a:ok@{D2}"]
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:99999/base/os:1", "127.0.0.1:0/a", "h.io:65536/a"])
+def test_a_port_out_of_range_is_an_invalid_reference(text: str) -> None:
+    from bundler.errors import InvalidReferenceError
+
+    with pytest.raises(InvalidReferenceError) as info:
+        Reference.parse(text)
+    assert "is not 1-65535" in str(info.value)
+    assert str(Reference.parse("127.0.0.1:65535/a:1")) == "127.0.0.1:65535/a:1"

@@ -297,3 +297,67 @@ def test_a_missing_bundle_is_named_as_missing(tmp_path: Path, command: list[str]
     assert result.stderr == (f"{prefix}: {missing}: no such bundle (no directory, archive or "
                              "volumes of that name)\n")
     assert not missing.exists()
+
+
+# -- damaged bundles: a clear error, never a traceback ----------------------------------------
+
+
+def test_verify_and_list_name_a_blob_that_cannot_be_read(seeded_registry: Seeded, tmp_path):
+    from bundler import export_bundle
+
+    registry, seeded = seeded_registry
+    out = tmp_path / "b"
+    export_bundle([f"{registry.host}/base/os:1"], out)
+    layer = next(iter(seeded.get("base/os", "1").item.layers)).digest
+    blob = out / "blobs" / "sha256" / layer.split(":")[1]
+    blob.unlink()
+    blob.mkdir()  # a directory where the layer file was
+    verify = run_cli("verify", str(out))
+    assert verify.exit_code == 1
+    assert f"{blob}: cannot read blob {layer}: Is a directory" in verify.stderr
+    assert "Traceback" not in verify.stderr + verify.stdout
+
+
+@pytest.mark.parametrize("command", ["verify", "list", "import"])
+def test_a_name_annotation_that_is_no_string_is_a_clear_error(command: str,
+                                                              seeded_registry: Seeded,
+                                                              tmp_path):
+    import json
+
+    from bundler import export_bundle
+
+    registry, _ = seeded_registry
+    out = tmp_path / "b"
+    export_bundle([f"{registry.host}/base/os:1"], out)
+    index = json.loads((out / "index.json").read_text())
+    index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] = 5
+    (out / "index.json").write_text(json.dumps(index))
+    args = ["--to", f"{registry.host}/never"] if command == "import" else []
+    result = run_cli(command, str(out), *args)
+    assert result.exit_code == 1, result.output
+    assert "annotations must map strings to strings" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_verify_of_volumes_of_two_widths_is_a_clear_error(tmp_path):
+    for name in ("v.tar.000", "v.tar.001", "v.tar.0002"):
+        (tmp_path / name).write_bytes(b"x")
+    result = run_cli("verify", str(tmp_path / "v.tar"))
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: {tmp_path / 'v.tar'}: volumes numbered with 3 digits "
+                             "and v.tar.0002 lie side by side; keep the volumes of one bundle "
+                             "only\n")
+
+
+@pytest.mark.parametrize("command", ["verify", "list"])
+def test_ctrl_c_in_verify_or_list_exits_130(command: str, monkeypatch, tmp_path):
+    from bundler import bundle as api
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "verify_bundle" if command == "verify" else "list_bundle",
+                        interrupted)
+    result = run_cli(command, str(tmp_path))
+    assert result.exit_code == 130
+    assert result.stderr.startswith("interrupted")

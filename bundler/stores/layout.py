@@ -285,7 +285,7 @@ class LayoutStore:
         """Open a blob for reading through the verifying reader.
 
         Raises:
-            BundleError: the blob file is missing.
+            BundleError: the blob file is missing or cannot be opened.
             IntegrityError (while reading): wrong size or digest.
         """
         path = self.blob_path(descriptor.digest)
@@ -293,6 +293,9 @@ class LayoutStore:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
             raise BundleError(f"{self.root}: blob {descriptor.digest} is missing") from None
+        except OSError as exc:  # a directory in its place, no permission, a failing disk
+            raise BundleError(f"{path}: cannot read blob {descriptor.digest}: "
+                              f"{exc.strerror or exc}") from None
         with f:
             yield VerifyingReader(f, descriptor.digest, descriptor.size, where=str(path))
 
