@@ -104,7 +104,8 @@ def transport_options(side: str) -> Callable:
             click.option("--retries", default=4, show_default=True, type=click.IntRange(0),
                          help="Retries of a failed request."),
             click.option("--retry-delay", default=0.5, show_default=True,
-                         type=click.FloatRange(0), help="First retry delay in seconds."),
+                         type=click.FloatRange(0, 30), callback=_not_nan,
+                         help="First retry delay in seconds (0-30)."),
         ]):
             func = option(func)
         return func
@@ -138,6 +139,13 @@ def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
         )
     except BundlerError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Refuse ``nan``, which passes every range check."""
+    if value != value:
+        raise click.BadParameter("nan is not a number of seconds")
+    return value
 
 
 def _progress_options(func: Callable) -> Callable:

@@ -96,8 +96,11 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         done(exc.result, time.monotonic() - started)
         kept = exc.result.images if isinstance(exc.result, ExportResult) else exc.result.targets
         failed = len(exc.failures)
-        click.echo(f"failed: {failed} of {plural(failed + len(kept), 'image')}; run the same "
-                   "command again to retry them", err=True)
+        advice = (f"the archive {archive} holds the other {len(kept)}; export the failed "
+                  "ones to another bundle" if archive is not None and kept else
+                  "run the same command again to retry them")
+        click.echo(f"failed: {failed} of {plural(failed + len(kept), 'image')}; {advice}",
+                   err=True)
         sys.exit(1)
     except BundlerError as exc:
         reporter.close()

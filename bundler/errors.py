@@ -109,7 +109,7 @@ class SizeMismatchError(IntegrityError):
 
     def __init__(self, *, digest: str, expected: int, actual: int, where: str = "") -> None:
         at = f" ({where})" if where else ""
-        relation = "more than" if actual > expected else "only"
+        relation = "at least" if actual > expected else "only"
         super().__init__(
             f"size mismatch for {digest}{at}: expected {expected} bytes, got {relation} {actual}",
             digest=digest,

@@ -182,7 +182,7 @@ def test_long_content_raises_size_mismatch_as_soon_as_it_overflows() -> None:
         for chunk in VerifyingReader(source, DIGEST, len(DATA)):
             received.append(chunk)
     assert str(info.value) == (
-        f"size mismatch for {DIGEST}: expected 10000 bytes, got more than 10005"
+        f"size mismatch for {DIGEST}: expected 10000 bytes, got at least 10005"
     )
     assert sum(len(c) for c in received) == 4096
 

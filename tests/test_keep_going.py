@@ -77,7 +77,10 @@ def test_export_keep_going_leaves_out_the_failed_image(seeded_registry: Seeded, 
     errors = result.stderr.splitlines()
     assert len(errors) == 2
     assert errors[0].startswith(f"error: {failed}: ")
-    assert errors[1] == "failed: 1 of 3 images; run the same command again to retry them"
+    advice = ("run the same command again to retry them" if name == "bundle" else
+              f"the archive {output} holds the other 2; export the failed ones to another "
+              "bundle")
+    assert errors[1] == f"failed: 1 of 3 images; {advice}"
     assert "404" in errors[0] and tool_layer(seeded) in errors[0]
     assert result.stdout.startswith(f"exported 2 images to {output}: ")
     expected = [(f"{proxy.host}/{repo}:{tag}", seeded.get(repo, tag).digest)

@@ -361,3 +361,18 @@ def test_ctrl_c_in_verify_or_list_exits_130(command: str, monkeypatch, tmp_path)
     result = run_cli(command, str(tmp_path))
     assert result.exit_code == 130
     assert result.stderr.startswith("interrupted")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("nan", "nan is not a number of seconds"),
+    ("inf", "inf is not in the range 0<=x<=30"),
+    ("31", "31.0 is not in the range 0<=x<=30"),
+])
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_retry_delay_must_be_seconds_from_0_to_30(command: str, value: str, message: str,
+                                                   tmp_path):
+    target = (["127.0.0.1:1/a:1", "-o", str(tmp_path / "b")] if command == "export"
+              else [str(tmp_path), "--to", "127.0.0.1:1/m"])
+    result = run_cli(command, *target, "--retry-delay", value)
+    assert result.exit_code == 2
+    assert f"Invalid value for '--retry-delay': {message}" in result.stderr
