@@ -31,7 +31,7 @@ from .content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_m
 from .copy import ClientPool, ImagePlan, walk
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, Cancelled, SizeMismatchError, TransferError
-from .importing import ImportResult, _push_blob, finish, record_failure
+from .importing import ImportResult, _push_blob, blob_culprits, finish, record_failure
 from .naming import Target, resolve_targets
 from .progress import Event, NullReporter, Reporter
 from .pushplan import BlobPush, plan_push
@@ -210,9 +210,11 @@ class _Session:
                     _push_blob(self.clients.get(work.registry), source, descriptor,  # type: ignore[arg-type]
                                work.repositories, self.result, self.lock, self.report,
                                self.stop, work.mount_from,
-                               work.present)
+                               work.present, keep_going=self.keep_going)
                 except BundlerError as exc:
-                    self._fail(self._needing(digest, work.registry), exc)
+                    for target, cause in blob_culprits(exc, self._needing(digest,
+                                                                          work.registry)):
+                        self._fail([target], cause)
         finally:
             if isinstance(source, Teed):
                 source.close()

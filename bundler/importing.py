@@ -22,6 +22,7 @@ Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repositor
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -41,6 +42,8 @@ from .progress import Event, NullReporter, Reporter
 from .pushplan import BlobPush, plan_push
 from .registry import RegistryClient, TransportOptions
 from .stores.layout import LayoutStore
+
+_log = logging.getLogger("bundler")
 
 __all__ = ["ImportResult", "foreign_refused", "not_distributed", "push_images",
            "record_failure"]
@@ -151,7 +154,8 @@ def push_images(
 
         def push_blob(blob: BlobPush) -> None:
             _push_blob(clients.get(blob.registry), store, blob.descriptor, blob.repositories,
-                       result, lock, report, stop, blob.mount_from)  # HEADs in the task
+                       result, lock, report, stop, blob.mount_from,  # HEADs in the task
+                       keep_going=keep_going)
             with lock:
                 ready = []
                 for target in needs[blob]:
@@ -199,10 +203,12 @@ def push_images(
         fail(manifest_failures, lambda t: [t])
         if failures and not keep_going:
             blob, exc = next(iter(failures.items()))
-            raise TransferError(blob.owner.name, exc) from exc
+            hit = blob_culprits(exc, push.needing(blob, plans))
+            target, cause = hit[0] if hit else (blob.owner, exc)
+            raise TransferError(target.name, cause) from cause
         for blob, exc in failures.items():
-            for target in push.needing(blob, plans):
-                record_failure(failed, target, target.name, exc, report, keep_going)
+            for target, cause in blob_culprits(exc, push.needing(blob, plans)):
+                record_failure(failed, target, target.name, cause, report, keep_going)
 
         # images with nothing left to upload, and any a stopped worker left untagged
         rest = [t for t in todo if t not in failed and t not in tagged]
@@ -269,6 +275,32 @@ def foreign_refused(exc: RegistryError, foreign: list[Digest]) -> RegistryError:
     )
 
 
+class BlobFailures(BundlerError):
+    """A blob that could not be placed in some destination repositories of one registry
+    (the others, if any, got it).
+
+    Attributes:
+        errors: repository -> the error of that repository (first one first).
+    """
+
+    def __init__(self, errors: dict[str, BaseException]) -> None:
+        self.errors = errors
+        super().__init__(str(next(iter(errors.values()))))
+
+    def culprits(self, targets: list[Target]) -> list[tuple[Target, BaseException]]:
+        """Each of ``targets`` whose destination repository failed, with its error."""
+        return [(t, self.errors[t.destination.repository]) for t in targets
+                if t.destination.repository in self.errors]
+
+
+def blob_culprits(exc: BaseException, targets: list[Target]) -> list[tuple[Target, BaseException]]:
+    """The images a failed blob task fails: those whose repository failed (a
+    :class:`BlobFailures`), else all of ``targets`` (the blob failed as a whole)."""
+    if isinstance(exc, BlobFailures):
+        return exc.culprits(targets)
+    return [(t, exc) for t in targets]
+
+
 def record_failure(failed: dict, key: object, name: str, exc: BaseException, report: Reporter,
                    keep_going: bool) -> None:
     """Raise at once (fail fast), or record the first failure of ``key`` and report it.
@@ -311,12 +343,18 @@ def _push_blob(
     stop: threading.Event,
     known_source: str | None = None,
     present: list[str] | None = None,
+    keep_going: bool = False,
 ) -> None:
     """Climb the blob ladder in one registry: present (skip) -> mount -> upload.
 
     ``store`` is anything with ``open_blob(descriptor)`` (a layout, or a one-shot
     archive member); ``present`` lists the repositories known to have the blob
-    already (None: ask each with HEAD).
+    already (None: ask each with HEAD). A refused mount falls back to an upload.
+
+    Raises:
+        BlobFailures: the blob could not be placed in some repositories (with
+        ``keep_going`` the others are still tried; without it the first failure ends).
+        Cancelled: ``stop`` was set.
     """
     digest, size = descriptor.digest, descriptor.size
     name = str(digest)
@@ -339,13 +377,19 @@ def _push_blob(
         return chunks()
 
     source_repo = present[0] if present else known_source
-    try:
-        for repository in repositories:
-            if repository in present:
-                continue
+    errors: dict[str, BaseException] = {}
+    for repository in repositories:
+        if repository in present:
+            continue
+        try:
             upload_url = ""
             if source_repo is not None:
-                mounted = client.mount_blob(repository, digest, source_repo)
+                try:
+                    mounted = client.mount_blob(repository, digest, source_repo)
+                except RegistryError as exc:  # the bytes are at hand: upload them instead
+                    _log.info("%s: mount into %s failed (%s); uploading instead", name,
+                              repository, exc)
+                    mounted = ""
                 if mounted is None:
                     with lock:
                         result.blobs_mounted += 1
@@ -359,8 +403,13 @@ def _push_blob(
                 result.bytes_uploaded += size
             report(Event("blob", name, "done", size, size, detail=repository))
             source_repo = repository  # surely holds it now
-    except Exception as exc:
-        if not isinstance(exc, Cancelled):
+        except Cancelled:
+            raise
+        except Exception as exc:
             report(Event("blob", name, "failed", total=size,
-                         detail=str(exc) or type(exc).__name__))
-        raise
+                         detail=f"{repository}: {str(exc) or type(exc).__name__}"))
+            errors[repository] = exc
+            if not keep_going or stop.is_set():
+                break
+    if errors:
+        raise BlobFailures(errors) from next(iter(errors.values()))

@@ -231,3 +231,48 @@ def test_failed_downloads_give_their_connections_back(registry: LocalRegistry,
     assert {type(f.cause).__name__ for f in info.value.failures} == {"SizeMismatchError"}
     assert [str(p.descriptor.digest) for p in info.value.result.images] == [
         image.digest for image in good]
+
+
+@pytest.mark.parametrize("kind", ["dir", "tar"])
+def test_a_blob_refused_in_one_repository_fails_only_the_images_there(
+        seeded_registry: Seeded, bundles, registry_factory, fault_proxy, kind):
+    """base/os:1 and apps/api:1.0 share a layer; uploads into m/apps/api answer 500. The
+    shared layer still reaches m/base/os, so only apps/api fails, and it is the image the
+    error names, with or without --keep-going."""
+    registry, seeded = seeded_registry
+    base, api = seeded.get("base/os", "1"), seeded.get("apps/api", "1.0")
+    assert set(base.blob_sizes) & set(api.blob_sizes)  # the shared layer
+    dest = registry_factory()
+    proxy = fault_proxy(dest.url)
+    proxy.status(r"/m/apps/api/blobs/uploads/", 500, times=None)
+    result = run_cli("import", str(bundles[kind]), "--to", f"{proxy.host}/m", "-q",
+                     "--keep-going", "--retries", "0")
+    assert result.exit_code == 1
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(f"error: {registry.host}/apps/api:1.0: ")
+    assert "500" in errors[0]
+    assert errors[1] == "failed: 1 of 3 images; run the same command again to retry them"
+    for repo, tag in IMAGES:
+        expected = None if repo == "apps/api" else seeded.get(repo, tag).digest
+        assert dest_digest(dest, f"m/{repo}", tag) == expected
+    proxy.status(r"/n/apps/api/blobs/uploads/", 500, times=None)
+    fast = run_cli("import", str(bundles[kind]), "--to", f"{proxy.host}/n", "-q",
+                   "--retries", "0")  # without --keep-going: the first failure ends it
+    assert fast.exit_code == 1
+    assert fast.stderr.startswith(f"error: {registry.host}/apps/api:1.0: ")
+
+
+def test_a_refused_mount_falls_back_to_an_upload(seeded_registry: Seeded, bundles,
+                                                 registry_factory, fault_proxy):
+    registry, seeded = seeded_registry
+    dest = registry_factory()
+    proxy = fault_proxy(dest.url)
+    proxy.status(r"/blobs/uploads/\?.*mount=", 500, method="POST", times=None)
+    result = run_cli("import", str(bundles["dir"]), "--to", f"{proxy.host}/m", "-q",
+                     "--retries", "0")
+    assert result.exit_code == 0, result.stderr
+    assert proxy.count("POST", r"mount=") >= 1
+    assert ", mounted 0, " in result.stdout.splitlines()[0]
+    for repo, tag in IMAGES:
+        assert dest_digest(dest, f"m/{repo}", tag) == seeded.get(repo, tag).digest
