@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable, parse_manifest
-from .copy import visit_reachable
+from .copy import name_images, visit_reachable
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, ManifestError, UnsafeArchiveError
 from .registry import MANIFEST_LIMIT
@@ -231,34 +231,37 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
         report.problems.extend([*scan.corrupt.values(),
                                 f"{scan.where}: no index.json in the archive"])
         return report
+    bad: dict[Digest, str] = {}  # digest -> its problem, named below by every image
+
     def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
         size = scan.sizes.get(descriptor.digest)
         if size is None:
             if is_non_distributable(descriptor):
                 report.skipped.append(descriptor.digest)
             else:
-                report.problems.append(f"{name}: {descriptor.digest} is missing from the "
-                                       "archive")
+                bad[descriptor.digest] = f"{descriptor.digest} is missing from the archive"
             return ()
         if size != descriptor.size:
-            report.problems.append(f"{name}: {descriptor.digest} has {size} bytes in the "
-                                   f"archive, the descriptor says {descriptor.size}")
+            bad[descriptor.digest] = (f"{descriptor.digest} has {size} bytes in the archive, "
+                                      f"the descriptor says {descriptor.size}")
             return ()
         if descriptor.digest in scan.bad:
             corrupt = scan.corrupt.pop(descriptor.digest, None)
-            if corrupt is not None:  # named once, by the first image that needs it
-                report.problems.append(f"{name}: {corrupt}")
+            if corrupt is not None:
+                bad[descriptor.digest] = corrupt
             return ()
         item = scan.manifests.get(descriptor.digest)
         if item is None and (descriptor.is_manifest or is_entry):
-            report.problems.append(f"{name}: manifest {descriptor.digest} could not be read")
+            bad[descriptor.digest] = f"manifest {descriptor.digest} could not be read"
             return ()
         report.blobs += 1
         if item is None:
             return ()
         return item.manifests if isinstance(item, Index) else item.blobs
 
-    report.images = visit_reachable(scan.entries, visit)
+    reached: dict[Digest, list[str]] = {}
+    report.images = visit_reachable(scan.entries, visit, reached)
+    report.problems.extend(f"{name_images(reached[d])}: {why}" for d, why in bad.items())
     report.problems.extend(scan.corrupt.values())  # members no image refers to
     return report
 

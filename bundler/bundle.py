@@ -15,7 +15,7 @@ from pathlib import Path
 from .archive_check import read_head, verify_archive
 from .archive_import import import_archive
 from .content import Descriptor, Index
-from .copy import ImagePlan, visit_reachable, walk
+from .copy import ImagePlan, name_images, visit_reachable, walk
 from .digest import Digest
 from .errors import BundleError, BundlerError, IntegrityError
 from .exporting import ExportResult, export_bundle, read_images_file
@@ -203,6 +203,8 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
     except BundleError as exc:
         report.problems.append(str(exc))
         return report
+    bad: dict[Digest, str] = {}  # digest -> its problem, named below by every image
+
     def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
         under: Iterable[Descriptor] = ()
         try:
@@ -219,14 +221,16 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
             report.blobs += 1
             report.bytes += descriptor.size
         except IntegrityError as exc:  # export reuses blobs by size: it must go first
-            report.problems.append(
-                f"{name}: {exc}; delete {store.blob_path(descriptor.digest)} and run the "
-                "export again to fetch it anew")
+            bad[descriptor.digest] = (
+                f"{exc}; delete {store.blob_path(descriptor.digest)} and run the export "
+                "again to fetch it anew")
         except BundleError as exc:
-            report.problems.append(f"{name}: {exc}")
+            bad[descriptor.digest] = str(exc)
         except BundlerError as exc:
-            report.problems.append(f"{name}: {descriptor.digest}: {exc}")
+            bad[descriptor.digest] = f"{descriptor.digest}: {exc}"
         return under
 
-    report.images = visit_reachable(entries, visit)
+    reached: dict[Digest, list[str]] = {}
+    report.images = visit_reachable(entries, visit, reached)
+    report.problems.extend(f"{name_images(reached[d])}: {why}" for d, why in bad.items())
     return report

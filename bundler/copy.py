@@ -118,30 +118,47 @@ def walk(
 def visit_reachable(
     entries: list[Descriptor],
     visit: Callable[[str, Descriptor, bool], Iterable[Descriptor]],
+    reached: dict[Digest, list[str]] | None = None,
 ) -> int:
     """Call ``visit`` once per digest reachable from a layout's ``index.json`` entries.
 
     Args:
         entries: the ``index.json`` descriptors.
-        visit: called as ``visit(image name, descriptor, is_entry)``, depth first; returns
-            the descriptors under it (an index's children, a manifest's blobs), or ``()``
-            for a blob or for content it could not read.
+        visit: called as ``visit(image name, descriptor, is_entry)``, depth first, with
+            the first image that reaches the digest; returns the descriptors under it (an
+            index's children, a manifest's blobs), or ``()`` for a blob or for content it
+            could not read.
+        reached: if given, filled with digest -> the names of every image that reaches
+            it, in ``index.json`` order.
 
     Returns:
         The number of images (entries).
 
     Spec: image-spec ``image-layout.md`` (``index.json``), ``image-index.md``, ``manifest.md``.
     """
-    checked: set[Digest] = set()
+    under: dict[Digest, list[Descriptor]] = {}
     for position, entry in enumerate(entries):
         name = entry_name(entry) or f"#{position} ({entry.digest})"
-        stack = [entry]
+        stack, here = [entry], set()
         while stack:
             descriptor = stack.pop()
-            if descriptor.digest not in checked:
-                checked.add(descriptor.digest)
-                stack.extend(visit(name, descriptor, descriptor is entry))
+            if descriptor.digest in here:
+                continue
+            here.add(descriptor.digest)
+            if reached is not None:
+                reached.setdefault(descriptor.digest, []).append(name)
+            if descriptor.digest not in under:
+                under[descriptor.digest] = list(visit(name, descriptor, descriptor is entry))
+            elif reached is None:
+                continue  # its content was walked for an earlier image
+            stack.extend(under[descriptor.digest])
     return len(entries)
+
+
+def name_images(names: list[str], most: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c and N more``: the images a problem concerns."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def run_parallel(

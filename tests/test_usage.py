@@ -376,3 +376,35 @@ def test_retry_delay_must_be_seconds_from_0_to_30(command: str, value: str, mess
     result = run_cli(command, *target, "--retry-delay", value)
     assert result.exit_code == 2
     assert f"Invalid value for '--retry-delay': {message}" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["dir", "tar"])
+def test_verify_names_every_image_that_uses_a_damaged_blob(kind: str, seeded_registry: Seeded,
+                                                           tmp_path):
+    import tarfile
+
+    from bundler import export_bundle
+
+    registry, seeded = seeded_registry
+    names = [f"{registry.host}/{r}" for r in ("base/os:1", "apps/api:1.0", "legacy/tool:latest")]
+    base, api = seeded.get("base/os", "1"), seeded.get("apps/api", "1.0")
+    shared = sorted(set(base.blob_sizes) & set(api.blob_sizes))[0]
+    assert shared not in seeded.get("legacy/tool", "latest").blob_sizes
+    out = tmp_path / "b"
+    export_bundle(names, out)
+    blob = out / "blobs" / "sha256" / shared.split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[0] ^= 1
+    blob.write_bytes(bytes(data))
+    target = out
+    if kind == "tar":
+        target = tmp_path / "b.tar"
+        with tarfile.open(target, "w") as tar:
+            for member in ("oci-layout", "index.json", "blobs"):
+                tar.add(out / member, arcname=member)
+    result = run_cli("verify", str(target))
+    assert result.exit_code == 1
+    problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"problem: {names[0]}, {names[1]}: ")
+    assert shared in problems[0]
