@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable, parse_manifest
-from .copy import name_images, visit_reachable
+from .copy import MAX_NESTING, name_images, visit_reachable
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, ManifestError, UnsafeArchiveError
 from .registry import MANIFEST_LIMIT
 from .stores.archive import ArchiveReader, Member
+from .stores.layout import check_layout_file
 from .stores.volumes import checksum_path
 
 if TYPE_CHECKING:
@@ -128,6 +129,10 @@ class _Scan:
     sizes: dict[Digest, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     corrupt: dict[Digest, str] = field(default_factory=dict)
+    layout_seen: bool = False
+    #: the first large member that came before the manifests naming it (import, which
+    #: reads an archive in one pass, cannot place it)
+    out_of_order: str | None = None
     graph: HeadManifests = field(init=False)
 
     def __post_init__(self) -> None:
@@ -152,7 +157,8 @@ class _Scan:
     def feed(self, member: Member, *, hash_all: bool) -> int:
         """Take one member; returns the bytes hashed."""
         if member.name == "oci-layout":
-            self._read_small(member)
+            check_layout_file(self._read_small(member), self.where)
+            self.layout_seen = True
             return 0
         if member.name == "index.json":
             index = parse_manifest(self._read_small(member), OCI_INDEX)
@@ -171,9 +177,18 @@ class _Scan:
                 return 0
             self.graph.offer(digest, data)
             return member.size
+        if self.out_of_order is None and not self._named(digest):
+            self.out_of_order = f"{member.name} ({member.size} bytes)"
         if hash_all:  # streamed: never more than one chunk in memory
             return member.size if self._sound(digest, member.file, member.size) else 0
         return 0
+
+    def _named(self, digest: Digest) -> bool:
+        """Whether a manifest read so far names ``digest`` (as a blob or a child)."""
+        if digest in self.graph.missing:
+            return True
+        return any(digest == d.digest for item in self.manifests.values()
+                   for d in (item.manifests if isinstance(item, Index) else item.blobs))
 
     def _sound(self, digest: Digest, source: Iterable[bytes] | BinaryIO, size: int) -> bool:
         where = f"blobs/{digest.algorithm}/{digest.hex}"
@@ -231,6 +246,15 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
         report.problems.extend([*scan.corrupt.values(),
                                 f"{scan.where}: no index.json in the archive"])
         return report
+    if not scan.layout_seen:
+        report.problems.append(f"{scan.where}: no oci-layout in the archive (an OCI image "
+                               "layout must have one)")
+    if scan.out_of_order is not None:
+        report.warnings.append(
+            f"{scan.where}: {scan.out_of_order} comes before the manifests that name it; "
+            "import reads an archive in one pass and will refuse this one: extract it "
+            "with tar and import the directory, or export it again with bundler (which "
+            "writes oci-layout, index.json, manifests, configs, then layers)")
     bad: dict[Digest, str] = {}  # digest -> its problem, named below by every image
 
     def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
@@ -260,7 +284,10 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
         return item.manifests if isinstance(item, Index) else item.blobs
 
     reached: dict[Digest, list[str]] = {}
-    report.images = visit_reachable(scan.entries, visit, reached)
+    report.images = visit_reachable(scan.entries, visit, reached,
+                                    too_deep=lambda _name, d: bad.setdefault(
+                                        d.digest, f"manifest {d.digest} is under more than "
+                                        f"{MAX_NESTING} levels of indexes"))
     report.problems.extend(f"{name_images(reached[d])}: {why}" for d, why in bad.items())
     report.problems.extend(scan.corrupt.values())  # members no image refers to
     return report

@@ -21,7 +21,6 @@ Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repositor
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 
@@ -37,6 +36,7 @@ from .progress import Event, NullReporter, Reporter
 from .pushplan import BlobPush, plan_push
 from .registry import MANIFEST_LIMIT, TransportOptions
 from .stores.archive import ArchiveReader, Member
+from .stores.layout import check_layout_file
 
 __all__ = ["MAX_HELD", "import_archive"]
 
@@ -96,13 +96,7 @@ class _Session:
         if self.stop.is_set():
             raise Cancelled("cancelled")
         if member.name == "oci-layout":
-            data = self._hold(member)
-            try:
-                doc = json.loads(data)
-            except ValueError as exc:
-                raise BundleError(f"{self.where}: oci-layout is not JSON: {exc}") from exc
-            if not isinstance(doc, dict) or "imageLayoutVersion" not in doc:
-                raise BundleError(f"{self.where}: oci-layout has no imageLayoutVersion")
+            check_layout_file(self._hold(member), self.where)
         elif member.name == "index.json":
             index = parse_manifest(self._hold(member), OCI_INDEX)
             if not isinstance(index, Index):

@@ -69,6 +69,11 @@ class ImagePlan:
         ]
 
 
+#: Indexes nested deeper than this are refused (a guard against reference cycles and
+#: absurd content).
+MAX_NESTING = 8
+
+
 def walk(
     top: Descriptor,
     load: Callable[[Descriptor], Manifest | Index],
@@ -94,10 +99,10 @@ def walk(
     seen: set[Digest] = set()
 
     def visit(descriptor: Descriptor, item: Manifest | Index, depth: int) -> None:
-        if depth > 8:
+        if depth > MAX_NESTING:
             from .errors import ManifestError
 
-            raise ManifestError(f"{name}: indexes nested deeper than 8 levels")
+            raise ManifestError(f"{name}: indexes nested deeper than {MAX_NESTING} levels")
         if isinstance(item, Index):
             children = [c for c in item.manifests if c.digest not in seen]
             seen.update(c.digest for c in children)
@@ -119,6 +124,7 @@ def visit_reachable(
     entries: list[Descriptor],
     visit: Callable[[str, Descriptor, bool], Iterable[Descriptor]],
     reached: dict[Digest, list[str]] | None = None,
+    too_deep: Callable[[str, Descriptor], None] | None = None,
 ) -> int:
     """Call ``visit`` once per digest reachable from a layout's ``index.json`` entries.
 
@@ -130,6 +136,9 @@ def visit_reachable(
             could not read.
         reached: if given, filled with digest -> the names of every image that reaches
             it, in ``index.json`` order.
+        too_deep: called (instead of ``visit``) for a manifest under more than
+            :data:`MAX_NESTING` levels of indexes, which :func:`walk` refuses; nothing
+            under it is visited.
 
     Returns:
         The number of images (entries).
@@ -139,19 +148,25 @@ def visit_reachable(
     under: dict[Digest, list[Descriptor]] = {}
     for position, entry in enumerate(entries):
         name = entry_name(entry) or f"#{position} ({entry.digest})"
-        stack, here = [entry], set()
+        stack: list[tuple[Descriptor, int]] = [(entry, 0)]
+        here: set[Digest] = set()
         while stack:
-            descriptor = stack.pop()
+            descriptor, depth = stack.pop()
             if descriptor.digest in here:
                 continue
             here.add(descriptor.digest)
             if reached is not None:
                 reached.setdefault(descriptor.digest, []).append(name)
+            if depth > MAX_NESTING and descriptor.is_manifest:
+                if too_deep is not None and descriptor.digest not in under:
+                    too_deep(name, descriptor)
+                under.setdefault(descriptor.digest, [])
+                continue
             if descriptor.digest not in under:
                 under[descriptor.digest] = list(visit(name, descriptor, descriptor is entry))
             elif reached is None:
                 continue  # its content was walked for an earlier image
-            stack.extend(under[descriptor.digest])
+            stack.extend((child, depth + 1) for child in under[descriptor.digest])
     return len(entries)
 
 

@@ -408,3 +408,114 @@ def test_verify_names_every_image_that_uses_a_damaged_blob(kind: str, seeded_reg
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"problem: {names[0]}, {names[1]}: ")
     assert shared in problems[0]
+
+
+def _nest(bundle, levels: int) -> None:  # type: ignore[no-untyped-def]
+    """Wrap the first image of a directory bundle in ``levels`` indexes."""
+    import hashlib
+    import json
+
+    index_path = bundle / "index.json"
+    index = json.loads(index_path.read_text())
+    entry = index["manifests"][0]
+    inner = {k: entry[k] for k in ("mediaType", "digest", "size")}
+    for _ in range(levels):
+        raw = json.dumps({"schemaVersion": 2,
+                          "mediaType": "application/vnd.oci.image.index.v1+json",
+                          "manifests": [inner]}).encode()
+        digest = hashlib.sha256(raw).hexdigest()
+        (bundle / "blobs" / "sha256" / digest).write_bytes(raw)
+        inner = {"mediaType": "application/vnd.oci.image.index.v1+json",
+                 "digest": f"sha256:{digest}", "size": len(raw)}
+    index["manifests"][0] = {**inner, "annotations": entry["annotations"]}
+    index_path.write_text(json.dumps(index))
+
+
+def test_verify_refuses_indexes_nested_deeper_than_import_takes(seeded_registry: Seeded,
+                                                                tmp_path):
+    from bundler import export_bundle
+
+    registry, _ = seeded_registry
+    ref = f"{registry.host}/base/os:1"
+    for levels, ok in ((8, True), (9, False)):
+        out = tmp_path / f"n{levels}"
+        export_bundle([ref], out)
+        _nest(out, levels)
+        verify = run_cli("verify", str(out))
+        listing = run_cli("list", str(out))
+        assert (verify.exit_code, listing.exit_code) == ((0, 0) if ok else (1, 1)), \
+            verify.output + listing.output
+        if not ok:
+            assert f"problem: {ref}: manifest sha256:" in verify.stderr
+            assert "is under more than 8 levels of indexes" in verify.stderr
+            assert "indexes nested deeper than 8 levels" in listing.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"garbage", "oci-layout is not JSON"),
+    (b'{"imageLayoutVersion": "2.0.0"}',
+     "oci-layout says imageLayoutVersion '2.0.0'; this version of bundler reads layouts of "
+     "version 1.x"),
+    (b"{}", "oci-layout has no imageLayoutVersion"),
+])
+@pytest.mark.parametrize("kind", ["dir", "tar"])
+def test_a_bad_oci_layout_file_is_a_problem(content: bytes, message: str, kind: str,
+                                            seeded_registry: Seeded, tmp_path):
+    import tarfile
+
+    from bundler import export_bundle
+
+    registry, _ = seeded_registry
+    out = tmp_path / "b"
+    export_bundle([f"{registry.host}/base/os:1"], out)
+    (out / "oci-layout").write_bytes(content)
+    target = out
+    if kind == "tar":
+        target = tmp_path / "b.tar"
+        with tarfile.open(target, "w") as tar:
+            for member in ("oci-layout", "index.json", "blobs"):
+                tar.add(out / member, arcname=member)
+    for command in ("verify", "list"):
+        result = run_cli(command, str(target))
+        assert result.exit_code == 1, (command, result.output)
+        assert message in result.stderr
+
+
+def test_verify_of_an_archive_without_oci_layout_or_in_the_wrong_order(seeded_registry: Seeded,
+                                                                       tmp_path):
+    import tarfile
+
+    from bundler import export_bundle
+
+    registry, seeded = seeded_registry
+    out = tmp_path / "b"
+    export_bundle([f"{registry.host}/base/os:1"], out)
+    bare = tmp_path / "bare.tar"
+    with tarfile.open(bare, "w") as tar:
+        for member in ("index.json", "blobs"):
+            tar.add(out / member, arcname=member)
+    result = run_cli("verify", str(bare))
+    assert result.exit_code == 1
+    assert f"problem: {bare}: no oci-layout in the archive" in result.stderr
+    # blobs first, index.json last (plain tar of a directory): sound, but import cannot
+    # stream it when a blob is over the limit it holds in memory
+    from bundler.registry import MANIFEST_LIMIT
+
+    big = make_image([random_layer(7, MANIFEST_LIMIT + 1)])
+    push(registry, f"big-{tmp_path.name}/one", big, tag="1")
+    out2 = tmp_path / "big"
+    export_bundle([f"{registry.host}/big-{tmp_path.name}/one:1"], out2)
+    wrong = tmp_path / "wrong.tar"
+    with tarfile.open(wrong, "w") as tar:
+        for member in ("blobs", "index.json", "oci-layout"):
+            tar.add(out2 / member, arcname=member)
+    result = run_cli("verify", str(wrong))
+    assert result.exit_code == 0, result.output
+    assert "comes before the manifests that name it; import reads an archive in one pass " \
+        "and will refuse this one" in result.stderr
+    assert run_cli("import", str(wrong), "--to", f"{registry.host}/w").exit_code == 1
+    right = tmp_path / "right.tar"
+    assert run_cli("export", f"{registry.host}/big-{tmp_path.name}/one:1", "-o", str(right),
+                   "-q").exit_code == 0
+    result = run_cli("verify", str(right))
+    assert result.exit_code == 0 and "warning" not in result.stderr

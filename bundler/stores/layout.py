@@ -135,6 +135,27 @@ class EarlyWriteback:
             self._start = end
 
 
+def check_layout_file(data: bytes, where: str) -> None:
+    """Check an ``oci-layout`` file: a JSON object whose ``imageLayoutVersion`` is a 1.x
+    version string.
+
+    Raises:
+        BundleError: anything else (naming ``where``).
+
+    Spec: image-spec ``image-layout.md`` "oci-layout file".
+    """
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise BundleError(f"{where}: oci-layout is not JSON: {exc}") from None
+    version = doc.get("imageLayoutVersion") if isinstance(doc, dict) else None
+    if not isinstance(version, str):
+        raise BundleError(f"{where}: oci-layout has no imageLayoutVersion")
+    if version.split(".")[0] != "1":
+        raise BundleError(f"{where}: oci-layout says imageLayoutVersion {version!r}; this "
+                          "version of bundler reads layouts of version 1.x")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -177,6 +198,12 @@ class LayoutStore:
             raise BundleError(f"{self.root}: not a bundle directory")
         elif not (self.root / "oci-layout").is_file() or not (self.root / "index.json").is_file():
             raise BundleError(f"{self.root}: not an OCI image layout (oci-layout or index.json missing)")
+        else:
+            try:
+                layout = (self.root / "oci-layout").read_bytes()
+            except OSError as exc:
+                raise BundleError(f"{self.root}: cannot read oci-layout: {exc}") from None
+            check_layout_file(layout, str(self.root))
 
     def _create(self) -> None:
         """Make the root directory and ``oci-layout`` if missing.
