@@ -206,8 +206,8 @@ def main(debug: bool) -> None:
 
 @main.command("export")
 @click.argument("references", nargs=-1)
-@click.option("-f", "--images-file", type=click.Path(dir_okay=False),
-              help="File with one reference per line (# comments allowed).")
+@click.option("-f", "--images-file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="File with one reference per line (# comments allowed); - for stdin.")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Bundle to write: a directory (extended if it exists), NAME.tar or "
                    "NAME.tar.zst (a new single-file bundle).")
@@ -321,7 +321,7 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
     run(lambda stop: api.import_bundle(bundle, to=to, mapping=pairs, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
                                        keep_going=keep_going),
-        tally, import_summary, reporter)
+        tally, import_summary, reporter, importing=True)
 
 
 @main.command("list")

@@ -9,6 +9,7 @@ failed image.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -52,14 +53,14 @@ def plural(count: int, noun: str) -> str:
 
 def run(action: Callable[[threading.Event], Any], tally: Tally,
         done: Callable[[Any, float], None], reporter: Any, *,
-        archive: str | None = None) -> None:
+        archive: str | None = None, importing: bool = False) -> None:
     """Run ``action(stop)``, then print its summary with ``done(result, seconds)``.
 
     Exits 1 after an error (with ``--keep-going``: one line per failed image, then the
     summary of the others), 2 after a usage error found by the library (a bad ``--to``,
     ``--mapping`` or reference: :class:`MappingError`, :class:`InvalidReferenceError`,
-    printed like click's usage errors), and 130 on Ctrl-C, after one line saying what
-    was kept.
+    printed like click's usage errors), and 130 on Ctrl-C (143 on SIGTERM, which is
+    handled the same way), after one line saying what was kept.
 
     Args:
         action: the export or import, given the stop event.
@@ -68,24 +69,40 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         reporter: the progress reporter (closed before anything is printed).
         archive: the archive an export writes; None for a directory export or an import.
             An interrupted archive export keeps nothing (the archive is written whole).
+        importing: the action is an import (for the words of the Ctrl-C line).
     """
     stop = threading.Event()
     started = time.monotonic()
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
     try:
-        result = action(stop)
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        previous = None
+    try:
+        try:
+            result = action(stop)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     except (KeyboardInterrupt, Cancelled):
         stop.set()
         reporter.close()
+        finished = f"{plural(tally.transferred, 'finished blob')} ({human(tally.bytes_done)})"
         if archive is not None:
             click.echo(f"interrupted: the archive {archive} was not written and nothing was "
                        "kept; run the same command again to start over", err=True)
+        elif importing:
+            click.echo(f"interrupted: {finished} are in the registry; run the same command "
+                       "again to continue", err=True)
         else:
-            click.echo(
-                f"interrupted: kept {plural(tally.transferred, 'finished blob')} "
-                f"({human(tally.bytes_done)}); run the same command again to continue",
-                err=True,
-            )
-        sys.exit(130)
+            click.echo(f"interrupted: kept {finished}; run the same command again to "
+                       "continue", err=True)
+        sys.exit(143 if terminated else 130)
     except (MappingError, InvalidReferenceError) as exc:
         reporter.close()
         raise click.UsageError(str(exc)) from exc

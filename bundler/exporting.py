@@ -19,6 +19,7 @@ Spec: image-spec ``image-layout.md``; annotations ``org.opencontainers.image.ref
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,7 +87,7 @@ def read_images_file(path: str | os.PathLike[str], *,
     """Read a list of references: one per line, blank lines and ``#`` comments ignored.
 
     Args:
-        path: the images file.
+        path: the images file (UTF-8, a byte-order mark allowed), or ``-`` for stdin.
         numbered: return ``(reference, "FILE:LINE")`` pairs, so that a bad line can be
             named by :func:`parse_references`.
 
@@ -94,7 +95,11 @@ def read_images_file(path: str | os.PathLike[str], *,
         BundlerError: the file cannot be read.
     """
     try:
-        text = Path(path).read_text()
+        if str(path) == "-":
+            text = sys.stdin.buffer.read().decode("utf-8-sig")
+            path = "<stdin>"
+        else:
+            text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise BundlerError(f"cannot read images file {path}: {exc}") from exc
     out = []

@@ -378,3 +378,33 @@ def test_json_import_starts_each_image_to_push_and_skips_each_present_one(
     plan = next(i for i, e in enumerate(events) if e["kind"] == "plan")
     first_image = next(i for i, e in enumerate(events) if e["kind"] == "image")
     assert plan < first_image
+
+
+def test_sigterm_is_an_interrupt_exit_143_and_an_archive_leaves_nothing(
+        registry: LocalRegistry, fault_proxy, tmp_path):
+    small, big = random_layer(63, 200_000), random_layer(64, 3 << 20)
+    image = make_image([small, big])
+    push(registry, "term/app", image, tag="1")
+    proxy = fault_proxy(registry.url)
+    proxy.slow(big.digest, 1_000_000, times=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    archive = out / "bundle.tar.zst"
+    args = [sys.executable, "-m", "bundler.cli", "export", f"{proxy.host}/term/app:1",
+            "-o", str(archive), "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def written() -> int:
+        return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and written() < 500_000:  # the slow layer is coming
+        time.sleep(0.02)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert stdout == b""
+    assert err.decode().splitlines() == [
+        f"interrupted: the archive {archive} was not written and nothing was kept; run the "
+        "same command again to start over"]
+    assert sorted(p.name for p in out.iterdir()) == []  # no partial archive, no spool

@@ -519,3 +519,18 @@ def test_verify_of_an_archive_without_oci_layout_or_in_the_wrong_order(seeded_re
                    "-q").exit_code == 0
     result = run_cli("verify", str(right))
     assert result.exit_code == 0 and "warning" not in result.stderr
+
+
+def test_images_file_from_stdin_and_with_a_byte_order_mark(seeded_registry: Seeded, tmp_path):
+    registry, seeded = seeded_registry
+    ref = f"{registry.host}/base/os:1"
+    piped = CliRunner().invoke(main, ["export", "-f", "-", "-o", str(tmp_path / "a"), "-q"],
+                               input=f"# from a pipe\n{ref}\n", catch_exceptions=False)
+    assert piped.exit_code == 0, piped.output
+    listed = tmp_path / "images.txt"
+    listed.write_bytes(b"\xef\xbb\xbf" + ref.encode() + b"\n")
+    bom = run_cli("export", "-f", str(listed), "-o", str(tmp_path / "b"), "-q")
+    assert bom.exit_code == 0, bom.output
+    for out in ("a", "b"):
+        index = (tmp_path / out / "index.json").read_text()
+        assert seeded.get("base/os", "1").digest in index and ref in index
