@@ -141,6 +141,9 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
     for digest in result.skipped_foreign:
         click.echo(f"warning: non-distributable layer {digest} was not served; "
                    "it is not in the bundle", err=True)
+    for digest in result.damaged:
+        click.echo(f"warning: blob {digest} arrived damaged and was downloaded again (it "
+                   "checks now)", err=True)
 
 
 def import_summary(result: ImportResult, seconds: float) -> None:

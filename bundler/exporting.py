@@ -18,6 +18,7 @@ Spec: image-spec ``image-layout.md``; annotations ``org.opencontainers.image.ref
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -40,6 +41,7 @@ from .digest import Digest
 from .errors import (
     BundlerError,
     Cancelled,
+    IntegrityError,
     InvalidReferenceError,
     NotFoundError,
     PartialFailureError,
@@ -53,6 +55,8 @@ from .stores import BundleStore
 from .stores.archive import output_format
 from .stores.archive_export import ArchiveExport
 from .stores.layout import LayoutStore
+
+_log = logging.getLogger("bundler")
 
 __all__ = ["ExportResult", "export_bundle", "plan_image", "unique_references",
            "read_images_file"]
@@ -71,6 +75,8 @@ class ExportResult:
         unique_bytes: bytes of all distinct blobs and manifests of these images.
         total_bytes: the same without deduplication (sum over images).
         skipped_foreign: digests of non-distributable layers the registry did not serve.
+        damaged: digests that arrived damaged (wrong size or digest) once and were
+            downloaded again (directory bundles; an archive export fails instead).
     """
 
     images: list[ImagePlan] = field(default_factory=list)
@@ -80,6 +86,7 @@ class ExportResult:
     unique_bytes: int = 0
     total_bytes: int = 0
     skipped_foreign: list[Digest] = field(default_factory=list)
+    damaged: list[Digest] = field(default_factory=list)
 
 
 def read_images_file(path: str | os.PathLike[str], *,
@@ -319,8 +326,18 @@ def _export(refs: list[Reference], store: BundleStore,
 
             report(Event("blob", str(digest), "start", total=descriptor.size))
             try:
-                fetched = store.put_blob(digest, descriptor.size, open_source,
-                                           on_bytes=on_bytes)
+                try:
+                    fetched = store.put_blob(digest, descriptor.size, open_source,
+                                               on_bytes=on_bytes)
+                except IntegrityError as exc:  # bytes damaged on the way: once more
+                    if not isinstance(store, LayoutStore):
+                        raise  # an archive's writer may have begun the member already
+                    _log.info("%s: %s; downloading it again", ref, exc)
+                    with lock:
+                        result.damaged.append(digest)
+                    report(Event("blob", str(digest), "start", total=descriptor.size))
+                    fetched = store.put_blob(digest, descriptor.size, open_source,
+                                               on_bytes=on_bytes)
             except NotFoundError as exc:
                 if not is_non_distributable(descriptor):
                     report(Event("blob", str(digest), "failed", total=descriptor.size,

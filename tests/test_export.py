@@ -528,7 +528,7 @@ def test_corrupt_blob_is_refused_and_never_stored(
         f"error: {ref}: digest mismatch ({out}/blobs/sha256/{layer.digest[7:]}): "
         f"expected {layer.digest}, got sha256:{hashlib.sha256(bad).hexdigest()}\n"
     )
-    assert proxy.count("GET", f"/blobs/{layer.digest}$") == 1
+    assert proxy.count("GET", f"/blobs/{layer.digest}$") == 2  # downloaded again, once
     assert not [f for f in bundle_files(out) if layer.digest[7:] in f]
     assert not (out / "index.json").exists()
 
@@ -652,3 +652,26 @@ def test_partial_blob_is_continued(
             if method == "GET" and uri.endswith(f"/blobs/{layer.digest}")] == statuses
     assert (blob_dir / layer.digest[7:]).read_bytes() == layer.data
     assert bundle_files(tmp_path / "b") == expected_files([entry])
+
+
+@pytest.mark.parametrize("name", ["b"])
+def test_a_blob_damaged_once_on_the_way_is_downloaded_again(
+    seeded_registry: Seeded,
+    fault_proxy: Callable[..., FaultProxy],
+    tmp_path: Path,
+    name: str,
+) -> None:
+    registry, seeded = seeded_registry
+    proxy = fault_proxy(registry.url)
+    entry = seeded.get("base/os", "1")
+    layer = entry.item.layers[1]
+    proxy.corrupt_body(f"/blobs/{layer.digest}$", times=1)
+    out = tmp_path / name
+    result = run_cli("export", f"{proxy.host}/base/os:1", "-o", str(out), "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == (f"warning: blob {layer.digest} arrived damaged and was "
+                             "downloaded again (it checks now)\n")
+    assert proxy.count("GET", f"/blobs/{layer.digest}$") == 2
+    assert (out / "blobs/sha256" / layer.digest[7:]).read_bytes() == layer.data
+    assert run_cli("verify", str(out)).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no spool left
