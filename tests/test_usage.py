@@ -534,3 +534,22 @@ def test_images_file_from_stdin_and_with_a_byte_order_mark(seeded_registry: Seed
     for out in ("a", "b"):
         index = (tmp_path / out / "index.json").read_text()
         assert seeded.get("base/os", "1").digest in index and ref in index
+
+
+def test_export_refuses_a_directory_that_holds_other_things(seeded_registry: Seeded, tmp_path):
+    registry, seeded = seeded_registry
+    ref = f"{registry.host}/base/os:1"
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "readme.txt").write_text("mine")
+    result = run_cli("export", ref, "-o", str(other), "-q")
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: {other}: a directory that holds other files and is no "
+                             "OCI image layout (no oci-layout); export into a new or empty "
+                             "directory, or into an existing bundle\n")
+    assert sorted(p.name for p in other.iterdir()) == ["readme.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli("export", ref, "-o", str(empty), "-q").exit_code == 0
+    assert seeded.get("base/os", "1").digest in (empty / "index.json").read_text()
+    assert run_cli("export", f"{registry.host}/base/os:2", "-o", str(empty), "-q").exit_code == 0

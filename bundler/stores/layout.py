@@ -209,12 +209,21 @@ class LayoutStore:
         """Make the root directory and ``oci-layout`` if missing.
 
         Raises:
-            BundleError: the root is not a directory, or cannot be created or written.
+            BundleError: the root is not a directory, or cannot be created or written; it
+            is a non-empty directory without ``oci-layout``, or its ``oci-layout`` is bad.
         """
         if self.root.exists() and not self.root.is_dir():
             raise BundleError(f"{self.root}: exists and is not a directory; a directory "
                               "bundle needs a directory (name an archive NAME.tar or "
                               "NAME.tar.zst, or choose another output)")
+        layout_file = self.root / "oci-layout"
+        if self.root.is_dir() and not layout_file.exists() and any(
+                entry.name != "blobs" for entry in self.root.iterdir()):  # blobs: a rerun
+            raise BundleError(f"{self.root}: a directory that holds other files and is no OCI "
+                              "image layout (no oci-layout); export into a new or empty "
+                              "directory, or into an existing bundle")
+        if layout_file.is_file():
+            check_layout_file(layout_file.read_bytes(), str(self.root))
         try:
             if not self.root.is_dir():
                 missing = [p for p in (self.root, *self.root.parents) if not p.exists()]
