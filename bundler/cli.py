@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -324,19 +324,28 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
         tally, import_summary, reporter, importing=True)
 
 
+R = TypeVar("R")
+
+
+def _offline(action: Callable[[], R], interrupted: str) -> R:
+    """Run a bundle reader (list, verify): exit 1 with ``error: ...`` on a
+    :class:`BundlerError`, 130 with ``interrupted`` on Ctrl-C."""
+    try:
+        return action()
+    except BundlerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo(interrupted, err=True)
+        sys.exit(130)
+
+
 @main.command("list")
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(bundle: str, as_json: bool) -> None:
     """Show the images of a bundle: reference, digest, media type, platforms, size."""
-    try:
-        listing = api.list_bundle(bundle)
-    except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    listing = _offline(lambda: api.list_bundle(bundle), "interrupted")
     if as_json:
         click.echo(json.dumps({
             "images": [
@@ -369,14 +378,8 @@ def list_cmd(bundle: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify_cmd(bundle: str, as_json: bool) -> None:
     """Check a bundle offline: every digest, size and reference. Exit 1 on problems."""
-    try:
-        report = api.verify_bundle(bundle)
-    except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted: the bundle was not fully checked", err=True)
-        sys.exit(130)
+    report = _offline(lambda: api.verify_bundle(bundle),
+                      "interrupted: the bundle was not fully checked")
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,
                                "bytes": report.bytes, "problems": report.problems,

@@ -37,6 +37,17 @@ def usage_error(result: Result, command: str, message: str) -> None:
     )
 
 
+def tar_of(layout: Path, target: Path,
+           members: tuple[str, ...] = ("oci-layout", "index.json", "blobs")) -> Path:
+    """A plain tar of a layout directory's ``members``, in that order."""
+    import tarfile
+
+    with tarfile.open(target, "w") as tar:
+        for member in members:
+            tar.add(layout / member, arcname=member)
+    return target
+
+
 # -- 1. sizes --------------------------------------------------------------------------------
 
 
@@ -381,7 +392,6 @@ def test_retry_delay_must_be_seconds_from_0_to_30(command: str, value: str, mess
 @pytest.mark.parametrize("kind", ["dir", "tar"])
 def test_verify_names_every_image_that_uses_a_damaged_blob(kind: str, seeded_registry: Seeded,
                                                            tmp_path):
-    import tarfile
 
     from bundler import export_bundle
 
@@ -396,12 +406,7 @@ def test_verify_names_every_image_that_uses_a_damaged_blob(kind: str, seeded_reg
     data = bytearray(blob.read_bytes())
     data[0] ^= 1
     blob.write_bytes(bytes(data))
-    target = out
-    if kind == "tar":
-        target = tmp_path / "b.tar"
-        with tarfile.open(target, "w") as tar:
-            for member in ("oci-layout", "index.json", "blobs"):
-                tar.add(out / member, arcname=member)
+    target = out if kind == "dir" else tar_of(out, tmp_path / "b.tar")
     result = run_cli("verify", str(target))
     assert result.exit_code == 1
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
@@ -461,7 +466,6 @@ def test_verify_refuses_indexes_nested_deeper_than_import_takes(seeded_registry:
 @pytest.mark.parametrize("kind", ["dir", "tar"])
 def test_a_bad_oci_layout_file_is_a_problem(content: bytes, message: str, kind: str,
                                             seeded_registry: Seeded, tmp_path):
-    import tarfile
 
     from bundler import export_bundle
 
@@ -469,12 +473,7 @@ def test_a_bad_oci_layout_file_is_a_problem(content: bytes, message: str, kind: 
     out = tmp_path / "b"
     export_bundle([f"{registry.host}/base/os:1"], out)
     (out / "oci-layout").write_bytes(content)
-    target = out
-    if kind == "tar":
-        target = tmp_path / "b.tar"
-        with tarfile.open(target, "w") as tar:
-            for member in ("oci-layout", "index.json", "blobs"):
-                tar.add(out / member, arcname=member)
+    target = out if kind == "dir" else tar_of(out, tmp_path / "b.tar")
     for command in ("verify", "list"):
         result = run_cli(command, str(target))
         assert result.exit_code == 1, (command, result.output)
@@ -483,17 +482,13 @@ def test_a_bad_oci_layout_file_is_a_problem(content: bytes, message: str, kind: 
 
 def test_verify_of_an_archive_without_oci_layout_or_in_the_wrong_order(seeded_registry: Seeded,
                                                                        tmp_path):
-    import tarfile
 
     from bundler import export_bundle
 
     registry, seeded = seeded_registry
     out = tmp_path / "b"
     export_bundle([f"{registry.host}/base/os:1"], out)
-    bare = tmp_path / "bare.tar"
-    with tarfile.open(bare, "w") as tar:
-        for member in ("index.json", "blobs"):
-            tar.add(out / member, arcname=member)
+    bare = tar_of(out, tmp_path / "bare.tar", ("index.json", "blobs"))
     result = run_cli("verify", str(bare))
     assert result.exit_code == 1
     assert f"problem: {bare}: no oci-layout in the archive" in result.stderr
@@ -505,10 +500,7 @@ def test_verify_of_an_archive_without_oci_layout_or_in_the_wrong_order(seeded_re
     push(registry, f"big-{tmp_path.name}/one", big, tag="1")
     out2 = tmp_path / "big"
     export_bundle([f"{registry.host}/big-{tmp_path.name}/one:1"], out2)
-    wrong = tmp_path / "wrong.tar"
-    with tarfile.open(wrong, "w") as tar:
-        for member in ("blobs", "index.json", "oci-layout"):
-            tar.add(out2 / member, arcname=member)
+    wrong = tar_of(out2, tmp_path / "wrong.tar", ("blobs", "index.json", "oci-layout"))
     result = run_cli("verify", str(wrong))
     assert result.exit_code == 0, result.output
     assert "comes before the manifests that name it; import reads an archive in one pass " \
