@@ -15,7 +15,7 @@ from pathlib import Path
 from .archive_check import read_head, verify_archive
 from .archive_import import import_archive
 from .content import Descriptor, Index
-from .copy import MAX_NESTING, ImagePlan, name_images, visit_reachable, walk
+from .copy import MAX_NESTING, name_images, visit_reachable, walk
 from .digest import Digest
 from .errors import BundleError, BundlerError, IntegrityError
 from .exporting import ExportResult, export_bundle, read_images_file
@@ -124,25 +124,30 @@ class BundleListing:
     unique_bytes: int = 0
     total_bytes: int = 0
     blob_count: int = 0
-
-
-def _plans(store: LayoutStore) -> list[ImagePlan]:
-    return [
-        walk(d, store.get_manifest, name=entry_name(d) or str(d.digest))
-        for d in store.read_index()
-    ]
+    #: one line per image whose manifests cannot be read (it is not in ``images``)
+    problems: list[str] = field(default_factory=list)
 
 
 def list_bundle(bundle: str | os.PathLike[str]) -> BundleListing:
-    """Describe what a bundle holds.
+    """Describe what a bundle holds. In a directory bundle, an image whose manifests
+    cannot be read (missing or corrupt) is left out and named in ``problems``; the
+    others are listed.
 
     Raises:
-        BundleError: the bundle cannot be read; IntegrityError: a manifest is corrupt.
+        BundleError: the bundle cannot be read at all (no layout, no index.json; an
+        archive whose head lacks a manifest).
     """
     store = read_head(bundle) if is_archive(bundle) else open_bundle(bundle)
     listing = BundleListing()
     unique: dict[Digest, int] = {}
-    for plan in _plans(store):
+    plans = []
+    for descriptor in store.read_index():
+        name = entry_name(descriptor) or str(descriptor.digest)
+        try:
+            plans.append(walk(descriptor, store.get_manifest, name=name))
+        except BundlerError as exc:
+            listing.problems.append(f"{name}: {exc}")
+    for plan in plans:
         listing.images.append(
             BundleImage(plan.name if plan.name != str(plan.descriptor.digest) else "",
                         plan.descriptor.digest, plan.descriptor.media_type,

@@ -344,7 +344,10 @@ def _offline(action: Callable[[], R], interrupted: str) -> R:
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(bundle: str, as_json: bool) -> None:
-    """Show the images of a bundle: reference, digest, media type, platforms, size."""
+    """Show the images of a bundle: reference, digest, media type, platforms, size.
+
+    An image whose manifests cannot be read is named on stderr and the others are
+    listed; the exit status is then 1."""
     listing = _offline(lambda: api.list_bundle(bundle), "interrupted")
     if as_json:
         click.echo(json.dumps({
@@ -356,8 +359,11 @@ def list_cmd(bundle: str, as_json: bool) -> None:
             "uniqueBytes": listing.unique_bytes,
             "totalBytes": listing.total_bytes,
             "blobs": listing.blob_count,
+            "problems": listing.problems,
         }, indent=2))
-        return
+        sys.exit(1 if listing.problems else 0)
+    for problem in listing.problems:
+        click.echo(f"problem: {problem}", err=True)
     rows = [("REFERENCE", "DIGEST", "MEDIA TYPE", "PLATFORMS", "SIZE")]
     for i in listing.images:
         kind = i.media_type.rsplit("/", 1)[-1]
@@ -370,7 +376,10 @@ def list_cmd(bundle: str, as_json: bool) -> None:
     click.echo(f"{plural(len(listing.images), 'image')}, "
                f"{plural(listing.blob_count, 'blob')}: "
                f"{human(listing.unique_bytes)} stored, {human(listing.total_bytes)} without "
-               f"dedup ({human(saved)} saved)")
+               f"dedup ({human(saved)} saved)"
+               + (f"; {plural(len(listing.problems), 'image')} unreadable (see above)"
+                  if listing.problems else ""))
+    sys.exit(1 if listing.problems else 0)
 
 
 @main.command("verify")

@@ -315,6 +315,7 @@ def expected_listing(seeded: SeededSet) -> dict:
         "uniqueBytes": sum(blobs.values()) + sum(len(b) for b in manifests.values()),
         "totalBytes": sum(image_size(e) for e in seeded.entries),
         "blobs": len(blobs) + len(manifests),
+        "problems": [],
     }
 
 

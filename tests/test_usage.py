@@ -545,3 +545,31 @@ def test_export_refuses_a_directory_that_holds_other_things(seeded_registry: See
     assert run_cli("export", ref, "-o", str(empty), "-q").exit_code == 0
     assert seeded.get("base/os", "1").digest in (empty / "index.json").read_text()
     assert run_cli("export", f"{registry.host}/base/os:2", "-o", str(empty), "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["dir"])  # an archive's head must hold every manifest
+def test_list_shows_the_readable_images_and_names_the_broken_one(kind: str,
+                                                                 seeded_registry: Seeded,
+                                                                 tmp_path):
+    import json
+
+    from bundler import export_bundle
+
+    registry, seeded = seeded_registry
+    names = [f"{registry.host}/{r}" for r in ("base/os:1", "multi/arch:1", "apps/api:1.0")]
+    out = tmp_path / "b"
+    export_bundle(names, out)
+    child = seeded.get("multi/arch", "1").item.children[0].digest
+    (out / "blobs" / "sha256" / child.split(":")[1]).unlink()
+    target = out if kind == "dir" else tar_of(out, tmp_path / "b.tar")
+    result = run_cli("list", str(target))
+    assert result.exit_code == 1
+    problems = result.stderr.splitlines()
+    assert len(problems) == 1 and problems[0].startswith(f"problem: {names[1]}: ")
+    assert child in problems[0]
+    rows = [line.split()[0] for line in result.stdout.splitlines()[1:-1]]
+    assert rows == [names[0], names[2]]
+    assert result.stdout.splitlines()[-1].endswith("; 1 image unreadable (see above)")
+    doc = json.loads(run_cli("list", str(target), "--json").stdout)
+    assert [i["reference"] for i in doc["images"]] == [names[0], names[2]]
+    assert len(doc["problems"]) == 1 and doc["problems"][0].startswith(f"{names[1]}: ")
