@@ -6,8 +6,9 @@ digest only is pushed by digest. A layout entry named by a bare tag (skopeo
 ``oci:DIR:tag``, umoci) has no repository: ``--to`` must then name the full repository.
 
 ``--mapping FILE``: ``SOURCE=DESTINATION`` lines in the style of ``oc image mirror``;
-SOURCE is the name the bundle records (or the image's digest), DESTINATION a full
-reference (no tag: the source tag is kept). Blank lines and ``#`` comments are ignored.
+SOURCE is the name the bundle records (or the image's digest, which names every entry
+of that image), DESTINATION a full reference (no tag: the source tag is kept). Blank
+lines and ``#`` comments are ignored; a repeated line counts once.
 
 Destinations always name their registry host: the first component holds a ``.`` or a
 ``:`` or is ``localhost`` (``docker.io/...`` for Docker Hub). A name without one is
@@ -175,7 +176,8 @@ def resolve_targets(
         raise MappingError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
     targets: list[Target] = []
     if mapping is not None:
-        for source, destination in mapping:
+        sources: list[str] = []
+        for source, destination in dict.fromkeys(mapping):  # a repeated line counts once
             wanted = {source, _normalized(source)}
             matches = [d for d in entries if wanted & _keys(d, entry_name(d))]
             latest = _with_latest(source)
@@ -183,29 +185,14 @@ def resolve_targets(
                 matches = [d for d in entries if latest in _keys(d, entry_name(d))]
             if not matches:
                 raise MappingError(f"mapping source {source!r} is not in the bundle")
-            entry = matches[0]
-            recorded = entry_name(entry)
-            dest = _destination(destination, what=f"mapping destination {destination!r}")
-            if dest.digest is not None and dest.digest != entry.digest:
-                raise MappingError(
-                    f"mapping destination {destination!r} names digest {dest.digest}, but "
-                    f"{source!r} is {entry.digest} in the bundle; a push keeps the digest, so "
-                    "drop the digest or give the image's own")
-            dest = dest.with_digest(None)
-            if dest.tag is None:
-                # the recorded tag is kept; an entry without a name goes by digest only
-                src = _safe_source(recorded)
-                tag = src.tag if src is not None else (
-                    recorded if recorded and "@" not in recorded else None)
-                try:
-                    dest = dest.with_tag(tag)
-                except InvalidReferenceError as exc:
-                    raise MappingError(
-                        f"bundle entry {recorded!r} is not a valid tag ({exc.reason}); give "
-                        f"the mapping destination of {source!r} a tag") from None
-            targets.append(Target(recorded or str(entry.digest), entry, _pin(dest, entry)))
-        return _unique(targets, mapped=[source for source, _ in mapping])
+            # a digest names every entry of that image (web:1.0 and web:latest); a name
+            # names one
+            for entry in matches if _is_digest(source) else matches[:1]:
+                targets.append(_mapped(entry, source, destination))
+                sources.append(source)
+        return _unique(targets, mapped=sources)
     registry, prefix = _split_to(to or "")
+
     for position, entry in enumerate(entries):
         name = entry_name(entry)
         src = _source_reference(name)
@@ -231,22 +218,60 @@ def resolve_targets(
     return _unique(targets)
 
 
+def _is_digest(text: str) -> bool:
+    """Whether a mapping source is a bare digest (``sha256:...``)."""
+    return ":" in text and "/" not in text and text.split(":", 1)[0] in ("sha256", "sha512")
+
+
+def _mapped(entry: Descriptor, source: str, destination: str) -> Target:
+    """The target of one bundle entry named by a mapping line."""
+    recorded = entry_name(entry)
+    dest = _destination(destination, what=f"mapping destination {destination!r}")
+    if dest.digest is not None and dest.digest != entry.digest:
+        raise MappingError(
+            f"mapping destination {destination!r} names digest {dest.digest}, but "
+            f"{source!r} is {entry.digest} in the bundle; a push keeps the digest, so "
+            "drop the digest or give the image's own")
+    dest = dest.with_digest(None)
+    if dest.tag is None:
+        # the recorded tag is kept; an entry without a name goes by digest only
+        src = _safe_source(recorded)
+        tag = src.tag if src is not None else (
+            recorded if recorded and "@" not in recorded else None)
+        try:
+            dest = dest.with_tag(tag)
+        except InvalidReferenceError as exc:
+            raise MappingError(
+                f"bundle entry {recorded!r} is not a valid tag ({exc.reason}); give "
+                f"the mapping destination of {source!r} a tag") from None
+    return Target(recorded or str(entry.digest), entry, _pin(dest, entry))
+
+
 def _unique(targets: list[Target], mapped: list[str] | None = None) -> list[Target]:
-    """Refuse two images (or mapping lines) that go to one tagged destination.
+    """Refuse two images (or mapping lines) that go to one tagged destination; the same
+    image twice to one destination is pushed once.
 
     Args:
         targets: in the order of the bundle entries or mapping lines.
         mapped: the mapping sources, one per target (None: ``--to``).
 
+    Returns:
+        ``targets`` less such repeats.
+
     Raises:
         MappingError: naming both sources and the destination.
     """
     seen: dict[str, int] = {}
+    kept: list[Target] = []
     for position, target in enumerate(targets):
         dest = target.destination
         if dest.tag is None:
-            continue  # pushed by digest: distinct content, distinct names
+            if not any(t.destination == dest for t in kept):
+                kept.append(target)  # pushed by digest: distinct content, distinct names
+            continue
         key = str(dest.with_digest(None))
+        if key in seen and targets[seen[key]].descriptor.digest == target.descriptor.digest:
+            continue  # the same image again (a digest naming web:1.0 and web:latest)
         if key in seen:
             first = seen[key]
             if mapped is not None:
@@ -259,7 +284,8 @@ def _unique(targets: list[Target], mapped: list[str] | None = None) -> list[Targ
                 f"{key}; use --mapping to give each its own destination"
             )
         seen[key] = position
-    return targets
+        kept.append(target)
+    return kept
 
 
 def _pin(dest: Reference, entry: Descriptor) -> Reference:

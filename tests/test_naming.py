@@ -417,3 +417,22 @@ def test_a_port_out_of_range_is_an_invalid_reference(text: str) -> None:
         Reference.parse(text)
     assert "is not 1-65535" in str(info.value)
     assert str(Reference.parse("127.0.0.1:65535/a:1")) == "127.0.0.1:65535/a:1"
+
+
+def test_a_digest_source_maps_every_entry_of_that_image() -> None:
+    """web:1.0 and web:latest are one image; a mapping line naming its digest imports
+    both tags, and a repeated line or a tagged destination pushes it once."""
+    entries = [entry(D1, "quay.io/org/web:1.0", containerd="quay.io/org/web:1.0"),
+               entry(D1, "quay.io/org/web:latest", containerd="quay.io/org/web:latest"),
+               entry(D2, "quay.io/org/api:1", containerd="quay.io/org/api:1")]
+    targets = resolve_targets(entries, mapping=[(str(D1), "reg.local:5000/m/web")])
+    assert [t.name for t in targets] == ["quay.io/org/web:1.0", "quay.io/org/web:latest"]
+    assert destinations(targets) == [f"reg.local:5000/m/web:1.0@{D1}",
+                                     f"reg.local:5000/m/web:latest@{D1}"]
+    once = resolve_targets(entries, mapping=[(str(D1), "reg.local:5000/m/web:stable")] * 2)
+    assert destinations(once) == [f"reg.local:5000/m/web:stable@{D1}"]
+    named = resolve_targets(entries, mapping=[("quay.io/org/web:latest", "reg.local:5000/w")])
+    assert destinations(named) == [f"reg.local:5000/w:latest@{D1}"]
+    with pytest.raises(MappingError, match="both go to reg.local:5000/x:1"):
+        resolve_targets(entries, mapping=[(str(D1), "reg.local:5000/x:1"),
+                                          (str(D2), "reg.local:5000/x:1")])
