@@ -141,6 +141,14 @@ def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
         raise click.UsageError(str(exc)) from exc
 
 
+def _once(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> str | None:
+    """An option that may be given at most once (click would keep the last silently)."""
+    if len(value) > 1:
+        raise click.BadParameter(f"given {len(value)} times ({', '.join(value)}); give it "
+                                 "once")
+    return value[0] if value else None
+
+
 def _not_nan(ctx: click.Context, param: click.Parameter, value: float) -> float:
     """Refuse ``nan``, which passes every range check."""
     if value != value:
@@ -276,9 +284,9 @@ def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
 
 @main.command("import")
 @click.argument("bundle", type=click.Path())
-@click.option("--to", "to", metavar="REGISTRY[/PREFIX]",
-              help="Destination registry and repository prefix.")
-@click.option("--mapping", type=click.Path(dir_okay=False),
+@click.option("--to", "to", metavar="REGISTRY[/PREFIX]", callback=_once,
+              multiple=True, help="Destination registry and repository prefix.")
+@click.option("--mapping", type=click.Path(dir_okay=False), callback=_once, multiple=True,
               help="File of SOURCE=DESTINATION lines (oc image mirror style).")
 @click.option("--chunk-size", default="64MiB", show_default=True,
               callback=_size_option(MIN_CHUNK_SIZE),

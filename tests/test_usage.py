@@ -573,3 +573,11 @@ def test_list_shows_the_readable_images_and_names_the_broken_one(kind: str,
     doc = json.loads(run_cli("list", str(target), "--json").stdout)
     assert [i["reference"] for i in doc["images"]] == [names[0], names[2]]
     assert len(doc["problems"]) == 1 and doc["problems"][0].startswith(f"{names[1]}: ")
+
+
+@pytest.mark.parametrize("option", ["--to", "--mapping"])
+def test_to_and_mapping_are_given_once(option: str, tmp_path):
+    values = ["127.0.0.1:1/a", "127.0.0.1:2/b"] if option == "--to" else ["m1.txt", "m2.txt"]
+    result = run_cli("import", str(tmp_path), option, values[0], option, values[1])
+    usage_error(result, "import", f"Invalid value for '{option}': given 2 times "
+                                  f"({values[0]}, {values[1]}); give it once")
