@@ -6,14 +6,13 @@ Spec: image-spec ``image-layout.md``, ``descriptor.md`` (digests and sizes).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable, parse_manifest
-from .copy import MAX_NESTING, name_images, visit_reachable
+from .copy import check_reachable
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, ManifestError, UnsafeArchiveError
 from .registry import MANIFEST_LIMIT
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     from .bundle import VerifyReport
 
 __all__ = ["MAX_HELD", "ArchiveHead", "HeadManifests", "read_head", "verify_archive"]
-
-_log = logging.getLogger("bundler.verify")
 
 #: Cap, in bytes, on index.json and manifests held in memory while reading an archive.
 MAX_HELD = 64 << 20
@@ -133,6 +130,9 @@ class _Scan:
     #: the first large member that came before the manifests naming it (import, which
     #: reads an archive in one pass, cannot place it)
     out_of_order: str | None = None
+    #: the digests the manifests parsed so far name (the first ``_named_from`` of them)
+    named: set[Digest] = field(default_factory=set)
+    _named_from: int = 0
     graph: HeadManifests = field(init=False)
 
     def __post_init__(self) -> None:
@@ -187,8 +187,12 @@ class _Scan:
         """Whether a manifest read so far names ``digest`` (as a blob or a child)."""
         if digest in self.graph.missing:
             return True
-        return any(digest == d.digest for item in self.manifests.values()
-                   for d in (item.manifests if isinstance(item, Index) else item.blobs))
+        items = list(self.manifests.values())
+        for item in items[self._named_from:]:  # only the manifests parsed since last time
+            children = item.manifests if isinstance(item, Index) else item.blobs
+            self.named.update(d.digest for d in children)
+        self._named_from = len(items)
+        return digest in self.named
 
     def _sound(self, digest: Digest, source: Iterable[bytes] | BinaryIO, size: int) -> bool:
         where = f"blobs/{digest.algorithm}/{digest.hex}"
@@ -283,12 +287,8 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
             return ()
         return item.manifests if isinstance(item, Index) else item.blobs
 
-    reached: dict[Digest, list[str]] = {}
-    report.images = visit_reachable(scan.entries, visit, reached,
-                                    too_deep=lambda _name, d: bad.setdefault(
-                                        d.digest, f"manifest {d.digest} is under more than "
-                                        f"{MAX_NESTING} levels of indexes"))
-    report.problems.extend(f"{name_images(reached[d])}: {why}" for d, why in bad.items())
+    report.images, problems = check_reachable(scan.entries, visit, bad)
+    report.problems.extend(problems)
     report.problems.extend(scan.corrupt.values())  # members no image refers to
     return report
 

@@ -146,7 +146,7 @@ class _Session:
         push = plan_push(planned, self.plans, self.clients, jobs=self.jobs, report=self.report,
                          stop=self.stop, keep_going=self.keep_going)
         for key, exc in push.failures.items():
-            self._fail([key] if isinstance(key, Target) else push.needing(key, self.plans), exc)
+            self._fail(push.culprits(key, self.plans), exc)
         self.result.skipped_images = [t.name for t in push.complete]
         self.todo = [t for t in push.todo if t not in self.failed]
         for blob in push.blobs:

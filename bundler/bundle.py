@@ -15,7 +15,7 @@ from pathlib import Path
 from .archive_check import read_head, verify_archive
 from .archive_import import import_archive
 from .content import Descriptor, Index
-from .copy import MAX_NESTING, name_images, visit_reachable, walk
+from .copy import check_reachable, walk
 from .digest import Digest
 from .errors import BundleError, BundlerError, IntegrityError
 from .exporting import ExportResult, export_bundle, read_images_file
@@ -235,10 +235,6 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
             bad[descriptor.digest] = f"{descriptor.digest}: {exc}"
         return under
 
-    reached: dict[Digest, list[str]] = {}
-    report.images = visit_reachable(entries, visit, reached,
-                                    too_deep=lambda _name, d: bad.setdefault(
-                                        d.digest, f"manifest {d.digest} is under more than "
-                                        f"{MAX_NESTING} levels of indexes"))
-    report.problems.extend(f"{name_images(reached[d])}: {why}" for d, why in bad.items())
+    report.images, problems = check_reachable(entries, visit, bad)
+    report.problems.extend(problems)
     return report

@@ -176,6 +176,27 @@ def name_images(names: list[str], most: int = 3) -> str:
     return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
+def check_reachable(
+    entries: list[Descriptor],
+    visit: Callable[[str, Descriptor, bool], Iterable[Descriptor]],
+    bad: dict[Digest, str],
+) -> tuple[int, list[str]]:
+    """:func:`visit_reachable` for a check: ``visit`` records a digest's problem in
+    ``bad``; each problem comes back named by every image that reaches the digest.
+
+    Returns:
+        (the number of images, one line per problem: ``IMAGES: problem``).
+    """
+    reached: dict[Digest, list[str]] = {}
+
+    def too_deep(_name: str, descriptor: Descriptor) -> None:
+        bad.setdefault(descriptor.digest, f"manifest {descriptor.digest} is under more "
+                                          f"than {MAX_NESTING} levels of indexes")
+
+    images = visit_reachable(entries, visit, reached, too_deep=too_deep)
+    return images, [f"{name_images(reached[d])}: {why}" for d, why in bad.items()]
+
+
 def run_parallel(
     tasks: Iterable[T],
     work: Callable[[T], object],

@@ -130,19 +130,18 @@ def parse_references(texts: Iterable[str | tuple[str, str]]) -> list[Reference]:
         InvalidReferenceError: naming the first bad input (and where it came from).
         BundlerError: no references at all.
     """
-    seen: dict[str, Reference] = {}
+    refs: list[Reference] = []
     for item in texts:
         text, where = (item, "") if isinstance(item, str) else item
         try:
-            ref = Reference.parse(text)
+            refs.append(Reference.parse(text))
         except InvalidReferenceError as exc:
             if not where:
                 raise
             raise InvalidReferenceError(exc.text, exc.reason, where=where) from exc
-        seen.setdefault(str(ref), ref)
-    if not seen:
+    if not refs:
         raise BundlerError("no image references given")
-    return list(seen.values())
+    return unique_references(refs)
 
 
 def plan_image(

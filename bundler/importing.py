@@ -131,10 +131,7 @@ def push_images(
                          leave_out=lambda d: d.digest in foreign)
         order = by_size_interleaved([b for b in push.blobs if b not in push.failures])
         result.skipped_images = [t.name for t in push.complete]
-        for key, exc in push.failures.items():
-            culprits = [key] if isinstance(key, Target) else push.needing(key, plans)
-            for target in culprits:
-                record_failure(failed, target, target.name, exc, report, keep_going)
+        fail(push.failures, lambda key: push.culprits(key, plans))
         todo = [t for t in push.todo if t not in failed]
         for digest in sorted({d for t in todo for d in plans[t].blobs if d in foreign}):
             result.skipped_foreign.append(digest)
@@ -144,7 +141,7 @@ def push_images(
         # 3. blobs: one task per (registry, digest), all repositories that need it; the
         #    worker that finishes an image's last blob pushes its manifests (step 4) at
         #    once, so tagging overlaps the remaining transfers
-        waiting: dict[Target, int] = {t: 0 for t in todo if t not in failed}
+        waiting: dict[Target, int] = dict.fromkeys(todo, 0)
         needs = {b: [t for t in push.needing(b, plans) if t in waiting] for b in order}
         for blob in order:
             for target in needs[blob]:
@@ -201,13 +198,9 @@ def push_images(
 
         failures = run_parallel(order, push_blob, jobs=jobs, stop=stop, keep_going=keep_going)
         fail(manifest_failures, lambda t: [t])
-        if failures and not keep_going:
-            blob, exc = next(iter(failures.items()))
-            hit = blob_culprits(exc, push.needing(blob, plans))
-            target, cause = hit[0] if hit else (blob.owner, exc)
-            raise TransferError(target.name, cause) from cause
-        for blob, exc in failures.items():
-            for target, cause in blob_culprits(exc, push.needing(blob, plans)):
+        for blob, exc in failures.items():  # without keep_going: raises for the first
+            hits = blob_culprits(exc, push.needing(blob, plans)) or [(blob.owner, exc)]
+            for target, cause in hits:
                 record_failure(failed, target, target.name, cause, report, keep_going)
 
         # images with nothing left to upload, and any a stopped worker left untagged

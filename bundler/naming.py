@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .content import CONTAINERD_NAME, REF_NAME, Descriptor
+from .digest import Digest
 from .errors import InvalidReferenceError, MappingError
 from .reference import Reference
 
@@ -220,7 +221,11 @@ def resolve_targets(
 
 def _is_digest(text: str) -> bool:
     """Whether a mapping source is a bare digest (``sha256:...``)."""
-    return ":" in text and "/" not in text and text.split(":", 1)[0] in ("sha256", "sha512")
+    try:
+        Digest.parse(text)
+    except InvalidReferenceError:
+        return False
+    return True
 
 
 def _mapped(entry: Descriptor, source: str, destination: str) -> Target:
@@ -262,12 +267,14 @@ def _unique(targets: list[Target], mapped: list[str] | None = None) -> list[Targ
         MappingError: naming both sources and the destination.
     """
     seen: dict[str, int] = {}
+    by_digest: set[str] = set()
     kept: list[Target] = []
     for position, target in enumerate(targets):
         dest = target.destination
         if dest.tag is None:
-            if not any(t.destination == dest for t in kept):
-                kept.append(target)  # pushed by digest: distinct content, distinct names
+            if str(dest) not in by_digest:  # pushed by digest: distinct content, names
+                by_digest.add(str(dest))
+                kept.append(target)
             continue
         key = str(dest.with_digest(None))
         if key in seen and targets[seen[key]].descriptor.digest == target.descriptor.digest:

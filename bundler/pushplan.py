@@ -82,6 +82,11 @@ class PushPlan:
         return [t for t in self.todo if t.destination.registry == blob.registry
                 and blob.digest in plans[t].blobs]
 
+    def culprits(self, key: object, plans: dict[Target, ImagePlan]) -> list[Target]:
+        """The images a failure in :attr:`failures` fails: the image itself, or every
+        image that needs the blob."""
+        return [key] if isinstance(key, Target) else self.needing(key, plans)  # type: ignore[arg-type]
+
 
 def plan_push(
     targets: list[Target],

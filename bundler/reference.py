@@ -49,6 +49,14 @@ def _split_domain(name: str) -> tuple[str, str]:
     return first, rest
 
 
+def _check_tag(text: str, tag: str) -> None:
+    """Raise InvalidReferenceError (about ``text``) unless ``tag`` matches the
+    distribution-spec tag grammar."""
+    if not _TAG_RE.match(tag):
+        why = "longer than 128 characters" if len(tag) > 128 else "not a valid tag"
+        raise InvalidReferenceError(text, f"tag {tag!r} is {why}")
+
+
 @dataclass(frozen=True)
 class Reference:
     """A normalized image reference; ``str()`` gives the canonical full form.
@@ -94,9 +102,7 @@ class Reference:
         colon = rest.rfind(":")
         if colon > rest.rfind("/"):
             name, tag = rest[:colon], rest[colon + 1 :]
-            if not _TAG_RE.match(tag):
-                why = "longer than 128 characters" if len(tag) > 128 else "not a valid tag"
-                raise InvalidReferenceError(text, f"tag {tag!r} is {why}")
+            _check_tag(text, tag)
         registry, path = _split_domain(name)
         if not _DOMAIN_RE.match(registry):
             raise InvalidReferenceError(text, f"{registry!r} is not a valid registry host")
@@ -148,9 +154,8 @@ class Reference:
             InvalidReferenceError: ``tag`` does not match the distribution-spec tag
             grammar ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``.
         """
-        if tag is not None and not _TAG_RE.match(tag):
-            why = "longer than 128 characters" if len(tag) > 128 else "not a valid tag"
-            raise InvalidReferenceError(f"{self.name}:{tag}", f"tag {tag!r} is {why}")
+        if tag is not None:
+            _check_tag(f"{self.name}:{tag}", tag)
         return Reference(self.registry, self.repository, tag, self.digest)
 
     def __str__(self) -> str:

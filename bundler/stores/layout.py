@@ -12,7 +12,6 @@ interleave their bytes. New directories are fsynced into their parents.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
@@ -21,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..content import OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor, Index, Manifest, parse_manifest
 from ..digest import Digest, VerifyingReader
@@ -88,6 +87,8 @@ _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of dirty pages, do not
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's ``sync_file_range(2)`` (Linux), or None where there is none."""
+    import ctypes  # on first use: most commands never write a blob
+
     try:
         function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (AttributeError, OSError):
@@ -97,7 +98,16 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return function  # type: ignore[no-any-return]
 
 
-_START_WRITEBACK = _sync_file_range()
+_UNRESOLVED: Any = object()
+#: ``sync_file_range`` once looked up (None: there is none); looked up on first use
+_START_WRITEBACK: Any = _UNRESOLVED
+
+
+def _start_writeback() -> Callable[[int, int, int, int], int] | None:
+    global _START_WRITEBACK
+    if _START_WRITEBACK is _UNRESOLVED:
+        _START_WRITEBACK = _sync_file_range()
+    return _START_WRITEBACK  # type: ignore[no-any-return]
 
 
 class EarlyWriteback:
@@ -124,14 +134,17 @@ class EarlyWriteback:
         """About ``count`` more bytes went to the file (an estimate is enough: the range
         asked for runs from the end of the last one to the file's current position)."""
         self._pending += count
-        if self._pending < WRITEBACK_BYTES or _START_WRITEBACK is None:
+        if self._pending < WRITEBACK_BYTES:
+            return
+        start_writeback = _start_writeback()
+        if start_writeback is None:
             return
         self._pending = 0
         self._file.flush()
         fd = self._file.fileno()
         end = os.lseek(fd, 0, os.SEEK_CUR)
         if end > self._start:
-            _START_WRITEBACK(fd, self._start, end - self._start, _SYNC_FILE_RANGE_WRITE)
+            start_writeback(fd, self._start, end - self._start, _SYNC_FILE_RANGE_WRITE)
             self._start = end
 
 
@@ -199,11 +212,15 @@ class LayoutStore:
         elif not (self.root / "oci-layout").is_file() or not (self.root / "index.json").is_file():
             raise BundleError(f"{self.root}: not an OCI image layout (oci-layout or index.json missing)")
         else:
-            try:
-                layout = (self.root / "oci-layout").read_bytes()
-            except OSError as exc:
-                raise BundleError(f"{self.root}: cannot read oci-layout: {exc}") from None
-            check_layout_file(layout, str(self.root))
+            self._check_layout_file()
+
+    def _check_layout_file(self) -> None:
+        """Read and check ``oci-layout`` (see :func:`check_layout_file`)."""
+        try:
+            layout = (self.root / "oci-layout").read_bytes()
+        except OSError as exc:
+            raise BundleError(f"{self.root}: cannot read oci-layout: {exc}") from None
+        check_layout_file(layout, str(self.root))
 
     def _create(self) -> None:
         """Make the root directory and ``oci-layout`` if missing.
@@ -223,7 +240,7 @@ class LayoutStore:
                               "image layout (no oci-layout); export into a new or empty "
                               "directory, or into an existing bundle")
         if layout_file.is_file():
-            check_layout_file(layout_file.read_bytes(), str(self.root))
+            self._check_layout_file()
         try:
             if not self.root.is_dir():
                 missing = [p for p in (self.root, *self.root.parents) if not p.exists()]
