@@ -240,10 +240,14 @@ def main(debug: bool) -> None:
                    "at least 1KiB).")
 @click.option("--compression-level", default=3, show_default=True, type=click.IntRange(1, 22),
               help="zstd level of a .tar.zst bundle.")
+@click.option("--include-foreign-layers", is_flag=True,
+              help="Store non-distributable (foreign) layers too: from the registry, else "
+                   "from the URLs their descriptors list (https; no credentials sent).")
 @transport_options("src")
 @_progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
                fmt: str | None, split_size: int | None, compression_level: int,
+               include_foreign_layers: bool,
                jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
                as_json: bool, **kw: Any) -> None:
     """Export images from registries into one deduplicated OCI layout bundle.
@@ -278,7 +282,8 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
                                        compression_level=compression_level, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
-                                       keep_going=keep_going),
+                                       keep_going=keep_going,
+                                       include_foreign_layers=include_foreign_layers),
         tally, lambda result, seconds: export_summary(result, output, seconds), reporter,
         archive=archive)
 
