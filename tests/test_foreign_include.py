@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from bundler import TransferError, export_bundle, import_bundle, list_bundle, verify_bundle
 from bundler.cli import main
 from bundler.content import DOCKER_MANIFEST
-from bundler.errors import BundlerError, DigestMismatchError
+from bundler.errors import BundlerError, DigestMismatchError, RegistryError
 from bundler.foreign import ForeignLayerError, check_url, shown_url
 from bundler.registry import TransportOptions
 from bundler.sandbox import Image, LocalRegistry, make_image, make_layer, push
@@ -247,6 +247,26 @@ def test_a_url_host_never_receives_the_registry_credentials(
         for _, headers in seen:
             assert not {k.lower() for k in headers} & {"authorization", "cookie"}
             assert "s3cret" not in json.dumps(headers)
+
+
+@pytest.mark.parametrize("archive", [False, True])
+def test_a_registry_refusing_layer_urls_is_named_although_the_blob_was_pushed(
+        registry_factory, server: BlobServer, tmp_path: Path, archive: bool) -> None:
+    server.blobs["/os.tar.gz"] = LAYER.data
+    source = source_with(registry_factory, foreign_image([f"{server.url}/os.tar.gz"]))
+    bundle = tmp_path / ("bundle.tar" if archive else "bundle")
+    export_bundle([f"{source.host}/win/app:1"], bundle, options=FAST,
+                  include_foreign_layers=True)
+    dest = registry_factory()  # distribution's default: no layer URL allowed
+    with pytest.raises(TransferError) as info:
+        import_bundle(bundle, to=f"{dest.host}/m", options=TransportOptions(retries=0))
+    cause = info.value.cause
+    assert isinstance(cause, RegistryError) and cause.status == 500
+    assert str(cause).endswith(
+        f"(the blobs were pushed, but this registry refuses the layer URLs of {LAYER.digest}: "
+        "it must accept foreign layer URLs, e.g. distribution's "
+        "validation.manifests.urls.allow)")
+    assert served_blob(dest, "m/win/app", LAYER.digest) == LAYER.data
 
 
 REFUSED = ("refused: only https URLs are fetched (plain http only for a loopback host or "
