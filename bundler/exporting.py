@@ -48,6 +48,7 @@ from .errors import (
     SizeMismatchError,
     TransferError,
 )
+from .foreign import ForeignSource
 from .progress import Event, NullReporter, Reporter
 from .reference import Reference
 from .registry import TransportOptions
@@ -75,6 +76,8 @@ class ExportResult:
         unique_bytes: bytes of all distinct blobs and manifests of these images.
         total_bytes: the same without deduplication (sum over images).
         skipped_foreign: digests of non-distributable layers the registry did not serve.
+        included_foreign: digests of non-distributable layers stored in the bundle in this
+            run (``include_foreign_layers``: from the registry or from their ``urls``).
         damaged: digests that arrived damaged (wrong size or digest) once and were
             downloaded again (directory bundles; an archive export fails instead).
     """
@@ -87,6 +90,7 @@ class ExportResult:
     total_bytes: int = 0
     skipped_foreign: list[Digest] = field(default_factory=list)
     damaged: list[Digest] = field(default_factory=list)
+    included_foreign: list[Digest] = field(default_factory=list)
 
 
 def read_images_file(path: str | os.PathLike[str], *,
@@ -209,6 +213,7 @@ def export_bundle(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     keep_going: bool = False,
+    include_foreign_layers: bool = False,
 ) -> ExportResult:
     """Export images from registries into an OCI image layout directory or archive.
 
@@ -224,13 +229,19 @@ def export_bundle(
         reporter: receives progress events.
         stop: set it to cancel (Ctrl-C).
         keep_going: export every image that can be; fail at the end for the others.
+        include_foreign_layers: store non-distributable (foreign) layers too: from the
+            source registry if it serves them, else from their ``urls`` in order (see
+            :mod:`bundler.foreign`); one that no source serves fails its image. Without
+            it, such a layer the registry does not serve is left out.
 
     Returns:
         An :class:`ExportResult`.
 
     Raises:
         InvalidReferenceError: a bad reference (before any I/O).
-        TransferError: an image could not be fetched; names the image, wraps the cause.
+        TransferError: an image could not be fetched; names the image, wraps the cause
+            (a :class:`~bundler.foreign.ForeignLayerError` for a foreign layer no source
+            served; a DigestMismatchError naming the layer and the URL for wrong bytes).
         PartialFailureError: with ``keep_going``, some images failed (the others are in
             the bundle; ``.result`` says what was exported).
         BundleError: the bundle cannot be written.
@@ -244,13 +255,15 @@ def export_bundle(
     if fmt != "dir":
         with ArchiveExport(output, fmt, split_size=split_size,
                            compression_level=compression_level) as archive:
-            result = _export(refs, archive, options, jobs, report, stop, collect)
+            result = _export(refs, archive, options, jobs, report, stop, collect,
+                             include_foreign_layers)
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in refs if r in failed], result)
     else:
         store = LayoutStore(output, create=True)
         try:
-            result = _export(refs, store, options, jobs, report, stop, collect)
+            result = _export(refs, store, options, jobs, report, stop, collect,
+                             include_foreign_layers)
         except BaseException:
             store.discard_if_empty()  # a new directory holding only oci-layout is no bundle
             raise
@@ -264,7 +277,7 @@ def export_bundle(
 def _export(refs: list[Reference], store: BundleStore,
             options: TransportOptions | None, jobs: int, report: Reporter,
             stop: threading.Event, failed: dict[Reference, TransferError] | None = None,
-            ) -> ExportResult:
+            include_foreign: bool = False) -> ExportResult:
     """Plan, download, write. ``failed`` (given: keep going) collects the failed images."""
     keep_going = failed is not None
     failed = {} if failed is None else failed
@@ -312,9 +325,13 @@ def _export(refs: list[Reference], store: BundleStore,
             descriptor, ref = sources[digest]
             client = clients.get(ref.registry)
             opened: list[Iterator[bytes]] = []
+            foreign = (ForeignSource(descriptor, ref.registry, lambda offset: client.iter_blob(
+                ref.repository, digest, offset=offset), options or TransportOptions())
+                if include_foreign and is_non_distributable(descriptor) else None)
 
             def open_source(offset: int) -> Iterator[bytes]:
-                source = client.iter_blob(ref.repository, digest, offset=offset)
+                source = (foreign.open(offset) if foreign is not None
+                          else client.iter_blob(ref.repository, digest, offset=offset))
                 opened.append(source)
                 return source
 
@@ -348,9 +365,12 @@ def _export(refs: list[Reference], store: BundleStore,
                              detail="non-distributable layer not served by the registry"))
                 return
             except Exception as exc:
+                named = foreign.explain(exc) if foreign is not None else exc
                 if not isinstance(exc, Cancelled):
                     report(Event("blob", str(digest), "failed", total=descriptor.size,
-                                 detail=str(exc) or type(exc).__name__))
+                                 detail=str(named) or type(exc).__name__))
+                if named is not exc:  # wrong bytes of a foreign layer: name it and its URL
+                    raise named from exc
                 raise
             finally:
                 for source in opened:  # a failed download gives its connection back now
@@ -358,6 +378,8 @@ def _export(refs: list[Reference], store: BundleStore,
             with lock:
                 result.blobs_downloaded += 1
                 result.bytes_downloaded += fetched
+                if foreign is not None:
+                    result.included_foreign.append(digest)
             report(Event("blob", str(digest), "done", descriptor.size, descriptor.size))
 
         failures = run_parallel(todo, download, jobs=jobs, stop=stop, keep_going=keep_going)

@@ -191,14 +191,23 @@ class LayoutStore:
     Args:
         root: the layout directory.
         create: make the directory and ``oci-layout`` if missing (else it must exist).
+        blob_root: a shared blob directory holding ``<alg>/<hex>`` (skopeo's
+            ``--dest-shared-blob-dir``) to read blobs from instead of ``root/blobs``.
+
+    Attributes:
+        blob_root: the directory every blob path is under (:meth:`blob_path`).
 
     Raises:
         BundleError: ``root`` is not a layout (no ``oci-layout`` or ``index.json``), or
-        its ``index.json`` cannot be parsed.
+        its ``index.json`` cannot be parsed; ``blob_root`` is not a directory.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False,
+                 blob_root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root)
+        self.blob_root = Path(blob_root) if blob_root is not None else self.root / "blobs"
+        if blob_root is not None and not self.blob_root.is_dir():
+            raise BundleError(f"{self.blob_root}: no such shared blob directory")
         self._lock = threading.Lock()
         self._dirs_ready: set[str] = set()
         self._created: list[Path] = []  # what this store made: the root, oci-layout
@@ -322,8 +331,9 @@ class LayoutStore:
 
     # -- blobs ------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
-        """``blobs/<algorithm>/<hex>`` under the root."""
-        return self.root / "blobs" / digest.algorithm / digest.hex
+        """``<algorithm>/<hex>`` under :attr:`blob_root` (``blobs/`` of the root, or a
+        shared blob directory)."""
+        return self.blob_root / digest.algorithm / digest.hex
 
     def has_blob(self, digest: Digest, size: int | None = None) -> bool:
         """True if the blob file exists (and has ``size`` bytes when given)."""
