@@ -9,6 +9,7 @@ was kept.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -106,6 +107,10 @@ def transport_options(side: str) -> Callable:
             click.option("--retry-delay", default=0.5, show_default=True,
                          type=click.FloatRange(0, 30), callback=_not_nan,
                          help="First retry delay in seconds (0-30)."),
+            click.option("--retry-max-wait", default=300.0, show_default=True,
+                         metavar="SECONDS", type=click.FloatRange(0), callback=_not_nan,
+                         help="Longest wait a registry may ask for (Retry-After); a longer "
+                              "one fails the request."),
         ]):
             func = option(func)
         return func
@@ -135,6 +140,7 @@ def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
             cert_dir=Path(cert_dir) if cert_dir else None,
             retries=kw.pop("retries"),
             retry_delay_s=kw.pop("retry_delay"),
+            retry_max_wait_s=kw.pop("retry_max_wait"),
             **extra,
         )
     except BundlerError as exc:
@@ -212,6 +218,10 @@ def _configure_debug(debug: bool) -> None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("debug: %(name)s: %(message)s"))
         logger.addHandler(handler)
+    else:  # warnings of the library (a credential helper missing) as "warning: ..."
+        handler = _StderrHandler(logging.WARNING)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
 
 
@@ -279,6 +289,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
+    options = dataclasses.replace(options, reporter=reporter)  # shows long waits
     run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
                                        compression_level=compression_level, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
@@ -348,6 +359,7 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
+    options = dataclasses.replace(options, reporter=reporter)  # shows long waits
     run(lambda stop: api.import_bundle(bundle, to=to, mapping=pairs, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
                                        keep_going=keep_going,
