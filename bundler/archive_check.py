@@ -15,7 +15,7 @@ from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributabl
 from .copy import check_reachable
 from .digest import Digest, VerifyingReader
 from .errors import BundleError, BundlerError, ManifestError, UnsafeArchiveError
-from .registry import MANIFEST_LIMIT
+from .limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, describe
 from .stores.archive import ArchiveReader, Member
 from .stores.layout import check_layout_file
 from .stores.volumes import checksum_path
@@ -23,10 +23,45 @@ from .stores.volumes import checksum_path
 if TYPE_CHECKING:
     from .bundle import VerifyReport
 
-__all__ = ["MAX_HELD", "ArchiveHead", "HeadManifests", "read_head", "verify_archive"]
+__all__ = ["MAX_HELD", "ArchiveHead", "HeadManifests", "check_held", "read_head",
+           "verify_archive"]
 
 #: Cap, in bytes, on index.json and manifests held in memory while reading an archive.
-MAX_HELD = 64 << 20
+MAX_HELD = HELD_LIMIT
+
+
+def check_held(where: str, member: Member, held_bytes: int, max_held: int, *,
+               wanted: bool) -> None:
+    """Refuse to hold a member in memory that would pass a limit, naming the limit.
+
+    Args:
+        where: the archive's name. member: the member to hold.
+        held_bytes: bytes held already. max_held: the cap on bytes held.
+        wanted: the member is ``oci-layout``, ``index.json`` or a manifest already
+            reached from ``index.json`` (else it came before anything named it).
+
+    Raises:
+        BundleError: the member is larger than its limit (:data:`INDEX_LIMIT` for
+        ``index.json``, :data:`MANIFEST_LIMIT` for the others), or holding it would pass
+        ``max_held``; for a member nothing named yet, the message says the archive is
+        not in bundle order.
+    """
+    limit = INDEX_LIMIT if member.name == "index.json" else MANIFEST_LIMIT
+    if not wanted and (member.size > limit or held_bytes + member.size > max_held):
+        raise BundleError(
+            f"{where}: {member.name} ({member.size} bytes) arrived before the manifests "
+            f"that name it, and holding it would pass the limit of {describe(limit)} on "
+            f"one manifest or of {describe(max_held)} on what a reader keeps in memory; "
+            "the archive is not in bundle order (oci-layout, index.json, manifests, "
+            "configs, layers): extract it with tar and import the directory")
+    what = "index.json" if member.name == "index.json" else "a manifest"
+    if member.size > limit:
+        raise BundleError(f"{where}: {member.name} has {member.size} bytes, more than the "
+                          f"limit of {describe(limit)} on {what}")
+    if held_bytes + member.size > max_held:
+        raise BundleError(f"{where}: {member.name} ({member.size} bytes) would pass the "
+                          f"limit of {describe(max_held)} on index.json and manifests held "
+                          "in memory")
 
 
 class HeadManifests:
@@ -147,9 +182,7 @@ class _Scan:
         return self.graph.bad
 
     def _read_small(self, member: Member) -> bytes:
-        if member.size > MANIFEST_LIMIT or self.held_bytes + member.size > MAX_HELD:
-            raise BundleError(f"{self.where}: {member.name} ({member.size} bytes) would pass "
-                              f"the {MAX_HELD}-byte limit on manifests held in memory")
+        check_held(self.where, member, self.held_bytes, MAX_HELD, wanted=True)
         data = member.file.read()
         self.held_bytes += len(data)
         return data
@@ -170,13 +203,25 @@ class _Scan:
         digest = member.digest
         assert digest is not None
         self.sizes[digest] = member.size
+        wanted = digest in self.graph.missing
         fits = member.size <= MANIFEST_LIMIT and self.held_bytes + member.size <= MAX_HELD
-        if fits:  # a manifest, or may turn out to be one (archives of other tools)
+        if wanted and not fits:
+            try:
+                check_held(self.where, member, self.held_bytes, MAX_HELD, wanted=True)
+            except BundleError as exc:
+                self.problems.append(str(exc))
+            self.graph.mark_bad(digest)
+        elif fits and (wanted or not self.graph.complete):
+            # a manifest, or may turn out to be one (archives of other tools)
             data = self._read_small(member)
             if not self._sound(digest, [data], len(data)):
                 return 0
             self.graph.offer(digest, data)
             return member.size
+        elif fits:  # after the last manifest: nothing more to hold
+            if hash_all:
+                return member.size if self._sound(digest, member.file, member.size) else 0
+            return 0
         if self.out_of_order is None and not self._named(digest):
             self.out_of_order = f"{member.name} ({member.size} bytes)"
         if hash_all:  # streamed: never more than one chunk in memory
@@ -246,6 +291,9 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
         except BundlerError as exc:
             report.problems.append(str(exc))
             reader.drain_volumes()
+            if scan.entries is None:  # said why index.json could not be read
+                report.problems.extend(scan.corrupt.values())
+                return report
     if scan.entries is None:
         report.problems.extend([*scan.corrupt.values(),
                                 f"{scan.where}: no index.json in the archive"])

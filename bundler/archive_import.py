@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .archive_check import MAX_HELD, HeadManifests
+from .archive_check import MAX_HELD, HeadManifests, check_held
 from .blob_sources import InMemory, OneShot, Teed
 from .content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
 from .copy import ClientPool, ImagePlan, walk
@@ -34,7 +34,7 @@ from .importing import ImportResult, _push_blob, blob_culprits, finish, record_f
 from .naming import Target, resolve_targets
 from .progress import Event, NullReporter, Reporter
 from .pushplan import BlobPush, plan_push
-from .registry import MANIFEST_LIMIT, TransportOptions
+from .registry import TransportOptions
 from .stores.archive import ArchiveReader, Member
 from .stores.layout import check_layout_file
 
@@ -80,14 +80,8 @@ class _Session:
 
     # -- members ---------------------------------------------------------------------
     def _hold(self, member: Member) -> bytes:
-        limit = min(MANIFEST_LIMIT, self.max_held)
-        if member.size > limit or self.held_bytes + member.size > self.max_held:
-            raise BundleError(
-                f"{self.where}: {member.name} ({member.size} bytes) arrived before the "
-                f"manifests that name it, and holding it would pass the {self.max_held}-byte "
-                "limit on what an import keeps in memory; the archive is not in bundle "
-                "order (oci-layout, index.json, manifests, configs, layers): extract it "
-                "with tar and import the directory")
+        wanted = member.digest is None or member.digest in self.graph.missing
+        check_held(self.where, member, self.held_bytes, self.max_held, wanted=wanted)
         data = member.file.read()
         self.held_bytes += len(data)
         return data

@@ -29,6 +29,7 @@ from ..content import FOREIGN_LAYER_TYPES, OCI_LAYOUT_VERSION, Descriptor, Manif
 from ..copy import ImagePlan
 from ..digest import Digest, VerifyingReader
 from ..errors import BundleError, NotFoundError
+from ..limits import refuse_oversized
 from .archive import refuse_existing
 from .archive_writer import COPY_SIZE, ArchiveWriter, blob_name, index_bytes
 
@@ -138,6 +139,10 @@ class ArchiveExport:
         Args:
             entries: the ``index.json`` descriptors.
             plans: the planned images (manifests children-first, blobs).
+
+        Raises:
+            BundleError: ``index.json`` or the manifests pass a limit of
+            :mod:`bundler.limits` (before anything is written), or a write fails.
         """
         self._entries = list(entries)
         manifests: dict[Digest, bytes] = {}
@@ -154,6 +159,8 @@ class ArchiveExport:
         algorithms = sorted({d.algorithm for d in [*manifests, *configs, *layers]})
         layout = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
         index = index_bytes(entries)
+        refuse_oversized(str(self.output), len(index), [len(raw) for raw in manifests.values()],
+                         archive=True)
         self.writer.expect_size(self.writer.size_bound([
             len(layout), len(index), 0, *(0 for _ in algorithms),
             *(len(raw) for raw in manifests.values()),

@@ -305,7 +305,12 @@ class LayoutStore:
 
     def write_index(self, descriptors: Iterable[Descriptor]) -> None:
         """Replace ``index.json`` atomically with an OCI index of ``descriptors`` (left as
-        it is when it already holds exactly these bytes: a no-op export rewrites nothing)."""
+        it is when it already holds exactly these bytes: a no-op export rewrites nothing).
+
+        Raises:
+            BundleError: ``index.json`` would pass :data:`bundler.limits.INDEX_LIMIT`, or
+            cannot be written (a full disk); the previous one is then left as it was.
+        """
         doc = {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
@@ -313,12 +318,19 @@ class LayoutStore:
         }
         data = json.dumps(doc, indent=2).encode() + b"\n"
         path = self.root / "index.json"
+        from ..limits import refuse_oversized
+
+        refuse_oversized(str(self.root), len(data), [], archive=False)
         try:
             if path.read_bytes() == data:
                 return
         except FileNotFoundError:
             pass
-        write_atomic(path, data)
+        try:
+            write_atomic(path, data)
+        except OSError as exc:  # a full disk: the previous index.json stays as it was
+            raise BundleError(f"{path}: cannot write index.json: "
+                              f"{exc.strerror or exc}") from exc
 
     # -- blobs ------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
