@@ -244,6 +244,8 @@ class _Scan:
         try:
             for _ in VerifyingReader(source, digest, size, where=where):
                 pass
+        except UnsafeArchiveError:
+            raise  # the archive, not this blob: nothing more is read
         except BundlerError as exc:
             self.graph.mark_bad(digest)
             self.corrupt[digest] = str(exc)
@@ -255,7 +257,8 @@ class _Scan:
         return [*self.problems, *self.corrupt.values()]
 
 
-def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> VerifyReport:
+def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport, *,
+                   max_zstd_ratio: int | None = None) -> VerifyReport:
     """Check an archive bundle offline, in one pass.
 
     Every member is hashed against its name; every descriptor reachable from
@@ -267,12 +270,15 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
     Args:
         bundle: a ``.tar``/``.tar.zst`` file, volumes (base name or first volume), or ``-``.
         report: the report to fill.
+        max_zstd_ratio: decompressed bytes a member may take per compressed byte (None:
+            :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
 
     Returns:
         ``report``, with one line per problem.
     """
     try:
-        reader = ArchiveReader(bundle, on_volume_problem=report.problems.append)
+        reader = ArchiveReader(bundle, on_volume_problem=report.problems.append,
+                               max_zstd_ratio=max_zstd_ratio)
     except BundleError as exc:
         report.problems.append(str(exc))
         return report
@@ -360,14 +366,19 @@ class ArchiveHead:
         return item
 
 
-def read_head(bundle: str | os.PathLike[str]) -> ArchiveHead:
+def read_head(bundle: str | os.PathLike[str], *,
+              max_zstd_ratio: int | None = None) -> ArchiveHead:
     """Read an archive up to its last manifest (the rest is not decoded).
+
+    Args:
+        bundle: a ``.tar``/``.tar.zst`` file, volumes, or ``-``.
+        max_zstd_ratio: see :class:`~bundler.stores.archive.ArchiveReader`.
 
     Raises:
         BundleError: no index.json, a manifest missing, a damaged archive.
-        UnsafeArchiveError: an unsafe member.
+        UnsafeArchiveError: an unsafe member, or a decompression bomb.
     """
-    with ArchiveReader(bundle) as reader:
+    with ArchiveReader(bundle, max_zstd_ratio=max_zstd_ratio) as reader:
         scan = _Scan(reader.where)
         for member in reader:
             scan.feed(member, hash_all=False)

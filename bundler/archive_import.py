@@ -29,7 +29,14 @@ from .blob_sources import InMemory, OneShot, Teed
 from .content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
 from .copy import ClientPool, ImagePlan, walk
 from .digest import Digest, VerifyingReader
-from .errors import BundleError, BundlerError, Cancelled, SizeMismatchError, TransferError
+from .errors import (
+    BundleError,
+    BundlerError,
+    Cancelled,
+    SizeMismatchError,
+    TransferError,
+    UnsafeArchiveError,
+)
 from .importing import ImportResult, _push_blob, blob_culprits, finish, record_failure
 from .naming import Target, resolve_targets
 from .progress import Event, NullReporter, Reporter
@@ -68,6 +75,9 @@ class _Session:
     # -- failures ------------------------------------------------------------------------
     def _fail(self, targets: list[Target], exc: BaseException) -> None:
         """Fail fast (raise for the first target), or record and drop these targets."""
+        cause = exc.__cause__ if isinstance(exc, TransferError) else exc
+        if isinstance(cause, UnsafeArchiveError):
+            raise cause  # the archive itself: no image can go on
         for target in targets:
             record_failure(self.failed, target, target.name, exc, self.report,
                            self.keep_going)
@@ -272,6 +282,7 @@ def import_archive(
     stop: threading.Event | None = None,
     max_held: int = MAX_HELD,
     keep_going: bool = False,
+    max_zstd_ratio: int | None = None,
 ) -> ImportResult:
     """Import an archive bundle in one pass (see the module docstring).
 
@@ -284,12 +295,15 @@ def import_archive(
         reporter: receives progress events. stop: set to cancel.
         max_held: cap in bytes on index.json and manifests held in memory.
         keep_going: push every image that can be; fail at the end for the others.
+        max_zstd_ratio: decompressed bytes a ``.tar.zst`` member may take per compressed
+            byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
 
     Returns:
         An :class:`ImportResult`.
 
     Raises:
-        UnsafeArchiveError: an unsafe member (before it is used). BundleError: a damaged,
+        UnsafeArchiveError: an unsafe member (before it is used), or a decompression
+        bomb (past ``max_zstd_ratio``). BundleError: a damaged,
         truncated or out-of-order archive, a volume checksum mismatch. MappingError: no
         destination. TransferError: an image failed (naming it and the cause).
         PartialFailureError: with ``keep_going``, some images failed (``.result`` says
@@ -297,7 +311,8 @@ def import_archive(
     """
     report = reporter or NullReporter()
     stop = stop or threading.Event()
-    with ArchiveReader(bundle) as reader, ClientPool(options) as clients:
+    with ArchiveReader(bundle, max_zstd_ratio=max_zstd_ratio) as reader, \
+            ClientPool(options) as clients:
         session = _Session(reader.where, clients, to, mapping, jobs, report, stop, max_held,
                            keep_going)
         for member in reader:

@@ -65,6 +65,7 @@ def import_bundle(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     keep_going: bool = False,
+    max_zstd_ratio: int | None = None,
 ) -> ImportResult:
     """Push every image of a bundle (or those a mapping names) into registries.
 
@@ -77,6 +78,8 @@ def import_bundle(
         reporter: receives progress events.
         stop: set to cancel.
         keep_going: import every image that can be; fail at the end for the others.
+        max_zstd_ratio: a ``.tar.zst`` member may decompress to this many bytes per
+            compressed byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
 
     Returns:
         An :class:`ImportResult`.
@@ -90,7 +93,8 @@ def import_bundle(
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     if is_archive(bundle):  # .tar, .tar.zst, volumes or "-": one pass, never unpacked
         return import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                              reporter=reporter, stop=stop, keep_going=keep_going)
+                              reporter=reporter, stop=stop, keep_going=keep_going,
+                              max_zstd_ratio=max_zstd_ratio)
     store = open_bundle(bundle)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
     return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop,
@@ -128,7 +132,8 @@ class BundleListing:
     problems: list[str] = field(default_factory=list)
 
 
-def list_bundle(bundle: str | os.PathLike[str]) -> BundleListing:
+def list_bundle(bundle: str | os.PathLike[str], *,
+                max_zstd_ratio: int | None = None) -> BundleListing:
     """Describe what a bundle holds. In a directory bundle, an image whose manifests
     cannot be read (missing or corrupt) is left out and named in ``problems``; the
     others are listed.
@@ -137,7 +142,8 @@ def list_bundle(bundle: str | os.PathLike[str]) -> BundleListing:
         BundleError: the bundle cannot be read at all (no layout, no index.json; an
         archive whose head lacks a manifest).
     """
-    store = read_head(bundle) if is_archive(bundle) else open_bundle(bundle)
+    store = (read_head(bundle, max_zstd_ratio=max_zstd_ratio) if is_archive(bundle)
+             else open_bundle(bundle))
     listing = BundleListing()
     unique: dict[Digest, int] = {}
     plans = []
@@ -187,7 +193,8 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
+def verify_bundle(bundle: str | os.PathLike[str], *,
+                  max_zstd_ratio: int | None = None) -> VerifyReport:
     """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
     every manifest parses, every blob has its size and sha256. A non-distributable
     (foreign) layer the bundle does not hold is listed in ``skipped``, not as a problem.
@@ -200,7 +207,7 @@ def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
     """
     report = VerifyReport()
     if is_archive(bundle):
-        return verify_archive(bundle, report)
+        return verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
     root = Path(bundle)
     try:
         store = open_bundle(root)

@@ -4,30 +4,46 @@ export."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from bundler import BundleError, import_bundle, list_bundle, verify_bundle
 from bundler.content import OCI_INDEX, Descriptor, parse_manifest
 from bundler.copy import ImagePlan, walk
 from bundler.digest import Digest
+from bundler.errors import UnsafeArchiveError
 from bundler.limits import HELD_LIMIT, INDEX_LIMIT
 from bundler.sandbox import LocalRegistry
-from bundler.sandbox.images import make_image, random_layer
+from bundler.sandbox.images import Blob, Image, make_image, random_layer
 from bundler.stores.archive_export import ArchiveExport
 
 REF_NAME = "org.opencontainers.image.ref.name"
 ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+BUNDLER = str(Path(sys.executable).with_name("bundler"))
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
+
+
+def dest_digest(reg: LocalRegistry, repository: str, identifier: str) -> str | None:
+    with reg.client() as http:
+        response = http.head(f"{reg.url}/v2/{repository}/manifests/{identifier}",
+                             headers={"Accept": ACCEPT})
+    return response.headers.get("Docker-Content-Digest") if response.status_code == 200 \
+        else None
 
 
 def many_names(count: int) -> list[str]:
@@ -67,10 +83,7 @@ def test_an_archive_of_20000_images_is_read_by_verify_list_and_import(
     assert [i.name for i in listing.images] == names
     result = import_bundle(output, mapping=[(names[12345], f"{registry.host}/one/image:1")])
     assert [t.name for t in result.targets] == [names[12345]]
-    with registry.client() as http:
-        response = http.head(f"{registry.url}/v2/one/image/manifests/1",
-                             headers={"Accept": ACCEPT})
-    assert response.headers["Docker-Content-Digest"] == image.digest
+    assert dest_digest(registry, "one/image", "1") == image.digest
 
 
 def test_export_refuses_an_index_json_readers_would_refuse(tmp_path: Path) -> None:
@@ -111,3 +124,85 @@ def test_readers_name_the_real_limit_on_index_json(name: str, tmp_path: Path,
         import_bundle(path, to=f"{registry.host}/x")
     assert str(imported.value) == expected
     assert "bundle order" not in expected and HELD_LIMIT > INDEX_LIMIT
+
+
+# -- 6. zstd: linear decoding, a cap on the ratio ---------------------------------------
+def zero_layer_archive(path: Path, size: int) -> Image:
+    """A one-image .tar.zst whose layer is ``size`` zero bytes (about 10000:1 in zstd)."""
+    layer = Blob(OCI_LAYER_TAR, bytes(size), "sha256:" + hashlib.sha256(bytes(size)).hexdigest(),
+                 size)
+    image = make_image([layer])
+    plain = path.with_suffix("")
+    with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        add(tar, "index.json", json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                           "manifests": [{**image.descriptor(), "annotations": {
+                                               REF_NAME: "example.com/zeros/layer:1"}}]}
+                                          ).encode())
+        add(tar, "blobs/sha256/" + image.digest.removeprefix("sha256:"), image.manifest_bytes)
+        for blob in (image.config, layer):
+            add(tar, "blobs/sha256/" + blob.digest.removeprefix("sha256:"), blob.data)
+    with open(plain, "rb") as src, open(path, "wb") as dst:
+        zstandard.ZstdCompressor(level=3).copy_stream(src, dst)
+    plain.unlink()
+    return image
+
+
+@pytest.fixture(scope="module")
+def zeros_zst(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Image]:
+    path = tmp_path_factory.mktemp("zeros") / "zeros.tar.zst"
+    return path, zero_layer_archive(path, 96 << 20)
+
+
+def test_decoding_a_zero_layer_keeps_memory_flat(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.tar.zst"
+    zero_layer_archive(path, 48 << 20)  # within the allowance: no flag needed
+    assert path.stat().st_size < 16 << 10
+    tracemalloc.start()
+    try:
+        report = verify_bundle(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (report.problems, report.images, report.blobs) == ([], 1, 3)
+    assert report.bytes >= 48 << 20
+    assert peak < 16 << 20, f"verify held {peak} bytes at its peak"
+
+
+def bomb_message(path: Path, layer: str) -> str:
+    return (f"{path}: 'blobs/sha256/{layer}': more than 1000 bytes decompressed per "
+            "compressed byte")
+
+
+def test_verify_refuses_a_decompression_bomb_unless_told(zeros_zst: tuple[Path, Image]) -> None:
+    path, image = zeros_zst
+    layer = image.layers[0].digest.removeprefix("sha256:")
+    report = verify_bundle(path)
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(bomb_message(path, layer))
+    assert report.problems[0].endswith("refused as a decompression bomb. If the bundle is "
+                                       "trusted (a layer of zeros compresses that well), "
+                                       "give --max-zstd-ratio with a higher limit")
+    cli = subprocess.run([BUNDLER, "verify", str(path)], capture_output=True, text=True)
+    assert cli.returncode == 1
+    assert "Traceback" not in cli.stderr
+    assert f"problem: {bomb_message(path, layer)}" in cli.stderr
+    cli = subprocess.run([BUNDLER, "verify", "--max-zstd-ratio", "20000", str(path)],
+                         capture_output=True, text=True)
+    assert (cli.returncode, cli.stderr) == (0, "")
+    usage = subprocess.run([BUNDLER, "verify", "--max-zstd-ratio", "0", str(path)],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2
+    assert "Invalid value for '--max-zstd-ratio'" in usage.stderr
+
+
+def test_import_refuses_a_decompression_bomb_and_takes_it_with_the_flag(
+        zeros_zst: tuple[Path, Image], registry: LocalRegistry) -> None:
+    path, image = zeros_zst
+    layer = image.layers[0].digest.removeprefix("sha256:")
+    with pytest.raises(UnsafeArchiveError) as info:
+        import_bundle(path, to=f"{registry.host}/z")
+    assert str(info.value).startswith(bomb_message(path, layer))
+    assert dest_digest(registry, "z/zeros/layer", "1") is None
+    import_bundle(path, to=f"{registry.host}/z", max_zstd_ratio=100000)
+    assert dest_digest(registry, "z/zeros/layer", "1") == image.digest

@@ -31,6 +31,7 @@ import zstandard
 
 from ..digest import Digest
 from ..errors import BundleError, UnsafeArchiveError
+from ..limits import ZSTD_RATIO_LIMIT
 from .volumes import VolumeReader, find_volumes, is_volume_of, read_checksums
 
 __all__ = [
@@ -49,6 +50,10 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_TAIL = b"\x2a\x4d\x18"
 _SKIPPABLE_HEADER = 8
 _READ_SIZE = 1 << 20
+#: Bytes that members may decode beyond their ratio cap, in all, per archive: small
+#: members of zeros, tar headers and padding, the end of the archive.
+RATIO_ALLOWANCE = 64 << 20
+_MAX_FRAME_HEADER = 18  # RFC 8878 3.1.1.1: 4-byte magic, then 2 to 14 bytes
 _BLOB_RE = re.compile(r"^blobs/(?P<algorithm>[a-z0-9]+)/(?P<hex>[^/]+)$")
 _DIRECTORIES = re.compile(r"^(\.|blobs|blobs/[a-z0-9]+)$")
 
@@ -215,86 +220,170 @@ def is_skippable(magic: bytes | memoryview) -> bool:
 
 
 class _ZstdFrames:
-    """Decode zstd frames one after another; stop quietly at bytes that are not a frame.
+    """Decode zstd frames one block at a time; stop quietly at bytes that are not a frame.
 
-    Skippable frames (written by ``pzstd`` and the seekable format) are passed over.
+    Each block (at most 128 KiB of output, RFC 8878 3.1.1.2) goes to the decoder on its
+    own, so one call's output stays small however well the input compresses, and time
+    and memory stay linear in the output. Skippable frames (written by ``pzstd`` and the
+    seekable format) are passed over. ``cat NAME.*`` also sends ``NAME.sha256`` after the
+    volumes: such trailing data after the last frame is ignored.
 
-    ``cat NAME.*`` also sends ``NAME.sha256`` after the volumes: such trailing data
-    after the last frame is ignored. Input goes to the decoder in small pieces so that
-    one piece's output stays bounded (zstd expands at most ~32768:1); ``read(n)``
-    decodes pieces until it has ``n`` bytes, so callers can read in large steps.
+    The decompression ratio is watched per period (:meth:`period`, one per archive
+    member): what a period decodes beyond ``max_ratio`` times the compressed bytes it
+    read is its excess; once the excesses of all periods pass :data:`RATIO_ALLOWANCE`,
+    :class:`UnsafeArchiveError` is raised. Decoding thus costs at most ``max_ratio``
+    times the input plus the allowance, and no member borrows from another's ratio.
+
+    Args:
+        source: the compressed stream.
+        max_ratio: decompressed bytes allowed per compressed byte in one period.
+        where: the archive's name for messages.
     """
 
-    _PIECE = 8 << 10
-
-    def __init__(self, source: BinaryIO | _Prefixed) -> None:
+    def __init__(self, source: BinaryIO | _Prefixed, max_ratio: int, where: str) -> None:
         self._source = source
         self._dctx = zstandard.ZstdDecompressor()
-        self._obj = self._dctx.decompressobj()
-        self._pending = memoryview(b"")
-        self._out: list[bytes] = []
-        self._size = 0  # bytes in _out
-        self._ended = False
-        self._in_frame = False
+        self._obj: zstandard.ZstdDecompressionObj | None = None
+        self._buf = bytearray()
+        self._pos = 0  # start of the unread input in _buf
+        self._eof = False  # the source has ended
+        self._ended = False  # no more frames
+        self._state = "between"  # between | skip | blocks | checksum
         self._skip = 0  # bytes of a skippable frame still to pass over
+        self._checksum = False  # the frame ends with a 4-byte checksum
+        self._out = memoryview(b"")
+        self.consumed = 0  # compressed bytes taken
+        self.produced = 0  # decompressed bytes made
+        self.max_ratio = max_ratio
+        self.where = where
+        self._base = (0, 0)
+        self._period = "the archive's first member"
+        self._spent = 0  # excess of the periods before this one
 
-    def _more(self) -> bool:
-        """Append the next input to ``_pending``; False at the end of the source."""
-        data = self._source.read(_READ_SIZE)
-        if not data:
-            return False
-        self._pending = memoryview(bytes(self._pending) + data) if self._pending else \
-            memoryview(data)
-        return True
+    def _excess(self) -> int:
+        made = self.produced - self._base[0]
+        taken = self.consumed - self._base[1]
+        return max(0, made - self.max_ratio * taken)
 
-    def _fill(self, n: int) -> None:
-        while self._size < n and not self._ended:
-            if not self._pending and not self._more():
-                if self._in_frame or self._skip:
-                    raise EOFError("the zstd stream ends inside a frame")
-                self._ended = True
-                return
-            if self._skip:
-                count = min(self._skip, len(self._pending))
-                self._pending = self._pending[count:]
+    def period(self, name: str) -> None:
+        """Start watching the ratio of a new member (``name`` is used in the message)."""
+        self._spent += self._excess()
+        self._base = (self.produced, self.consumed)
+        self._period = name
+
+    def _available(self, n: int) -> bool:
+        """Read from the source until ``n`` input bytes are at hand; False at its end."""
+        while len(self._buf) - self._pos < n and not self._eof:
+            data = self._source.read(max(_READ_SIZE, n))
+            if not data:
+                self._eof = True
+                break
+            del self._buf[: self._pos]
+            self._pos = 0
+            self._buf += data
+        return len(self._buf) - self._pos >= n
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buf[self._pos: self._pos + n])
+        self._pos += n
+        self.consumed += n
+        return data
+
+    def _block(self) -> bytes | None:
+        """Decode the next piece (a frame header, a block, a checksum); None at the end."""
+        while True:
+            if self._state == "skip":
+                if not self._available(1):
+                    raise EOFError("the zstd stream ends inside a skippable frame")
+                count = min(self._skip, len(self._buf) - self._pos)
+                self._pos += count
+                self.consumed += count
                 self._skip -= count
+                if not self._skip:
+                    self._state = "between"
                 continue
-            if not self._in_frame:
-                if len(self._pending) < _SKIPPABLE_HEADER and self._more():
-                    continue
-                if is_skippable(self._pending[:4]):
-                    if len(self._pending) < _SKIPPABLE_HEADER:
+            if self._state == "between":
+                if not self._available(4):
+                    self._ended = True  # the end, or a few trailing bytes
+                    return None
+                magic = self._buf[self._pos: self._pos + 4]
+                if is_skippable(magic):
+                    if not self._available(_SKIPPABLE_HEADER):
                         raise EOFError("the zstd stream ends inside a skippable frame")
-                    self._skip = int.from_bytes(self._pending[4:_SKIPPABLE_HEADER], "little")
-                    self._pending = self._pending[_SKIPPABLE_HEADER:]
+                    self._skip = int.from_bytes(self._take(_SKIPPABLE_HEADER)[4:], "little")
+                    self._state = "skip" if self._skip else "between"
                     continue
-                if self._pending[:4] != ZSTD_MAGIC:
+                if magic != ZSTD_MAGIC:
                     self._ended = True  # trailing data (e.g. the checksum file)
-                    return
-                self._in_frame = True
-            piece, self._pending = self._pending[: self._PIECE], self._pending[self._PIECE:]
-            out = self._obj.decompress(piece)
-            if out:
-                self._out.append(out)
-                self._size += len(out)
-            if self._obj.eof:
-                unused = self._obj.unused_data
-                if unused:
-                    self._pending = memoryview(unused + bytes(self._pending))
+                    return None
+                self._available(_MAX_FRAME_HEADER)
+                head = bytes(self._buf[self._pos: self._pos + _MAX_FRAME_HEADER])
+                size = zstandard.frame_header_size(head)
+                if len(head) < size:
+                    raise EOFError("the zstd stream ends inside a frame header")
+                self._checksum = zstandard.get_frame_parameters(head[:size]).has_checksum
                 self._obj = self._dctx.decompressobj()
-                self._in_frame = False
+                self._state = "blocks"
+                return self._obj.decompress(self._take(size))
+            assert self._obj is not None
+            if self._state == "checksum":
+                if not self._available(4):
+                    raise EOFError("the zstd stream ends inside a frame")
+                out = self._obj.decompress(self._take(4))
+                self._end_frame()
+                return out
+            if not self._available(3):
+                raise EOFError("the zstd stream ends inside a frame")
+            header = int.from_bytes(self._buf[self._pos: self._pos + 3], "little")
+            kind, size = (header >> 1) & 3, header >> 3
+            length = 3 + (1 if kind == 1 else size)  # an RLE block holds one byte
+            if not self._available(length):
+                raise EOFError("the zstd stream ends inside a frame")
+            out = self._obj.decompress(self._take(length))
+            if header & 1:  # the last block
+                if self._checksum:
+                    self._state = "checksum"
+                else:
+                    self._end_frame()
+            return out
+
+    def _end_frame(self) -> None:
+        assert self._obj is not None
+        if not self._obj.eof:
+            raise zstandard.ZstdError("a zstd frame does not end after its last block")
+        self._obj = None
+        self._state = "between"
+
+    def _check_ratio(self) -> None:
+        if self._spent + self._excess() > RATIO_ALLOWANCE:
+            made = self.produced - self._base[0]
+            taken = self.consumed - self._base[1]
+            raise UnsafeArchiveError(
+                f"{self.where}: {self._period}: more than {self.max_ratio} bytes decompressed "
+                f"per compressed byte ({made} bytes from {taken}); refused as a "
+                "decompression bomb. If the bundle is trusted (a layer of zeros compresses "
+                "that well), give --max-zstd-ratio with a higher limit")
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
-            n = max(self._size, 1)
-        self._fill(n)
-        data = b"".join(self._out)
-        if len(data) > n:
-            self._out, data = [data[n:]], data[:n]
-        else:
-            self._out = []
-        self._size -= len(data)
-        return data
+            n = _READ_SIZE
+        pieces: list[bytes | memoryview] = []
+        wanted = n
+        while wanted > 0:
+            if not self._out:
+                if self._ended:
+                    break
+                out = self._block()
+                if out is None:
+                    break
+                self.produced += len(out)
+                self._check_ratio()
+                self._out = memoryview(out)
+                continue
+            piece, self._out = self._out[:wanted], self._out[wanted:]
+            pieces.append(piece)
+            wanted -= len(piece)
+        return b"".join(pieces)
 
 
 class _Guarded:
@@ -326,16 +415,21 @@ class ArchiveReader:
             volume), or ``-`` for stdin. Compression is detected from the content.
         on_volume_problem: receives volume checksum problems (verify); when None they
             raise :class:`BundleError` (import).
+        max_zstd_ratio: decompressed bytes a ``.tar.zst`` member may take per compressed
+            byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`); past it the member is
+            refused as a decompression bomb.
 
     Use as a context manager; iterate for :class:`Member` values.
 
     Raises (while iterating):
-        UnsafeArchiveError: an unsafe member (see the module docstring).
+        UnsafeArchiveError: an unsafe member (see the module docstring), or one that
+            decompresses past ``max_zstd_ratio``.
         BundleError: a truncated or damaged archive, a volume whose checksum differs.
     """
 
     def __init__(self, bundle: str | os.PathLike[str],
-                 on_volume_problem: Callable[[str], None] | None = None) -> None:
+                 on_volume_problem: Callable[[str], None] | None = None, *,
+                 max_zstd_ratio: int | None = None) -> None:
         text = os.fspath(bundle)
         self.where = "stdin" if text == "-" else text
         self.base: Path | None = None
@@ -356,8 +450,11 @@ class ArchiveReader:
         head = source.read(4)
         stream: BinaryIO | _Prefixed = _Prefixed(head, source)
         self.compressed = head == ZSTD_MAGIC or is_skippable(head)
+        self._frames: _ZstdFrames | None = None
         if self.compressed:
-            stream = _ZstdFrames(stream)
+            stream = self._frames = _ZstdFrames(
+                stream, ZSTD_RATIO_LIMIT if max_zstd_ratio is None else max_zstd_ratio,
+                self.where)
         self._stream = _Guarded(stream, self.where)  # type: ignore[arg-type]
         try:
             self._tar = tarfile.open(fileobj=self._stream, mode="r|",  # noqa: SIM115
@@ -379,6 +476,8 @@ class ArchiveReader:
             if info is None:
                 break
             tar.members.clear()  # a stream is read once; keep memory flat
+            if self._frames is not None:
+                self._frames.period(repr(info.name))
             name = check_member(info, self._seen, self.where)
             if name is None:
                 continue
