@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, BinaryIO
 from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable, parse_manifest
 from .copy import check_reachable
 from .digest import Digest, VerifyingReader
-from .errors import BundleError, BundlerError, ManifestError, UnsafeArchiveError
+from .errors import (
+    BundleError,
+    BundlerError,
+    ManifestError,
+    SizeMismatchError,
+    UnsafeArchiveError,
+)
 from .limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, describe
 from .stores.archive import ArchiveReader, Member
 from .stores.layout import check_layout_file
@@ -73,8 +79,12 @@ class HeadManifests:
     what is still to come costs nothing, however many members there are.
 
     Args:
-        on_bad: receives (digest, error) for a manifest that does not parse; when None,
-            the :class:`ManifestError` is raised.
+        on_bad: receives (digest, error) for a manifest that does not parse or whose size
+            differs from its descriptor's; when None, the :class:`ManifestError` or
+            :class:`SizeMismatchError` is raised.
+        check_sizes: compare each manifest's size with its descriptor's (verify does it
+            itself, for every descriptor, naming the image).
+        where: the archive's name, for messages.
 
     Attributes:
         manifests: the parsed manifests and indexes, by digest.
@@ -83,7 +93,8 @@ class HeadManifests:
         bad: digests known to be unusable (they are not waited for).
     """
 
-    def __init__(self, on_bad: Callable[[Digest, ManifestError], None] | None = None) -> None:
+    def __init__(self, on_bad: Callable[[Digest, BundlerError], None] | None = None, *,
+                 check_sizes: bool = True, where: str = "") -> None:
         self.manifests: dict[Digest, Manifest | Index] = {}
         self.held: dict[Digest, bytes] = {}
         self.missing: dict[Digest, Descriptor] = {}
@@ -91,6 +102,8 @@ class HeadManifests:
         self.rooted = False
         self._reached: set[Digest] = set()
         self._on_bad = on_bad
+        self._check_sizes = check_sizes
+        self._where = where
 
     @property
     def complete(self) -> bool:
@@ -111,6 +124,7 @@ class HeadManifests:
 
         Raises:
             ManifestError: a wanted manifest does not parse (and ``on_bad`` is None).
+            SizeMismatchError: its size is not its descriptor's (and ``on_bad`` is None).
         """
         descriptor = self.missing.pop(digest, None)
         if descriptor is None:
@@ -140,8 +154,13 @@ class HeadManifests:
     def _parse(self, descriptor: Descriptor, raw: bytes) -> list[Descriptor]:
         """Parse a reached manifest; the children an index reaches next."""
         try:
+            if self._check_sizes and len(raw) != descriptor.size:  # as in a directory
+                digest = descriptor.digest
+                raise SizeMismatchError(
+                    digest=str(digest), expected=descriptor.size, actual=len(raw),
+                    where=f"{self._where}: blobs/{digest.algorithm}/{digest.hex}")
             item = parse_manifest(raw, descriptor.media_type, digest=descriptor.digest)
-        except ManifestError as exc:
+        except (ManifestError, SizeMismatchError) as exc:
             if self._on_bad is None:
                 raise
             self.bad.add(descriptor.digest)
@@ -171,7 +190,8 @@ class _Scan:
     graph: HeadManifests = field(init=False)
 
     def __post_init__(self) -> None:
-        self.graph = HeadManifests(lambda _digest, exc: self.problems.append(str(exc)))
+        self.graph = HeadManifests(lambda _digest, exc: self.problems.append(str(exc)),
+                                   check_sizes=False)
 
     @property
     def manifests(self) -> dict[Digest, Manifest | Index]:
@@ -194,7 +214,11 @@ class _Scan:
             self.layout_seen = True
             return 0
         if member.name == "index.json":
-            index = parse_manifest(self._read_small(member), OCI_INDEX)
+            data = self._read_small(member)
+            try:
+                index = parse_manifest(data, OCI_INDEX)
+            except ManifestError as exc:
+                raise BundleError(f"{self.where}: index.json: {exc}") from exc
             if not isinstance(index, Index):
                 raise BundleError(f"{self.where}: index.json is not an image index")
             self.entries = list(index.manifests)

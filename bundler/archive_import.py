@@ -33,6 +33,7 @@ from .errors import (
     BundleError,
     BundlerError,
     Cancelled,
+    ManifestError,
     SizeMismatchError,
     TransferError,
     UnsafeArchiveError,
@@ -63,7 +64,7 @@ class _Session:
         self.result = ImportResult()
         self.lock = threading.Lock()
         self.targets: list[Target] | None = None
-        self.graph = HeadManifests()
+        self.graph = HeadManifests(where=where)
         self.held_bytes = 0
         self.plans: dict[Target, ImagePlan] = {}
         self.ready = False
@@ -102,7 +103,11 @@ class _Session:
         if member.name == "oci-layout":
             check_layout_file(self._hold(member), self.where)
         elif member.name == "index.json":
-            index = parse_manifest(self._hold(member), OCI_INDEX)
+            data = self._hold(member)
+            try:
+                index = parse_manifest(data, OCI_INDEX)
+            except ManifestError as exc:
+                raise BundleError(f"{self.where}: index.json: {exc}") from exc
             if not isinstance(index, Index):
                 raise BundleError(f"{self.where}: index.json is not an image index")
             self.targets = resolve_targets(list(index.manifests), to=self.to,

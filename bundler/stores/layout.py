@@ -161,6 +161,8 @@ def check_layout_file(data: bytes, where: str) -> None:
         doc = json.loads(data)
     except ValueError as exc:
         raise BundleError(f"{where}: oci-layout is not JSON: {exc}") from None
+    except RecursionError:  # nested thousands deep
+        raise BundleError(f"{where}: oci-layout is JSON nested too deeply") from None
     version = doc.get("imageLayoutVersion") if isinstance(doc, dict) else None
     if not isinstance(version, str):
         raise BundleError(f"{where}: oci-layout has no imageLayoutVersion")
