@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
 import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,12 @@ from bundler import BundleError, import_bundle, list_bundle, verify_bundle
 from bundler.content import OCI_INDEX, Descriptor, parse_manifest
 from bundler.copy import ImagePlan, walk
 from bundler.digest import Digest
-from bundler.errors import UnsafeArchiveError
+from bundler.errors import SizeMismatchError, UnsafeArchiveError
 from bundler.limits import HELD_LIMIT, INDEX_LIMIT
 from bundler.sandbox import LocalRegistry
 from bundler.sandbox.images import Blob, Image, make_image, random_layer
 from bundler.stores.archive_export import ArchiveExport
+from bundler.stores.volumes import VolumeWriter
 
 REF_NAME = "org.opencontainers.image.ref.name"
 ACCEPT = "application/vnd.oci.image.manifest.v1+json"
@@ -206,3 +209,156 @@ def test_import_refuses_a_decompression_bomb_and_takes_it_with_the_flag(
     assert dest_digest(registry, "z/zeros/layer", "1") is None
     import_bundle(path, to=f"{registry.host}/z", max_zstd_ratio=100000)
     assert dest_digest(registry, "z/zeros/layer", "1") == image.digest
+
+
+# -- 7. errors instead of tracebacks ---------------------------------------------------
+def nested_json_archive(path: Path) -> None:
+    deep = b'{"schemaVersion": 2, "manifests": [], "x": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        add(tar, "index.json", deep)
+
+
+@pytest.mark.parametrize("command", ["list", "verify", "import"])
+def test_a_deeply_nested_index_json_is_an_error_line(command: str, tmp_path: Path) -> None:
+    path = tmp_path / "deep.tar"
+    nested_json_archive(path)
+    args = [BUNDLER, command, str(path)] + (["--to", "127.0.0.1:1/x"] if command == "import"
+                                            else [])
+    run = subprocess.run(args, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    prefix = "problem" if command == "verify" else "error"
+    assert run.stderr.startswith(f"{prefix}: {path}: index.json: manifest is JSON nested too "
+                                 "deeply to be read\n")
+
+
+def test_archive_import_checks_manifest_sizes_against_descriptors(
+        tmp_path: Path, registry: LocalRegistry) -> None:
+    image = make_image([random_layer(9, 2048)])
+    descriptor = {**image.descriptor(), "annotations": {REF_NAME: "example.com/s/x:1"}}
+    descriptor["size"] += 7  # the digest is right, the size is not
+    path = tmp_path / "sized.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        add(tar, "index.json", json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                           "manifests": [descriptor]}).encode())
+        add(tar, "blobs/sha256/" + image.digest.removeprefix("sha256:"), image.manifest_bytes)
+        for blob in (image.config, *image.layers):
+            add(tar, "blobs/sha256/" + blob.digest.removeprefix("sha256:"), blob.data)
+    since = registry.mark()
+    with pytest.raises(SizeMismatchError) as info:
+        import_bundle(path, to=f"{registry.host}/s")
+    assert str(info.value) == (
+        f"size mismatch for {image.digest} ({path}: blobs/sha256/"
+        f"{image.digest.removeprefix('sha256:')}): expected {image.size + 7} bytes, got only "
+        f"{image.size}")
+    assert registry.requests(since) == []
+    assert verify_bundle(path).problems == [
+        f"example.com/s/x:1: {image.digest} has {image.size} bytes in the archive, the "
+        f"descriptor says {image.size + 7}"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mount small tmpfs file systems (skips where mounting is not permitted)."""
+    mounted: list[Path] = []
+
+    def mount(size_kib: int) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        run = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs",
+                              str(point)], capture_output=True, text=True)
+        if run.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {run.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    try:
+        yield mount
+    finally:
+        for point in mounted:
+            subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.fixture(scope="module")
+def many_tags(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """One small image under 150 tags: its index.json outgrows a 48 KiB disk."""
+    from bundler.sandbox import start_registry
+    from bundler.sandbox.push import push
+
+    reg = start_registry(tmp_path_factory.mktemp("tags-registry"))
+    try:
+        image = make_image([random_layer(21, 16 << 10)])
+        refs = []
+        for n in range(150):
+            push(reg, "many/tags-with-a-long-repository-name", image, tag=f"release-{n:04d}")
+            refs.append(f"{reg.host}/many/tags-with-a-long-repository-name:release-{n:04d}")
+        yield refs
+    finally:
+        reg.stop()
+
+
+FILLER_KIB = 20  # the layer (16 KiB) then no longer fits beside its spool file
+
+
+def test_directory_export_onto_a_full_disk_ends_in_an_error_line(
+        many_tags: list[str], small_disk: Callable[[int], Path]) -> None:
+    disk = small_disk(48)
+    output = disk / "bundle"
+    run = subprocess.run([BUNDLER, "export", "-q", "-o", str(output), *many_tags],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert run.stderr == (f"error: {output / 'index.json'}: cannot write index.json: No space "
+                          "left on device\n")
+    assert not (output / "index.json").exists()
+    assert [p.name for p in output.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("name,split", [("bundle.tar", None), ("bundle.tar.zst", None),
+                                        ("bundle.tar", "4k"), ("bundle.tar.zst", "4k")])
+def test_archive_export_onto_a_full_disk_leaves_nothing(
+        name: str, split: str | None, many_tags: list[str],
+        small_disk: Callable[[int], Path]) -> None:
+    disk = small_disk(48)
+    filler = disk / "filler"  # a .tar.zst compresses index.json: less room for the layer
+    filler.write_bytes(bytes(FILLER_KIB << 10) if name.endswith(".zst") else b"")
+    output = disk / name
+    args = ["--split-size", split] if split else []
+    run = subprocess.run([BUNDLER, "export", "-q", "-o", str(output), *args, *many_tags],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"error: {output}: cannot write")
+    assert run.stderr.endswith("No space left on device\n")
+    assert list(disk.iterdir()) == [filler]
+
+
+def test_a_blob_that_does_not_fit_names_the_spool_file(
+        registry: LocalRegistry, small_disk: Callable[[int], Path]) -> None:
+    from bundler.sandbox.push import push
+
+    push(registry, "big/one", make_image([random_layer(22, 256 << 10)]), tag="1")
+    disk = small_disk(64)
+    output = disk / "big.tar"
+    run = subprocess.run([BUNDLER, "export", "-q", "-o", str(output),
+                          f"{registry.host}/big/one:1"], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert re.fullmatch(rf"error: {re.escape(registry.host)}/big/one:1: cannot write the spool "
+                        rf"file {re.escape(str(disk))}/\.big\.tar\.spool-[^/]+/sha256-[0-9a-f]{{64}}: "
+                        r"No space left on device\n", run.stderr), run.stderr
+    assert list(disk.iterdir()) == []
+
+
+# -- 9. a failed export leaves nothing that looks like a bundle ---------------------------
+def test_volumes_whose_checksum_file_cannot_be_written_are_removed(
+        small_disk: Callable[[int], Path]) -> None:
+    disk = small_disk(64)
+    writer = VolumeWriter(disk / "set.tar", 4096)
+    writer.write(bytes(range(256)) * 16 * 16)  # 16 volumes of one 4 KiB page: the disk is full
+    with pytest.raises(OSError):
+        writer.commit()
+    writer.abort()
+    assert list(disk.iterdir()) == []

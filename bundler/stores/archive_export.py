@@ -59,8 +59,12 @@ class _SpoolSink:
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
-        while view:
-            view = view[self._file.write(view):]
+        try:
+            while view:
+                view = view[self._file.write(view):]
+        except OSError as exc:  # the disk beside the output is full or failing
+            raise BundleError(f"cannot write the spool file {self._spooled.path}: "
+                              f"{exc.strerror or exc}") from exc
         spooled = self._spooled
         spooled.written += len(data)
         if spooled.watched and spooled.written - spooled.signalled >= _FOLLOW_SIZE:
@@ -71,6 +75,19 @@ class _SpoolSink:
 
     def flush(self) -> None:
         """Nothing is buffered here."""
+
+
+def _open_spool(path: Path) -> BinaryIO:
+    """Create a spool file (unbuffered).
+
+    Raises:
+        BundleError: it cannot be created (naming it).
+    """
+    try:
+        return open(path, "wb", buffering=0)
+    except OSError as exc:
+        raise BundleError(f"cannot create the spool file {path}: {exc.strerror or exc}") \
+            from exc
 
 
 class ArchiveExport:
@@ -216,7 +233,7 @@ class ArchiveExport:
         offered = False
         fetched = 0
         try:
-            with open(path, "wb", buffering=0) as f:
+            with _open_spool(path) as f:
                 sink = _SpoolSink(f, spooled, self._cond)
                 out: _SpoolSink | zstandard.ZstdCompressionWriter = sink
                 if compressor is not None:
@@ -391,8 +408,10 @@ class ArchiveExport:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
-        self.writer.abort()
-        shutil.rmtree(self.spool, ignore_errors=True)
+        try:
+            self.writer.abort()
+        finally:
+            shutil.rmtree(self.spool, ignore_errors=True)
 
     def __enter__(self) -> ArchiveExport:
         return self
