@@ -14,8 +14,14 @@ from typing import TYPE_CHECKING, BinaryIO
 from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable, parse_manifest
 from .copy import check_reachable
 from .digest import Digest, VerifyingReader
-from .errors import BundleError, BundlerError, ManifestError, UnsafeArchiveError
-from .registry import MANIFEST_LIMIT
+from .errors import (
+    BundleError,
+    BundlerError,
+    ManifestError,
+    SizeMismatchError,
+    UnsafeArchiveError,
+)
+from .limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, describe
 from .stores.archive import ArchiveReader, Member
 from .stores.layout import check_layout_file
 from .stores.volumes import checksum_path
@@ -23,10 +29,45 @@ from .stores.volumes import checksum_path
 if TYPE_CHECKING:
     from .bundle import VerifyReport
 
-__all__ = ["MAX_HELD", "ArchiveHead", "HeadManifests", "read_head", "verify_archive"]
+__all__ = ["MAX_HELD", "ArchiveHead", "HeadManifests", "check_held", "read_head",
+           "verify_archive"]
 
 #: Cap, in bytes, on index.json and manifests held in memory while reading an archive.
-MAX_HELD = 64 << 20
+MAX_HELD = HELD_LIMIT
+
+
+def check_held(where: str, member: Member, held_bytes: int, max_held: int, *,
+               wanted: bool) -> None:
+    """Refuse to hold a member in memory that would pass a limit, naming the limit.
+
+    Args:
+        where: the archive's name. member: the member to hold.
+        held_bytes: bytes held already. max_held: the cap on bytes held.
+        wanted: the member is ``oci-layout``, ``index.json`` or a manifest already
+            reached from ``index.json`` (else it came before anything named it).
+
+    Raises:
+        BundleError: the member is larger than its limit (:data:`INDEX_LIMIT` for
+        ``index.json``, :data:`MANIFEST_LIMIT` for the others), or holding it would pass
+        ``max_held``; for a member nothing named yet, the message says the archive is
+        not in bundle order.
+    """
+    limit = INDEX_LIMIT if member.name == "index.json" else MANIFEST_LIMIT
+    if not wanted and (member.size > limit or held_bytes + member.size > max_held):
+        raise BundleError(
+            f"{where}: {member.name} ({member.size} bytes) arrived before the manifests "
+            f"that name it, and holding it would pass the limit of {describe(limit)} on "
+            f"one manifest or of {describe(max_held)} on what a reader keeps in memory; "
+            "the archive is not in bundle order (oci-layout, index.json, manifests, "
+            "configs, layers): extract it with tar and import the directory")
+    what = "index.json" if member.name == "index.json" else "a manifest"
+    if member.size > limit:
+        raise BundleError(f"{where}: {member.name} has {member.size} bytes, more than the "
+                          f"limit of {describe(limit)} on {what}")
+    if held_bytes + member.size > max_held:
+        raise BundleError(f"{where}: {member.name} ({member.size} bytes) would pass the "
+                          f"limit of {describe(max_held)} on index.json and manifests held "
+                          "in memory")
 
 
 class HeadManifests:
@@ -38,8 +79,12 @@ class HeadManifests:
     what is still to come costs nothing, however many members there are.
 
     Args:
-        on_bad: receives (digest, error) for a manifest that does not parse; when None,
-            the :class:`ManifestError` is raised.
+        on_bad: receives (digest, error) for a manifest that does not parse or whose size
+            differs from its descriptor's; when None, the :class:`ManifestError` or
+            :class:`SizeMismatchError` is raised.
+        check_sizes: compare each manifest's size with its descriptor's (verify does it
+            itself, for every descriptor, naming the image).
+        where: the archive's name, for messages.
 
     Attributes:
         manifests: the parsed manifests and indexes, by digest.
@@ -48,7 +93,8 @@ class HeadManifests:
         bad: digests known to be unusable (they are not waited for).
     """
 
-    def __init__(self, on_bad: Callable[[Digest, ManifestError], None] | None = None) -> None:
+    def __init__(self, on_bad: Callable[[Digest, BundlerError], None] | None = None, *,
+                 check_sizes: bool = True, where: str = "") -> None:
         self.manifests: dict[Digest, Manifest | Index] = {}
         self.held: dict[Digest, bytes] = {}
         self.missing: dict[Digest, Descriptor] = {}
@@ -56,6 +102,8 @@ class HeadManifests:
         self.rooted = False
         self._reached: set[Digest] = set()
         self._on_bad = on_bad
+        self._check_sizes = check_sizes
+        self._where = where
 
     @property
     def complete(self) -> bool:
@@ -76,6 +124,7 @@ class HeadManifests:
 
         Raises:
             ManifestError: a wanted manifest does not parse (and ``on_bad`` is None).
+            SizeMismatchError: its size is not its descriptor's (and ``on_bad`` is None).
         """
         descriptor = self.missing.pop(digest, None)
         if descriptor is None:
@@ -105,8 +154,13 @@ class HeadManifests:
     def _parse(self, descriptor: Descriptor, raw: bytes) -> list[Descriptor]:
         """Parse a reached manifest; the children an index reaches next."""
         try:
+            if self._check_sizes and len(raw) != descriptor.size:  # as in a directory
+                digest = descriptor.digest
+                raise SizeMismatchError(
+                    digest=str(digest), expected=descriptor.size, actual=len(raw),
+                    where=f"{self._where}: blobs/{digest.algorithm}/{digest.hex}")
             item = parse_manifest(raw, descriptor.media_type, digest=descriptor.digest)
-        except ManifestError as exc:
+        except (ManifestError, SizeMismatchError) as exc:
             if self._on_bad is None:
                 raise
             self.bad.add(descriptor.digest)
@@ -136,7 +190,8 @@ class _Scan:
     graph: HeadManifests = field(init=False)
 
     def __post_init__(self) -> None:
-        self.graph = HeadManifests(lambda _digest, exc: self.problems.append(str(exc)))
+        self.graph = HeadManifests(lambda _digest, exc: self.problems.append(str(exc)),
+                                   check_sizes=False)
 
     @property
     def manifests(self) -> dict[Digest, Manifest | Index]:
@@ -147,9 +202,7 @@ class _Scan:
         return self.graph.bad
 
     def _read_small(self, member: Member) -> bytes:
-        if member.size > MANIFEST_LIMIT or self.held_bytes + member.size > MAX_HELD:
-            raise BundleError(f"{self.where}: {member.name} ({member.size} bytes) would pass "
-                              f"the {MAX_HELD}-byte limit on manifests held in memory")
+        check_held(self.where, member, self.held_bytes, MAX_HELD, wanted=True)
         data = member.file.read()
         self.held_bytes += len(data)
         return data
@@ -161,7 +214,11 @@ class _Scan:
             self.layout_seen = True
             return 0
         if member.name == "index.json":
-            index = parse_manifest(self._read_small(member), OCI_INDEX)
+            data = self._read_small(member)
+            try:
+                index = parse_manifest(data, OCI_INDEX)
+            except ManifestError as exc:
+                raise BundleError(f"{self.where}: index.json: {exc}") from exc
             if not isinstance(index, Index):
                 raise BundleError(f"{self.where}: index.json is not an image index")
             self.entries = list(index.manifests)
@@ -170,13 +227,25 @@ class _Scan:
         digest = member.digest
         assert digest is not None
         self.sizes[digest] = member.size
+        wanted = digest in self.graph.missing
         fits = member.size <= MANIFEST_LIMIT and self.held_bytes + member.size <= MAX_HELD
-        if fits:  # a manifest, or may turn out to be one (archives of other tools)
+        if wanted and not fits:
+            try:
+                check_held(self.where, member, self.held_bytes, MAX_HELD, wanted=True)
+            except BundleError as exc:
+                self.problems.append(str(exc))
+            self.graph.mark_bad(digest)
+        elif fits and (wanted or not self.graph.complete):
+            # a manifest, or may turn out to be one (archives of other tools)
             data = self._read_small(member)
             if not self._sound(digest, [data], len(data)):
                 return 0
             self.graph.offer(digest, data)
             return member.size
+        elif fits:  # after the last manifest: nothing more to hold
+            if hash_all:
+                return member.size if self._sound(digest, member.file, member.size) else 0
+            return 0
         if self.out_of_order is None and not self._named(digest):
             self.out_of_order = f"{member.name} ({member.size} bytes)"
         if hash_all:  # streamed: never more than one chunk in memory
@@ -199,6 +268,8 @@ class _Scan:
         try:
             for _ in VerifyingReader(source, digest, size, where=where):
                 pass
+        except UnsafeArchiveError:
+            raise  # the archive, not this blob: nothing more is read
         except BundlerError as exc:
             self.graph.mark_bad(digest)
             self.corrupt[digest] = str(exc)
@@ -210,7 +281,8 @@ class _Scan:
         return [*self.problems, *self.corrupt.values()]
 
 
-def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> VerifyReport:
+def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport, *,
+                   max_zstd_ratio: int | None = None) -> VerifyReport:
     """Check an archive bundle offline, in one pass.
 
     Every member is hashed against its name; every descriptor reachable from
@@ -222,12 +294,15 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
     Args:
         bundle: a ``.tar``/``.tar.zst`` file, volumes (base name or first volume), or ``-``.
         report: the report to fill.
+        max_zstd_ratio: decompressed bytes a member may take per compressed byte (None:
+            :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
 
     Returns:
         ``report``, with one line per problem.
     """
     try:
-        reader = ArchiveReader(bundle, on_volume_problem=report.problems.append)
+        reader = ArchiveReader(bundle, on_volume_problem=report.problems.append,
+                               max_zstd_ratio=max_zstd_ratio)
     except BundleError as exc:
         report.problems.append(str(exc))
         return report
@@ -246,6 +321,9 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport) -> Veri
         except BundlerError as exc:
             report.problems.append(str(exc))
             reader.drain_volumes()
+            if scan.entries is None:  # said why index.json could not be read
+                report.problems.extend(scan.corrupt.values())
+                return report
     if scan.entries is None:
         report.problems.extend([*scan.corrupt.values(),
                                 f"{scan.where}: no index.json in the archive"])
@@ -312,14 +390,19 @@ class ArchiveHead:
         return item
 
 
-def read_head(bundle: str | os.PathLike[str]) -> ArchiveHead:
+def read_head(bundle: str | os.PathLike[str], *,
+              max_zstd_ratio: int | None = None) -> ArchiveHead:
     """Read an archive up to its last manifest (the rest is not decoded).
+
+    Args:
+        bundle: a ``.tar``/``.tar.zst`` file, volumes, or ``-``.
+        max_zstd_ratio: see :class:`~bundler.stores.archive.ArchiveReader`.
 
     Raises:
         BundleError: no index.json, a manifest missing, a damaged archive.
-        UnsafeArchiveError: an unsafe member.
+        UnsafeArchiveError: an unsafe member, or a decompression bomb.
     """
-    with ArchiveReader(bundle) as reader:
+    with ArchiveReader(bundle, max_zstd_ratio=max_zstd_ratio) as reader:
         scan = _Scan(reader.where)
         for member in reader:
             scan.feed(member, hash_all=False)

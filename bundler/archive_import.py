@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .archive_check import MAX_HELD, HeadManifests
+from .archive_check import MAX_HELD, HeadManifests, check_held
 from .blob_sources import InMemory, OneShot, Teed
 from .content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
 from .copy import ClientPool, ImagePlan, walk
@@ -33,9 +33,11 @@ from .errors import (
     BundleError,
     BundlerError,
     Cancelled,
+    ManifestError,
     RegistryError,
     SizeMismatchError,
     TransferError,
+    UnsafeArchiveError,
 )
 from .importing import (
     ImportResult,
@@ -48,7 +50,7 @@ from .importing import (
 from .naming import Target, resolve_targets
 from .progress import Event, NullReporter, Reporter
 from .pushplan import BlobPush, plan_push
-from .registry import MANIFEST_LIMIT, TransportOptions
+from .registry import TransportOptions
 from .stores.archive import ArchiveReader, Member
 from .stores.layout import check_layout_file
 
@@ -70,7 +72,7 @@ class _Session:
         self.result = ImportResult()
         self.lock = threading.Lock()
         self.targets: list[Target] | None = None
-        self.graph = HeadManifests()
+        self.graph = HeadManifests(where=where)
         self.held_bytes = 0
         self.plans: dict[Target, ImagePlan] = {}
         self.ready = False
@@ -82,6 +84,9 @@ class _Session:
     # -- failures ------------------------------------------------------------------------
     def _fail(self, targets: list[Target], exc: BaseException) -> None:
         """Fail fast (raise for the first target), or record and drop these targets."""
+        cause = exc.__cause__ if isinstance(exc, TransferError) else exc
+        if isinstance(cause, UnsafeArchiveError):
+            raise cause  # the archive itself: no image can go on
         for target in targets:
             record_failure(self.failed, target, target.name, exc, self.report,
                            self.keep_going)
@@ -94,14 +99,8 @@ class _Session:
 
     # -- members ---------------------------------------------------------------------
     def _hold(self, member: Member) -> bytes:
-        limit = min(MANIFEST_LIMIT, self.max_held)
-        if member.size > limit or self.held_bytes + member.size > self.max_held:
-            raise BundleError(
-                f"{self.where}: {member.name} ({member.size} bytes) arrived before the "
-                f"manifests that name it, and holding it would pass the {self.max_held}-byte "
-                "limit on what an import keeps in memory; the archive is not in bundle "
-                "order (oci-layout, index.json, manifests, configs, layers): extract it "
-                "with tar and import the directory")
+        wanted = member.digest is None or member.digest in self.graph.missing
+        check_held(self.where, member, self.held_bytes, self.max_held, wanted=wanted)
         data = member.file.read()
         self.held_bytes += len(data)
         return data
@@ -112,7 +111,11 @@ class _Session:
         if member.name == "oci-layout":
             check_layout_file(self._hold(member), self.where)
         elif member.name == "index.json":
-            index = parse_manifest(self._hold(member), OCI_INDEX)
+            data = self._hold(member)
+            try:
+                index = parse_manifest(data, OCI_INDEX)
+            except ManifestError as exc:
+                raise BundleError(f"{self.where}: index.json: {exc}") from exc
             if not isinstance(index, Index):
                 raise BundleError(f"{self.where}: index.json is not an image index")
             self.targets = resolve_targets(list(index.manifests), to=self.to,
@@ -302,6 +305,7 @@ def import_archive(
     stop: threading.Event | None = None,
     max_held: int = MAX_HELD,
     keep_going: bool = False,
+    max_zstd_ratio: int | None = None,
 ) -> ImportResult:
     """Import an archive bundle in one pass (see the module docstring).
 
@@ -314,12 +318,15 @@ def import_archive(
         reporter: receives progress events. stop: set to cancel.
         max_held: cap in bytes on index.json and manifests held in memory.
         keep_going: push every image that can be; fail at the end for the others.
+        max_zstd_ratio: decompressed bytes a ``.tar.zst`` member may take per compressed
+            byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
 
     Returns:
         An :class:`ImportResult`.
 
     Raises:
-        UnsafeArchiveError: an unsafe member (before it is used). BundleError: a damaged,
+        UnsafeArchiveError: an unsafe member (before it is used), or a decompression
+        bomb (past ``max_zstd_ratio``). BundleError: a damaged,
         truncated or out-of-order archive, a volume checksum mismatch. MappingError: no
         destination. TransferError: an image failed (naming it and the cause).
         PartialFailureError: with ``keep_going``, some images failed (``.result`` says
@@ -327,7 +334,8 @@ def import_archive(
     """
     report = reporter or NullReporter()
     stop = stop or threading.Event()
-    with ArchiveReader(bundle) as reader, ClientPool(options) as clients:
+    with ArchiveReader(bundle, max_zstd_ratio=max_zstd_ratio) as reader, \
+            ClientPool(options) as clients:
         session = _Session(reader.where, clients, to, mapping, jobs, report, stop, max_held,
                            keep_going)
         for member in reader:

@@ -103,6 +103,7 @@ def import_bundle(
     stop: threading.Event | None = None,
     keep_going: bool = False,
     shared_blob_dir: str | os.PathLike[str] | None = None,
+    max_zstd_ratio: int | None = None,
 ) -> ImportResult:
     """Push every image of a bundle (or those a mapping names) into registries.
 
@@ -117,6 +118,8 @@ def import_bundle(
         keep_going: import every image that can be; fail at the end for the others.
         shared_blob_dir: read a directory bundle's blobs from this shared blob
             directory (see :func:`open_bundle`); not for archives.
+        max_zstd_ratio: a ``.tar.zst`` member may decompress to this many bytes per
+            compressed byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
 
     Returns:
         An :class:`ImportResult`.
@@ -131,7 +134,8 @@ def import_bundle(
     if is_archive(bundle):  # .tar, .tar.zst, volumes or "-": one pass, never unpacked
         _no_shared_blobs(bundle, shared_blob_dir)
         return import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                              reporter=reporter, stop=stop, keep_going=keep_going)
+                              reporter=reporter, stop=stop, keep_going=keep_going,
+                              max_zstd_ratio=max_zstd_ratio)
     store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
     return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop,
@@ -178,7 +182,8 @@ class BundleListing:
 
 
 def list_bundle(bundle: str | os.PathLike[str], *,
-                shared_blob_dir: str | os.PathLike[str] | None = None) -> BundleListing:
+                shared_blob_dir: str | os.PathLike[str] | None = None,
+                max_zstd_ratio: int | None = None) -> BundleListing:
     """Describe what a bundle holds. In a directory bundle, an image whose manifests
     cannot be read (missing or corrupt) is left out and named in ``problems``; the
     others are listed.
@@ -187,6 +192,7 @@ def list_bundle(bundle: str | os.PathLike[str], *,
         bundle: a bundle directory or archive.
         shared_blob_dir: read a directory bundle's blobs from this shared blob
             directory (see :func:`open_bundle`).
+        max_zstd_ratio: see :func:`import_bundle`.
 
     Raises:
         BundleError: the bundle cannot be read at all (no layout, no index.json; an
@@ -194,8 +200,8 @@ def list_bundle(bundle: str | os.PathLike[str], *,
     """
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
-    store = read_head(bundle) if is_archive(bundle) else open_bundle(
-        bundle, shared_blob_dir=shared_blob_dir)
+    store = (read_head(bundle, max_zstd_ratio=max_zstd_ratio) if is_archive(bundle)
+             else open_bundle(bundle, shared_blob_dir=shared_blob_dir))
     listing = BundleListing()
     unique: dict[Digest, int] = {}
     plans = []
@@ -246,7 +252,8 @@ class VerifyReport:
 
 
 def verify_bundle(bundle: str | os.PathLike[str], *,
-                  shared_blob_dir: str | os.PathLike[str] | None = None) -> VerifyReport:
+                  shared_blob_dir: str | os.PathLike[str] | None = None,
+                  max_zstd_ratio: int | None = None) -> VerifyReport:
     """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
     every manifest parses, every blob has its size and sha256. A non-distributable
     (foreign) layer the bundle does not hold is listed in ``skipped``, not as a problem.
@@ -266,7 +273,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
     report = VerifyReport()
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
-        return verify_archive(bundle, report)
+        return verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
     root = Path(bundle)
     try:
         store = open_bundle(root, shared_blob_dir=shared_blob_dir)

@@ -27,6 +27,7 @@ from .credentials import Credentials, Keychain, load_authfile, parse_creds
 from .errors import BundlerError, InvalidReferenceError, MappingError
 from .exporting import parse_references
 from .journal import UploadJournal
+from .limits import ZSTD_RATIO_LIMIT
 from .naming import check_to, parse_mapping
 from .progress import Tally
 from .registry import TransportOptions
@@ -193,6 +194,16 @@ def _check_shared_blob_dir(bundle: str, shared_blob_dir: str | None) -> None:
                                "holds its own blobs")
 
 
+def _zstd_ratio_option(func: Callable) -> Callable:
+    """``--max-zstd-ratio N``: the decompression ratio a .tar.zst member may have."""
+    return click.option(
+        "--max-zstd-ratio", type=click.IntRange(1), default=ZSTD_RATIO_LIMIT,
+        show_default=True, metavar="N",
+        help="Refuse a .tar.zst member that decompresses to more than N bytes per "
+             "compressed byte (a decompression bomb); raise it for a trusted bundle with "
+             "layers of zeros.")(func)
+
+
 def _check_output_options(quiet: bool, progress: str, dry_run: bool, as_json: bool) -> None:
     """Refuse contradictory output options (exit 2) instead of ignoring one of them."""
     if as_json and not dry_run:
@@ -323,11 +334,12 @@ def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
               help="Blobs larger than this are uploaded in PATCH chunks of this size "
                    "(at least 1KiB).")
 @_shared_blob_dir_option
+@_zstd_ratio_option
 @transport_options("dest")
 @_progress_options
 def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int, jobs: int,
                quiet: bool, progress: str, keep_going: bool, dry_run: bool, as_json: bool,
-               shared_blob_dir: str | None, **kw: Any) -> None:
+               shared_blob_dir: str | None, max_zstd_ratio: int, **kw: Any) -> None:
     """Push a bundle's images into a registry, preserving every digest.
 
     BUNDLE is a directory, a .tar or .tar.zst file, split volumes (base name or
@@ -363,7 +375,8 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
     run(lambda stop: api.import_bundle(bundle, to=to, mapping=pairs, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
                                        keep_going=keep_going,
-                                       shared_blob_dir=shared_blob_dir),
+                                       shared_blob_dir=shared_blob_dir,
+                                       max_zstd_ratio=max_zstd_ratio),
         tally, import_summary, reporter, importing=True)
 
 
@@ -387,13 +400,16 @@ def _offline(action: Callable[[], R], interrupted: str) -> R:
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_shared_blob_dir_option
-def list_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None) -> None:
+@_zstd_ratio_option
+def list_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None,
+             max_zstd_ratio: int) -> None:
     """Show the images of a bundle: reference, digest, media type, platforms, size.
 
     An image whose manifests cannot be read is named on stderr and the others are
     listed; the exit status is then 1."""
     _check_shared_blob_dir(bundle, shared_blob_dir)
-    listing = _offline(lambda: api.list_bundle(bundle, shared_blob_dir=shared_blob_dir),
+    listing = _offline(lambda: api.list_bundle(bundle, shared_blob_dir=shared_blob_dir,
+                                               max_zstd_ratio=max_zstd_ratio),
                        "interrupted")
     if as_json:
         click.echo(json.dumps({
@@ -432,10 +448,13 @@ def list_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None) -> None:
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_shared_blob_dir_option
-def verify_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None) -> None:
+@_zstd_ratio_option
+def verify_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None,
+               max_zstd_ratio: int) -> None:
     """Check a bundle offline: every digest, size and reference. Exit 1 on problems."""
     _check_shared_blob_dir(bundle, shared_blob_dir)
-    report = _offline(lambda: api.verify_bundle(bundle, shared_blob_dir=shared_blob_dir),
+    report = _offline(lambda: api.verify_bundle(bundle, shared_blob_dir=shared_blob_dir,
+                                                max_zstd_ratio=max_zstd_ratio),
                       "interrupted: the bundle was not fully checked")
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,

@@ -347,6 +347,8 @@ def parse_manifest(
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise ManifestError("manifest is JSON nested too deeply to be read") from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest is not a JSON object")
     kind = _sniff_media_type(doc, media_type)

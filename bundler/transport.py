@@ -43,6 +43,7 @@ import httpcore
 import httpx
 import tenacity
 
+from . import limits
 from .auth import RegistryAuth, parse_challenge, redact_url, request_repository
 from .credentials import Credentials, Keychain
 from .errors import (
@@ -61,8 +62,8 @@ from .tls import ssl_context
 __all__ = ["RETRY_STATUSES", "RegistrySession", "TransportOptions"]
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-#: Largest manifest accepted, in bytes (distribution accepts 4 MiB).
-MANIFEST_LIMIT = 8 << 20
+#: Largest manifest accepted, in bytes (the bundle limits live in :mod:`bundler.limits`).
+MANIFEST_LIMIT = limits.MANIFEST_LIMIT
 _USER_AGENT = "bundler/0.1"
 _http_log = logging.getLogger("bundler.http")
 

@@ -31,7 +31,9 @@ import zstandard
 
 from ..digest import Digest
 from ..errors import BundleError, UnsafeArchiveError
+from ..limits import ZSTD_RATIO_LIMIT
 from .volumes import VolumeReader, find_volumes, is_volume_of, read_checksums
+from .zstd import ZSTD_MAGIC, ZstdFrames, is_skippable
 
 __all__ = [
     "FORMATS",
@@ -43,11 +45,6 @@ __all__ = [
 ]
 
 FORMATS = ("dir", "tar", "tar.zst")
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-#: A skippable frame (RFC 8878, 3.1.2): magic 0x184D2A50..0x184D2A5F (little endian),
-#: then a 4-byte little-endian size, then that many bytes that decoders ignore.
-_SKIPPABLE_TAIL = b"\x2a\x4d\x18"
-_SKIPPABLE_HEADER = 8
 _READ_SIZE = 1 << 20
 _BLOB_RE = re.compile(r"^blobs/(?P<algorithm>[a-z0-9]+)/(?P<hex>[^/]+)$")
 _DIRECTORIES = re.compile(r"^(\.|blobs|blobs/[a-z0-9]+)$")
@@ -208,95 +205,6 @@ class _Prefixed:
         return self._source.read(n)
 
 
-def is_skippable(magic: bytes | memoryview) -> bool:
-    """True for the 4-byte magic number of a zstd skippable frame (0x184D2A5?)."""
-    return (len(magic) >= 4 and 0x50 <= magic[0] <= 0x5F
-            and bytes(magic[1:4]) == _SKIPPABLE_TAIL)
-
-
-class _ZstdFrames:
-    """Decode zstd frames one after another; stop quietly at bytes that are not a frame.
-
-    Skippable frames (written by ``pzstd`` and the seekable format) are passed over.
-
-    ``cat NAME.*`` also sends ``NAME.sha256`` after the volumes: such trailing data
-    after the last frame is ignored. Input goes to the decoder in small pieces so that
-    one piece's output stays bounded (zstd expands at most ~32768:1); ``read(n)``
-    decodes pieces until it has ``n`` bytes, so callers can read in large steps.
-    """
-
-    _PIECE = 8 << 10
-
-    def __init__(self, source: BinaryIO | _Prefixed) -> None:
-        self._source = source
-        self._dctx = zstandard.ZstdDecompressor()
-        self._obj = self._dctx.decompressobj()
-        self._pending = memoryview(b"")
-        self._out: list[bytes] = []
-        self._size = 0  # bytes in _out
-        self._ended = False
-        self._in_frame = False
-        self._skip = 0  # bytes of a skippable frame still to pass over
-
-    def _more(self) -> bool:
-        """Append the next input to ``_pending``; False at the end of the source."""
-        data = self._source.read(_READ_SIZE)
-        if not data:
-            return False
-        self._pending = memoryview(bytes(self._pending) + data) if self._pending else \
-            memoryview(data)
-        return True
-
-    def _fill(self, n: int) -> None:
-        while self._size < n and not self._ended:
-            if not self._pending and not self._more():
-                if self._in_frame or self._skip:
-                    raise EOFError("the zstd stream ends inside a frame")
-                self._ended = True
-                return
-            if self._skip:
-                count = min(self._skip, len(self._pending))
-                self._pending = self._pending[count:]
-                self._skip -= count
-                continue
-            if not self._in_frame:
-                if len(self._pending) < _SKIPPABLE_HEADER and self._more():
-                    continue
-                if is_skippable(self._pending[:4]):
-                    if len(self._pending) < _SKIPPABLE_HEADER:
-                        raise EOFError("the zstd stream ends inside a skippable frame")
-                    self._skip = int.from_bytes(self._pending[4:_SKIPPABLE_HEADER], "little")
-                    self._pending = self._pending[_SKIPPABLE_HEADER:]
-                    continue
-                if self._pending[:4] != ZSTD_MAGIC:
-                    self._ended = True  # trailing data (e.g. the checksum file)
-                    return
-                self._in_frame = True
-            piece, self._pending = self._pending[: self._PIECE], self._pending[self._PIECE:]
-            out = self._obj.decompress(piece)
-            if out:
-                self._out.append(out)
-                self._size += len(out)
-            if self._obj.eof:
-                unused = self._obj.unused_data
-                if unused:
-                    self._pending = memoryview(unused + bytes(self._pending))
-                self._obj = self._dctx.decompressobj()
-                self._in_frame = False
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = max(self._size, 1)
-        self._fill(n)
-        data = b"".join(self._out)
-        if len(data) > n:
-            self._out, data = [data[n:]], data[:n]
-        else:
-            self._out = []
-        self._size -= len(data)
-        return data
-
-
 class _Guarded:
     """Turns read failures of the archive stream into :class:`BundleError`."""
 
@@ -326,16 +234,21 @@ class ArchiveReader:
             volume), or ``-`` for stdin. Compression is detected from the content.
         on_volume_problem: receives volume checksum problems (verify); when None they
             raise :class:`BundleError` (import).
+        max_zstd_ratio: decompressed bytes a ``.tar.zst`` member may take per compressed
+            byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`); past it the member is
+            refused as a decompression bomb.
 
     Use as a context manager; iterate for :class:`Member` values.
 
     Raises (while iterating):
-        UnsafeArchiveError: an unsafe member (see the module docstring).
+        UnsafeArchiveError: an unsafe member (see the module docstring), or one that
+            decompresses past ``max_zstd_ratio``.
         BundleError: a truncated or damaged archive, a volume whose checksum differs.
     """
 
     def __init__(self, bundle: str | os.PathLike[str],
-                 on_volume_problem: Callable[[str], None] | None = None) -> None:
+                 on_volume_problem: Callable[[str], None] | None = None, *,
+                 max_zstd_ratio: int | None = None) -> None:
         text = os.fspath(bundle)
         self.where = "stdin" if text == "-" else text
         self.base: Path | None = None
@@ -354,10 +267,13 @@ class ArchiveReader:
             except OSError as exc:
                 raise BundleError(f"{text}: cannot open the bundle: {exc}") from exc
         head = source.read(4)
-        stream: BinaryIO | _Prefixed = _Prefixed(head, source)
+        stream: BinaryIO | _Prefixed | ZstdFrames = _Prefixed(head, source)
         self.compressed = head == ZSTD_MAGIC or is_skippable(head)
+        self._frames: ZstdFrames | None = None
         if self.compressed:
-            stream = _ZstdFrames(stream)
+            stream = self._frames = ZstdFrames(
+                stream, ZSTD_RATIO_LIMIT if max_zstd_ratio is None else max_zstd_ratio,
+                self.where)
         self._stream = _Guarded(stream, self.where)  # type: ignore[arg-type]
         try:
             self._tar = tarfile.open(fileobj=self._stream, mode="r|",  # noqa: SIM115
@@ -379,6 +295,8 @@ class ArchiveReader:
             if info is None:
                 break
             tar.members.clear()  # a stream is read once; keep memory flat
+            if self._frames is not None:
+                self._frames.period(repr(info.name))
             name = check_member(info, self._seen, self.where)
             if name is None:
                 continue

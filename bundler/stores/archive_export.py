@@ -29,6 +29,7 @@ from ..content import FOREIGN_LAYER_TYPES, OCI_LAYOUT_VERSION, Descriptor, Manif
 from ..copy import ImagePlan
 from ..digest import Digest, VerifyingReader
 from ..errors import BundleError, NotFoundError
+from ..limits import refuse_oversized
 from .archive import refuse_existing
 from .archive_writer import COPY_SIZE, ArchiveWriter, blob_name, index_bytes
 
@@ -58,8 +59,12 @@ class _SpoolSink:
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
-        while view:
-            view = view[self._file.write(view):]
+        try:
+            while view:
+                view = view[self._file.write(view):]
+        except OSError as exc:  # the disk beside the output is full or failing
+            raise BundleError(f"cannot write the spool file {self._spooled.path}: "
+                              f"{exc.strerror or exc}") from exc
         spooled = self._spooled
         spooled.written += len(data)
         if spooled.watched and spooled.written - spooled.signalled >= _FOLLOW_SIZE:
@@ -70,6 +75,19 @@ class _SpoolSink:
 
     def flush(self) -> None:
         """Nothing is buffered here."""
+
+
+def _open_spool(path: Path) -> BinaryIO:
+    """Create a spool file (unbuffered).
+
+    Raises:
+        BundleError: it cannot be created (naming it).
+    """
+    try:
+        return open(path, "wb", buffering=0)
+    except OSError as exc:
+        raise BundleError(f"cannot create the spool file {path}: {exc.strerror or exc}") \
+            from exc
 
 
 class ArchiveExport:
@@ -138,6 +156,10 @@ class ArchiveExport:
         Args:
             entries: the ``index.json`` descriptors.
             plans: the planned images (manifests children-first, blobs).
+
+        Raises:
+            BundleError: ``index.json`` or the manifests pass a limit of
+            :mod:`bundler.limits` (before anything is written), or a write fails.
         """
         self._entries = list(entries)
         manifests: dict[Digest, bytes] = {}
@@ -154,6 +176,8 @@ class ArchiveExport:
         algorithms = sorted({d.algorithm for d in [*manifests, *configs, *layers]})
         layout = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
         index = index_bytes(entries)
+        refuse_oversized(str(self.output), len(index), [len(raw) for raw in manifests.values()],
+                         archive=True)
         self.writer.expect_size(self.writer.size_bound([
             len(layout), len(index), 0, *(0 for _ in algorithms),
             *(len(raw) for raw in manifests.values()),
@@ -209,7 +233,7 @@ class ArchiveExport:
         offered = False
         fetched = 0
         try:
-            with open(path, "wb", buffering=0) as f:
+            with _open_spool(path) as f:
                 sink = _SpoolSink(f, spooled, self._cond)
                 out: _SpoolSink | zstandard.ZstdCompressionWriter = sink
                 if compressor is not None:
@@ -384,8 +408,10 @@ class ArchiveExport:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()
-        self.writer.abort()
-        shutil.rmtree(self.spool, ignore_errors=True)
+        try:
+            self.writer.abort()
+        finally:
+            shutil.rmtree(self.spool, ignore_errors=True)
 
     def __enter__(self) -> ArchiveExport:
         return self

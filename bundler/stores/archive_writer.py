@@ -334,14 +334,23 @@ class ArchiveWriter:
             fsync_dir(self.output.parent)
         except OSError as exc:
             self.abort()
-            raise BundleError(f"{self.output}: cannot finish the archive: {exc}") from exc
+            raise BundleError(f"{self.output}: cannot finish the archive: "
+                              f"{exc.strerror or exc}") from exc
         return self.paths
 
     def abort(self) -> None:
-        """Remove what was written (temp file or volumes)."""
+        """Remove what was written (temp file or volumes), and the final name(s) when a
+        commit failed after the rename: a failed export leaves nothing named like a
+        bundle, and no temp file."""
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass
         if self._temp is not None:
             self._temp.unlink(missing_ok=True)
         if self._volumes is not None:
             self._volumes.abort()
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+        self.paths = []

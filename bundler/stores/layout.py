@@ -161,6 +161,8 @@ def check_layout_file(data: bytes, where: str) -> None:
         doc = json.loads(data)
     except ValueError as exc:
         raise BundleError(f"{where}: oci-layout is not JSON: {exc}") from None
+    except RecursionError:  # nested thousands deep
+        raise BundleError(f"{where}: oci-layout is JSON nested too deeply") from None
     version = doc.get("imageLayoutVersion") if isinstance(doc, dict) else None
     if not isinstance(version, str):
         raise BundleError(f"{where}: oci-layout has no imageLayoutVersion")
@@ -314,7 +316,12 @@ class LayoutStore:
 
     def write_index(self, descriptors: Iterable[Descriptor]) -> None:
         """Replace ``index.json`` atomically with an OCI index of ``descriptors`` (left as
-        it is when it already holds exactly these bytes: a no-op export rewrites nothing)."""
+        it is when it already holds exactly these bytes: a no-op export rewrites nothing).
+
+        Raises:
+            BundleError: ``index.json`` would pass :data:`bundler.limits.INDEX_LIMIT`, or
+            cannot be written (a full disk); the previous one is then left as it was.
+        """
         doc = {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
@@ -322,12 +329,19 @@ class LayoutStore:
         }
         data = json.dumps(doc, indent=2).encode() + b"\n"
         path = self.root / "index.json"
+        from ..limits import refuse_oversized
+
+        refuse_oversized(str(self.root), len(data), [], archive=False)
         try:
             if path.read_bytes() == data:
                 return
         except FileNotFoundError:
             pass
-        write_atomic(path, data)
+        try:
+            write_atomic(path, data)
+        except OSError as exc:  # a full disk: the previous index.json stays as it was
+            raise BundleError(f"{path}: cannot write index.json: "
+                              f"{exc.strerror or exc}") from exc
 
     # -- blobs ------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:

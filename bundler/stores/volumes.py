@@ -177,6 +177,7 @@ class VolumeWriter:
         self._file: BinaryIO | None = None
         self._hasher = hashlib.sha256()
         self._left = 0
+        self._renamed: list[Path] = []  # renamed by a commit not finished yet
         if expected_size is not None:
             self.expect(expected_size)
 
@@ -237,27 +238,41 @@ class VolumeWriter:
             self._file.flush()
 
     def commit(self) -> list[Path]:
-        """Close, rename the volumes to their names, write ``NAME.sha256``; the paths."""
+        """Close, rename the volumes to their names, write ``NAME.sha256``; the paths.
+
+        Raises:
+            OSError: a disk error; the volumes renamed so far are then removed again by
+            :meth:`abort`, so that no set of volumes without its checksum file is left.
+        """
         if self._file is None and not self.volumes:
             self._open_next()
         self._close_current()
         for temp, final, _, _ in self.volumes:
             os.replace(temp, final)
+            self._renamed.append(final)
         lines = [f"{digest}  {final.name}" for _, final, digest, _ in self.volumes]
         lines += [f"# {final.name} {size}" for _, final, _, size in self.volumes]
         from .layout import write_atomic
 
         path = checksum_path(self.base)
         write_atomic(path, ("\n".join(lines) + "\n").encode())  # mode 0666 less the umask
+        self._renamed = []
         return [final for _, final, _, _ in self.volumes]
 
     def abort(self) -> None:
-        """Remove every volume written so far."""
+        """Remove every volume written so far (a close that fails, as on a full disk,
+        does not keep a file)."""
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # its buffered bytes are dropped with it
             self._file = None
         for temp, _, _, _ in self.volumes:
             temp.unlink(missing_ok=True)
+        for final in self._renamed:  # a commit that failed after renaming some
+            final.unlink(missing_ok=True)
+        self._renamed = []
 
 
 class VolumeReader:
