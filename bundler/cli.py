@@ -31,6 +31,7 @@ from .progress import Tally
 from .registry import TransportOptions
 from .reporting import make_reporter
 from .stores.archive import output_format
+from .termsafe import escape
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
@@ -138,7 +139,7 @@ def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
             **extra,
         )
     except BundlerError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
 
 
 def _once(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> str | None:
@@ -187,7 +188,7 @@ class _StderrHandler(logging.Handler):
     """Writes log records to the current stderr (``--debug``)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        click.echo(escape(self.format(record)), err=True)
 
 
 def _configure_debug(debug: bool) -> None:
@@ -246,7 +247,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     try:
         archive = output if output_format(output, fmt, split) != "dir" else None
     except BundlerError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     options = _options("src", kw)
     texts: list[tuple[str, str]] = [(text, "") for text in references]
     try:
@@ -254,7 +255,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
             texts += api.read_images_file(images_file, numbered=True)
         refs = parse_references(texts)
     except BundlerError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     if dry_run:
         _dry_run(lambda: api.plan_export(refs, output, format=fmt, split_size=split,
                                          options=options, jobs=jobs), output, as_json)
@@ -276,9 +277,9 @@ def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
     try:
         print_plan(plan(), where, as_json)
     except (MappingError, InvalidReferenceError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
 
 
@@ -318,7 +319,7 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
             check_to(to)
         pairs = parse_mapping(mapping) if mapping is not None else None
     except BundlerError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     options = _options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
     if dry_run:
         _dry_run(lambda: api.plan_import(bundle, to=to, mapping=pairs, options=options,
@@ -341,7 +342,7 @@ def _offline(action: Callable[[], R], interrupted: str) -> R:
     try:
         return action()
     except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo(interrupted, err=True)
@@ -371,12 +372,12 @@ def list_cmd(bundle: str, as_json: bool) -> None:
         }, indent=2))
         sys.exit(1 if listing.problems else 0)
     for problem in listing.problems:
-        click.echo(f"problem: {problem}", err=True)
+        click.echo(f"problem: {escape(problem)}", err=True)
     rows = [("REFERENCE", "DIGEST", "MEDIA TYPE", "PLATFORMS", "SIZE")]
     for i in listing.images:
         kind = i.media_type.rsplit("/", 1)[-1]
-        rows.append((i.name or "(unnamed)", i.digest.short, kind,
-                     ",".join(i.platforms) or "-", human(i.size)))
+        rows.append((escape(i.name) or "(unnamed)", i.digest.short, escape(kind),
+                     escape(",".join(i.platforms)) or "-", human(i.size)))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
@@ -404,14 +405,14 @@ def verify_cmd(bundle: str, as_json: bool) -> None:
                                "warnings": report.warnings}, indent=2))
     else:
         for warning in report.warnings:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(f"warning: {escape(warning)}", err=True)
         for problem in report.problems:
-            click.echo(f"problem: {problem}", err=True)
+            click.echo(f"problem: {escape(problem)}", err=True)
         state = "OK" if report.ok else plural(len(report.problems), "problem")
         skipped = (f", {plural(len(report.skipped), 'non-distributable layer')} not held "
                    "(skipped)"
                    if report.skipped else "")
-        click.echo(f"{bundle}: {state}: {plural(report.images, 'image')}, "
+        click.echo(f"{escape(bundle)}: {state}: {plural(report.images, 'image')}, "
                    f"{plural(report.blobs, 'blob')}, "
                    f"{human(report.bytes)} checked{skipped}")
     sys.exit(0 if report.ok else 1)
@@ -449,9 +450,9 @@ def login_cmd(registry: str, username: str | None, password: str | None, passwor
         path = login(registry, Credentials(username, password), authfile=authfile,
                      tls_verify=_bool(tls_verify), cert_dir=Path(cert_dir) if cert_dir else None)
     except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
-    click.echo(f"Login Succeeded! (credentials stored in {path})")
+    click.echo(f"Login Succeeded! (credentials stored in {escape(path)})")
 
 
 @main.command("logout")
@@ -466,13 +467,13 @@ def logout_cmd(registry: str | None, all_: bool, authfile: str | None) -> None:
     try:
         gone = logout(None if all_ else registry, authfile=authfile)
     except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
     if not gone:
         path = authfile or default_authfile()
-        click.echo(f"No stored credentials to remove (in {path})")
+        click.echo(f"No stored credentials to remove (in {escape(path)})")
         return
-    click.echo(f"Removed login credentials for {', '.join(gone)}")
+    click.echo(f"Removed login credentials for {escape(', '.join(gone))}")
 
 
 if __name__ == "__main__":

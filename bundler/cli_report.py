@@ -29,6 +29,7 @@ from .exporting import ExportResult
 from .importing import ImportResult
 from .planning import ExportPlan, ImportPlan
 from .progress import Tally
+from .termsafe import escape
 
 __all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run"]
 
@@ -94,8 +95,8 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         reporter.close()
         finished = f"{plural(tally.transferred, 'finished blob')} ({human(tally.bytes_done)})"
         if archive is not None:
-            click.echo(f"interrupted: the archive {archive} was not written and nothing was "
-                       "kept; run the same command again to start over", err=True)
+            click.echo(f"interrupted: the archive {escape(archive)} was not written and "
+                       "nothing was kept; run the same command again to start over", err=True)
         elif importing:
             click.echo(f"interrupted: {finished} are in the registry; run the same command "
                        "again to continue", err=True)
@@ -105,15 +106,15 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         sys.exit(143 if terminated else 130)
     except (MappingError, InvalidReferenceError) as exc:
         reporter.close()
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     except PartialFailureError as exc:
         reporter.close()
         for failure in exc.failures:
-            click.echo(f"error: {failure}", err=True)
+            click.echo(f"error: {escape(failure)}", err=True)
         done(exc.result, time.monotonic() - started)
         kept = exc.result.images if isinstance(exc.result, ExportResult) else exc.result.targets
         failed = len(exc.failures)
-        advice = (f"the archive {archive} holds the other {len(kept)}; export the failed "
+        advice = (f"the archive {escape(archive)} holds the other {len(kept)}; export the failed "
                   "ones to another bundle" if archive is not None and kept else
                   "run the same command again to retry them")
         click.echo(f"failed: {failed} of {plural(failed + len(kept), 'image')}; {advice}",
@@ -121,7 +122,7 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         sys.exit(1)
     except BundlerError as exc:
         reporter.close()
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
     reporter.close()
     done(result, time.monotonic() - started)
@@ -132,7 +133,8 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
     saved = result.total_bytes - result.unique_bytes
     pct = 100 * saved / result.total_bytes if result.total_bytes else 0
     click.echo(
-        f"exported {plural(len(result.images), 'image')} to {output}: {human(result.unique_bytes)} "
+        f"exported {plural(len(result.images), 'image')} to {escape(output)}: "
+        f"{human(result.unique_bytes)} "
         f"unique ({human(result.total_bytes)} without dedup, {pct:.0f}% saved); blobs "
         f"downloaded {result.blobs_downloaded} ({human(result.bytes_downloaded)}), "
         f"already present {result.blobs_reused}; {seconds:.1f} s, "
@@ -155,7 +157,7 @@ def import_summary(result: ImportResult, seconds: float) -> None:
         f"{seconds:.1f} s, {_rate(result.bytes_uploaded, seconds)}"
     )
     for target in result.targets:
-        click.echo(f"  {target.name} -> {target.destination}")
+        click.echo(f"  {escape(target.name)} -> {escape(target.destination)}")
     for digest in result.skipped_foreign:
         click.echo(f"note: non-distributable layer {digest} is not in the bundle; "
                    "it was not pushed", err=True)
@@ -190,13 +192,14 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None
     images = plural(len(plan.images), "image")
     verb = f"export {images} to" if export else f"import {images} from"
     there = 0 if export else sum(1 for image in plan.images if image.present)
-    click.echo(f"dry run: would {verb} {where}" + (f" ({there} already there)" if there else ""))
+    click.echo(f"dry run: would {verb} {escape(where)}"
+               + (f" ({there} already there)" if there else ""))
     for image in plan.images:
         if isinstance(plan, ExportPlan):
-            click.echo(f"  {image.name} -> {image.digest}")
+            click.echo(f"  {escape(image.name)} -> {image.digest}")
         else:
             state = "already there" if image.present else "to push"
-            click.echo(f"  {image.name} -> {image.destination}: {state}")
+            click.echo(f"  {escape(image.name)} -> {escape(image.destination)}: {state}")
     line = f"blobs: {plan.blobs} ({human(plan.blob_bytes)}) after dedup; "
     if isinstance(plan, ExportPlan):
         line += (f"to download {plan.to_fetch} ({human(plan.fetch_bytes)}), already in the "
