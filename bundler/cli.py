@@ -227,11 +227,14 @@ def main(debug: bool) -> None:
                    "at least 1KiB).")
 @click.option("--compression-level", default=3, show_default=True, type=click.IntRange(1, 22),
               help="zstd level of a .tar.zst bundle.")
+@click.option("--no-wait", is_flag=True,
+              help="Fail at once (exit 1) if another bundler is writing the same bundle, "
+                   "instead of waiting for it.")
 @transport_options("src")
 @_progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
                fmt: str | None, split_size: int | None, compression_level: int,
-               jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
+               no_wait: bool, jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
                as_json: bool, **kw: Any) -> None:
     """Export images from registries into one deduplicated OCI layout bundle.
 
@@ -265,9 +268,15 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
                                        compression_level=compression_level, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
-                                       keep_going=keep_going),
+                                       keep_going=keep_going, wait=not no_wait,
+                                       on_wait=_say_waiting),
         tally, lambda result, seconds: export_summary(result, output, seconds), reporter,
         archive=archive)
+
+
+def _say_waiting(message: str) -> None:
+    """Say on stderr why an export waits (another bundler holds the bundle's lock)."""
+    click.echo(escape(message), err=True)
 
 
 def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,

@@ -4,6 +4,7 @@ by verify, list and import before a byte of them is read or sent."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -14,9 +15,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from bundler import export_bundle
+from bundler import BundleLockedError, export_bundle
 from bundler.cli import main
+from bundler.content import REF_NAME
 from bundler.sandbox import LocalRegistry, SeededSet
+from bundler.stores.layout import LOCK_NAME
+from bundler.stores.lock import WriterLock
 
 Seeded = tuple[LocalRegistry, SeededSet]
 GUARD_S = 120  # a guard against a hang only: a refused file ends at once
@@ -167,3 +171,107 @@ def test_a_sound_bundle_still_verifies(bundle: tuple[Path, str, int]) -> None:
     result = invoke("verify", str(root))
     assert result.exit_code == 0, result.output
     assert json.loads(invoke("verify", str(root), "--json").stdout)["ok"] is True
+
+
+# -- one writer at a time --------------------------------------------------------------
+
+
+def export_process(ref: str, output: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "bundler.cli", "export", ref, "-o",
+                             str(output), "--src-tls-verify", "false", "-q", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def hold(path: Path) -> int:
+    """Hold an flock on ``path`` as another bundler would (our pid in it)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def test_two_exports_into_one_directory_keep_both_images(seeded_registry: Seeded,
+                                                          tmp_path: Path) -> None:
+    _, seeded = seeded_registry
+    first, second = seeded.get("base/os", "1"), seeded.get("apps/api", "1.0")
+    root = tmp_path / "bundle"
+    lock = WriterLock.for_output(root, directory=True)
+    lock.acquire()  # as a running export would: both exports below must wait
+    try:
+        processes = [export_process(e.reference, root) for e in (first, second)]
+        for process in processes:
+            assert process.stderr is not None
+            assert process.stderr.readline() == (
+                f"waiting for another bundler writing {root} (pid {os.getpid()}) ...\n")
+    finally:
+        lock.release()
+    for process in processes:  # now they run at the same time, one after the other
+        _, err = process.communicate(timeout=GUARD_S)
+        assert process.returncode == 0, err
+    names = {m["annotations"][REF_NAME]
+             for m in json.loads((root / "index.json").read_bytes())["manifests"]}
+    assert names == {first.reference, second.reference}
+    assert not (root / LOCK_NAME).exists()
+    assert invoke("verify", str(root)).exit_code == 0
+
+
+def test_no_wait_fails_at_once_while_another_export_writes(seeded_registry: Seeded,
+                                                           tmp_path: Path) -> None:
+    _, seeded = seeded_registry
+    ref = seeded.get("base/os", "1").reference
+    root = tmp_path / "bundle"
+    root.mkdir()
+    fd = hold(root / LOCK_NAME)
+    try:
+        done = export_process(ref, root, "--no-wait")
+        out, err = done.communicate(timeout=GUARD_S)
+        with pytest.raises(BundleLockedError) as caught:
+            export_bundle([ref], root, wait=False)
+    finally:
+        os.close(fd)
+    assert done.returncode == 1
+    assert err == (f"error: {root}: another bundler (pid {os.getpid()}) is writing this "
+                   f"bundle (lock {root / LOCK_NAME}); wait for it to finish, or run "
+                   "without --no-wait to wait for it\n")
+    assert caught.value.pid == os.getpid()
+    assert sorted(p.name for p in root.iterdir()) == [LOCK_NAME]  # nothing written
+
+
+def test_an_archive_is_locked_beside_it(seeded_registry: Seeded, tmp_path: Path) -> None:
+    _, seeded = seeded_registry
+    ref = seeded.get("base/os", "1").reference
+    archive = tmp_path / "b.tar"
+    fd = hold(tmp_path / ".b.tar.lock")
+    try:
+        done = export_process(ref, archive, "--no-wait")
+        _, err = done.communicate(timeout=GUARD_S)
+    finally:
+        os.close(fd)
+    assert done.returncode == 1
+    assert err.startswith(f"error: {archive}: another bundler (pid {os.getpid()}) is "
+                          "writing this bundle")
+    assert not archive.exists()
+    (tmp_path / ".b.tar.lock").unlink()
+    assert invoke("export", ref, "-o", str(archive), "--src-tls-verify", "false",
+                  "-q").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_lock_file_left_by_a_killed_export_is_taken_over(seeded_registry: Seeded,
+                                                          tmp_path: Path) -> None:
+    _, seeded = seeded_registry
+    root = tmp_path / "bundle"
+    root.mkdir()
+    (root / LOCK_NAME).write_text("999999999\n")  # its process is gone: no flock held
+    result = invoke("export", seeded.get("base/os", "1").reference, "-o", str(root),
+                    "--src-tls-verify", "false", "-q", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert not (root / LOCK_NAME).exists()
+
+
+def test_a_failed_first_export_leaves_no_directory(tmp_path: Path) -> None:
+    root = tmp_path / "new" / "bundle"
+    result = invoke("export", "127.0.0.1:9/none/such:1", "-o", str(root),
+                    "--src-tls-verify", "false", "-q", "--retries", "0")
+    assert result.exit_code == 1
+    assert not (tmp_path / "new").exists()

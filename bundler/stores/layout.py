@@ -34,6 +34,8 @@ _READ_CHUNK = 1 << 20
 #: The largest ``index.json`` or ``oci-layout`` read (bytes); index.json holds one
 #: descriptor of a few hundred bytes per image.
 INDEX_LIMIT = 64 << 20
+#: The writer's lock file in a bundle directory (see :mod:`bundler.stores.lock`).
+LOCK_NAME = ".bundler.lock"
 _UMASK = os.umask(0o022)  # read once: os.umask can only be read by setting it
 os.umask(_UMASK)
 
@@ -239,7 +241,8 @@ class LayoutStore:
                               "NAME.tar.zst, or choose another output)")
         layout_file = self.root / "oci-layout"
         if self.root.is_dir() and not layout_file.exists() and any(
-                entry.name != "blobs" for entry in self.root.iterdir()):  # blobs: a rerun
+                entry.name not in ("blobs", LOCK_NAME)  # blobs: a rerun; the writer lock
+                for entry in self.root.iterdir()):
             raise BundleError(f"{self.root}: a directory that holds other files and is no OCI "
                               "image layout (no oci-layout); export into a new or empty "
                               "directory, or into an existing bundle")
