@@ -21,7 +21,15 @@ import click
 
 from . import bundle as api
 from .authfile import default_authfile, login, logout
-from .cli_report import export_summary, human, import_summary, plural, print_plan, run
+from .cli_report import (
+    export_summary,
+    human,
+    import_summary,
+    plural,
+    print_plan,
+    run,
+    stdout_may_close,
+)
 from .credentials import Credentials, Keychain, load_authfile, parse_creds
 from .errors import BundlerError, InvalidReferenceError, MappingError
 from .exporting import parse_references
@@ -367,6 +375,13 @@ def list_cmd(bundle: str, as_json: bool) -> None:
     An image whose manifests cannot be read is named on stderr and the others are
     listed; the exit status is then 1."""
     listing = _offline(lambda: api.list_bundle(bundle), "interrupted")
+    with stdout_may_close():  # list | head: a reader may stop early
+        _print_listing(listing, as_json)
+    sys.exit(1 if listing.problems else 0)
+
+
+def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
+    """The listing as a table and a totals line, or as JSON (``problems`` on stderr)."""
     if as_json:
         click.echo(json.dumps({
             "images": [
@@ -379,7 +394,7 @@ def list_cmd(bundle: str, as_json: bool) -> None:
             "blobs": listing.blob_count,
             "problems": listing.problems,
         }, indent=2))
-        sys.exit(1 if listing.problems else 0)
+        return
     for problem in listing.problems:
         click.echo(f"problem: {escape(problem)}", err=True)
     rows = [("REFERENCE", "DIGEST", "MEDIA TYPE", "PLATFORMS", "SIZE")]
@@ -397,7 +412,6 @@ def list_cmd(bundle: str, as_json: bool) -> None:
                f"dedup ({human(saved)} saved)"
                + (f"; {plural(len(listing.problems), 'image')} unreadable (see above)"
                   if listing.problems else ""))
-    sys.exit(1 if listing.problems else 0)
 
 
 @main.command("verify")
@@ -407,6 +421,13 @@ def verify_cmd(bundle: str, as_json: bool) -> None:
     """Check a bundle offline: every digest, size and reference. Exit 1 on problems."""
     report = _offline(lambda: api.verify_bundle(bundle),
                       "interrupted: the bundle was not fully checked")
+    with stdout_may_close():
+        _print_report(report, bundle, as_json)
+    sys.exit(0 if report.ok else 1)
+
+
+def _print_report(report: api.VerifyReport, bundle: str, as_json: bool) -> None:
+    """The verify report: problems on stderr and a summary line, or JSON."""
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,
                                "bytes": report.bytes, "problems": report.problems,
@@ -424,7 +445,6 @@ def verify_cmd(bundle: str, as_json: bool) -> None:
         click.echo(f"{escape(bundle)}: {state}: {plural(report.images, 'image')}, "
                    f"{plural(report.blobs, 'blob')}, "
                    f"{human(report.bytes)} checked{skipped}")
-    sys.exit(0 if report.ok else 1)
 
 
 @main.command("login")

@@ -9,11 +9,13 @@ failed image.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -31,7 +33,8 @@ from .planning import ExportPlan, ImportPlan
 from .progress import Tally
 from .termsafe import escape
 
-__all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run"]
+__all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run",
+           "stdout_may_close"]
 
 
 def human(size: float) -> str:
@@ -45,6 +48,28 @@ def human(size: float) -> str:
 
 def _rate(nbytes: int, seconds: float) -> str:
     return f"{nbytes / seconds / 1e6 if seconds > 0 else 0.0:.1f} MB/s"
+
+
+@contextmanager
+def stdout_may_close() -> Iterator[None]:
+    """Print what follows, but let a reader that stopped reading end it quietly.
+
+    ``bundler import ... | head -1`` closes the pipe after the first line; the next
+    write fails with EPIPE. The work is done by then, so that is no error: the rest of
+    the output goes to ``/dev/null`` (also what Python flushes at exit) and the exit
+    status stays the command's own.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            fd = sys.stdout.fileno()
+        except (OSError, ValueError, AttributeError):
+            return  # not a real file (a test runner's buffer)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def plural(count: int, noun: str) -> str:
@@ -125,7 +150,8 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
     reporter.close()
-    done(result, time.monotonic() - started)
+    with stdout_may_close():
+        done(result, time.monotonic() - started)
 
 
 def export_summary(result: ExportResult, output: str, seconds: float) -> None:

@@ -169,7 +169,9 @@ def plan_image(
     if item is None:
         raw, media_type, digest = client.get_manifest(ref.repository, ref.identifier)
         item = parse_manifest(raw, media_type, digest=digest)
-    top = Descriptor(media_type=item.media_type, digest=digest, size=len(item.raw))
+    # an artifact's index.json entry carries its artifactType (image-spec descriptor.md)
+    top = Descriptor(media_type=item.media_type, digest=digest, size=len(item.raw),
+                     artifact_type=item.artifact_type)
 
     def load(descriptor: Descriptor) -> Manifest | Index:
         if descriptor.digest == digest:
