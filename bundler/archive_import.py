@@ -29,8 +29,22 @@ from .blob_sources import InMemory, OneShot, Teed
 from .content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
 from .copy import ClientPool, ImagePlan, walk
 from .digest import Digest, VerifyingReader
-from .errors import BundleError, BundlerError, Cancelled, SizeMismatchError, TransferError
-from .importing import ImportResult, _push_blob, blob_culprits, finish, record_failure
+from .errors import (
+    BundleError,
+    BundlerError,
+    Cancelled,
+    RegistryError,
+    SizeMismatchError,
+    TransferError,
+)
+from .importing import (
+    ImportResult,
+    _push_blob,
+    blob_culprits,
+    finish,
+    foreign_refused,
+    record_failure,
+)
 from .naming import Target, resolve_targets
 from .progress import Event, NullReporter, Reporter
 from .pushplan import BlobPush, plan_push
@@ -230,7 +244,17 @@ class _Session:
                 self.report(Event("manifest", str(descriptor.digest), "done", len(item.raw),
                                   len(item.raw)))
         except BundlerError as exc:
-            self._fail([target], exc)
+            self._fail([target], self._foreign_refused(target, exc))
+
+    def _foreign_refused(self, target: Target, exc: BundlerError) -> BundlerError:
+        """A refused manifest push, told apart when the image has foreign layers (see
+        :func:`bundler.importing.foreign_refused`)."""
+        if not isinstance(exc, RegistryError):
+            return exc
+        blobs = self.plans[target].blobs
+        foreign = [d for d in blobs if d in self.result.skipped_foreign]
+        listed = [d for d, b in blobs.items() if b.urls and d not in foreign]
+        return foreign_refused(exc, foreign, listed)
 
     def finish(self) -> ImportResult:
         """After the last member: everything arrived? Then the tags."""
@@ -260,7 +284,7 @@ class _Session:
                         dest.repository, dest.tag, plan.top.raw,
                         plan.top.media_type or target.descriptor.media_type)
             except BundlerError as exc:
-                self._fail([target], exc)
+                self._fail([target], self._foreign_refused(target, exc))
                 continue
             self.report(Event("image", target.name, "done", plan.size, plan.size,
                               detail=str(dest)))

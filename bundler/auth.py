@@ -120,6 +120,9 @@ class RegistryAuth(httpx.Auth):
         send: sends a token request and returns its (read) response, retrying transient
             failures; with it, a token is fetched once for threads that need the same
             scopes at the same time. None: the request is yielded through the flow.
+        may_send: realm URL -> whether credentials may go there (a plain-http realm of
+            a registry reached over https may not get them); None: always. Withheld
+            credentials make the token request anonymous, with a warning.
 
     Raises (from the request that triggered it):
         AuthenticationError: the token service refused or answered without a token.
@@ -136,9 +139,12 @@ class RegistryAuth(httpx.Auth):
         *,
         resolve: Callable[[str], Credentials | None] | None = None,
         send: Callable[[httpx.Request], httpx.Response] | None = None,
+        may_send: Callable[[httpx.URL], bool] | None = None,
     ) -> None:
         self.registry = registry
         self._send = send
+        self._may_send = may_send
+        self._withheld: set[str] = set()
         self._fetching: dict[tuple[Credentials, frozenset[str]], threading.Lock] = {}
         self._fixed = credentials or Credentials()
         self._resolve = resolve
@@ -199,9 +205,25 @@ class RegistryAuth(httpx.Auth):
             self._tokens = [t for t in self._tokens if t[2] != token]
 
     # -- token request ----------------------------------------------------------------
+    def _presented(self, creds: Credentials) -> Credentials:
+        """``creds``, or none when they may not go to the current realm (warned once)."""
+        realm = self._challenge.get("realm", "")
+        if not creds or self._may_send is None or self._may_send(httpx.URL(realm)):
+            return creds
+        with self._lock:
+            first = realm not in self._withheld
+            self._withheld.add(realm)
+        if first:
+            log.warning("%s: not sending credentials to the token service %s: it is plain "
+                        "http while the registry is reached over https (plain http is allowed "
+                        "with --src-tls-verify=false/--dest-tls-verify=false); asking for an "
+                        "anonymous token", self.registry, redact_url(realm))
+        return Credentials()
+
     def _token_request(self, creds: Credentials, scopes: set[str]) -> httpx.Request:
         realm = self._challenge.get("realm", "")
         service = self._challenge.get("service")
+        creds = self._presented(creds)
         if creds.identity_token:
             form = {
                 "grant_type": "refresh_token",
@@ -251,6 +273,10 @@ class RegistryAuth(httpx.Auth):
                 who = "the identity token"
             else:
                 who = f"as {creds.username!r}" if creds.username else "anonymously"
+            if self._presented(creds) != creds:
+                who = (f"anonymously (credentials withheld: {url} is plain http while "
+                       f"{self.registry} is reached over https; plain http is allowed with "
+                       "--src-tls-verify=false/--dest-tls-verify=false)")
             raise AuthenticationError(
                 f"{self.registry}: the token service refused {who} "
                 f"(HTTP {response.status_code} from {url})",

@@ -46,13 +46,50 @@ __all__ = [
 ]
 
 
-def open_bundle(path: str | os.PathLike[str]) -> LayoutStore:
+def open_bundle(path: str | os.PathLike[str], *,
+                shared_blob_dir: str | os.PathLike[str] | None = None) -> LayoutStore:
     """Open an existing bundle directory for reading.
 
+    Args:
+        path: the layout directory.
+        shared_blob_dir: a directory of ``<alg>/<hex>`` blobs shared by layouts (as
+            ``skopeo copy --dest-shared-blob-dir DIR`` writes them): the blobs are read
+            there instead of in ``path/blobs``.
+
     Raises:
-        BundleError: missing, or not an OCI image layout.
+        BundleError: missing, or not an OCI image layout; ``shared_blob_dir`` is not a
+        directory; without ``shared_blob_dir``, the layout names images but its
+        ``blobs`` directory holds nothing (naming the first missing manifest and
+        suggesting ``--shared-blob-dir``).
+
+    Spec: image-spec ``image-layout.md``; skopeo-copy(1) ``--dest-shared-blob-dir``.
     """
-    return LayoutStore(path)
+    store = LayoutStore(path, blob_root=shared_blob_dir)
+    if shared_blob_dir is None:
+        _hint_shared_blobs(store)
+    return store
+
+
+def _hint_shared_blobs(store: LayoutStore) -> None:
+    """Refuse a layout whose ``blobs`` directory is empty while ``index.json`` names
+    images: skopeo writes such a layout when its blobs went to a shared directory."""
+    entries = store.read_index()
+    if not entries or store.has_blob(entries[0].digest):
+        return
+    try:
+        with os.scandir(store.root / "blobs") as folders:
+            for folder in folders:
+                if folder.is_dir(follow_symlinks=False):
+                    with os.scandir(folder.path) as files:
+                        if next(files, None) is not None:
+                            return
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    raise BundleError(
+        f"{store.root}: blob {entries[0].digest} is missing: the layout's blobs directory "
+        "holds nothing; a layout written with a shared blob directory (skopeo copy "
+        "--dest-shared-blob-dir DIR) keeps its blobs there: give it with "
+        "--shared-blob-dir DIR")
 
 
 def import_bundle(
@@ -65,6 +102,7 @@ def import_bundle(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     keep_going: bool = False,
+    shared_blob_dir: str | os.PathLike[str] | None = None,
 ) -> ImportResult:
     """Push every image of a bundle (or those a mapping names) into registries.
 
@@ -77,6 +115,8 @@ def import_bundle(
         reporter: receives progress events.
         stop: set to cancel.
         keep_going: import every image that can be; fail at the end for the others.
+        shared_blob_dir: read a directory bundle's blobs from this shared blob
+            directory (see :func:`open_bundle`); not for archives.
 
     Returns:
         An :class:`ImportResult`.
@@ -89,12 +129,21 @@ def import_bundle(
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     if is_archive(bundle):  # .tar, .tar.zst, volumes or "-": one pass, never unpacked
+        _no_shared_blobs(bundle, shared_blob_dir)
         return import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
                               reporter=reporter, stop=stop, keep_going=keep_going)
-    store = open_bundle(bundle)
+    store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
     return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop,
                        keep_going=keep_going)
+
+
+def _no_shared_blobs(bundle: str | os.PathLike[str],
+                     shared_blob_dir: str | os.PathLike[str] | None) -> None:
+    """Refuse a shared blob directory for an archive, which holds its own blobs."""
+    if shared_blob_dir is not None:
+        raise BundleError(f"{bundle}: --shared-blob-dir is for a layout directory; an "
+                          "archive holds its own blobs")
 
 
 @dataclass
@@ -129,7 +178,8 @@ class BundleListing:
     problems: list[str] = field(default_factory=list)
 
 
-def list_bundle(bundle: str | os.PathLike[str]) -> BundleListing:
+def list_bundle(bundle: str | os.PathLike[str], *,
+                shared_blob_dir: str | os.PathLike[str] | None = None) -> BundleListing:
     """Describe what a bundle holds. In a directory bundle, an image whose manifests
     cannot be read (missing or corrupt) is left out and named in ``problems``; the
     others are listed.
@@ -138,11 +188,19 @@ def list_bundle(bundle: str | os.PathLike[str]) -> BundleListing:
     (a non-distributable layer the registry did not serve) adds nothing. An archive is
     read up to its manifests only, so there a non-distributable layer is not counted.
 
+    Args:
+        bundle: a bundle directory or archive.
+        shared_blob_dir: read a directory bundle's blobs from this shared blob
+            directory (see :func:`open_bundle`).
+
     Raises:
         BundleError: the bundle cannot be read at all (no layout, no index.json; an
-        archive whose head lacks a manifest).
+        archive whose head lacks a manifest; a shared blob directory for an archive).
     """
-    store = read_head(bundle) if is_archive(bundle) else open_bundle(bundle)
+    if is_archive(bundle):
+        _no_shared_blobs(bundle, shared_blob_dir)
+    store = read_head(bundle) if is_archive(bundle) else open_bundle(
+        bundle, shared_blob_dir=shared_blob_dir)
     listing = BundleListing()
     unique: dict[Digest, int] = {}
     plans = []
@@ -204,23 +262,31 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_bundle(bundle: str | os.PathLike[str]) -> VerifyReport:
+def verify_bundle(bundle: str | os.PathLike[str], *,
+                  shared_blob_dir: str | os.PathLike[str] | None = None) -> VerifyReport:
     """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
     every manifest parses, every blob has its size and sha256. A non-distributable
     (foreign) layer the bundle does not hold is listed in ``skipped``, not as a problem.
+
+    Args:
+        bundle: a bundle directory or archive.
+        shared_blob_dir: read a directory bundle's blobs from this shared blob
+            directory (see :func:`open_bundle`).
 
     Returns:
         A :class:`VerifyReport` (problems listed, not raised).
 
     Raises:
-        BundleError: the bundle cannot be opened at all.
+        BundleError: the bundle cannot be opened at all; a shared blob directory given
+        for an archive.
     """
     report = VerifyReport()
     if is_archive(bundle):
+        _no_shared_blobs(bundle, shared_blob_dir)
         return verify_archive(bundle, report)
     root = Path(bundle)
     try:
-        store = open_bundle(root)
+        store = open_bundle(root, shared_blob_dir=shared_blob_dir)
         entries = store.read_index()
     except BundleError as exc:
         report.problems.append(str(exc))

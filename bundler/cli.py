@@ -9,6 +9,7 @@ was kept.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -38,7 +39,7 @@ from .naming import check_to, parse_mapping
 from .progress import Tally
 from .registry import TransportOptions
 from .reporting import make_reporter
-from .stores.archive import output_format
+from .stores.archive import is_archive, output_format
 from .termsafe import escape
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
@@ -115,6 +116,10 @@ def transport_options(side: str) -> Callable:
             click.option("--retry-delay", default=0.5, show_default=True,
                          type=click.FloatRange(0, 30), callback=_not_nan,
                          help="First retry delay in seconds (0-30)."),
+            click.option("--retry-max-wait", default=300.0, show_default=True,
+                         metavar="SECONDS", type=click.FloatRange(0), callback=_not_nan,
+                         help="Longest wait a registry may ask for (Retry-After); a longer "
+                              "one fails the request."),
         ]):
             func = option(func)
         return func
@@ -144,6 +149,7 @@ def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
             cert_dir=Path(cert_dir) if cert_dir else None,
             retries=kw.pop("retries"),
             retry_delay_s=kw.pop("retry_delay"),
+            retry_max_wait_s=kw.pop("retry_max_wait"),
             **extra,
         )
     except BundlerError as exc:
@@ -182,6 +188,20 @@ def _progress_options(func: Callable) -> Callable:
     return func
 
 
+def _shared_blob_dir_option(func: Callable) -> Callable:
+    return click.option(
+        "--shared-blob-dir", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+        help="Read the layout's blobs from DIR/<alg>/<hex> (a layout written by skopeo "
+             "copy --dest-shared-blob-dir DIR).")(func)
+
+
+def _check_shared_blob_dir(bundle: str, shared_blob_dir: str | None) -> None:
+    """Refuse ``--shared-blob-dir`` for an archive bundle (exit 2)."""
+    if shared_blob_dir is not None and is_archive(bundle):
+        raise click.UsageError("--shared-blob-dir is for a layout directory; an archive "
+                               "holds its own blobs")
+
+
 def _check_output_options(quiet: bool, progress: str, dry_run: bool, as_json: bool) -> None:
     """Refuse contradictory output options (exit 2) instead of ignoring one of them."""
     if as_json and not dry_run:
@@ -206,6 +226,10 @@ def _configure_debug(debug: bool) -> None:
     if debug:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("debug: %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    else:  # warnings of the library (a credential helper missing) as "warning: ..."
+        handler = _StderrHandler(logging.WARNING)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
 
@@ -238,11 +262,15 @@ def main(debug: bool) -> None:
 @click.option("--no-wait", is_flag=True,
               help="Fail at once (exit 1) if another bundler is writing the same bundle, "
                    "instead of waiting for it.")
+@click.option("--include-foreign-layers", is_flag=True,
+              help="Store non-distributable (foreign) layers too: from the registry, else "
+                   "from the URLs their descriptors list (https; no credentials sent).")
 @transport_options("src")
 @_progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
                fmt: str | None, split_size: int | None, compression_level: int,
-               no_wait: bool, jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
+               no_wait: bool, include_foreign_layers: bool,
+               jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
                as_json: bool, **kw: Any) -> None:
     """Export images from registries into one deduplicated OCI layout bundle.
 
@@ -273,11 +301,13 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
+    options = dataclasses.replace(options, reporter=reporter)  # shows long waits
     run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
                                        compression_level=compression_level, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
                                        keep_going=keep_going, wait=not no_wait,
-                                       on_wait=_say_waiting),
+                                       on_wait=_say_waiting,
+                                       include_foreign_layers=include_foreign_layers),
         tally, lambda result, seconds: export_summary(result, output, seconds), reporter,
         archive=archive)
 
@@ -310,11 +340,12 @@ def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
               callback=_size_option(MIN_CHUNK_SIZE),
               help="Blobs larger than this are uploaded in PATCH chunks of this size "
                    "(at least 1KiB).")
+@_shared_blob_dir_option
 @transport_options("dest")
 @_progress_options
 def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int, jobs: int,
                quiet: bool, progress: str, keep_going: bool, dry_run: bool, as_json: bool,
-               **kw: Any) -> None:
+               shared_blob_dir: str | None, **kw: Any) -> None:
     """Push a bundle's images into a registry, preserving every digest.
 
     BUNDLE is a directory, a .tar or .tar.zst file, split volumes (base name or
@@ -331,6 +362,7 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
     _check_output_options(quiet, progress, dry_run, as_json)
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
+    _check_shared_blob_dir(bundle, shared_blob_dir)
     try:  # checked before the bundle is opened
         if to is not None:
             check_to(to)
@@ -340,13 +372,16 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
     options = _options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
     if dry_run:
         _dry_run(lambda: api.plan_import(bundle, to=to, mapping=pairs, options=options,
-                                         jobs=jobs), bundle, as_json)
+                                         jobs=jobs, shared_blob_dir=shared_blob_dir),
+                 bundle, as_json)
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
+    options = dataclasses.replace(options, reporter=reporter)  # shows long waits
     run(lambda stop: api.import_bundle(bundle, to=to, mapping=pairs, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
-                                       keep_going=keep_going),
+                                       keep_going=keep_going,
+                                       shared_blob_dir=shared_blob_dir),
         tally, import_summary, reporter, importing=True)
 
 
@@ -369,12 +404,15 @@ def _offline(action: Callable[[], R], interrupted: str) -> R:
 @main.command("list")
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_cmd(bundle: str, as_json: bool) -> None:
+@_shared_blob_dir_option
+def list_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None) -> None:
     """Show the images of a bundle: reference, digest, media type, platforms, size.
 
     An image whose manifests cannot be read is named on stderr and the others are
     listed; the exit status is then 1."""
-    listing = _offline(lambda: api.list_bundle(bundle), "interrupted")
+    _check_shared_blob_dir(bundle, shared_blob_dir)
+    listing = _offline(lambda: api.list_bundle(bundle, shared_blob_dir=shared_blob_dir),
+                       "interrupted")
     with stdout_may_close():  # list | head: a reader may stop early
         _print_listing(listing, as_json)
     sys.exit(1 if listing.problems else 0)
@@ -417,9 +455,11 @@ def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
 @main.command("verify")
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify_cmd(bundle: str, as_json: bool) -> None:
+@_shared_blob_dir_option
+def verify_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None) -> None:
     """Check a bundle offline: every digest, size and reference. Exit 1 on problems."""
-    report = _offline(lambda: api.verify_bundle(bundle),
+    _check_shared_blob_dir(bundle, shared_blob_dir)
+    report = _offline(lambda: api.verify_bundle(bundle, shared_blob_dir=shared_blob_dir),
                       "interrupted: the bundle was not fully checked")
     with stdout_may_close():
         _print_report(report, bundle, as_json)

@@ -168,7 +168,11 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
     )
     for digest in result.skipped_foreign:
         click.echo(f"warning: non-distributable layer {digest} was not served; "
-                   "it is not in the bundle", err=True)
+                   "it is not in the bundle (--include-foreign-layers fetches it from the "
+                   "URLs its descriptor lists)", err=True)
+    for digest in result.included_foreign:
+        click.echo(f"note: non-distributable layer {digest} is in the bundle "
+                   "(--include-foreign-layers)", err=True)
     for digest in result.damaged:
         click.echo(f"warning: blob {digest} arrived damaged and was downloaded again (it "
                    "checks now)", err=True)

@@ -27,12 +27,17 @@ __all__ = [
     "OCI_INDEX",
     "OCI_LAYOUT_VERSION",
     "OCI_MANIFEST",
+    "EMPTY_JSON",
+    "EMPTY_JSON_DIGEST",
+    "SCHEMA1_MEDIA_TYPES",
     "Descriptor",
     "Index",
     "Manifest",
     "Platform",
     "is_non_distributable",
+    "is_schema1",
     "parse_manifest",
+    "schema1_refusal",
 ]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -44,6 +49,11 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+SCHEMA1_MEDIA_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
+#: The empty descriptor's content (image-spec manifest.md "Guidance for an Empty
+#: Descriptor"): the two bytes ``{}``, known from the digest alone.
+EMPTY_JSON = b"{}"
+EMPTY_JSON_DIGEST = Digest.of(EMPTY_JSON)
 #: Layer media types that registries may not serve (image-spec "non-distributable").
 FOREIGN_LAYER_TYPES = frozenset(
     {
@@ -293,6 +303,29 @@ def _sniff_media_type(doc: dict[str, Any], declared: str | None) -> str:
     return OCI_MANIFEST  # image-spec: mediaType is optional in an OCI manifest
 
 
+def is_schema1(raw: bytes, media_type: str | None = None) -> bool:
+    """Whether a manifest is Docker image manifest v2 schema 1 (signed or not): by its
+    media type, else by ``"schemaVersion": 1`` in the bytes (served as plain JSON).
+
+    Spec: Docker image manifest v2 schema 1 (deprecated).
+    """
+    if media_type in SCHEMA1_MEDIA_TYPES:
+        return True
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("schemaVersion") == 1
+
+
+def schema1_refusal(where: str) -> ManifestError:
+    """The error for a schema 1 manifest at ``where`` (a reference or digest)."""
+    return ManifestError(
+        f"{where}: schema1 is not supported (Docker image manifest v2 schema 1 is "
+        "deprecated); rebuild or re-push the image with schema 2 or OCI"
+    )
+
+
 def parse_manifest(
     raw: bytes, media_type: str | None = None, *, digest: Digest | None = None
 ) -> Manifest | Index:
@@ -319,11 +352,8 @@ def parse_manifest(
     kind = _sniff_media_type(doc, media_type)
     digest = digest or Digest.of(raw)
     where = f"manifest {digest}"
-    if kind in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
-        raise ManifestError(
-            f"{where}: Docker schema 1 manifests are deprecated and not supported; "
-            "rebuild or re-push the image with schema 2"
-        )
+    if kind in SCHEMA1_MEDIA_TYPES:
+        raise schema1_refusal(where)
     if doc.get("schemaVersion") != 2:
         raise ManifestError(
             f"{where}: not an image manifest or index "

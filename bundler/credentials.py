@@ -7,7 +7,8 @@ podman look them up:
 2. the auth file given with ``--src-authfile``/``--dest-authfile``;
 3. ``$REGISTRY_AUTH_FILE``;
 4. ``$XDG_RUNTIME_DIR/containers/auth.json``;
-5. ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``.
+5. ``$XDG_CONFIG_HOME/containers/auth.json``, else ``~/.config/containers/auth.json``;
+6. ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``.
 
 Within one file: ``credHelpers[registry]`` names a helper for that registry; otherwise the
 most specific ``auths`` key that matches (``host``, ``host:port``, ``https://host/v1/``,
@@ -17,7 +18,9 @@ most specific ``auths`` key that matches (``host``, ``host:port``, ``https://hos
 ``username``/``password``, and/or ``identitytoken`` (an OAuth2 refresh token). An empty
 entry means no credentials. A helper ``docker-credential-NAME`` is run as ``NAME get``
 with the server URL on stdin and answers ``{"Username", "Secret"}``; the user name
-``<token>`` marks the secret as an identity token.
+``<token>`` marks the secret as an identity token. A helper that is not on ``PATH`` is a
+warning (logged once per helper) and no credentials from it: access goes on anonymously
+unless a later source knows the registry.
 
 ``bundler login`` writes to :func:`default_authfile` (see :mod:`bundler.authfile`).
 
@@ -59,6 +62,8 @@ DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 _HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _HELPER_TIMEOUT_S = 60.0
 _TOKEN_USER = "<token>"
+_missing_helpers: set[str] = set()
+_missing_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -147,10 +152,11 @@ def helper_credentials(name: str, registry: str) -> Credentials | None:
             ``https://index.docker.io/v1/``).
 
     Returns:
-        Credentials, or None when the helper knows none.
+        Credentials, or None when the helper knows none or is not on ``PATH`` (then a
+        warning is logged, once per helper).
 
     Raises:
-        BundlerError: the helper is missing, fails or answers something else than JSON.
+        BundlerError: the helper fails or answers something else than JSON.
 
     Spec: docker-credential-helpers protocol ("get").
     """
@@ -158,7 +164,13 @@ def helper_credentials(name: str, registry: str) -> Credentials | None:
     exe = shutil.which(program)
     server = _server_url(registry)
     if exe is None:
-        raise BundlerError(f"credential helper {program} (for {registry}) is not on PATH")
+        with _missing_lock:
+            first = program not in _missing_helpers
+            _missing_helpers.add(program)
+        if first:
+            log.warning("credential helper %s (for %r) is not on PATH; going on without "
+                        "its credentials (anonymous access)", program, registry)
+        return None
     try:
         proc = subprocess.run([exe, "get"], input=server.encode(), capture_output=True,
                               timeout=_HELPER_TIMEOUT_S, check=False)
@@ -237,6 +249,9 @@ def _env_authfiles(environ: Mapping[str, str]) -> list[Path]:
         paths.append(Path(environ["REGISTRY_AUTH_FILE"]))
     if environ.get("XDG_RUNTIME_DIR"):
         paths.append(Path(environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    config_home = (Path(environ["XDG_CONFIG_HOME"]) if environ.get("XDG_CONFIG_HOME")
+                   else _home(environ) / ".config")
+    paths.append(config_home / "containers" / "auth.json")
     if environ.get("DOCKER_CONFIG"):
         paths.append(Path(environ["DOCKER_CONFIG"]) / "config.json")
     else:

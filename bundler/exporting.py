@@ -48,6 +48,7 @@ from .errors import (
     SizeMismatchError,
     TransferError,
 )
+from .foreign import ForeignSource
 from .progress import Event, NullReporter, Reporter
 from .reference import Reference
 from .registry import TransportOptions
@@ -76,6 +77,8 @@ class ExportResult:
         unique_bytes: bytes of all distinct blobs and manifests of these images.
         total_bytes: the same without deduplication (sum over images).
         skipped_foreign: digests of non-distributable layers the registry did not serve.
+        included_foreign: digests of non-distributable layers stored in the bundle in this
+            run (``include_foreign_layers``: from the registry or from their ``urls``).
         damaged: digests that arrived damaged (wrong size or digest) once and were
             downloaded again (directory bundles; an archive export fails instead).
     """
@@ -88,6 +91,7 @@ class ExportResult:
     total_bytes: int = 0
     skipped_foreign: list[Digest] = field(default_factory=list)
     damaged: list[Digest] = field(default_factory=list)
+    included_foreign: list[Digest] = field(default_factory=list)
 
 
 def read_images_file(path: str | os.PathLike[str], *,
@@ -214,6 +218,7 @@ def export_bundle(
     keep_going: bool = False,
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
+    include_foreign_layers: bool = False,
 ) -> ExportResult:
     """Export images from registries into an OCI image layout directory or archive.
 
@@ -235,13 +240,19 @@ def export_bundle(
         keep_going: export every image that can be; fail at the end for the others.
         wait: wait for another export writing the same bundle; False: fail at once.
         on_wait: called once with a one-line message when this export starts to wait.
+        include_foreign_layers: store non-distributable (foreign) layers too: from the
+            source registry if it serves them, else from their ``urls`` in order (see
+            :mod:`bundler.foreign`); one that no source serves fails its image. Without
+            it, such a layer the registry does not serve is left out.
 
     Returns:
         An :class:`ExportResult`.
 
     Raises:
         InvalidReferenceError: a bad reference (before any I/O).
-        TransferError: an image could not be fetched; names the image, wraps the cause.
+        TransferError: an image could not be fetched; names the image, wraps the cause
+            (a :class:`~bundler.foreign.ForeignLayerError` for a foreign layer no source
+            served; a DigestMismatchError naming the layer and the URL for wrong bytes).
         PartialFailureError: with ``keep_going``, some images failed (the others are in
             the bundle; ``.result`` says what was exported).
         BundleLockedError: another export is writing the bundle and ``wait`` is False.
@@ -257,14 +268,16 @@ def export_bundle(
     if fmt != "dir":
         with lock, ArchiveExport(output, fmt, split_size=split_size,
                                  compression_level=compression_level) as archive:
-            result = _export(refs, archive, options, jobs, report, stop, collect)
+            result = _export(refs, archive, options, jobs, report, stop, collect,
+                             include_foreign_layers)
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in refs if r in failed], result)
     else:
         with lock:
             store = LayoutStore(output, create=True)
             try:
-                result = _export(refs, store, options, jobs, report, stop, collect)
+                result = _export(refs, store, options, jobs, report, stop, collect,
+                                 include_foreign_layers)
             except BaseException:
                 store.discard_if_empty()  # a new directory holding only oci-layout is no
                 raise  # bundle (the lock removes the directory it made, if empty)
@@ -278,7 +291,7 @@ def export_bundle(
 def _export(refs: list[Reference], store: BundleStore,
             options: TransportOptions | None, jobs: int, report: Reporter,
             stop: threading.Event, failed: dict[Reference, TransferError] | None = None,
-            ) -> ExportResult:
+            include_foreign: bool = False) -> ExportResult:
     """Plan, download, write. ``failed`` (given: keep going) collects the failed images."""
     keep_going = failed is not None
     failed = {} if failed is None else failed
@@ -326,9 +339,13 @@ def _export(refs: list[Reference], store: BundleStore,
             descriptor, ref = sources[digest]
             client = clients.get(ref.registry)
             opened: list[Iterator[bytes]] = []
+            foreign = (ForeignSource(descriptor, ref.registry, lambda offset: client.iter_blob(
+                ref.repository, digest, offset=offset), options or TransportOptions())
+                if include_foreign and is_non_distributable(descriptor) else None)
 
             def open_source(offset: int) -> Iterator[bytes]:
-                source = client.iter_blob(ref.repository, digest, offset=offset)
+                source = (foreign.open(offset) if foreign is not None
+                          else client.iter_blob(ref.repository, digest, offset=offset))
                 opened.append(source)
                 return source
 
@@ -362,9 +379,12 @@ def _export(refs: list[Reference], store: BundleStore,
                              detail="non-distributable layer not served by the registry"))
                 return
             except Exception as exc:
+                named = foreign.explain(exc) if foreign is not None else exc
                 if not isinstance(exc, Cancelled):
                     report(Event("blob", str(digest), "failed", total=descriptor.size,
-                                 detail=str(exc) or type(exc).__name__))
+                                 detail=str(named) or type(exc).__name__))
+                if named is not exc:  # wrong bytes of a foreign layer: name it and its URL
+                    raise named from exc
                 raise
             finally:
                 for source in opened:  # a failed download gives its connection back now
@@ -372,6 +392,8 @@ def _export(refs: list[Reference], store: BundleStore,
             with lock:
                 result.blobs_downloaded += 1
                 result.bytes_downloaded += fetched
+                if foreign is not None:
+                    result.included_foreign.append(digest)
             report(Event("blob", str(digest), "done", descriptor.size, descriptor.size))
 
         failures = run_parallel(todo, download, jobs=jobs, stop=stop, keep_going=keep_going)

@@ -181,6 +181,7 @@ def push_images(
             client = clients.get(dest.registry)
             plan = plans[target]
             foreign = [d for d in plan.blobs if d in result.skipped_foreign]
+            listed = [d for d, b in plan.blobs.items() if b.urls and d not in foreign]
             try:
                 for descriptor, item in plan.manifests[:-1]:
                     media_type = item.media_type or descriptor.media_type
@@ -194,7 +195,7 @@ def push_images(
                 report(Event("manifest", str(target.descriptor.digest), "done", len(top.raw),
                              len(top.raw)))
             except RegistryError as exc:
-                raise foreign_refused(exc, foreign) from exc
+                raise foreign_refused(exc, foreign, listed) from exc
             report(Event("image", target.name, "done", plan.size, plan.size,
                          detail=str(dest)))
 
@@ -245,13 +246,17 @@ def not_distributed(store: LayoutStore, descriptor: Descriptor) -> bool:
     return is_non_distributable(descriptor) and not store.has_blob(descriptor.digest)
 
 
-def foreign_refused(exc: RegistryError, foreign: list[Digest]) -> RegistryError:
+def foreign_refused(exc: RegistryError, foreign: list[Digest],
+                    listed: list[Digest] | None = None) -> RegistryError:
     """``exc`` (a refused manifest push), told apart when the manifest references
-    non-distributable layers that were not pushed: some registries refuse those.
+    non-distributable layers that were not pushed, or layers whose descriptors list
+    ``urls`` (pushed or not): some registries refuse those.
 
     Args:
         exc: the error of the manifest push.
         foreign: the image's non-distributable layers that were not pushed.
+        listed: the image's layers that were pushed and whose descriptors list ``urls``
+            (a foreign layer the bundle holds).
 
     Returns:
         ``exc`` itself, or a RegistryError with the same status and codes that says why.
@@ -259,12 +264,17 @@ def foreign_refused(exc: RegistryError, foreign: list[Digest]) -> RegistryError:
     Spec: image-spec ``layer.md`` "Non-Distributable Layers"; distribution
     ``validation.manifests.urls``.
     """
-    if not foreign or isinstance(exc, TransportError) or exc.status in (401, 403, 404, 429):
+    if (not foreign and not listed) or isinstance(exc, TransportError) \
+            or exc.status in (401, 403, 404, 429):
         return exc
-    layers = ", ".join(str(d) for d in foreign)
+    if foreign:
+        why = (f"the manifest references non-distributable layers the bundle does not hold "
+               f"({', '.join(str(d) for d in foreign)}); this registry refuses them")
+    else:
+        why = (f"the blobs were pushed, but this registry refuses the layer URLs of "
+               f"{', '.join(str(d) for d in listed or [])}")
     return RegistryError(
-        f"{exc} (the manifest references non-distributable layers the bundle does not hold "
-        f"({layers}); this registry refuses them: it must accept foreign layer URLs, e.g. "
+        f"{exc} ({why}: it must accept foreign layer URLs, e.g. "
         f"distribution's validation.manifests.urls.allow)",
         status=exc.status, codes=exc.codes, url=exc.url, registry=exc.registry,
     )

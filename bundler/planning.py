@@ -163,6 +163,7 @@ def plan_import(
     mapping: str | os.PathLike[str] | list[tuple[str, str]] | None = None,
     options: TransportOptions | None = None,
     jobs: int = 8,
+    shared_blob_dir: str | os.PathLike[str] | None = None,
 ) -> ImportPlan:
     """Work out what :func:`bundler.import_bundle` would push; push nothing.
 
@@ -171,6 +172,7 @@ def plan_import(
         to: ``REGISTRY[/PREFIX]``. mapping: a mapping file or (source, destination) pairs.
         options: transport options of the destination registries.
         jobs: concurrent HEAD requests.
+        shared_blob_dir: a layout's shared blob directory (``--shared-blob-dir``).
 
     Returns:
         An :class:`ImportPlan`.
@@ -180,7 +182,8 @@ def plan_import(
         TransferError: a destination cannot be asked (naming the image).
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
-    store = read_head(bundle) if is_archive(bundle) else LayoutStore(bundle)
+    store = read_head(bundle) if is_archive(bundle) else LayoutStore(
+        bundle, blob_root=shared_blob_dir)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
     plans = {t: walk(t.descriptor, store.get_manifest, name=t.name) for t in targets}
     with ClientPool(options) as clients:

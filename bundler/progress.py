@@ -9,6 +9,10 @@ One ``plan`` event (state ``start``) comes before the first blob moves: ``total`
 the bytes of the blobs the run will move unless the destination turns out to have them
 (each blob once per destination registry), ``images`` the images it will copy. A blob
 that then needs no transfer is reported ``skipped`` (or only ``mounted``).
+
+A ``wait`` event (state ``start``) comes before every wait of a second or more between
+retries: ``name`` is the registry, ``total`` the seconds to wait, ``detail`` why (e.g. a
+``Retry-After`` the registry sent).
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ class Event:
     """One progress event.
 
     Attributes:
-        kind: ``blob``, ``manifest``, ``image`` or ``plan``.
-        name: the digest (blob, manifest), the image reference, or ``export``/``import``
-            (plan).
+        kind: ``blob``, ``manifest``, ``image``, ``plan`` or ``wait``.
+        name: the digest (blob, manifest), the image reference, ``export``/``import``
+            (plan), or the registry (wait).
         state: ``start``, ``progress``, ``done``, ``skipped``, ``mounted`` or ``failed``.
         done: ``progress``: the bytes moved since the item's previous event (add them
             up; ``--progress json`` prints the running sum); ``done``: the item's bytes.
-        total: the item's size in bytes (plan: the bytes to move).
+        total: the item's size in bytes (plan: the bytes to move; wait: seconds).
         detail: free text (e.g. the destination repository, an error).
         images: plan only: how many images the run copies.
     """

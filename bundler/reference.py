@@ -8,6 +8,10 @@ Spec: distribution ``reference`` grammar (``reference/reference.go``, ``normaliz
     path-component := [a-z0-9]+ (separator [a-z0-9]+)*     separator: [._] | "__" | "-"+
     tag       := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
 
+Host names are case-insensitive (RFC 4343): the registry host is lower-cased
+(``LOCALHOST:5000`` is ``localhost:5000``); path components must be lowercase, as the
+grammar says; tags keep their case.
+
 Normalization as docker does it: no domain (the first component has no ``.`` or ``:``
 and is not ``localhost``) means ``docker.io``; ``index.docker.io`` and
 ``registry-1.docker.io`` are ``docker.io``; a one-component Docker Hub path gets
@@ -106,6 +110,7 @@ class Reference:
         registry, path = _split_domain(name)
         if not _DOMAIN_RE.match(registry):
             raise InvalidReferenceError(text, f"{registry!r} is not a valid registry host")
+        registry = registry.lower()
         port = registry.rpartition("]")[2].rpartition(":")[2] if ":" in registry else ""
         if port.isdigit() and not 0 < int(port) < 65536:
             raise InvalidReferenceError(text, f"port {port} of {registry!r} is not 1-65535")

@@ -3,7 +3,10 @@
 Built on :class:`bundler.transport.RegistrySession` (one ``httpx.Client``, retries,
 errors) and :class:`bundler.uploads.BlobUploads` (pushing blobs). A blob download cut
 mid-way is reopened with ``Range`` from the byte where it stopped (or re-read and skipped
-up to there when the server ignores ``Range``).
+up to there when the server ignores ``Range``). A Docker schema 1 manifest is refused
+("schema1 is not supported"), never reported as a digest mismatch. The empty descriptor's
+blob (``{}``, :data:`bundler.content.EMPTY_JSON_DIGEST`) is those two bytes even when a
+mirror serves it empty or not at all.
 
 Spec: distribution-spec ("Pulling manifests", "Pulling blobs", "Pushing manifests",
 "Listing tags", "Checking if content exists").
@@ -12,13 +15,23 @@ Spec: distribution-spec ("Pulling manifests", "Pulling blobs", "Pushing manifest
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Generator
 
 import httpx
 
 from .auth import redact_url
-from .content import ACCEPT_MANIFESTS
+from .content import (
+    ACCEPT_MANIFESTS,
+    EMPTY_JSON,
+    EMPTY_JSON_DIGEST,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    is_schema1,
+    schema1_refusal,
+)
 from .digest import Digest
 from .errors import (
     DigestMismatchError,
@@ -33,6 +46,8 @@ from .uploads import BlobUploads
 __all__ = ["RETRY_STATUSES", "RegistryClient", "TransportOptions"]
 
 _http_log = logging.getLogger("bundler.http")
+#: Manifests fetched by :meth:`RegistryClient.resolve` kept for the GET that follows.
+_PREFETCHED_MAX = 8
 
 
 class RegistryClient(RegistrySession, BlobUploads):
@@ -47,8 +62,32 @@ class RegistryClient(RegistrySession, BlobUploads):
     retries), ``TransportError`` (no answer), each naming the registry and what was asked.
     """
 
+    def __init__(self, registry: str, options: TransportOptions | None = None) -> None:
+        super().__init__(registry, options)
+        self._prefetch: OrderedDict[tuple[str, str], tuple[bytes, str, Digest]] = OrderedDict()
+        self._prefetch_lock = threading.Lock()
+
     def __enter__(self) -> RegistryClient:
         return self
+
+    def _keep(self, repository: str, identifier: str, fetched: tuple[bytes, str, Digest]) -> None:
+        """Keep a manifest that ``resolve`` had to GET for the next GET of it (by the same
+        identifier or by its digest): each GET counts as a pull on some registries."""
+        cache = self._prefetch
+        with self._prefetch_lock:
+            for key in ((repository, identifier), (repository, str(fetched[2]))):
+                cache[key] = fetched
+            while len(cache) > _PREFETCHED_MAX:
+                cache.popitem(last=False)
+
+    def _take(self, repository: str, identifier: str) -> tuple[bytes, str, Digest] | None:
+        cache = self._prefetch
+        with self._prefetch_lock:
+            fetched = cache.pop((repository, identifier), None)
+            if fetched is not None:  # one use: forget it under its other key too
+                for key in [k for k, v in cache.items() if v is fetched]:
+                    del cache[key]
+        return fetched
 
     # -- manifests ------------------------------------------------------------------
     def get_manifest(self, repository: str, identifier: str) -> tuple[bytes, str, Digest]:
@@ -60,10 +99,14 @@ class RegistryClient(RegistrySession, BlobUploads):
         Raises:
             NotFoundError: unknown tag/digest/repository. DigestMismatchError: the bytes do
             not hash to the requested digest or to ``Docker-Content-Digest``.
-            ManifestError: larger than ``MANIFEST_LIMIT``.
+            ManifestError: larger than ``MANIFEST_LIMIT``; a Docker schema 1 manifest
+            ("schema1 is not supported").
 
         Spec: distribution-spec "Pulling manifests".
         """
+        fetched = self._take(repository, identifier)
+        if fetched is not None:
+            return fetched
         what = f"manifest {self.registry}/{repository}{_sep(identifier)}{identifier}"
         response = self.request(
             "GET", f"/v2/{repository}/manifests/{identifier}", what=what,
@@ -81,6 +124,9 @@ class RegistryClient(RegistrySession, BlobUploads):
             response.close()
         raw = bytes(raw)
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if media_type not in MANIFEST_MEDIA_TYPES and media_type not in INDEX_MEDIA_TYPES and \
+                is_schema1(raw, media_type):  # its digest is over the JWS payload, not raw
+            raise schema1_refusal(what)
         if identifier.startswith("sha") and ":" in identifier:
             want: Digest | None = Digest.parse(identifier)
         else:
@@ -94,7 +140,9 @@ class RegistryClient(RegistrySession, BlobUploads):
         """HEAD a manifest: its digest, or None if the registry does not have it (404).
 
         Falls back to GET only when the registry answers HEAD with 405 or without
-        ``Docker-Content-Digest`` (a GET by tag counts as a pull on some registries).
+        ``Docker-Content-Digest`` (a GET by tag counts as a pull on some registries); the
+        manifest so fetched serves the next :meth:`get_manifest` of it, so it is fetched
+        once.
 
         Raises:
             RegistryError: an error answer, or a malformed ``Docker-Content-Digest``.
@@ -113,9 +161,11 @@ class RegistryClient(RegistrySession, BlobUploads):
             if digest is not None:
                 return digest
         try:
-            return self.get_manifest(repository, identifier)[2]
+            fetched = self.get_manifest(repository, identifier)
         except NotFoundError:
             return None
+        self._keep(repository, identifier, fetched)
+        return fetched[2]
 
     def _served_digest(self, response: httpx.Response, what: str) -> Digest | None:
         """``Docker-Content-Digest`` of a response, or None when absent.
@@ -194,6 +244,9 @@ class RegistryClient(RegistrySession, BlobUploads):
         """
         what = f"blob {digest} from {self.registry}/{repository}"
         path = f"/v2/{repository}/blobs/{digest}"
+        if digest == EMPTY_JSON_DIGEST:
+            yield from self._empty_json(path, what, offset)
+            return
         position, cuts, cut_at = offset, 0, offset
         while True:
             headers = {"Range": f"bytes={position}-"} if position else {}
@@ -221,6 +274,31 @@ class RegistryClient(RegistrySession, BlobUploads):
                 time.sleep(min(self.options.retry_delay_s * 2 ** (cuts - 1), self.options.retry_cap_s))
             finally:
                 response.close()
+
+
+    def _empty_json(self, path: str, what: str, offset: int) -> Generator[bytes, None, None]:
+        """The empty descriptor's blob from ``offset``: as served, or ``{}`` when the
+        registry serves no bytes or none at all (404); its digest fixes its content.
+
+        Spec: image-spec manifest.md "Guidance for an Empty Descriptor".
+        """
+        response = self.request("GET", path, what=what, ok=(200, 404), stream=True)
+        try:
+            served = b""
+            if response.status_code == 200:
+                for chunk in response.iter_bytes():
+                    served += chunk
+                    if len(served) > len(EMPTY_JSON):  # not {}: the caller's check says so
+                        break
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, str(response.url), what) from exc
+        finally:
+            response.close()
+        if not served:
+            _http_log.debug("%s: served %s; it is {} by its digest", what,
+                            "empty" if response.status_code == 200 else "404")
+            served = EMPTY_JSON
+        yield served[offset:]
 
 
 def _sep(identifier: str) -> str:

@@ -81,6 +81,8 @@ class _Plain(_Base):
             sys.stderr.write(f"blob {escape(event.name[:19])}: {human(event.total)}\n")
         elif event.kind == "blob" and event.state == "failed":
             sys.stderr.write(f"blob {escape(event.name)}: failed: {escape(event.detail)}\n")
+        elif event.kind == "wait":
+            sys.stderr.write(f"waiting for {escape(event.name)}: {escape(event.detail)}\n")
 
 
 class _Bars(_Base):
@@ -122,6 +124,8 @@ class _Bars(_Base):
         elif event.kind == "image" and event.state in ("done", "skipped"):
             self.images_done += 1
             self._images()
+        elif event.kind == "wait":
+            self._tqdm.write(f"waiting for {event.name}: {event.detail}", file=sys.stderr)
 
     def _blob(self, event: Event) -> None:
         name = event.name

@@ -3,8 +3,16 @@ that finds the scheme, retries, and registry error answers turned into errors.
 
 Retries live here and only here: connection errors, timeouts and the statuses in
 ``RETRY_STATUSES`` are retried with exponential backoff and jitter, honouring
-``Retry-After`` (seconds or an HTTP date) up to ``retry_cap_s``. Bodies that cannot be
-sent twice (streamed uploads) are not retried here; the upload code restarts them.
+``Retry-After`` (seconds or an HTTP date): a backoff wait is at most ``retry_cap_s``, a
+wait the registry asks for is honoured up to ``retry_max_wait_s`` (a longer one ends the
+retries with an error that says so). Waits of a second or more are reported as ``wait``
+events (:mod:`bundler.progress`). Bodies that cannot be sent twice (streamed uploads)
+are not retried here; the upload code restarts them.
+
+Credentials go only to their registry: a request to another origin (scheme, host,
+port), such as an upload ``Location`` on a storage host, carries no ``Authorization``;
+a token realm on plain http gets credentials only when plain http is allowed for it
+(see :meth:`RegistrySession.may_send_credentials`).
 
 The ping is retried like any request, once per session: when it fails, every later
 request of the session fails at once with the same error, so a registry that is down
@@ -46,6 +54,7 @@ from .errors import (
     TransportError,
 )
 from .journal import UploadJournal
+from .progress import Event, Reporter
 from .reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
 from .tls import ssl_context
 
@@ -72,7 +81,9 @@ class TransportOptions:
         cert_dir: a directory of ``*.crt`` CAs and ``*.cert``/``*.key`` client pairs.
         retries: attempts after the first for a failed request.
         retry_delay_s: first backoff delay in seconds (doubles, with jitter).
-        retry_cap_s: longest single wait in seconds, ``Retry-After`` included.
+        retry_cap_s: longest backoff wait in seconds.
+        retry_max_wait_s: longest wait in seconds that a registry may ask for with
+            ``Retry-After``; a longer one is not waited for (the request fails).
         timeout_s: connect/read/write timeout in seconds (waiting for a free connection of
             the pool has none).
         chunk_size: uploads above this many bytes go in PATCH chunks of this size.
@@ -80,6 +91,8 @@ class TransportOptions:
             concurrent requests, whatever ``--jobs`` is.
         journal: where chunked uploads are recorded so a later run continues them
             (:class:`bundler.journal.UploadJournal`), or None.
+        reporter: receives a ``wait`` event before every wait of a second or more, or
+            None.
     """
 
     credentials: Credentials | None = None
@@ -90,10 +103,12 @@ class TransportOptions:
     retries: int = 4
     retry_delay_s: float = 0.5
     retry_cap_s: float = 30.0
+    retry_max_wait_s: float = 300.0
     timeout_s: float = 60.0
     chunk_size: int = 64 << 20
     max_connections: int = 16
     journal: UploadJournal | None = None
+    reporter: Reporter | None = field(default=None, repr=False, compare=False)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -123,14 +138,29 @@ def _retry_after_s(response: httpx.Response) -> float | None:
 
 
 def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]")
+    """Whether ``host`` (``name``, ``name:port``, ``[v6]:port`` or a bare IPv6 address)
+    is a loopback host; names compare case-insensitively (``LOCALHOST`` is loopback)."""
+    name = host.strip().lower()
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
     if name == "localhost":
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the default port filled in."""
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host.lower(), url.port or default
 
 
 def _ssl_context(verify: bool, cert_dir: Path | None, registry: str = "") -> ssl.SSLContext | bool:
@@ -192,7 +222,8 @@ class RegistrySession:
         keychain = self.options.keychain or Keychain(self.options.credentials,
                                                      self.options.authfile)
         self.auth = RegistryAuth(registry, resolve=lambda repo: keychain.resolve(registry, repo),
-                                 send=self._send_token_request)
+                                 send=self._send_token_request,
+                                 may_send=self.may_send_credentials)
         self.host = DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
         _tune_http_reads()
         self.http = httpx.Client(
@@ -226,25 +257,69 @@ class RegistrySession:
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if self._stop(state):  # tenacity asks for the wait before it checks the stop
+            return 0.0
         if isinstance(exc, _RetryableStatus):
             after = _retry_after_s(exc.response)
             if after is not None:
-                return min(after, self.options.retry_cap_s)
+                wait = after
+                self._report_wait(wait, f"HTTP {exc.response.status_code} with Retry-After")
+                return wait
         base = self.options.retry_delay_s * (2 ** (state.attempt_number - 1))
-        return min(base * (0.5 + tenacity.wait.random.random()), self.options.retry_cap_s)
+        wait = min(base * (0.5 + tenacity.wait.random.random()), self.options.retry_cap_s)
+        self._report_wait(wait, "backing off after a failed request")
+        return wait
+
+    def _report_wait(self, wait_s: float, why: str) -> None:
+        """Send a ``wait`` event (name: the registry, total: seconds) for a wait of a
+        second or more."""
+        if wait_s >= 1.0 and self.options.reporter is not None:
+            self.options.reporter(Event("wait", self.registry, "start", total=round(wait_s),
+                                        detail=f"{why}: retrying in {round(wait_s)} s"))
+
+    def _stop(self, state: tenacity.RetryCallState) -> bool:
+        """Stop after ``retries`` retries, or at once when the registry asks for a wait
+        longer than ``retry_max_wait_s``."""
+        if state.attempt_number > self.options.retries:
+            return True
+        exc = state.outcome.exception() if state.outcome else None
+        return isinstance(exc, _RetryableStatus) and self._too_long(exc.response)
+
+    def _too_long(self, response: httpx.Response) -> bool:
+        after = _retry_after_s(response)
+        return after is not None and after > self.options.retry_max_wait_s
 
     def _retrying(self) -> tenacity.Retrying:
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.options.retries + 1),
+            stop=self._stop,
             wait=self._wait,
             retry=tenacity.retry_if_exception(_retryable),
             reraise=True,
         )
 
+    def own_origin(self, url: str | httpx.URL) -> bool:
+        """Whether ``url`` is on the registry itself (same scheme, host and port as its
+        base URL), so that its credentials may go with a request to it."""
+        return _origin(httpx.URL(str(url))) == _origin(httpx.URL(self.base_url()))
+
+    def may_send_credentials(self, realm: httpx.URL) -> bool:
+        """Whether credentials may go to a token realm: it is https, or plain http is
+        allowed for it (TLS verification is off for this side, or both the registry and
+        the realm are plain-http loopback hosts).
+
+        Spec: docker token authentication ``token.md`` (the realm).
+        """
+        if realm.scheme == "https" or not self.options.tls_verify:
+            return True
+        return bool(self._base and self._base.startswith("http://")
+                    and _is_loopback(realm.host))
+
     def _once(self, method: str, url: str, what: str, stream: bool, **kw: Any) -> httpx.Response:
         try:
             request = self.http.build_request(method, url, **kw)
-            response = self.http.send(request, auth=self.auth, stream=stream)
+            # another origin (an upload Location on a storage host) gets no credentials
+            auth = self.auth if self.own_origin(request.url) else None
+            response = self.http.send(request, auth=auth, stream=stream)
         except httpx.TransportError as exc:
             raise self._transport_error(exc, url, what, method) from exc
         except httpx.StreamConsumed as exc:  # a 401 asked to resend a streamed body
@@ -293,7 +368,10 @@ class RegistrySession:
         text = str(exc) or type(exc).__name__
         _http_log.debug("%s %s -> no answer: %s", method, redact_url(url), text)
         tls = "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text
-        if "CERTIFICATE_VERIFY_FAILED" in text:
+        if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
+            message = (f"{what}: {self.registry} stalled: no data moved for "
+                       f"{self.options.timeout_s:g} s")
+        elif "CERTIFICATE_VERIFY_FAILED" in text:
             message = (
                 f"{what}: the TLS certificate of {self.registry} is not trusted "
                 f"({_verify_reason(exc)}); pass its CA with --src-cert-dir/--dest-cert-dir "
@@ -352,7 +430,11 @@ class RegistrySession:
                429: RateLimitError}.get(status, RegistryError)
         detail = f" {', '.join(c for c in codes if c)}" if any(codes) else ""
         detail += f": {text}" if text else ""
-        if status == 429:
+        if self._too_long(response):
+            detail += (f" (asked to retry after {_retry_after_s(response):.0f} s, longer than "
+                       f"the longest wait allowed, --retry-max-wait "
+                       f"{self.options.retry_max_wait_s:g} s)")
+        elif status == 429:
             detail += f" (rate limited; gave up after {self.options.retries} retries)"
         if status == 401:  # the registry's own words add nothing to this
             user = self.auth.credentials_for(request_repository(response.request)).username

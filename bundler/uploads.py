@@ -4,8 +4,15 @@ A mixin of :class:`bundler.registry.RegistryClient`. An upload is POST (open a s
 then either one PUT with the whole blob (size <= ``chunk_size``) or PATCH requests of
 ``chunk_size`` bytes with ``Content-Range`` and a closing PUT. A registry that refuses
 PATCH gets a monolithic PUT; one that refuses a large PUT (413) gets chunks. A chunked
-upload cut mid-way asks the registry where the session stands (GET on the upload URL,
-``Range: 0-<last>``) and continues from there; a failed monolithic upload starts over.
+upload cut mid-way, or a chunk answered 416 (the session stands elsewhere), asks the
+registry where the session stands (GET on the upload URL, ``Range: 0-<last>``) and
+continues from there. A closing PUT that fails transiently (5xx, no answer) is followed
+by a HEAD of the blob (it may have landed, the answer lost), then the same PUT again on
+the same session, and only then a new upload; a failed monolithic upload is followed by
+the HEAD, then starts over.
+
+Requests to an upload URL on another origin (scheme, host, port) carry no credentials
+(:meth:`bundler.transport.RegistrySession.own_origin`).
 
 Spec: distribution-spec "Pushing blobs" (monolithically, in chunks), "Mounting a blob
 from another repository", "Getting the upload status".
@@ -56,6 +63,7 @@ class BlobUploads:
 
     if TYPE_CHECKING:  # provided by RegistryClient
         def request(self, method: str, path: str, **kw: object) -> httpx.Response: ...
+        def has_blob(self, repository: str, digest: Digest) -> bool: ...
 
     def mount_blob(self, repository: str, digest: Digest, source_repository: str) -> str | None:
         """Ask for a cross-repository mount.
@@ -116,7 +124,8 @@ class BlobUploads:
             try:
                 if chunked:
                     response = self._upload_chunks(url, what, open_source, size, digest,
-                                                   start=start or 0, key=key)
+                                                   start=start or 0, key=key,
+                                                   repository=repository)
                 else:
                     body = open_source()
                     try:
@@ -136,8 +145,12 @@ class BlobUploads:
                 failures += 1
                 if not _transient(exc) or failures > self.options.retries:
                     raise
+                if not chunked and self._landed(repository, digest, what):
+                    return  # the PUT went through; its answer was lost
                 time.sleep(self._backoff_s(failures))
                 continue
+            if response is None:  # landed: the registry had it after a failed PUT
+                return
             served = response.headers.get("Docker-Content-Digest")
             if served and served != str(digest):
                 raise DigestMismatchError(expected=str(digest), actual=served, where=what)
@@ -170,6 +183,47 @@ class BlobUploads:
         except RegistryError as exc:
             _log.debug("could not cancel the upload session of %s: %s", what, exc)
 
+    def _landed(self, repository: str, digest: Digest, what: str) -> bool:
+        """Whether the registry has the blob (HEAD), after an upload whose answer failed;
+        False when it cannot tell."""
+        try:
+            found = self.has_blob(repository, digest)
+        except RegistryError as exc:
+            _log.debug("could not check whether %s landed: %s", what, exc)
+            return False
+        if found:
+            _log.debug("%s landed although its PUT failed", what)
+        return found
+
+    def _finish_upload(self, repository: str, url: str, digest: Digest,
+                       what: str) -> httpx.Response | None:
+        """Close a chunked upload session with PUT ``?digest=``.
+
+        A transient failure (5xx, no answer) is followed by a HEAD of the blob, then by
+        the same PUT on the same session, up to ``retries`` times.
+
+        Returns:
+            The PUT's answer, or None when the blob turned out to have landed.
+
+        Raises:
+            RegistryError: the PUT was refused, or failed more than ``retries`` times
+            (the caller then starts a new upload).
+
+        Spec: distribution-spec "Pushing a blob in chunks" (closing the upload).
+        """
+        tries = 0
+        while True:
+            try:
+                return self._send_body("PUT", with_digest(url, digest), what, b"", 0,
+                                       ok=(201, 204))
+            except RegistryError as exc:
+                tries += 1
+                if not _transient(exc) or tries > self.options.retries:
+                    raise
+                if self._landed(repository, digest, what):
+                    return None
+                time.sleep(self._backoff_s(tries))
+
     def _backoff_s(self, failures: int) -> float:
         return min(self.options.retry_delay_s * 2 ** (failures - 1), self.options.retry_cap_s)
 
@@ -200,8 +254,8 @@ class BlobUploads:
         return offset, location(response, self.registry) if "Location" in response.headers else url
 
     def _upload_chunks(self, url: str, what: str, open_source: Callable[[], Iterable[bytes]],
-                       size: int, digest: Digest, *, start: int = 0, key: str = ""
-                       ) -> httpx.Response:
+                       size: int, digest: Digest, *, start: int = 0, key: str = "",
+                       repository: str = "") -> httpx.Response | None:
         journal = self.options.journal if key else None
         source = open_source()
         try:
@@ -216,11 +270,13 @@ class BlobUploads:
                     )
                 except RegistryError as exc:
                     resumes += 1
-                    if not _transient(exc) or resumes > self.options.retries:
+                    out_of_step = exc.status == 416  # the session stands at another offset
+                    if not (_transient(exc) or out_of_step) or resumes > self.options.retries:
                         raise
-                    time.sleep(self._backoff_s(resumes))
+                    if not out_of_step:
+                        time.sleep(self._backoff_s(resumes))
                     state = self._upload_offset(url, what)
-                    if state is None:
+                    if state is None or not 0 <= state[0] <= size:
                         raise
                     start, url = state
                     _close(source)
@@ -234,7 +290,7 @@ class BlobUploads:
             reader.drain()  # lets a verifying source finish its checks
         finally:
             _close(source)
-        response = self._send_body("PUT", with_digest(url, digest), what, b"", 0, ok=(201, 204))
+        response = self._finish_upload(repository, url, digest, what)
         if journal is not None:
             journal.remove(key)
         return response

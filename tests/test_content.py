@@ -242,8 +242,9 @@ def test_schema1_signed_manifest_is_refused_with_a_clear_message() -> None:
     with pytest.raises(ManifestError) as info:
         parse_manifest(raw)
     assert str(info.value) == (
-        f"manifest sha256:{SHA256['docker-schema1-signed.hello-world.json']}: Docker schema 1 "
-        "manifests are deprecated and not supported; rebuild or re-push the image with schema 2"
+        f"manifest sha256:{SHA256['docker-schema1-signed.hello-world.json']}: schema1 is not "
+        "supported (Docker image manifest v2 schema 1 is deprecated); rebuild or re-push the "
+        "image with schema 2 or OCI"
     )
 
 

@@ -21,6 +21,19 @@ response faults; ``ignore_range`` and ``relative_location`` combine with them:
   path + query (registries may answer either way).
 * ``ignore_range(rx)``: drop the ``Range`` request header so the upstream answers 200
   with the whole body (a server without range support).
+* ``set_request_header(rx, name, value)``: forward with that request header set (after
+  :attr:`FaultProxy.headers` recorded what the client sent), e.g. a storage host that
+  authorizes an upload by its URL alone.
+* ``rewrite_location(rx, host)``: point an absolute ``Location`` response header at
+  ``host`` (``127.0.0.1:PORT``, e.g. another proxy) instead.
+* ``forward_then_status(rx, code)``: forward the request (the upstream acts on it), then
+  answer ``code`` instead of the upstream's answer (a lost success).
+* ``drop_response_header(rx, name)``: forward, leaving ``name`` out of the answer.
+* ``stall(rx, nbytes, seconds)``: forward, send the headers and ``nbytes`` of body, then
+  send nothing for ``seconds`` (at most until the proxy stops) and close.
+
+:attr:`FaultProxy.headers` holds (method, path_with_query, request headers as received)
+of every request.
 """
 
 from __future__ import annotations
@@ -95,8 +108,10 @@ class FaultProxy(LoopbackServer):
             upstream_ssl.verify_mode = ssl.CERT_NONE
         self.upstream_ssl = upstream_ssl
         self.requests: list[tuple[str, str, int, int]] = []
+        self.headers: list[tuple[str, str, dict[str, str]]] = []
         self.rules: list[FaultRule] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -191,6 +206,46 @@ class FaultProxy(LoopbackServer):
         """Strip ``Range`` from matching requests so the upstream sends the whole body."""
         return self.add_rule("norange", path_regex, method=method, times=times)
 
+    def set_request_header(
+        self, path_regex: str, name: str, value: str, *, method: str | None = None,
+        times: int | None = None
+    ) -> FaultRule:
+        """Forward matching requests with request header ``name`` set to ``value``."""
+        return self.add_rule("setheader", path_regex, method=method, times=times, name=name,
+                             value=value)
+
+    def rewrite_location(
+        self, path_regex: str, host: str, *, method: str | None = None, times: int | None = None
+    ) -> FaultRule:
+        """Point absolute ``Location`` response headers at ``host`` (``HOST:PORT``)."""
+        return self.add_rule("location", path_regex, method=method, times=times, host=host)
+
+    def forward_then_status(
+        self, path_regex: str, code: int, *, method: str | None = None, times: int | None = 1
+    ) -> FaultRule:
+        """Forward matching requests, then answer ``code`` (empty body) instead."""
+        return self.add_rule("after", path_regex, method=method, times=times, code=code)
+
+    def drop_response_header(
+        self, path_regex: str, name: str, *, method: str | None = None, times: int | None = None
+    ) -> FaultRule:
+        """Leave response header ``name`` out of matching answers."""
+        return self.add_rule("dropheader", path_regex, method=method, times=times,
+                             name=name.lower())
+
+    def stall(
+        self, path_regex: str, nbytes: int, seconds: float, *, method: str | None = "GET",
+        times: int | None = 1
+    ) -> FaultRule:
+        """Send headers and ``nbytes`` of the body, then nothing for ``seconds``."""
+        return self.add_rule("stall", path_regex, method=method, times=times, nbytes=nbytes,
+                             seconds=seconds)
+
+    def stop(self) -> None:
+        """Stop serving (a stalled answer ends at once); idempotent."""
+        self._stopping.set()
+        super().stop()
+
     def clear_rules(self) -> None:
         """Remove every rule."""
         with self._lock:
@@ -263,6 +318,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         proxy, method, path = self.proxy, self.command, self.path
+        with proxy._lock:
+            proxy.headers.append((method, path, dict(self.headers.items())))
         direct = proxy.take(method, path, {"status"})
         body = self._request_body()
         if direct is not None:
@@ -282,6 +339,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if proxy.take(method, path, {"norange"}) is not None:
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         headers["X-Forwarded-Proto"] = "http"
+        setter = proxy.take(method, path, {"setheader"})
+        if setter is not None:
+            headers = {k: v for k, v in headers.items()
+                       if k.lower() != setter.params["name"].lower()}
+            headers[setter.params["name"]] = setter.params["value"]
         if self.proxy.upstream_https:
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 proxy.upstream_host, proxy.upstream_port, context=proxy.upstream_ssl, timeout=60
@@ -307,13 +369,28 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _relay(self, upstream: http.client.HTTPResponse, method: str, path: str) -> None:
         proxy = self.proxy
-        fault = proxy.take(method, path, {"corrupt", "drop", "slow"})
+        after = proxy.take(method, path, {"after"})
+        if after is not None:  # the upstream acted on it; its answer is lost
+            upstream.read()
+            proxy.record(method, path, after.params["code"], 0)
+            self.send_response(after.params["code"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        fault = proxy.take(method, path, {"corrupt", "drop", "slow", "stall"})
         relative = proxy.take(method, path, {"relative"}) is not None
+        moved = proxy.take(method, path, {"location"})
+        dropped = proxy.take(method, path, {"dropheader"})
         self.send_response(upstream.status, upstream.reason)
         length = upstream.getheader("Content-Length")
         for key, value in upstream.getheaders():
             if key.lower() in _HOP:
                 continue
+            if dropped is not None and key.lower() == dropped.params["name"]:
+                continue
+            if key.lower() == "location" and moved is not None and "://" in value:
+                parts = urlsplit(value)
+                value = parts._replace(netloc=moved.params["host"]).geturl()
             if key.lower() == "location" and relative and "://" in value:
                 parts = urlsplit(value)
                 value = parts.path + ("?" + parts.query if parts.query else "")
@@ -342,11 +419,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             data = bytes([data[0] ^ 0x01]) + data[1:]
         while data:
             following = upstream.read(size)  # look ahead: record before the last write
-            if fault is not None and fault.kind == "drop":
+            if fault is not None and fault.kind in ("drop", "stall"):
                 room = fault.params["nbytes"] - sent
                 if len(data) >= room:
                     proxy.record(method, path, upstream.status, sent + room)
                     self._write(data[:room], use_chunked)
+                    if fault.kind == "stall":
+                        self.wfile.flush()
+                        proxy._stopping.wait(fault.params["seconds"])
                     self.close_connection = True
                     try:
                         self.connection.shutdown(socket.SHUT_RDWR)

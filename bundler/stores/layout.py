@@ -198,14 +198,23 @@ class LayoutStore:
     Args:
         root: the layout directory.
         create: make the directory and ``oci-layout`` if missing (else it must exist).
+        blob_root: a shared blob directory holding ``<alg>/<hex>`` (skopeo's
+            ``--dest-shared-blob-dir``) to read blobs from instead of ``root/blobs``.
+
+    Attributes:
+        blob_root: the directory every blob path is under (:meth:`blob_path`).
 
     Raises:
         BundleError: ``root`` is not a layout (no ``oci-layout`` or ``index.json``), or
-        its ``index.json`` cannot be parsed.
+        its ``index.json`` cannot be parsed; ``blob_root`` is not a directory.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False,
+                 blob_root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root)
+        self.blob_root = Path(blob_root) if blob_root is not None else self.root / "blobs"
+        if blob_root is not None and not self.blob_root.is_dir():
+            raise BundleError(f"{self.blob_root}: no such shared blob directory")
         self._lock = threading.Lock()
         self._dirs_ready: set[str] = set()
         self._created: list[Path] = []  # what this store made: the root, oci-layout
@@ -326,12 +335,17 @@ class LayoutStore:
 
     # -- blobs ------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
-        """``blobs/<algorithm>/<hex>`` under the root."""
-        return self.root / "blobs" / digest.algorithm / digest.hex
+        """``<algorithm>/<hex>`` under :attr:`blob_root` (``blobs/`` of the root, or a
+        shared blob directory)."""
+        return self.blob_root / digest.algorithm / digest.hex
 
-    def _blob_name(self, digest: Digest) -> str:
-        """``blobs/<algorithm>/<hex>``, relative to the root."""
-        return f"blobs/{digest.algorithm}/{digest.hex}"
+    def _blob_location(self, digest: Digest) -> tuple[Path, str]:
+        """(the directory a blob must not leave, its path relative to it): the root and
+        ``blobs/<algorithm>/<hex>``, or a shared blob directory and ``<algorithm>/<hex>``
+        (the shared directory itself was named by the user)."""
+        if self.blob_root != self.root / "blobs":
+            return self.blob_root, f"{digest.algorithm}/{digest.hex}"
+        return self.root, f"blobs/{digest.algorithm}/{digest.hex}"
 
     def has_blob(self, digest: Digest, size: int | None = None) -> bool:
         """True if the blob file exists (and has ``size`` bytes when given).
@@ -340,7 +354,7 @@ class LayoutStore:
             UnsafeBundleError: the blob is a symbolic link, FIFO, device, socket or
             directory (see :mod:`bundler.stores.contained`).
         """
-        status = stat_inside(self.root, self._blob_name(digest), what=f"blob {digest}")
+        status = stat_inside(*self._blob_location(digest), what=f"blob {digest}")
         return status is not None and (size is None or status.st_size == size)
 
     def check_blob(self, descriptor: Descriptor) -> bool:
@@ -354,7 +368,7 @@ class LayoutStore:
             UnsafeBundleError: not a regular file inside the bundle.
             SizeMismatchError: a file of another size than the descriptor's.
         """
-        status = stat_inside(self.root, self._blob_name(descriptor.digest),
+        status = stat_inside(*self._blob_location(descriptor.digest),
                              what=f"blob {descriptor.digest}")
         if status is not None and status.st_size != descriptor.size:
             raise SizeMismatchError(digest=str(descriptor.digest), expected=descriptor.size,
@@ -377,7 +391,7 @@ class LayoutStore:
         """
         path = self.blob_path(descriptor.digest)
         try:
-            f = open_inside(self.root, self._blob_name(descriptor.digest),
+            f = open_inside(*self._blob_location(descriptor.digest),
                             size=descriptor.size, digest=str(descriptor.digest),
                             what=f"blob {descriptor.digest}")
         except FileNotFoundError:
