@@ -275,3 +275,18 @@ def test_a_failed_first_export_leaves_no_directory(tmp_path: Path) -> None:
                     "--src-tls-verify", "false", "-q", "--retries", "0")
     assert result.exit_code == 1
     assert not (tmp_path / "new").exists()
+
+
+def test_a_shared_blob_directory_is_checked_the_same_way(bundle: tuple[Path, str, int],
+                                                         tmp_path: Path) -> None:
+    root, digest, _ = bundle
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.move(root / "blobs/sha256", shared / "sha256")
+    (root / "blobs").mkdir(exist_ok=True)
+    path = shared / "sha256" / digest[7:]
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    result = invoke("verify", str(root), "--shared-blob-dir", str(shared))
+    assert result.exit_code == 1
+    assert f"{path}: cannot read blob {digest}: Is a symbolic link" in result.stderr
