@@ -32,6 +32,7 @@ from .errors import (
     AccessDeniedError,
     AuthenticationError,
     BundleError,
+    BundleLockedError,
     BundlerError,
     DigestMismatchError,
     IntegrityError,
@@ -46,6 +47,7 @@ from .errors import (
     TransferError,
     TransportError,
     UnsafeArchiveError,
+    UnsafeBundleError,
 )
 from .progress import Event, NullReporter, Reporter, Tally
 from .reference import Location, Reference, parse_location
@@ -57,6 +59,7 @@ __all__ = [
     "BundleError",
     "BundleImage",
     "BundleListing",
+    "BundleLockedError",
     "BundlerError",
     "Descriptor",
     "Digest",
@@ -88,6 +91,7 @@ __all__ = [
     "TransportError",
     "TransportOptions",
     "UnsafeArchiveError",
+    "UnsafeBundleError",
     "VerifyReport",
     "VerifyingReader",
     "export_bundle",

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .archive_check import read_head, verify_archive
+from .archive_check import ArchiveHead, read_head, verify_archive
 from .archive_import import import_archive
-from .content import Descriptor, Index
+from .content import Descriptor, Index, is_non_distributable
 from .copy import check_reachable, walk
 from .digest import Digest
 from .errors import BundleError, BundlerError, IntegrityError
@@ -159,7 +159,8 @@ class BundleImage:
         digest: the top-level manifest or index digest.
         media_type: its media type.
         platforms: ``os/arch[/variant]`` of an index's platform children.
-        size: bytes of its manifests and blobs (each counted once within the image).
+        size: bytes of its manifests and blobs that the bundle holds (each counted once
+            within the image; a non-distributable layer left out is not counted).
     """
 
     name: str
@@ -188,6 +189,10 @@ def list_bundle(bundle: str | os.PathLike[str], *,
     cannot be read (missing or corrupt) is left out and named in ``problems``; the
     others are listed.
 
+    Sizes count only what the bundle holds: a blob missing from a directory bundle
+    (a non-distributable layer the registry did not serve) adds nothing. An archive is
+    read up to its manifests only, so there a non-distributable layer is not counted.
+
     Args:
         bundle: a bundle directory or archive.
         shared_blob_dir: read a directory bundle's blobs from this shared blob
@@ -212,19 +217,31 @@ def list_bundle(bundle: str | os.PathLike[str], *,
         except BundlerError as exc:
             listing.problems.append(f"{name}: {exc}")
     for plan in plans:
+        held = {d: b.size for d, b in plan.blobs.items() if _holds(store, b)}
+        held.update((descriptor.digest, len(item.raw)) for descriptor, item in plan.manifests)
+        size = sum(held.values())
         listing.images.append(
             BundleImage(plan.name if plan.name != str(plan.descriptor.digest) else "",
                         plan.descriptor.digest, plan.descriptor.media_type,
-                        plan.platforms, plan.size)
+                        plan.platforms, size)
         )
-        listing.total_bytes += plan.size
-        for digest, descriptor in plan.blobs.items():
-            unique[digest] = descriptor.size
-        for descriptor, item in plan.manifests:
-            unique[descriptor.digest] = len(item.raw)
+        listing.total_bytes += size
+        unique.update(held)
     listing.unique_bytes = sum(unique.values())
     listing.blob_count = len(unique)
     return listing
+
+
+def _holds(store: LayoutStore | ArchiveHead, descriptor: Descriptor) -> bool:
+    """Whether the bundle holds a blob (for the sizes of ``list``): a directory is
+    asked (an unreadable blob counts as not held); in an archive's head only the
+    non-distributable layers are in doubt, and they are not counted."""
+    if not isinstance(store, LayoutStore):
+        return not is_non_distributable(descriptor)
+    try:
+        return store.has_blob(descriptor.digest)
+    except BundlerError:
+        return False
 
 
 @dataclass

@@ -22,7 +22,15 @@ import click
 
 from . import bundle as api
 from .authfile import default_authfile, login, logout
-from .cli_report import export_summary, human, import_summary, plural, print_plan, run
+from .cli_report import (
+    export_summary,
+    human,
+    import_summary,
+    plural,
+    print_plan,
+    run,
+    stdout_may_close,
+)
 from .credentials import Credentials, Keychain, load_authfile, parse_creds
 from .errors import BundlerError, InvalidReferenceError, MappingError
 from .exporting import parse_references
@@ -33,6 +41,7 @@ from .progress import Tally
 from .registry import TransportOptions
 from .reporting import make_reporter
 from .stores.archive import is_archive, output_format
+from .termsafe import escape
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
@@ -145,7 +154,7 @@ def _options(side: str, kw: dict[str, Any], **extra: Any) -> TransportOptions:
             **extra,
         )
     except BundlerError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
 
 
 def _once(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> str | None:
@@ -218,7 +227,7 @@ class _StderrHandler(logging.Handler):
     """Writes log records to the current stderr (``--debug``)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        click.echo(escape(self.format(record)), err=True)
 
 
 def _configure_debug(debug: bool) -> None:
@@ -261,6 +270,9 @@ def main(debug: bool) -> None:
                    "at least 1KiB).")
 @click.option("--compression-level", default=3, show_default=True, type=click.IntRange(1, 22),
               help="zstd level of a .tar.zst bundle.")
+@click.option("--no-wait", is_flag=True,
+              help="Fail at once (exit 1) if another bundler is writing the same bundle, "
+                   "instead of waiting for it.")
 @click.option("--include-foreign-layers", is_flag=True,
               help="Store non-distributable (foreign) layers too: from the registry, else "
                    "from the URLs their descriptors list (https; no credentials sent).")
@@ -268,7 +280,7 @@ def main(debug: bool) -> None:
 @_progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
                fmt: str | None, split_size: int | None, compression_level: int,
-               include_foreign_layers: bool,
+               no_wait: bool, include_foreign_layers: bool,
                jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
                as_json: bool, **kw: Any) -> None:
     """Export images from registries into one deduplicated OCI layout bundle.
@@ -285,7 +297,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     try:
         archive = output if output_format(output, fmt, split) != "dir" else None
     except BundlerError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     options = _options("src", kw)
     texts: list[tuple[str, str]] = [(text, "") for text in references]
     try:
@@ -293,7 +305,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
             texts += api.read_images_file(images_file, numbered=True)
         refs = parse_references(texts)
     except BundlerError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     if dry_run:
         _dry_run(lambda: api.plan_export(refs, output, format=fmt, split_size=split,
                                          options=options, jobs=jobs), output, as_json)
@@ -304,10 +316,16 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
                                        compression_level=compression_level, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,
-                                       keep_going=keep_going,
+                                       keep_going=keep_going, wait=not no_wait,
+                                       on_wait=_say_waiting,
                                        include_foreign_layers=include_foreign_layers),
         tally, lambda result, seconds: export_summary(result, output, seconds), reporter,
         archive=archive)
+
+
+def _say_waiting(message: str) -> None:
+    """Say on stderr why an export waits (another bundler holds the bundle's lock)."""
+    click.echo(escape(message), err=True)
 
 
 def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
@@ -317,9 +335,9 @@ def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
     try:
         print_plan(plan(), where, as_json)
     except (MappingError, InvalidReferenceError) as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
 
 
@@ -362,7 +380,7 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
             check_to(to)
         pairs = parse_mapping(mapping) if mapping is not None else None
     except BundlerError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     options = _options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
     if dry_run:
         _dry_run(lambda: api.plan_import(bundle, to=to, mapping=pairs, options=options,
@@ -389,7 +407,7 @@ def _offline(action: Callable[[], R], interrupted: str) -> R:
     try:
         return action()
     except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo(interrupted, err=True)
@@ -411,6 +429,13 @@ def list_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None,
     listing = _offline(lambda: api.list_bundle(bundle, shared_blob_dir=shared_blob_dir,
                                                max_zstd_ratio=max_zstd_ratio),
                        "interrupted")
+    with stdout_may_close():  # list | head: a reader may stop early
+        _print_listing(listing, as_json)
+    sys.exit(1 if listing.problems else 0)
+
+
+def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
+    """The listing as a table and a totals line, or as JSON (``problems`` on stderr)."""
     if as_json:
         click.echo(json.dumps({
             "images": [
@@ -423,14 +448,14 @@ def list_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None,
             "blobs": listing.blob_count,
             "problems": listing.problems,
         }, indent=2))
-        sys.exit(1 if listing.problems else 0)
+        return
     for problem in listing.problems:
-        click.echo(f"problem: {problem}", err=True)
+        click.echo(f"problem: {escape(problem)}", err=True)
     rows = [("REFERENCE", "DIGEST", "MEDIA TYPE", "PLATFORMS", "SIZE")]
     for i in listing.images:
         kind = i.media_type.rsplit("/", 1)[-1]
-        rows.append((i.name or "(unnamed)", i.digest.short, kind,
-                     ",".join(i.platforms) or "-", human(i.size)))
+        rows.append((escape(i.name) or "(unnamed)", i.digest.short, escape(kind),
+                     escape(",".join(i.platforms)) or "-", human(i.size)))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
@@ -441,7 +466,6 @@ def list_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None,
                f"dedup ({human(saved)} saved)"
                + (f"; {plural(len(listing.problems), 'image')} unreadable (see above)"
                   if listing.problems else ""))
-    sys.exit(1 if listing.problems else 0)
 
 
 @main.command("verify")
@@ -456,6 +480,13 @@ def verify_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None,
     report = _offline(lambda: api.verify_bundle(bundle, shared_blob_dir=shared_blob_dir,
                                                 max_zstd_ratio=max_zstd_ratio),
                       "interrupted: the bundle was not fully checked")
+    with stdout_may_close():
+        _print_report(report, bundle, as_json)
+    sys.exit(0 if report.ok else 1)
+
+
+def _print_report(report: api.VerifyReport, bundle: str, as_json: bool) -> None:
+    """The verify report: problems on stderr and a summary line, or JSON."""
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,
                                "bytes": report.bytes, "problems": report.problems,
@@ -463,17 +494,16 @@ def verify_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None,
                                "warnings": report.warnings}, indent=2))
     else:
         for warning in report.warnings:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(f"warning: {escape(warning)}", err=True)
         for problem in report.problems:
-            click.echo(f"problem: {problem}", err=True)
+            click.echo(f"problem: {escape(problem)}", err=True)
         state = "OK" if report.ok else plural(len(report.problems), "problem")
         skipped = (f", {plural(len(report.skipped), 'non-distributable layer')} not held "
                    "(skipped)"
                    if report.skipped else "")
-        click.echo(f"{bundle}: {state}: {plural(report.images, 'image')}, "
+        click.echo(f"{escape(bundle)}: {state}: {plural(report.images, 'image')}, "
                    f"{plural(report.blobs, 'blob')}, "
                    f"{human(report.bytes)} checked{skipped}")
-    sys.exit(0 if report.ok else 1)
 
 
 @main.command("login")
@@ -508,9 +538,9 @@ def login_cmd(registry: str, username: str | None, password: str | None, passwor
         path = login(registry, Credentials(username, password), authfile=authfile,
                      tls_verify=_bool(tls_verify), cert_dir=Path(cert_dir) if cert_dir else None)
     except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
-    click.echo(f"Login Succeeded! (credentials stored in {path})")
+    click.echo(f"Login Succeeded! (credentials stored in {escape(path)})")
 
 
 @main.command("logout")
@@ -525,13 +555,13 @@ def logout_cmd(registry: str | None, all_: bool, authfile: str | None) -> None:
     try:
         gone = logout(None if all_ else registry, authfile=authfile)
     except BundlerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
     if not gone:
         path = authfile or default_authfile()
-        click.echo(f"No stored credentials to remove (in {path})")
+        click.echo(f"No stored credentials to remove (in {escape(path)})")
         return
-    click.echo(f"Removed login credentials for {', '.join(gone)}")
+    click.echo(f"Removed login credentials for {escape(', '.join(gone))}")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ failed image.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -29,8 +31,10 @@ from .exporting import ExportResult
 from .importing import ImportResult
 from .planning import ExportPlan, ImportPlan
 from .progress import Tally
+from .termsafe import escape
 
-__all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run"]
+__all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run",
+           "stdout_may_close"]
 
 
 def human(size: float) -> str:
@@ -44,6 +48,28 @@ def human(size: float) -> str:
 
 def _rate(nbytes: int, seconds: float) -> str:
     return f"{nbytes / seconds / 1e6 if seconds > 0 else 0.0:.1f} MB/s"
+
+
+@contextmanager
+def stdout_may_close() -> Iterator[None]:
+    """Print what follows, but let a reader that stopped reading end it quietly.
+
+    ``bundler import ... | head -1`` closes the pipe after the first line; the next
+    write fails with EPIPE. The work is done by then, so that is no error: the rest of
+    the output goes to ``/dev/null`` (also what Python flushes at exit) and the exit
+    status stays the command's own.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            fd = sys.stdout.fileno()
+        except (OSError, ValueError, AttributeError):
+            return  # not a real file (a test runner's buffer)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def plural(count: int, noun: str) -> str:
@@ -94,8 +120,8 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         reporter.close()
         finished = f"{plural(tally.transferred, 'finished blob')} ({human(tally.bytes_done)})"
         if archive is not None:
-            click.echo(f"interrupted: the archive {archive} was not written and nothing was "
-                       "kept; run the same command again to start over", err=True)
+            click.echo(f"interrupted: the archive {escape(archive)} was not written and "
+                       "nothing was kept; run the same command again to start over", err=True)
         elif importing:
             click.echo(f"interrupted: {finished} are in the registry; run the same command "
                        "again to continue", err=True)
@@ -105,15 +131,15 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         sys.exit(143 if terminated else 130)
     except (MappingError, InvalidReferenceError) as exc:
         reporter.close()
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(escape(exc)) from exc
     except PartialFailureError as exc:
         reporter.close()
         for failure in exc.failures:
-            click.echo(f"error: {failure}", err=True)
+            click.echo(f"error: {escape(failure)}", err=True)
         done(exc.result, time.monotonic() - started)
         kept = exc.result.images if isinstance(exc.result, ExportResult) else exc.result.targets
         failed = len(exc.failures)
-        advice = (f"the archive {archive} holds the other {len(kept)}; export the failed "
+        advice = (f"the archive {escape(archive)} holds the other {len(kept)}; export the failed "
                   "ones to another bundle" if archive is not None and kept else
                   "run the same command again to retry them")
         click.echo(f"failed: {failed} of {plural(failed + len(kept), 'image')}; {advice}",
@@ -121,10 +147,11 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         sys.exit(1)
     except BundlerError as exc:
         reporter.close()
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
     reporter.close()
-    done(result, time.monotonic() - started)
+    with stdout_may_close():
+        done(result, time.monotonic() - started)
 
 
 def export_summary(result: ExportResult, output: str, seconds: float) -> None:
@@ -132,7 +159,8 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
     saved = result.total_bytes - result.unique_bytes
     pct = 100 * saved / result.total_bytes if result.total_bytes else 0
     click.echo(
-        f"exported {plural(len(result.images), 'image')} to {output}: {human(result.unique_bytes)} "
+        f"exported {plural(len(result.images), 'image')} to {escape(output)}: "
+        f"{human(result.unique_bytes)} "
         f"unique ({human(result.total_bytes)} without dedup, {pct:.0f}% saved); blobs "
         f"downloaded {result.blobs_downloaded} ({human(result.bytes_downloaded)}), "
         f"already present {result.blobs_reused}; {seconds:.1f} s, "
@@ -159,7 +187,7 @@ def import_summary(result: ImportResult, seconds: float) -> None:
         f"{seconds:.1f} s, {_rate(result.bytes_uploaded, seconds)}"
     )
     for target in result.targets:
-        click.echo(f"  {target.name} -> {target.destination}")
+        click.echo(f"  {escape(target.name)} -> {escape(target.destination)}")
     for digest in result.skipped_foreign:
         click.echo(f"note: non-distributable layer {digest} is not in the bundle; "
                    "it was not pushed", err=True)
@@ -194,13 +222,14 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None
     images = plural(len(plan.images), "image")
     verb = f"export {images} to" if export else f"import {images} from"
     there = 0 if export else sum(1 for image in plan.images if image.present)
-    click.echo(f"dry run: would {verb} {where}" + (f" ({there} already there)" if there else ""))
+    click.echo(f"dry run: would {verb} {escape(where)}"
+               + (f" ({there} already there)" if there else ""))
     for image in plan.images:
         if isinstance(plan, ExportPlan):
-            click.echo(f"  {image.name} -> {image.digest}")
+            click.echo(f"  {escape(image.name)} -> {image.digest}")
         else:
             state = "already there" if image.present else "to push"
-            click.echo(f"  {image.name} -> {image.destination}: {state}")
+            click.echo(f"  {escape(image.name)} -> {escape(image.destination)}: {state}")
     line = f"blobs: {plan.blobs} ({human(plan.blob_bytes)}) after dedup; "
     if isinstance(plan, ExportPlan):
         line += (f"to download {plan.to_fetch} ({human(plan.fetch_bytes)}), already in the "

@@ -20,6 +20,9 @@ caller can catch one class. Library errors (httpx, OSError, zstandard) are wrapp
     |   +-- TransportError          no HTTP answer: connection refused, TLS, timeout
     +-- BundleError                 a bundle that is missing, malformed or incomplete
     |   +-- UnsafeArchiveError      an archive member that must not be extracted/read
+    |   +-- UnsafeBundleError       a file of a bundle directory that is no regular file
+    |   |                           inside it (symlink, FIFO, device, socket)
+    |   +-- BundleLockedError       another bundler is writing the bundle (--no-wait)
     +-- MappingError                import naming: bad --to / --mapping, no repository,
     |                               two images with one destination (CLI: exit 2)
     +-- TransferError               one image failed; names the image, wraps the cause
@@ -36,6 +39,7 @@ __all__ = [
     "AccessDeniedError",
     "AuthenticationError",
     "BundleError",
+    "BundleLockedError",
     "BundlerError",
     "DigestMismatchError",
     "IntegrityError",
@@ -50,6 +54,7 @@ __all__ = [
     "TransferError",
     "TransportError",
     "UnsafeArchiveError",
+    "UnsafeBundleError",
 ]
 
 
@@ -171,6 +176,25 @@ class BundleError(BundlerError):
 
 class UnsafeArchiveError(BundleError):
     """An archive member that could escape the destination or is not part of a layout."""
+
+
+class UnsafeBundleError(BundleError):
+    """A file of a bundle directory that is not a regular file inside it: a symbolic
+    link (anywhere under the root), a FIFO, a device, a socket or a directory where a
+    file belongs. Nothing of it is read."""
+
+
+class BundleLockedError(BundleError):
+    """Another process is writing the bundle (its lock is held) and waiting was not
+    wanted (``--no-wait``).
+
+    Attributes:
+        pid: the process id the lock file names, or None if unknown.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class MappingError(BundlerError):

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,7 @@ from .stores import BundleStore
 from .stores.archive import output_format
 from .stores.archive_export import ArchiveExport
 from .stores.layout import LayoutStore
+from .stores.lock import WriterLock
 
 _log = logging.getLogger("bundler")
 
@@ -172,7 +173,9 @@ def plan_image(
     if item is None:
         raw, media_type, digest = client.get_manifest(ref.repository, ref.identifier)
         item = parse_manifest(raw, media_type, digest=digest)
-    top = Descriptor(media_type=item.media_type, digest=digest, size=len(item.raw))
+    # an artifact's index.json entry carries its artifactType (image-spec descriptor.md)
+    top = Descriptor(media_type=item.media_type, digest=digest, size=len(item.raw),
+                     artifact_type=item.artifact_type)
 
     def load(descriptor: Descriptor) -> Manifest | Index:
         if descriptor.digest == digest:
@@ -213,9 +216,15 @@ def export_bundle(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     keep_going: bool = False,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
     include_foreign_layers: bool = False,
 ) -> ExportResult:
     """Export images from registries into an OCI image layout directory or archive.
+
+    The bundle is locked for the whole run (:mod:`bundler.stores.lock`): a second
+    export into the same directory or archive waits for the first to finish, so no
+    image of either is lost from ``index.json``.
 
     Args:
         references: image references (``docker.io/library/alpine:3.20``, ``host/a/b@sha256:...``).
@@ -229,6 +238,8 @@ def export_bundle(
         reporter: receives progress events.
         stop: set it to cancel (Ctrl-C).
         keep_going: export every image that can be; fail at the end for the others.
+        wait: wait for another export writing the same bundle; False: fail at once.
+        on_wait: called once with a one-line message when this export starts to wait.
         include_foreign_layers: store non-distributable (foreign) layers too: from the
             source registry if it serves them, else from their ``urls`` in order (see
             :mod:`bundler.foreign`); one that no source serves fails its image. Without
@@ -244,6 +255,7 @@ def export_bundle(
             served; a DigestMismatchError naming the layer and the URL for wrong bytes).
         PartialFailureError: with ``keep_going``, some images failed (the others are in
             the bundle; ``.result`` says what was exported).
+        BundleLockedError: another export is writing the bundle and ``wait`` is False.
         BundleError: the bundle cannot be written.
     """
     refs = unique_references(references)
@@ -252,23 +264,25 @@ def export_bundle(
     fmt = output_format(output, format, split_size)
     failed: dict[Reference, TransferError] = {}
     collect = failed if keep_going else None
+    lock = WriterLock.for_output(output, directory=fmt == "dir", wait=wait, on_wait=on_wait)
     if fmt != "dir":
-        with ArchiveExport(output, fmt, split_size=split_size,
-                           compression_level=compression_level) as archive:
+        with lock, ArchiveExport(output, fmt, split_size=split_size,
+                                 compression_level=compression_level) as archive:
             result = _export(refs, archive, options, jobs, report, stop, collect,
                              include_foreign_layers)
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in refs if r in failed], result)
     else:
-        store = LayoutStore(output, create=True)
-        try:
-            result = _export(refs, store, options, jobs, report, stop, collect,
-                             include_foreign_layers)
-        except BaseException:
-            store.discard_if_empty()  # a new directory holding only oci-layout is no bundle
-            raise
-        if not result.images:
-            store.discard_if_empty()
+        with lock:
+            store = LayoutStore(output, create=True)
+            try:
+                result = _export(refs, store, options, jobs, report, stop, collect,
+                                 include_foreign_layers)
+            except BaseException:
+                store.discard_if_empty()  # a new directory holding only oci-layout is no
+                raise  # bundle (the lock removes the directory it made, if empty)
+            if not result.images:
+                store.discard_if_empty()
     if failed:
         raise PartialFailureError([failed[r] for r in refs if r in failed], result)
     return result

@@ -118,6 +118,8 @@ def push_images(
         for target in targets:
             try:
                 plans[target] = walk(target.descriptor, store.get_manifest, name=target.name)
+                for blob in plans[target].blobs.values():  # before a byte is sent: a
+                    store.check_blob(blob)  # regular file inside the bundle, of its size
             except (BundlerError, OSError) as exc:
                 record_failure(failed, target, target.name, exc, report, keep_going)
         planned = [t for t in targets if t not in failed]

@@ -17,6 +17,7 @@ from typing import Any
 
 from .cli_report import human, plural
 from .progress import Event, Tally
+from .termsafe import escape
 
 __all__ = ["make_reporter"]
 
@@ -70,18 +71,18 @@ class _Json(_Base):
 class _Plain(_Base):
     def show(self, event: Event) -> None:
         if event.kind == "plan":
-            sys.stderr.write(f"{event.name}: {plural(event.images, 'image')}, "
+            sys.stderr.write(f"{escape(event.name)}: {plural(event.images, 'image')}, "
                              f"up to {human(event.total)} to transfer\n")
         elif event.kind == "image" and event.state in ("done", "skipped"):
             verb = "done" if event.state == "done" else "already there"
-            target = f" -> {event.detail}" if event.detail else ""
-            sys.stderr.write(f"image {event.name}{target}: {verb}\n")
+            target = f" -> {escape(event.detail)}" if event.detail else ""
+            sys.stderr.write(f"image {escape(event.name)}{target}: {verb}\n")
         elif event.kind == "blob" and event.state == "done" and event.total >= _BIG_BLOB:
-            sys.stderr.write(f"blob {event.name[:19]}: {human(event.total)}\n")
+            sys.stderr.write(f"blob {escape(event.name[:19])}: {human(event.total)}\n")
         elif event.kind == "blob" and event.state == "failed":
-            sys.stderr.write(f"blob {event.name}: failed: {event.detail}\n")
+            sys.stderr.write(f"blob {escape(event.name)}: failed: {escape(event.detail)}\n")
         elif event.kind == "wait":
-            sys.stderr.write(f"waiting for {event.name}: {event.detail}\n")
+            sys.stderr.write(f"waiting for {escape(event.name)}: {escape(event.detail)}\n")
 
 
 class _Bars(_Base):
@@ -138,7 +139,7 @@ class _Bars(_Base):
             if event.total >= _BIG_BLOB and len(self.bars) < _MAX_BARS:
                 self.bars[name] = self._tqdm(
                     total=event.total, unit="B", unit_scale=True, unit_divisor=1000,
-                    desc=name[7:19], position=len(self.bars) + 1, leave=False,
+                    desc=escape(name[7:19]), position=len(self.bars) + 1, leave=False,
                     dynamic_ncols=True)
         elif event.state == "progress":
             self.overall.update(event.done)

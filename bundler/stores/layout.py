@@ -24,11 +24,15 @@ from typing import Any, BinaryIO
 
 from ..content import OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor, Index, Manifest, parse_manifest
 from ..digest import Digest, VerifyingReader
-from ..errors import BundleError, IntegrityError
+from ..errors import BundleError, IntegrityError, ManifestError, SizeMismatchError
+from ..limits import INDEX_LIMIT, MANIFEST_LIMIT, refuse_oversized
+from .contained import check_dir_inside, open_inside, read_inside, stat_inside
 
 __all__ = ["EarlyWriteback", "LayoutStore", "closing_source", "file_mode", "fsync_dir"]
 
 _READ_CHUNK = 1 << 20
+#: The writer's lock file in a bundle directory (see :mod:`bundler.stores.lock`).
+LOCK_NAME = ".bundler.lock"
 _UMASK = os.umask(0o022)  # read once: os.umask can only be read by setting it
 os.umask(_UMASK)
 
@@ -227,10 +231,9 @@ class LayoutStore:
 
     def _check_layout_file(self) -> None:
         """Read and check ``oci-layout`` (see :func:`check_layout_file`)."""
-        try:
-            layout = (self.root / "oci-layout").read_bytes()
-        except OSError as exc:
-            raise BundleError(f"{self.root}: cannot read oci-layout: {exc}") from None
+        layout = read_inside(self.root, "oci-layout", limit=INDEX_LIMIT)
+        if layout is None:
+            raise BundleError(f"{self.root}: cannot read oci-layout: it is gone")
         check_layout_file(layout, str(self.root))
 
     def _create(self) -> None:
@@ -246,7 +249,8 @@ class LayoutStore:
                               "NAME.tar.zst, or choose another output)")
         layout_file = self.root / "oci-layout"
         if self.root.is_dir() and not layout_file.exists() and any(
-                entry.name != "blobs" for entry in self.root.iterdir()):  # blobs: a rerun
+                entry.name not in ("blobs", LOCK_NAME)  # blobs: a rerun; the writer lock
+                for entry in self.root.iterdir()):
             raise BundleError(f"{self.root}: a directory that holds other files and is no OCI "
                               "image layout (no oci-layout); export into a new or empty "
                               "directory, or into an existing bundle")
@@ -304,10 +308,11 @@ class LayoutStore:
     def read_index(self) -> list[Descriptor]:
         """The descriptors of ``index.json`` in order ([] if it does not exist yet)."""
         path = self.root / "index.json"
-        if not path.exists():
+        data = read_inside(self.root, "index.json", limit=INDEX_LIMIT)
+        if data is None:
             return []
         try:
-            index = parse_manifest(path.read_bytes(), OCI_INDEX)
+            index = parse_manifest(data, OCI_INDEX)
         except Exception as exc:
             raise BundleError(f"{path}: cannot parse index.json: {exc}") from exc
         if not isinstance(index, Index):
@@ -329,14 +334,9 @@ class LayoutStore:
         }
         data = json.dumps(doc, indent=2).encode() + b"\n"
         path = self.root / "index.json"
-        from ..limits import refuse_oversized
-
         refuse_oversized(str(self.root), len(data), [], archive=False)
-        try:
-            if path.read_bytes() == data:
-                return
-        except FileNotFoundError:
-            pass
+        if read_inside(self.root, "index.json", limit=INDEX_LIMIT) == data:
+            return
         try:
             write_atomic(path, data)
         except OSError as exc:  # a full disk: the previous index.json stays as it was
@@ -349,25 +349,61 @@ class LayoutStore:
         shared blob directory)."""
         return self.blob_root / digest.algorithm / digest.hex
 
+    def _blob_location(self, digest: Digest) -> tuple[Path, str]:
+        """(the directory a blob must not leave, its path relative to it): the root and
+        ``blobs/<algorithm>/<hex>``, or a shared blob directory and ``<algorithm>/<hex>``
+        (the shared directory itself was named by the user)."""
+        if self.blob_root != self.root / "blobs":
+            return self.blob_root, f"{digest.algorithm}/{digest.hex}"
+        return self.root, f"blobs/{digest.algorithm}/{digest.hex}"
+
     def has_blob(self, digest: Digest, size: int | None = None) -> bool:
-        """True if the blob file exists (and has ``size`` bytes when given)."""
-        try:
-            stat = self.blob_path(digest).stat()
-        except FileNotFoundError:
-            return False
-        return size is None or stat.st_size == size
+        """True if the blob file exists (and has ``size`` bytes when given).
+
+        Raises:
+            UnsafeBundleError: the blob is a symbolic link, FIFO, device, socket or
+            directory (see :mod:`bundler.stores.contained`).
+        """
+        status = stat_inside(*self._blob_location(digest), what=f"blob {digest}")
+        return status is not None and (size is None or status.st_size == size)
+
+    def check_blob(self, descriptor: Descriptor) -> bool:
+        """Whether the blob is there, checked without reading it: a regular file inside
+        the bundle of the descriptor's size.
+
+        Returns:
+            True if present, False if missing.
+
+        Raises:
+            UnsafeBundleError: not a regular file inside the bundle.
+            SizeMismatchError: a file of another size than the descriptor's.
+        """
+        status = stat_inside(*self._blob_location(descriptor.digest),
+                             what=f"blob {descriptor.digest}")
+        if status is not None and status.st_size != descriptor.size:
+            raise SizeMismatchError(digest=str(descriptor.digest), expected=descriptor.size,
+                                    actual=status.st_size,
+                                    where=str(self.blob_path(descriptor.digest)))
+        return status is not None
 
     @contextmanager
     def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
         """Open a blob for reading through the verifying reader.
 
+        The file is checked before a byte is read: a regular file inside the bundle (no
+        symbolic link, FIFO or device) of the descriptor's size.
+
         Raises:
             BundleError: the blob file is missing or cannot be opened.
-            IntegrityError (while reading): wrong size or digest.
+            UnsafeBundleError: it is no regular file inside the bundle.
+            SizeMismatchError: its size is not the descriptor's (before reading).
+            IntegrityError (while reading): wrong digest.
         """
         path = self.blob_path(descriptor.digest)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
+            f = open_inside(*self._blob_location(descriptor.digest),
+                            size=descriptor.size, digest=str(descriptor.digest),
+                            what=f"blob {descriptor.digest}")
         except FileNotFoundError:
             raise BundleError(f"{self.root}: blob {descriptor.digest} is missing") from None
         except OSError as exc:  # a directory in its place, no permission, a failing disk
@@ -382,7 +418,17 @@ class LayoutStore:
             return reader.read()
 
     def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
-        """Read, verify and parse the manifest or index a descriptor points at."""
+        """Read, verify and parse the manifest or index a descriptor points at.
+
+        Raises:
+            ManifestError: the descriptor's size is over ``MANIFEST_LIMIT`` (the limit
+            of a manifest fetched from a registry), or the bytes do not parse.
+            BundleError, IntegrityError: as :meth:`open_blob`.
+        """
+        if descriptor.size > MANIFEST_LIMIT:
+            raise ManifestError(f"{self.blob_path(descriptor.digest)}: manifest of "
+                                f"{descriptor.size} bytes, larger than the {MANIFEST_LIMIT}"
+                                "-byte limit")
         return parse_manifest(self.read_blob(descriptor), descriptor.media_type,
                               digest=descriptor.digest)
 
@@ -399,6 +445,7 @@ class LayoutStore:
             if algorithm in self._dirs_ready:
                 return folder
             folder.mkdir(parents=True, exist_ok=True)
+            check_dir_inside(self.root, f"blobs/{algorithm}")  # no link on the way
             fsync_dir(self.root)
             fsync_dir(folder.parent)
             self._dirs_ready.add(algorithm)
@@ -439,7 +486,9 @@ class LayoutStore:
                 if self.has_blob(digest, size):
                     return 0
                 partial = self._blob_dir(digest.algorithm) / f".{digest.hex}.partial"
-                with open(partial, "a+b") as f:
+                fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o666)
+                with os.fdopen(fd, "a+b") as f:
                     fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when f is closed
                     if not _same_file(f, partial):
                         continue  # renamed or removed by the writer we waited for
