@@ -16,7 +16,6 @@ from .bundle import (
     ExportResult,
     ImportPlan,
     ImportResult,
-    VerifyReport,
     export_bundle,
     import_bundle,
     list_bundle,
@@ -26,8 +25,7 @@ from .bundle import (
     read_images_file,
     verify_bundle,
 )
-from .content import Descriptor, Index, Manifest, Platform, parse_manifest
-from .digest import Digest, VerifyingReader
+from .engine.archive_check import VerifyReport
 from .errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -49,9 +47,11 @@ from .errors import (
     UnsafeArchiveError,
     UnsafeBundleError,
 )
-from .progress import Event, NullReporter, Reporter, Tally
-from .reference import Location, Reference, parse_location
-from .registry import RegistryClient, TransportOptions
+from .events import Event, NullReporter, Reporter, Tally
+from .oci.content import Descriptor, Index, Manifest, Platform, parse_manifest
+from .oci.digest import Digest, VerifyingReader
+from .oci.reference import Location, Reference, parse_location
+from .registry.client import RegistryClient, TransportOptions
 
 __all__ = [
     "AccessDeniedError",

@@ -12,18 +12,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .archive_check import ArchiveHead, read_head, verify_archive
-from .archive_import import import_archive
-from .content import Descriptor, Index, is_non_distributable
-from .copy import check_reachable, walk
-from .digest import Digest
+from .engine.archive_check import ArchiveHead, VerifyReport, read_head, verify_archive
+from .engine.archive_import import import_archive
+from .engine.exporting import ExportResult, export_bundle, read_images_file
+from .engine.importing import ImportResult, not_distributed, push_images
+from .engine.naming import parse_mapping, resolve_targets
+from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .errors import BundleError, BundlerError, IntegrityError
-from .exporting import ExportResult, export_bundle, read_images_file
-from .importing import ImportResult, not_distributed, push_images
-from .naming import entry_name, parse_mapping, resolve_targets
-from .planning import ExportPlan, ImportPlan, plan_export, plan_import
-from .progress import Reporter
-from .registry import TransportOptions
+from .events import Reporter
+from .oci.content import Descriptor, Index, entry_name, is_non_distributable
+from .oci.digest import Digest
+from .oci.graph import check_reachable, walk
+from .registry.client import TransportOptions
 from .stores.archive import is_archive
 from .stores.layout import LayoutStore
 
@@ -242,30 +242,6 @@ def _holds(store: LayoutStore | ArchiveHead, descriptor: Descriptor) -> bool:
         return store.has_blob(descriptor.digest)
     except BundlerError:
         return False
-
-
-@dataclass
-class VerifyReport:
-    """``bundler verify``: what was checked and every problem found.
-
-    Attributes:
-        images: images checked. blobs: blobs checked. bytes: bytes hashed.
-        problems: one human-readable line each; empty means the bundle is sound.
-        skipped: digests of non-distributable (foreign) layers the bundle does not
-            hold; they were not distributed, so their absence is no problem.
-        warnings: things worth knowing that are no problem (e.g. no volume checksum file).
-    """
-
-    images: int = 0
-    blobs: int = 0
-    bytes: int = 0
-    problems: list[str] = field(default_factory=list)
-    skipped: list[Digest] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 def verify_bundle(bundle: str | os.PathLike[str], *,

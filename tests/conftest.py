@@ -9,13 +9,7 @@ from typing import Any
 
 import pytest
 
-from bundler.sandbox import (
-    FaultProxy,
-    LocalRegistry,
-    SeededSet,
-    seed_standard_set,
-    start_registry,
-)
+from bundler.sandbox import FaultProxy, LocalRegistry, SeededSet, seed_standard_set, start_registry
 from bundler.sandbox.registry import REGISTRY_BINARY
 
 HAVE_REGISTRY = os.access(REGISTRY_BINARY, os.X_OK)

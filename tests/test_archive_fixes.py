@@ -20,20 +20,13 @@ from urllib.parse import urlsplit
 import pytest
 import zstandard
 
-from bundler import (
-    BundleError,
-    archive_check,
-    archive_import,
-    export_bundle,
-    import_bundle,
-    list_bundle,
-    verify_bundle,
-)
-from bundler.archive_check import HeadManifests
-from bundler.content import OCI_INDEX, OCI_MANIFEST, Descriptor, parse_manifest
-from bundler.copy import walk
-from bundler.digest import Digest
+from bundler import BundleError, export_bundle, import_bundle, list_bundle, verify_bundle
+from bundler.engine import archive_check, archive_import
+from bundler.engine.archive_check import HeadManifests
 from bundler.errors import Cancelled, NotFoundError
+from bundler.oci.content import OCI_INDEX, OCI_MANIFEST, Descriptor, parse_manifest
+from bundler.oci.digest import Digest
+from bundler.oci.graph import walk
 from bundler.sandbox import LocalRegistry, SeededSet
 from bundler.sandbox.images import Blob, make_image, make_index, random_layer
 from bundler.sandbox.push import push

@@ -13,9 +13,9 @@ import httpx
 from click.testing import CliRunner
 
 from bundler import export_bundle
-from bundler.cli import main
-from bundler.content import DOCKER_MANIFEST
-from bundler.registry import TransportOptions
+from bundler.cli.main import main
+from bundler.oci.content import DOCKER_MANIFEST
+from bundler.registry.client import TransportOptions
 from bundler.sandbox import Image, LocalRegistry, SeededSet, make_image, make_layer, push
 from bundler.sandbox.images import sha256_digest
 

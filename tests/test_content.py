@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.content import (
+from bundler.errors import ManifestError
+from bundler.oci.content import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
@@ -21,8 +22,7 @@ from bundler.content import (
     Platform,
     parse_manifest,
 )
-from bundler.digest import Digest
-from bundler.errors import ManifestError
+from bundler.oci.digest import Digest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -19,17 +19,17 @@ import pytest
 from click.testing import CliRunner
 
 from bundler import export_bundle
-from bundler.auth import redact_url
-from bundler.cli import main
-from bundler.credentials import (
+from bundler.cli.main import main
+from bundler.errors import AuthenticationError, BundlerError, TransferError
+from bundler.registry.auth import redact_url
+from bundler.registry.client import TransportOptions
+from bundler.registry.credentials import (
     Credentials,
     Keychain,
     default_authfile,
     lookup_credentials,
     normalize_key,
 )
-from bundler.errors import AuthenticationError, BundlerError, TransferError
-from bundler.registry import TransportOptions
 from bundler.sandbox import LocalRegistry, make_image, make_layer, push, start_registry
 
 USER, PASSWORD = "alice", "s3cret-pw"

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bundler.digest import Digest, VerifyingReader, sha256_digest
 from bundler.errors import (
     DigestMismatchError,
     IntegrityError,
     InvalidReferenceError,
     SizeMismatchError,
 )
+from bundler.oci.digest import Digest, VerifyingReader, sha256_digest
 
 DATA = random.Random(42).randbytes(10_000)
 DIGEST = Digest("sha256", hashlib.sha256(DATA).hexdigest())

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bundler import export_bundle
-from bundler.cli import main
-from bundler.content import CONTAINERD_NAME, REF_NAME
-from bundler.progress import Event, Tally
-from bundler.reporting import make_reporter
+from bundler.cli.main import main
+from bundler.cli.reporters import make_reporter
+from bundler.events import Event, Tally
+from bundler.oci.content import CONTAINERD_NAME, REF_NAME
 from bundler.sandbox import FaultProxy, LocalRegistry, SeededSet
 from bundler.termsafe import escape
 

@@ -22,15 +22,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bundler.bundle import export_bundle
-from bundler.cli import human, main
-from bundler.credentials import Credentials
-from bundler.errors import (
-    AuthenticationError,
-    DigestMismatchError,
-    NotFoundError,
-    TransferError,
-)
-from bundler.registry import TransportOptions
+from bundler.cli.main import human, main
+from bundler.errors import AuthenticationError, DigestMismatchError, NotFoundError, TransferError
+from bundler.registry.client import TransportOptions
+from bundler.registry.credentials import Credentials
 from bundler.sandbox import (
     FaultProxy,
     LocalRegistry,

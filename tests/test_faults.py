@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from bundler import RateLimitError, TransferError, export_bundle, import_bundle
-from bundler.registry import TransportOptions
+from bundler.registry.client import TransportOptions
 from bundler.sandbox import LocalRegistry, make_image, push, random_layer
 
 FAST = TransportOptions(retries=4, retry_delay_s=0.01, retry_cap_s=2.0)

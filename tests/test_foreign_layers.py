@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 from bundler import RegistryError, TransferError, export_bundle, import_bundle, verify_bundle
-from bundler.cli import main
-from bundler.content import DOCKER_MANIFEST, Descriptor, is_non_distributable
-from bundler.digest import Digest
-from bundler.registry import TransportOptions
+from bundler.cli.main import main
+from bundler.oci.content import DOCKER_MANIFEST, Descriptor, is_non_distributable
+from bundler.oci.digest import Digest
+from bundler.registry.client import TransportOptions
 from bundler.sandbox import Image, LocalRegistry, make_image, make_layer, push
 from bundler.sandbox.images import sha256_digest
 

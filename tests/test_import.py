@@ -23,8 +23,8 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from bundler.cli import human, main
-from bundler.reference import Reference
+from bundler.cli.main import human, main
+from bundler.oci.reference import Reference
 from bundler.sandbox import FaultProxy, LocalRegistry, SeededSet, TokenServer, start_registry
 from bundler.sandbox.images import Index
 
@@ -740,10 +740,10 @@ def test_401_during_push_fetches_a_token_with_push_scope(
 
 
 def test_blob_uploads_alternate_largest_and_smallest() -> None:
-    from bundler.content import Descriptor
-    from bundler.digest import Digest
-    from bundler.importing import by_size_interleaved
-    from bundler.pushplan import BlobPush
+    from bundler.engine.importing import by_size_interleaved
+    from bundler.engine.pushplan import BlobPush
+    from bundler.oci.content import Descriptor
+    from bundler.oci.digest import Digest
 
     def blob(size: int) -> BlobPush:
         descriptor = Descriptor("application/octet-stream", Digest.of(b"%d" % size), size)

@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bundler.bundle import export_bundle
-from bundler.cli import main
-from bundler.reference import Reference
+from bundler.cli.main import main
+from bundler.oci.reference import Reference
 from bundler.sandbox import LocalRegistry, SeededSet
 from bundler.sandbox.images import Index
 

@@ -22,8 +22,8 @@ from bundler import (
     list_bundle,
     verify_bundle,
 )
-from bundler.cli import main
-from bundler.registry import TransportOptions
+from bundler.cli.main import main
+from bundler.registry.client import TransportOptions
 from bundler.sandbox import LocalRegistry, SeededSet
 
 Seeded = tuple[LocalRegistry, SeededSet]

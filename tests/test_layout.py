@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from bundler import export_bundle
-from bundler.digest import Digest
 from bundler.errors import SizeMismatchError
-from bundler.registry import TransportOptions
+from bundler.oci.digest import Digest
+from bundler.registry.client import TransportOptions
 from bundler.sandbox import LocalRegistry, SeededSet
 from bundler.stores import layout
 from bundler.stores.layout import LayoutStore, file_mode

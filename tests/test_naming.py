@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from bundler.content import OCI_INDEX, OCI_MANIFEST, Descriptor
-from bundler.digest import Digest
+from bundler.engine.naming import check_to, parse_mapping, resolve_targets
 from bundler.errors import MappingError
-from bundler.naming import check_to, entry_name, parse_mapping, resolve_targets
-from bundler.reference import Reference
+from bundler.oci.content import OCI_INDEX, OCI_MANIFEST, Descriptor, entry_name
+from bundler.oci.digest import Digest
+from bundler.oci.reference import Reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"

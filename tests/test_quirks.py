@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from bundler import export_bundle, import_bundle
-from bundler.credentials import Credentials
-from bundler.registry import TransportOptions
+from bundler.registry.client import TransportOptions
+from bundler.registry.credentials import Credentials
+from bundler.registry.transport import _retry_after_s
 from bundler.sandbox import TokenServer, make_image, push, random_layer
-from bundler.transport import _retry_after_s
 
 FAST = TransportOptions(retries=3, retry_delay_s=0.01, retry_cap_s=2.0)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bundler.digest import Digest
 from bundler.errors import InvalidReferenceError
-from bundler.reference import Location, Reference, parse_location
+from bundler.oci.digest import Digest
+from bundler.oci.reference import Location, Reference, parse_location
 
 HEX = "6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
 DIGEST = f"sha256:{HEX}"

@@ -12,14 +12,14 @@ import httpx
 import pytest
 
 from bundler import TransferError, export_bundle
-from bundler.content import OCI_INDEX
-from bundler.digest import Digest
 from bundler.errors import RegistryError, SizeMismatchError
-from bundler.progress import Tally
-from bundler.registry import RegistryClient, TransportOptions
+from bundler.events import Tally
+from bundler.oci.content import OCI_INDEX
+from bundler.oci.digest import Digest
+from bundler.registry.client import RegistryClient, TransportOptions
+from bundler.registry.uploads import location
 from bundler.sandbox import FaultProxy, LocalRegistry, make_image, push, random_layer
 from bundler.sandbox.images import sha256_digest
-from bundler.uploads import location
 
 FAST = TransportOptions(retries=1, retry_delay_s=0.01)
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bundler import export_bundle
-from bundler.cli import human, main
+from bundler.cli.main import human, main
 from bundler.sandbox import LocalRegistry, SeededSet, make_image, push, random_layer
 
 Seeded = tuple[LocalRegistry, SeededSet]
@@ -197,8 +197,8 @@ def test_quiet_prints_nothing_on_stderr_and_plain_lines_otherwise(seeded_registr
 
 
 def test_overall_bar_total_follows_the_plan_and_what_needs_no_transfer() -> None:
-    from bundler.progress import Event, Tally
-    from bundler.reporting import make_reporter
+    from bundler.cli.reporters import make_reporter
+    from bundler.events import Event, Tally
 
     bars = make_reporter("bar", Tally())
     a, b, c = "sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64
@@ -334,8 +334,8 @@ def test_quiet_with_progress_none_is_accepted(seeded_registry: Seeded, tmp_path)
 
 
 def test_plain_lines_give_big_blob_sizes_in_binary_units(capsys) -> None:
-    from bundler.progress import Event, Tally
-    from bundler.reporting import make_reporter
+    from bundler.cli.reporters import make_reporter
+    from bundler.events import Event, Tally
 
     plain = make_reporter("plain", Tally())
     digest = "sha256:" + "c9e7527b26c4" + "0" * 52

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from bundler import BundleError, import_bundle, list_bundle, verify_bundle
-from bundler.cli import main
+from bundler.cli.main import main
 from bundler.sandbox import LocalRegistry, SeededSet
 from bundler.sandbox.images import Index
 

@@ -20,13 +20,21 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from bundler import export_bundle, tls
-from bundler.cli import main
-from bundler.credentials import Credentials, Keychain
+from bundler import export_bundle
+from bundler.cli.main import main
 from bundler.errors import AuthenticationError, BundlerError, TransferError, TransportError
-from bundler.registry import RegistryClient, TransportOptions
-from bundler.sandbox import LocalRegistry, TokenServer, make_image, make_layer, push, start_registry
-from bundler.tls import ssl_context
+from bundler.registry import tls
+from bundler.registry.client import RegistryClient, TransportOptions
+from bundler.registry.credentials import Credentials, Keychain
+from bundler.registry.tls import ssl_context
+from bundler.sandbox import (
+    LocalRegistry,
+    TokenServer,
+    make_image,
+    make_layer,
+    push,
+    start_registry,
+)
 
 IMAGE = make_image([make_layer({"tls.txt": b"over tls"})])
 OTHER = make_image([make_layer({"other.txt": b"other repo"})])
@@ -453,7 +461,7 @@ def test_token_service_answering_503_once_is_retried(tmp_path: Path, fault_proxy
 
 
 def test_token_lifetime_is_read_defensively() -> None:
-    from bundler.auth import _lifetime_s
+    from bundler.registry.auth import _lifetime_s
 
     assert [_lifetime_s(v) for v in (300, "120", None, "soon", -5, float("nan"))] == [
         300.0, 120.0, 60.0, 60.0, 60.0, 60.0]

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from bundler import BundlerError, export_bundle, import_bundle
-from bundler.cli import main
-from bundler.digest import Digest
+from bundler.cli.main import main
 from bundler.errors import TransportError
-from bundler.registry import RegistryClient, TransportOptions
+from bundler.oci.digest import Digest
+from bundler.registry.client import RegistryClient, TransportOptions
 from bundler.sandbox import LocalRegistry, SeededSet
 from bundler.sandbox.registry import free_port
 
@@ -118,7 +118,7 @@ def test_debug_shows_attempts_without_an_answer(seeded_bundle: tuple[Path, int])
 def test_a_session_raises_httpcore_response_reads_to_256_kib(registry: LocalRegistry) -> None:
     import httpcore
 
-    from bundler.transport import RESPONSE_READ_BYTES
+    from bundler.registry.transport import RESPONSE_READ_BYTES
 
     with RegistryClient(registry.host, TransportOptions()) as client:
         assert client.has_blob("any/repo", Digest.of(b"absent")) is False

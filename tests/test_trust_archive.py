@@ -19,11 +19,11 @@ import pytest
 import zstandard
 
 from bundler import BundleError, import_bundle, list_bundle, verify_bundle
-from bundler.content import OCI_INDEX, Descriptor, parse_manifest
-from bundler.copy import ImagePlan, walk
-from bundler.digest import Digest
 from bundler.errors import SizeMismatchError, UnsafeArchiveError
-from bundler.limits import HELD_LIMIT, INDEX_LIMIT
+from bundler.oci.content import OCI_INDEX, Descriptor, parse_manifest
+from bundler.oci.digest import Digest
+from bundler.oci.graph import ImagePlan, walk
+from bundler.oci.limits import HELD_LIMIT, INDEX_LIMIT
 from bundler.sandbox import LocalRegistry
 from bundler.sandbox.images import Blob, Image, make_image, random_layer
 from bundler.stores.archive_export import ArchiveExport

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bundler import BundleLockedError, export_bundle
-from bundler.cli import main
-from bundler.content import REF_NAME
+from bundler.cli.main import main
+from bundler.oci.content import REF_NAME
 from bundler.sandbox import LocalRegistry, SeededSet
 from bundler.stores.layout import LOCK_NAME
 from bundler.stores.lock import WriterLock

@@ -20,15 +20,16 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from bundler import TransferError, export_bundle, tls
-from bundler.cli import main
-from bundler.content import EMPTY_JSON_DIGEST, ManifestError
-from bundler.credentials import Credentials, Keychain
-from bundler.digest import Digest
+from bundler import TransferError, export_bundle
+from bundler.cli.main import main
 from bundler.errors import AuthenticationError, RateLimitError, TransportError
-from bundler.progress import Event
-from bundler.reference import Reference
-from bundler.registry import RegistryClient, TransportOptions
+from bundler.events import Event
+from bundler.oci.content import EMPTY_JSON_DIGEST, ManifestError
+from bundler.oci.digest import Digest
+from bundler.oci.reference import Reference
+from bundler.registry import tls
+from bundler.registry.client import RegistryClient, TransportOptions
+from bundler.registry.credentials import Credentials, Keychain
 from bundler.sandbox import (
     FaultProxy,
     LocalRegistry,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from bundler.cli import main
+from bundler.cli.main import main
 from bundler.sandbox import LocalRegistry, SeededSet, make_image, push, random_layer
 
 Seeded = tuple[LocalRegistry, SeededSet]
@@ -494,7 +494,7 @@ def test_verify_of_an_archive_without_oci_layout_or_in_the_wrong_order(seeded_re
     assert f"problem: {bare}: no oci-layout in the archive" in result.stderr
     # blobs first, index.json last (plain tar of a directory): sound, but import cannot
     # stream it when a blob is over the limit it holds in memory
-    from bundler.registry import MANIFEST_LIMIT
+    from bundler.registry.client import MANIFEST_LIMIT
 
     big = make_image([random_layer(7, MANIFEST_LIMIT + 1)])
     push(registry, f"big-{tmp_path.name}/one", big, tag="1")

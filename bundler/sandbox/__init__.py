@@ -32,12 +32,7 @@ from bundler.sandbox.push import (
     push_big_random_layer_image,
     stream_random_layer,
 )
-from bundler.sandbox.registry import (
-    LocalRegistry,
-    RegistryStartError,
-    free_port,
-    start_registry,
-)
+from bundler.sandbox.registry import LocalRegistry, RegistryStartError, free_port, start_registry
 from bundler.sandbox.seed import SeededEntry, SeededSet, seed_standard_set
 from bundler.sandbox.tokenserver import TokenServer
 

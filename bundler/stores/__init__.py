@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from ..content import Descriptor
-from ..digest import Digest
+from ..oci.content import Descriptor
+from ..oci.digest import Digest
 from .layout import LayoutStore
 
 __all__ = ["BundleStore", "LayoutStore"]

@@ -29,9 +29,9 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..digest import Digest
 from ..errors import BundleError, UnsafeArchiveError
-from ..limits import ZSTD_RATIO_LIMIT
+from ..oci.digest import Digest
+from ..oci.limits import ZSTD_RATIO_LIMIT
 from .volumes import VolumeReader, find_volumes, is_volume_of, read_checksums
 from .zstd import ZSTD_MAGIC, ZstdFrames, is_skippable
 

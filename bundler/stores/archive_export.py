@@ -25,11 +25,11 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..content import FOREIGN_LAYER_TYPES, OCI_LAYOUT_VERSION, Descriptor, Manifest
-from ..copy import ImagePlan
-from ..digest import Digest, VerifyingReader
 from ..errors import BundleError, NotFoundError
-from ..limits import refuse_oversized
+from ..oci.content import FOREIGN_LAYER_TYPES, OCI_LAYOUT_VERSION, Descriptor, Manifest
+from ..oci.digest import Digest, VerifyingReader
+from ..oci.graph import ImagePlan
+from ..oci.limits import refuse_oversized
 from .archive import refuse_existing
 from .archive_writer import COPY_SIZE, ArchiveWriter, blob_name, index_bytes
 

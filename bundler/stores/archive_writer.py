@@ -25,9 +25,9 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..content import OCI_INDEX, Descriptor
-from ..digest import Digest
 from ..errors import BundleError
+from ..oci.content import OCI_INDEX, Descriptor
+from ..oci.digest import Digest
 from .layout import EarlyWriteback, fsync_dir
 from .volumes import VolumeWriter
 

@@ -22,10 +22,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..content import OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor, Index, Manifest, parse_manifest
-from ..digest import Digest, VerifyingReader
 from ..errors import BundleError, IntegrityError, ManifestError, SizeMismatchError
-from ..limits import INDEX_LIMIT, MANIFEST_LIMIT, refuse_oversized
+from ..oci.content import (
+    OCI_INDEX,
+    OCI_LAYOUT_VERSION,
+    Descriptor,
+    Index,
+    Manifest,
+    parse_manifest,
+)
+from ..oci.digest import Digest, VerifyingReader
+from ..oci.limits import INDEX_LIMIT, MANIFEST_LIMIT, refuse_oversized
 from .contained import check_dir_inside, open_inside, read_inside, stat_inside
 
 __all__ = ["EarlyWriteback", "LayoutStore", "closing_source", "file_mode", "fsync_dir"]

@@ -15,7 +15,7 @@ import os
 import ssl
 from pathlib import Path
 
-from .errors import BundlerError
+from ..errors import BundlerError
 
 __all__ = ["CERTS_D_ROOTS", "find_cert_dir", "ssl_context"]
 

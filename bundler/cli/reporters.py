@@ -15,9 +15,9 @@ import sys
 import threading
 from typing import Any
 
-from .cli_report import human, plural
-from .progress import Event, Tally
-from .termsafe import escape
+from ..events import Event, Tally
+from ..termsafe import escape
+from .summary import human, plural
 
 __all__ = ["make_reporter"]
 

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from .digest import Digest
-from .errors import (
+from ..errors import (
     AccessDeniedError,
     AuthenticationError,
     DigestMismatchError,
@@ -37,6 +36,7 @@ from .errors import (
     RegistryError,
     TransportError,
 )
+from ..oci.digest import Digest
 
 if TYPE_CHECKING:
     from .transport import TransportOptions

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BundlerError
+from ..errors import BundlerError
 
 __all__ = [
     "DOCKER_HUB_AUTH_KEY",

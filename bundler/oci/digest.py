@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from .errors import DigestMismatchError, InvalidReferenceError, SizeMismatchError
+from ..errors import DigestMismatchError, InvalidReferenceError, SizeMismatchError
 
 __all__ = ["CHUNK_SIZE", "Digest", "Hasher", "VerifyingReader", "sha256_digest"]
 

@@ -21,11 +21,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .content import Descriptor
-from .copy import ClientPool, ImagePlan, run_parallel
-from .digest import Digest
+from ..events import Event, Reporter
+from ..oci.content import Descriptor
+from ..oci.digest import Digest
+from ..oci.graph import ImagePlan
 from .naming import Target
-from .progress import Event, Reporter
+from .parallel import ClientPool, run_parallel
 
 __all__ = ["BlobPush", "PushPlan", "plan_push"]
 

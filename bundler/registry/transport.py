@@ -43,10 +43,7 @@ import httpcore
 import httpx
 import tenacity
 
-from . import limits
-from .auth import RegistryAuth, parse_challenge, redact_url, request_repository
-from .credentials import Credentials, Keychain
-from .errors import (
+from ..errors import (
     AccessDeniedError,
     AuthenticationError,
     NotFoundError,
@@ -54,9 +51,12 @@ from .errors import (
     RegistryError,
     TransportError,
 )
+from ..events import Event, Reporter
+from ..oci import limits
+from ..oci.reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
+from .auth import RegistryAuth, parse_challenge, redact_url, request_repository
+from .credentials import Credentials, Keychain
 from .journal import UploadJournal
-from .progress import Event, Reporter
-from .reference import DOCKER_HUB, DOCKER_HUB_ENDPOINT
 from .tls import ssl_context
 
 __all__ = ["RETRY_STATUSES", "RegistrySession", "TransportOptions"]

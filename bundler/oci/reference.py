@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import InvalidReferenceError
 from .digest import Digest
-from .errors import InvalidReferenceError
 
 __all__ = ["DOCKER_HUB", "Location", "Reference", "parse_location"]
 

@@ -30,16 +30,16 @@ from collections.abc import Callable, Generator, Iterator
 
 import httpx
 
-from .auth import redact_url
-from .content import Descriptor
-from .digest import Digest
-from .errors import (
+from ..errors import (
     BundlerError,
     DigestMismatchError,
     IntegrityError,
     RegistryError,
     SizeMismatchError,
 )
+from ..oci.content import Descriptor
+from ..oci.digest import Digest
+from .auth import redact_url
 from .tls import ssl_context
 from .transport import TransportOptions, _is_loopback
 

@@ -22,8 +22,14 @@ from collections.abc import Generator
 
 import httpx
 
-from .auth import redact_url
-from .content import (
+from ..errors import (
+    DigestMismatchError,
+    InvalidReferenceError,
+    ManifestError,
+    NotFoundError,
+    RegistryError,
+)
+from ..oci.content import (
     ACCEPT_MANIFESTS,
     EMPTY_JSON,
     EMPTY_JSON_DIGEST,
@@ -32,14 +38,8 @@ from .content import (
     is_schema1,
     schema1_refusal,
 )
-from .digest import Digest
-from .errors import (
-    DigestMismatchError,
-    InvalidReferenceError,
-    ManifestError,
-    NotFoundError,
-    RegistryError,
-)
+from ..oci.digest import Digest
+from .auth import redact_url
 from .transport import MANIFEST_LIMIT, RETRY_STATUSES, RegistrySession, TransportOptions
 from .uploads import BlobUploads
 

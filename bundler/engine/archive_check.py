@@ -9,31 +9,59 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
-from .content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable, parse_manifest
-from .copy import check_reachable
-from .digest import Digest, VerifyingReader
-from .errors import (
+from ..errors import (
     BundleError,
     BundlerError,
     ManifestError,
     SizeMismatchError,
     UnsafeArchiveError,
 )
-from .limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, describe
-from .stores.archive import ArchiveReader, Member
-from .stores.layout import check_layout_file
-from .stores.volumes import checksum_path
+from ..oci.content import (
+    OCI_INDEX,
+    Descriptor,
+    Index,
+    Manifest,
+    is_non_distributable,
+    parse_manifest,
+)
+from ..oci.digest import Digest, VerifyingReader
+from ..oci.graph import check_reachable
+from ..oci.limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, describe
+from ..stores.archive import ArchiveReader, Member
+from ..stores.layout import check_layout_file
+from ..stores.volumes import checksum_path
 
-if TYPE_CHECKING:
-    from .bundle import VerifyReport
-
-__all__ = ["MAX_HELD", "ArchiveHead", "HeadManifests", "check_held", "read_head",
+__all__ = ["MAX_HELD", "VerifyReport", "ArchiveHead", "HeadManifests", "check_held", "read_head",
            "verify_archive"]
 
 #: Cap, in bytes, on index.json and manifests held in memory while reading an archive.
 MAX_HELD = HELD_LIMIT
+
+
+@dataclass
+class VerifyReport:
+    """``bundler verify``: what was checked and every problem found.
+
+    Attributes:
+        images: images checked. blobs: blobs checked. bytes: bytes hashed.
+        problems: one human-readable line each; empty means the bundle is sound.
+        skipped: digests of non-distributable (foreign) layers the bundle does not
+            hold; they were not distributed, so their absence is no problem.
+        warnings: things worth knowing that are no problem (e.g. no volume checksum file).
+    """
+
+    images: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+    skipped: list[Digest] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 def check_held(where: str, member: Member, held_bytes: int, max_held: int, *,

@@ -26,10 +26,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from .content import Descriptor, is_non_distributable
-from .copy import ClientPool, ImagePlan, run_parallel, walk
-from .digest import Digest
-from .errors import (
+from ..errors import (
     BundlerError,
     Cancelled,
     PartialFailureError,
@@ -37,11 +34,15 @@ from .errors import (
     TransferError,
     TransportError,
 )
+from ..events import Event, NullReporter, Reporter
+from ..oci.content import Descriptor, is_non_distributable
+from ..oci.digest import Digest
+from ..oci.graph import ImagePlan, walk
+from ..registry.client import RegistryClient, TransportOptions
+from ..stores.layout import LayoutStore
 from .naming import Target
-from .progress import Event, NullReporter, Reporter
+from .parallel import ClientPool, run_parallel
 from .pushplan import BlobPush, plan_push
-from .registry import RegistryClient, TransportOptions
-from .stores.layout import LayoutStore
 
 _log = logging.getLogger("bundler")
 

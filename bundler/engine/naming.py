@@ -22,12 +22,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .content import CONTAINERD_NAME, REF_NAME, Descriptor
-from .digest import Digest
-from .errors import InvalidReferenceError, MappingError
-from .reference import Reference
+from ..errors import InvalidReferenceError, MappingError
+from ..oci.content import Descriptor, entry_name
+from ..oci.digest import Digest
+from ..oci.reference import Reference
 
-__all__ = ["Target", "check_to", "entry_name", "parse_mapping", "resolve_targets"]
+__all__ = ["Target", "check_to", "parse_mapping", "resolve_targets"]
 
 
 
@@ -44,11 +44,6 @@ class Target:
     name: str
     descriptor: Descriptor
     destination: Reference
-
-
-def entry_name(descriptor: Descriptor) -> str:
-    """The name a layout entry records: containerd's full name, else ref.name, else ""."""
-    return descriptor.annotations.get(CONTAINERD_NAME) or descriptor.annotations.get(REF_NAME, "")
 
 
 def _source_reference(name: str) -> Reference | None:

@@ -24,12 +24,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .archive_check import MAX_HELD, HeadManifests, check_held
-from .blob_sources import InMemory, OneShot, Teed
-from .content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
-from .copy import ClientPool, ImagePlan, walk
-from .digest import Digest, VerifyingReader
-from .errors import (
+from ..errors import (
     BundleError,
     BundlerError,
     Cancelled,
@@ -39,6 +34,15 @@ from .errors import (
     TransferError,
     UnsafeArchiveError,
 )
+from ..events import Event, NullReporter, Reporter
+from ..oci.content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
+from ..oci.digest import Digest, VerifyingReader
+from ..oci.graph import ImagePlan, walk
+from ..registry.client import TransportOptions
+from ..stores.archive import ArchiveReader, Member
+from ..stores.blob_sources import InMemory, OneShot, Teed
+from ..stores.layout import check_layout_file
+from .archive_check import MAX_HELD, HeadManifests, check_held
 from .importing import (
     ImportResult,
     _push_blob,
@@ -48,11 +52,8 @@ from .importing import (
     record_failure,
 )
 from .naming import Target, resolve_targets
-from .progress import Event, NullReporter, Reporter
+from .parallel import ClientPool
 from .pushplan import BlobPush, plan_push
-from .registry import TransportOptions
-from .stores.archive import ArchiveReader, Member
-from .stores.layout import check_layout_file
 
 __all__ = ["MAX_HELD", "import_archive"]
 

@@ -27,18 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .content import (
-    CONTAINERD_NAME,
-    REF_NAME,
-    Descriptor,
-    Index,
-    Manifest,
-    is_non_distributable,
-    parse_manifest,
-)
-from .copy import ClientPool, ImagePlan, raise_first, run_parallel, walk
-from .digest import Digest
-from .errors import (
+from ..errors import (
     BundlerError,
     Cancelled,
     IntegrityError,
@@ -48,15 +37,27 @@ from .errors import (
     SizeMismatchError,
     TransferError,
 )
-from .foreign import ForeignSource
-from .progress import Event, NullReporter, Reporter
-from .reference import Reference
-from .registry import TransportOptions
-from .stores import BundleStore
-from .stores.archive import output_format
-from .stores.archive_export import ArchiveExport
-from .stores.layout import LayoutStore
-from .stores.lock import WriterLock
+from ..events import Event, NullReporter, Reporter
+from ..oci.content import (
+    CONTAINERD_NAME,
+    REF_NAME,
+    Descriptor,
+    Index,
+    Manifest,
+    is_non_distributable,
+    parse_manifest,
+)
+from ..oci.digest import Digest
+from ..oci.graph import ImagePlan, walk
+from ..oci.reference import Reference
+from ..registry.client import TransportOptions
+from ..registry.foreign import ForeignSource
+from ..stores import BundleStore
+from ..stores.archive import output_format
+from ..stores.archive_export import ArchiveExport
+from ..stores.layout import LayoutStore
+from ..stores.lock import WriterLock
+from .parallel import ClientPool, raise_first, run_parallel
 
 _log = logging.getLogger("bundler")
 

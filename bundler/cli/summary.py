@@ -20,18 +20,18 @@ from typing import Any
 
 import click
 
-from .errors import (
+from ..engine.exporting import ExportResult
+from ..engine.importing import ImportResult
+from ..engine.planning import ExportPlan, ImportPlan
+from ..errors import (
     BundlerError,
     Cancelled,
     InvalidReferenceError,
     MappingError,
     PartialFailureError,
 )
-from .exporting import ExportResult
-from .importing import ImportResult
-from .planning import ExportPlan, ImportPlan
-from .progress import Tally
-from .termsafe import escape
+from ..events import Tally
+from ..termsafe import escape
 
 __all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run",
            "stdout_may_close"]

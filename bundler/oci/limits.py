@@ -48,7 +48,7 @@ def refuse_oversized(where: str, index_size: int, manifest_sizes: list[int], *,
         BundleError: ``index.json`` over :data:`INDEX_LIMIT`, a manifest over
         :data:`MANIFEST_LIMIT`, or (archive) both together over :data:`HELD_LIMIT`.
     """
-    from .errors import BundleError
+    from ..errors import BundleError
 
     if index_size > INDEX_LIMIT:
         raise BundleError(f"{where}: index.json would have {index_size} bytes, more than "

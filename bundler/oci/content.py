@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidReferenceError, ManifestError
 from .digest import Digest
-from .errors import InvalidReferenceError, ManifestError
 
 __all__ = [
+    "entry_name",
     "ACCEPT_MANIFESTS",
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
@@ -393,3 +394,8 @@ def parse_manifest(
         artifact_type=doc.get("artifactType"),
         annotations=annotations,
     )
+
+
+def entry_name(descriptor: Descriptor) -> str:
+    """The name a layout entry records: containerd's full name, else ref.name, else ""."""
+    return descriptor.annotations.get(CONTAINERD_NAME) or descriptor.annotations.get(REF_NAME, "")

@@ -18,18 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import TransferError
+from ..events import NullReporter
+from ..oci.digest import Digest
+from ..oci.graph import ImagePlan, walk
+from ..oci.reference import Reference
+from ..registry.client import TransportOptions
+from ..stores.archive import is_archive, output_format, refuse_existing
+from ..stores.layout import LayoutStore
 from .archive_check import read_head
-from .copy import ClientPool, ImagePlan, raise_first, run_parallel, walk
-from .digest import Digest
-from .errors import TransferError
 from .exporting import plan_image, unique_references
 from .naming import Target, parse_mapping, resolve_targets
-from .progress import NullReporter
+from .parallel import ClientPool, raise_first, run_parallel
 from .pushplan import plan_push
-from .reference import Reference
-from .registry import TransportOptions
-from .stores.archive import is_archive, output_format, refuse_existing
-from .stores.layout import LayoutStore
 
 __all__ = ["ExportPlan", "ImportPlan", "PlannedImage", "plan_export", "plan_import"]
 

@@ -1,31 +1,22 @@
-"""Plan and execute: the content graph of images, deduplicated by digest, and the
-concurrent runner that moves it.
+"""The content graph of images: what one image reaches (index -> manifests -> config
+and layers), keyed by digest so that a blob shared by many images is counted once. No
+I/O: manifests come from a ``load`` or ``visit`` callback.
 
-A plan walks index -> manifests -> config and layers and keys everything by digest, so
-a blob shared by many images moves once. Execution moves blobs first (concurrently, up
-to ``jobs`` at a time), then manifests children-first, then tags.
-
-Spec: image-spec ``image-index.md`` and ``manifest.md`` (what a manifest references);
-distribution-spec "Pushing manifests" (blobs must exist before the manifest).
+Spec: image-spec ``image-index.md`` and ``manifest.md`` (what a manifest references),
+``image-layout.md`` (``index.json``).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from .content import Descriptor, Index, Manifest
+from .content import Descriptor, Index, Manifest, entry_name
 from .digest import Digest
-from .errors import Cancelled, TransferError
-from .naming import entry_name
-from .registry import RegistryClient, TransportOptions
 
-__all__ = ["ClientPool", "ImagePlan", "raise_first", "run_parallel", "visit_reachable", "walk"]
-
-T = TypeVar("T")
+__all__ = ["MAX_NESTING", "ImagePlan", "check_reachable", "name_images", "visit_reachable",
+           "walk"]
 
 
 @dataclass
@@ -100,7 +91,7 @@ def walk(
 
     def visit(descriptor: Descriptor, item: Manifest | Index, depth: int) -> None:
         if depth > MAX_NESTING:
-            from .errors import ManifestError
+            from ..errors import ManifestError
 
             raise ManifestError(f"{name}: indexes nested deeper than {MAX_NESTING} levels")
         if isinstance(item, Index):
@@ -195,97 +186,3 @@ def check_reachable(
 
     images = visit_reachable(entries, visit, reached, too_deep=too_deep)
     return images, [f"{name_images(reached[d])}: {why}" for d, why in bad.items()]
-
-
-def run_parallel(
-    tasks: Iterable[T],
-    work: Callable[[T], object],
-    *,
-    jobs: int,
-    keep_going: bool = False,
-    stop: threading.Event | None = None,
-) -> dict[T, BaseException]:
-    """Run ``work`` on every task with ``jobs`` threads.
-
-    Args:
-        tasks: hashable task values.
-        work: the function; it should check ``stop`` between chunks to end early.
-        jobs: thread count (>= 1).
-        keep_going: run every task even after failures; else stop at the first failure.
-        stop: set when the run should end (first failure, Ctrl-C); tasks not yet started
-            are skipped.
-
-    Returns:
-        The failures, task -> exception (empty when all succeeded).
-    """
-    stop = stop or threading.Event()
-    failures: dict[T, BaseException] = {}
-
-    def guarded(task: T) -> object:
-        if stop.is_set():
-            raise Cancelled("cancelled")
-        return work(task)
-
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bundler")
-    futures: dict[Future, T] = {}
-    try:
-        futures = {pool.submit(guarded, task): task for task in tasks}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                exc = future.exception()
-                if exc is not None and not isinstance(exc, Cancelled):
-                    failures[futures[future]] = exc
-            if failures and not keep_going:
-                stop.set()
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return failures
-
-
-def raise_first(failures: dict[T, BaseException], order: Iterable[T]) -> None:
-    """Raise the failure of the first task in ``order`` that failed, if any.
-
-    Raises:
-        TransferError: naming the task (``str(task)``), caused by its exception.
-    """
-    for task in order:
-        if task in failures:
-            exc = failures[task]
-            raise TransferError(str(task), exc) from exc
-
-
-class ClientPool:
-    """One :class:`RegistryClient` per registry host, created on first use (thread-safe).
-
-    Args:
-        options: the transport options of this side.
-    """
-
-    def __init__(self, options: TransportOptions | None = None) -> None:
-        self.options = options or TransportOptions()
-        self._clients: dict[str, RegistryClient] = {}
-        self._lock = threading.Lock()
-
-    def get(self, registry: str) -> RegistryClient:
-        with self._lock:
-            client = self._clients.get(registry)
-            if client is None:
-                client = self._clients[registry] = RegistryClient(registry, self.options)
-            return client
-
-    def close(self) -> None:
-        with self._lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
-
-    def __enter__(self) -> ClientPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

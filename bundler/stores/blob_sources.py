@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .content import Descriptor
-from .digest import CHUNK_SIZE, VerifyingReader
-from .errors import BundleError
+from ..errors import BundleError
+from ..oci.content import Descriptor
+from ..oci.digest import CHUNK_SIZE, VerifyingReader
 
 __all__ = ["InMemory", "OneShot", "Teed"]
 

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..errors import BundlerError
 from .credentials import Credentials, default_authfile, load_authfile, normalize_key
-from .errors import BundlerError
 
 __all__ = ["login", "logout", "remove_credentials", "store_credentials", "write_authfile"]
 
@@ -124,7 +124,7 @@ def login(
 
     Spec: containers-auth.json(5); docker token authentication ``token.md``.
     """
-    from .registry import RegistryClient, TransportOptions
+    from .client import RegistryClient, TransportOptions
 
     key = normalize_key(target)
     registry = key.split("/", 1)[0]

@@ -20,9 +20,20 @@ from typing import Any, TypeVar
 
 import click
 
-from . import bundle as api
-from .authfile import default_authfile, login, logout
-from .cli_report import (
+from .. import bundle as api
+from ..engine.exporting import parse_references
+from ..engine.naming import check_to, parse_mapping
+from ..errors import BundlerError, InvalidReferenceError, MappingError
+from ..events import Tally
+from ..oci.limits import ZSTD_RATIO_LIMIT
+from ..registry.authfile import default_authfile, login, logout
+from ..registry.client import TransportOptions
+from ..registry.credentials import Credentials, Keychain, load_authfile, parse_creds
+from ..registry.journal import UploadJournal
+from ..stores.archive import is_archive, output_format
+from ..termsafe import escape
+from .reporters import make_reporter
+from .summary import (
     export_summary,
     human,
     import_summary,
@@ -31,17 +42,6 @@ from .cli_report import (
     run,
     stdout_may_close,
 )
-from .credentials import Credentials, Keychain, load_authfile, parse_creds
-from .errors import BundlerError, InvalidReferenceError, MappingError
-from .exporting import parse_references
-from .journal import UploadJournal
-from .limits import ZSTD_RATIO_LIMIT
-from .naming import check_to, parse_mapping
-from .progress import Tally
-from .registry import TransportOptions
-from .reporting import make_reporter
-from .stores.archive import is_archive, output_format
-from .termsafe import escape
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,

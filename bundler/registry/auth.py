@@ -31,8 +31,8 @@ from collections.abc import Callable, Generator, Iterable
 
 import httpx
 
+from ..errors import AuthenticationError, RateLimitError, RegistryError
 from .credentials import Credentials
-from .errors import AuthenticationError, RateLimitError, RegistryError
 
 __all__ = [
     "RegistryAuth",

@@ -1,0 +1,5 @@
+"""``python -m bundler``: the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,8 @@
+"""The ``bundler`` command line: click commands (:mod:`.main`), progress reporters
+(:mod:`.reporters`: bar, plain, JSON) and the summaries and error lines (:mod:`.summary`).
+The top layer: it calls the library facade and the engine, never the other way round.
+"""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,5 @@
+"""``python -m bundler.cli``: the command line."""
+
+from .main import main
+
+main()
