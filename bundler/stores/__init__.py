@@ -1,26 +1,75 @@
 """Stores: where content lives, with the same verbs on every kind.
 
-The verbs (DESIGN convention 1) are ``has_blob``, ``open_blob``, ``put_blob``,
-``get_manifest``, ``put_manifest`` and ``resolve``:
+The verbs (DESIGN convention 1) are ``read_index``, ``get_manifest``, ``has_blob``,
+``check_blob`` and ``open_blob`` to read (:class:`Store`), and ``put_blob``,
+``put_manifest``, ``write_index`` and ``sync`` to write (:class:`BundleStore`):
 
-- :class:`bundler.registry.RegistryClient` (a registry; every verb takes the repository);
-- :class:`bundler.stores.layout.LayoutStore` (an OCI image layout directory);
-- :class:`bundler.stores.archive_export.ArchiveExport` (an archive being written);
-- :class:`bundler.stores.archive.ArchiveReader` (an archive read in one pass).
+- :class:`bundler.stores.layout.LayoutStore`: an OCI image layout directory (both);
+- :class:`bundler.stores.archive_export.ArchiveExport`: an archive being written;
+- :class:`bundler.stores.archive.ArchiveReader`: an archive read in one pass (its
+  members come in order; :mod:`bundler.engine.archive_import` reads it);
+- :class:`bundler.registry.client.RegistryClient`: a registry, whose verbs also take
+  the repository.
 
-:class:`BundleStore` is what an export writes into: a layout directory or an archive.
+The engine reads images from a :class:`Store` and writes them into a
+:class:`BundleStore` or pushes them into registries; a new kind of source or
+destination is one new module here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Protocol
 
-from ..oci.content import Descriptor
-from ..oci.digest import Digest
+from ..oci.content import Descriptor, Index, Manifest
+from ..oci.digest import Digest, VerifyingReader
 from .layout import LayoutStore
 
-__all__ = ["BundleStore", "LayoutStore"]
+__all__ = ["BundleStore", "LayoutStore", "Store"]
+
+
+class Store(Protocol):
+    """Where images can be read from: a layout directory, a registry, ...
+
+    Every manifest and blob comes back checked against its descriptor (size, digest).
+    Spec: image-spec ``image-layout.md``, ``descriptor.md``.
+    """
+
+    def read_index(self) -> list[Descriptor]:
+        """The images the store holds, each a descriptor named by its annotations
+        (``org.opencontainers.image.ref.name``, ``io.containerd.image.name``)."""
+        ...
+
+    def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
+        """The manifest or index a descriptor points at, digest-checked and parsed.
+
+        Raises:
+            ManifestError, IntegrityError, BundleError, RegistryError.
+        """
+        ...
+
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        """True if the store holds the blob (of ``size`` bytes when given)."""
+        ...
+
+    def check_blob(self, descriptor: Descriptor) -> bool:
+        """Whether the blob can be read as described, without reading it (False:
+        missing).
+
+        Raises:
+            UnsafeBundleError, SizeMismatchError: present, but not as described.
+        """
+        ...
+
+    def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[VerifyingReader]:
+        """A verifying reader over the blob's bytes (iterable in chunks; the digest is
+        checked at the end).
+
+        Raises:
+            BundleError, RegistryError: cannot be opened. IntegrityError (while reading).
+        """
+        ...
 
 
 class BundleStore(Protocol):
