@@ -97,3 +97,16 @@ def test_no_import_circles() -> None:
 def test_the_layers_are_folders() -> None:
     assert {p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
         "oci", "registry", "stores", "engine", "cli", "sandbox"}
+
+
+def test_the_architecture_page_names_modules_that_exist() -> None:
+    import re
+
+    page = (ROOT.parent / "docs" / "architecture.md").read_text()
+    files = {p.name for p in ROOT.rglob("*.py")}
+    missing = [name for name in re.findall(r"`(\w+\.py)`", page) if name not in files]
+    missing += [path for path in re.findall(r"(bundler/[\w/.]*\w)", page)
+                if not (ROOT.parent / path).exists()]
+    assert missing == []
+    for module in ("oci", "registry", "stores", "engine", "cli"):
+        assert f"`{module}/`" in page
