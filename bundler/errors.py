@@ -18,6 +18,7 @@ caller can catch one class. Library errors (httpx, OSError, zstandard) are wrapp
     |   +-- NotFoundError           404: manifest, blob or repository unknown
     |   +-- RateLimitError          429: too many requests, even after retries
     |   +-- TransportError          no HTTP answer: connection refused, TLS, timeout
+    +-- ForeignLayerError           a non-distributable layer no source served
     +-- BundleError                 a bundle that is missing, malformed or incomplete
     |   +-- UnsafeArchiveError      an archive member that must not be extracted/read
     |   +-- UnsafeBundleError       a file of a bundle directory that is no regular file
@@ -42,6 +43,7 @@ __all__ = [
     "BundleLockedError",
     "BundlerError",
     "DigestMismatchError",
+    "ForeignLayerError",
     "IntegrityError",
     "InvalidReferenceError",
     "ManifestError",
@@ -239,3 +241,18 @@ class CredentialsError(BundlerError):
 
 class Cancelled(BundlerError):
     """The run was stopped (Ctrl-C, or another task failed) before this task finished."""
+
+
+class ForeignLayerError(BundlerError):
+    """A non-distributable layer that no source served (registry and every URL).
+
+    Attributes:
+        digest: the layer's digest.
+        attempts: one line per source tried: what it is and why it failed.
+    """
+
+    def __init__(self, digest: object, attempts: list[str]) -> None:
+        self.digest = digest
+        self.attempts = attempts
+        super().__init__(f"non-distributable layer {digest} could not be fetched: "
+                         + "; ".join(attempts))

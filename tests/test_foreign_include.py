@@ -24,10 +24,10 @@ from click.testing import CliRunner
 
 from bundler import TransferError, export_bundle, import_bundle, list_bundle, verify_bundle
 from bundler.cli.main import main
-from bundler.errors import BundlerError, DigestMismatchError, RegistryError
+from bundler.errors import BundlerError, DigestMismatchError, ForeignLayerError, RegistryError
 from bundler.oci.content import DOCKER_MANIFEST
 from bundler.registry.client import TransportOptions
-from bundler.registry.foreign import ForeignLayerError, check_url, shown_url
+from bundler.registry.foreign import check_url, shown_url
 from bundler.sandbox import Image, LocalRegistry, make_image, make_layer, push
 from bundler.sandbox.images import sha256_digest
 from bundler.sandbox.loopback import LoopbackServer

@@ -33,15 +33,15 @@ import httpx
 from ..errors import (
     BundlerError,
     DigestMismatchError,
+    ForeignLayerError,
     IntegrityError,
     RegistryError,
     SizeMismatchError,
 )
 from ..oci.content import Descriptor
-from ..oci.digest import Digest
 from .auth import redact_url
 from .tls import ssl_context
-from .transport import TransportOptions, _is_loopback
+from .transport import TransportOptions, is_loopback
 
 __all__ = ["MAX_REDIRECTS", "ForeignLayerError", "ForeignSource", "check_url", "iter_url"]
 
@@ -50,21 +50,6 @@ _http_log = logging.getLogger("bundler.http")
 #: Redirects followed for one URL before it counts as failed.
 MAX_REDIRECTS = 10
 _USER_AGENT = "bundler/0.1"
-
-
-class ForeignLayerError(BundlerError):
-    """A non-distributable layer that no source served (registry and every URL).
-
-    Attributes:
-        digest: the layer's digest.
-        attempts: one line per source tried: what it is and why it failed.
-    """
-
-    def __init__(self, digest: Digest, attempts: list[str]) -> None:
-        self.digest = digest
-        self.attempts = attempts
-        super().__init__(f"non-distributable layer {digest} could not be fetched: "
-                         + "; ".join(attempts))
 
 
 class _URLFailed(BundlerError):
@@ -104,7 +89,7 @@ def check_url(url: object, *, tls_verify: bool) -> httpx.URL:
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise _URLFailed(f"{shown_url(url)}: refused: malformed URL ({exc})") from None
     host = parsed.netloc.decode("ascii", "replace").rsplit("@", 1)[-1]
-    if parsed.scheme == "http" and (not tls_verify or _is_loopback(host)):
+    if parsed.scheme == "http" and (not tls_verify or is_loopback(host)):
         pass
     elif parsed.scheme != "https":
         raise _URLFailed(f"{shown_url(url)}: refused: only https URLs are fetched (plain http "

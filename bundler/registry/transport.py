@@ -138,7 +138,7 @@ def _retry_after_s(response: httpx.Response) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """Whether ``host`` (``name``, ``name:port``, ``[v6]:port`` or a bare IPv6 address)
     is a loopback host; names compare case-insensitively (``LOCALHOST`` is loopback)."""
     name = host.strip().lower()
@@ -313,7 +313,7 @@ class RegistrySession:
         if realm.scheme == "https" or not self.options.tls_verify:
             return True
         return bool(self._base and self._base.startswith("http://")
-                    and _is_loopback(realm.host))
+                    and is_loopback(realm.host))
 
     def _once(self, method: str, url: str, what: str, stream: bool, **kw: Any) -> httpx.Response:
         try:
@@ -482,7 +482,7 @@ class RegistrySession:
 
     def _find_base(self) -> str:
         schemes = ["https"]
-        if not self.options.tls_verify or _is_loopback(self.host):
+        if not self.options.tls_verify or is_loopback(self.host):
             schemes.append("http")
         last: Exception | None = None
         for scheme in schemes:
