@@ -19,11 +19,11 @@ from ..errors import (
     UnsafeArchiveError,
 )
 from ..oci.content import (
-    OCI_INDEX,
     Descriptor,
     Index,
     Manifest,
     is_non_distributable,
+    parse_layout_index,
     parse_manifest,
 )
 from ..oci.digest import Digest, VerifyingReader
@@ -242,14 +242,7 @@ class _Scan:
             self.layout_seen = True
             return 0
         if member.name == "index.json":
-            data = self._read_small(member)
-            try:
-                index = parse_manifest(data, OCI_INDEX)
-            except ManifestError as exc:
-                raise BundleError(f"{self.where}: index.json: {exc}") from exc
-            if not isinstance(index, Index):
-                raise BundleError(f"{self.where}: index.json is not an image index")
-            self.entries = list(index.manifests)
+            self.entries = parse_layout_index(self._read_small(member), self.where)
             self.graph.root(self.entries)
             return 0
         digest = member.digest

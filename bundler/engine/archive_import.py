@@ -28,14 +28,13 @@ from ..errors import (
     BundleError,
     BundlerError,
     Cancelled,
-    ManifestError,
     RegistryError,
     SizeMismatchError,
     TransferError,
     UnsafeArchiveError,
 )
 from ..events import Event, NullReporter, Reporter
-from ..oci.content import OCI_INDEX, Descriptor, Index, is_non_distributable, parse_manifest
+from ..oci.content import Descriptor, is_non_distributable, parse_layout_index
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.graph import ImagePlan, walk
 from ..registry.client import TransportOptions
@@ -112,14 +111,8 @@ class _Session:
         if member.name == "oci-layout":
             check_layout_file(self._hold(member), self.where)
         elif member.name == "index.json":
-            data = self._hold(member)
-            try:
-                index = parse_manifest(data, OCI_INDEX)
-            except ManifestError as exc:
-                raise BundleError(f"{self.where}: index.json: {exc}") from exc
-            if not isinstance(index, Index):
-                raise BundleError(f"{self.where}: index.json is not an image index")
-            self.targets = resolve_targets(list(index.manifests), to=self.to,
+            entries = parse_layout_index(self._hold(member), self.where)
+            self.targets = resolve_targets(entries, to=self.to,
                                            mapping=self.mapping)
             self.result.targets = list(self.targets)
             self.graph.root(t.descriptor for t in self.targets)

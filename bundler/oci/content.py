@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidReferenceError, ManifestError
+from ..errors import BundleError, InvalidReferenceError, ManifestError
 from .digest import Digest
 
 __all__ = [
+    "parse_layout_index",
     "entry_name",
     "ACCEPT_MANIFESTS",
     "DOCKER_MANIFEST",
@@ -399,3 +400,24 @@ def parse_manifest(
 def entry_name(descriptor: Descriptor) -> str:
     """The name a layout entry records: containerd's full name, else ref.name, else ""."""
     return descriptor.annotations.get(CONTAINERD_NAME) or descriptor.annotations.get(REF_NAME, "")
+
+
+def parse_layout_index(data: bytes, where: str) -> list[Descriptor]:
+    """The image descriptors of a layout's ``index.json``, in order.
+
+    Args:
+        data: the bytes of ``index.json``.
+        where: the bundle, for messages.
+
+    Raises:
+        BundleError: the bytes are no image index.
+
+    Spec: image-spec ``image-layout.md`` (``index.json``), ``image-index.md``.
+    """
+    try:
+        index = parse_manifest(data, OCI_INDEX)
+    except ManifestError as exc:
+        raise BundleError(f"{where}: index.json: {exc}") from exc
+    if not isinstance(index, Index):
+        raise BundleError(f"{where}: index.json is not an image index")
+    return list(index.manifests)

@@ -29,6 +29,7 @@ from ..oci.content import (
     Descriptor,
     Index,
     Manifest,
+    parse_layout_index,
     parse_manifest,
 )
 from ..oci.digest import Digest, VerifyingReader
@@ -314,17 +315,10 @@ class LayoutStore:
     # -- index.json ------------------------------------------------------------------
     def read_index(self) -> list[Descriptor]:
         """The descriptors of ``index.json`` in order ([] if it does not exist yet)."""
-        path = self.root / "index.json"
         data = read_inside(self.root, "index.json", limit=INDEX_LIMIT)
         if data is None:
             return []
-        try:
-            index = parse_manifest(data, OCI_INDEX)
-        except Exception as exc:
-            raise BundleError(f"{path}: cannot parse index.json: {exc}") from exc
-        if not isinstance(index, Index):
-            raise BundleError(f"{path}: index.json is not an image index")
-        return list(index.manifests)
+        return parse_layout_index(data, str(self.root))
 
     def write_index(self, descriptors: Iterable[Descriptor]) -> None:
         """Replace ``index.json`` atomically with an OCI index of ``descriptors`` (left as
