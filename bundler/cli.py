@@ -333,7 +333,8 @@ def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
     """Print the plan ``plan()`` works out; exit 1 (message on stderr) if it fails, 2 on
     a usage error (bad ``--to``, ``--mapping`` or reference)."""
     try:
-        print_plan(plan(), where, as_json)
+        with stdout_may_close():  # --dry-run | head: a reader may stop early
+            print_plan(plan(), where, as_json)
     except (MappingError, InvalidReferenceError) as exc:
         raise click.UsageError(escape(exc)) from exc
     except BundlerError as exc:
