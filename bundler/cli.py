@@ -31,13 +31,14 @@ from .cli_report import (
     run,
     stdout_may_close,
 )
-from .credentials import Credentials, Keychain, load_authfile, parse_creds
+from .credentials import Credentials, Keychain, load_authfile, normalize_key, parse_creds
 from .errors import BundlerError, InvalidReferenceError, MappingError
 from .exporting import parse_references
 from .journal import UploadJournal
 from .limits import ZSTD_RATIO_LIMIT
 from .naming import check_to, parse_mapping
 from .progress import Tally
+from .reference import Reference
 from .registry import TransportOptions
 from .reporting import make_reporter
 from .stores.archive import is_archive, output_format
@@ -529,6 +530,12 @@ def login_cmd(registry: str, username: str | None, password: str | None, passwor
     """
     if password is not None and password_stdin:
         raise click.UsageError("--password and --password-stdin are mutually exclusive")
+    host = normalize_key(registry).split("/", 1)[0]
+    try:
+        Reference.parse(f"{host}/x")
+    except InvalidReferenceError:
+        raise click.UsageError(f"{escape(repr(registry))} is not a registry "
+                               "HOST[:PORT][/NAMESPACE]") from None
     if password_stdin:
         password = sys.stdin.read().rstrip("\r\n")
     if username is None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 
 from bundler import export_bundle
@@ -41,3 +42,15 @@ def test_a_dry_run_whose_reader_stopped_reading_exits_0(
                              f"{registry.host}/m", "--dry-run") == (0, "")
     assert closed_stdout_run("export", entry.reference, "-o", str(tmp_path / "new"),
                              "--dry-run") == (0, "")
+
+
+@pytest.mark.parametrize("host", ["x:abc", "[::1", "reg\x1b[2J:5000"])
+def test_login_to_a_malformed_registry_name_is_a_usage_error(host: str,
+                                                              tmp_path: Path) -> None:
+    result = invoke("login", host, "-u", "a", "-p", "b", "--authfile",
+                    str(tmp_path / "auth.json"))
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "is not a registry" in result.output
+    assert "\x1b" not in result.output
+    assert not (tmp_path / "auth.json").exists()
