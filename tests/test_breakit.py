@@ -54,3 +54,43 @@ def test_login_to_a_malformed_registry_name_is_a_usage_error(host: str,
     assert "is not a registry" in result.output
     assert "\x1b" not in result.output
     assert not (tmp_path / "auth.json").exists()
+
+
+def test_an_auth_file_nested_thousands_deep_is_an_error_not_a_traceback(
+        seeded_registry: Seeded, tmp_path: Path) -> None:
+    _, seeded = seeded_registry
+    deep = tmp_path / "auth.json"
+    deep.write_text('{"auths": ' + DEEP + "}")
+    result = invoke("export", seeded.get("base/os", "1").reference, "-o",
+                    str(tmp_path / "b"), "--src-authfile", str(deep), "-q")
+    assert result.exit_code == 2  # as for an auth file that is no JSON at all
+    assert isinstance(result.exception, SystemExit)
+    assert f"cannot read auth file {deep}: JSON nested too deeply" in result.output
+    result = invoke("logout", "--all", "--authfile", str(deep))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"cannot read auth file {deep}: JSON nested too deeply" in result.output
+
+
+def test_a_token_or_error_body_nested_thousands_deep_is_named_plainly(
+        seeded_registry: Seeded, fault_proxy, tmp_path: Path) -> None:
+    source, _ = seeded_registry
+    proxy = fault_proxy(source.url)
+    proxy.status(r"/manifests/", 404, {"Content-Type": "application/json"},
+                 ('{"errors": ' + DEEP + "}").encode(), times=None)
+    result = invoke("export", f"{proxy.host}/base/os:1", "-o", str(tmp_path / "a"), "-q",
+                    "--retries", "0")
+    assert result.exit_code == 1
+    assert f"{proxy.host} answered HTTP 404: " in result.output
+    assert "recursion" not in result.output
+    proxy.clear_rules()
+    proxy.status(r"^/v2/", 401, {"WWW-Authenticate":
+                                 f'Bearer realm="{proxy.url}/token",service="s"'},
+                 times=None)
+    proxy.status(r"^/token", 200, {"Content-Type": "application/json"},
+                 ('{"token": ' + DEEP + "}").encode(), times=None)
+    result = invoke("export", f"{proxy.host}/base/os:1", "-o", str(tmp_path / "b"), "-q",
+                    "--retries", "0")
+    assert result.exit_code == 1
+    assert (f"{proxy.host}: the token service answered without a token "
+            f"({proxy.url}/token)") in result.output
