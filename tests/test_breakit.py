@@ -3,6 +3,7 @@ broke (a traceback, a wrong exit status, a misleading message)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,33 @@ def test_an_auth_file_nested_thousands_deep_is_an_error_not_a_traceback(
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert f"cannot read auth file {deep}: JSON nested too deeply" in result.output
+
+
+def layout_with(tmp: Path, seeded: SeededSet, name: str, kind: str) -> Path:
+    root = tmp / "bundle"
+    export_bundle([seeded.get("base/os", "1").reference], root)
+    target = root / name
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/zero")
+    return root
+
+
+@pytest.mark.parametrize("name", ["index.json", "oci-layout"])
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_an_index_or_layout_file_that_is_no_regular_file_is_named_as_such(
+        seeded_registry: Seeded, tmp_path: Path, name: str, kind: str) -> None:
+    _, seeded = seeded_registry
+    root = layout_with(tmp_path, seeded, name, kind)
+    what = "Is a FIFO" if kind == "fifo" else "Is a symbolic link"
+    for command in (["list", str(root)], ["verify", str(root)],
+                    ["import", str(root), "--to", "127.0.0.1:9/x"]):
+        result = invoke(*command)
+        assert result.exit_code == 1, command
+        assert f"{root}/{name}: cannot read: {what}; refused" in result.output, command
+        assert "missing" not in result.output
 
 
 def test_a_token_or_error_body_nested_thousands_deep_is_named_plainly(
