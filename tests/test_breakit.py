@@ -4,8 +4,10 @@ broke (a traceback, a wrong exit status, a misleading message)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,55 @@ def test_a_token_or_error_body_nested_thousands_deep_is_named_plainly(
     assert result.exit_code == 1
     assert (f"{proxy.host}: the token service answered without a token "
             f"({proxy.url}/token)") in result.output
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs (skips where mounting is not permitted)."""
+    point = tmp_path / "disk"
+    point.mkdir()
+    run = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(point)],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {run.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write zeros to ``disk`` until it is full."""
+    with open(disk / "filler", "wb", buffering=0) as out:
+        for _ in range(1024):
+            try:
+                out.write(bytes(4096))
+            except OSError:
+                return
+
+
+def test_an_export_onto_a_full_disk_is_an_error_line_and_leaves_no_lock_file(
+        seeded_registry: Seeded, small_disk: Path) -> None:
+    _, seeded = seeded_registry
+    first, ref = seeded.get("base/os", "1").reference, seeded.get("base/os", "2").reference
+    bundle, archive = small_disk / "b", small_disk / "a.tar"
+    export_bundle([ref], bundle)  # its blobs stay; index.json then names another image
+    export_bundle([first], small_disk / "other")
+    (bundle / "index.json").write_bytes((small_disk / "other" / "index.json").read_bytes())
+    shutil.rmtree(small_disk / "other")
+    before = (bundle / "index.json").read_bytes()
+    fill(small_disk)
+    run = subprocess.run([sys.executable, "-m", "bundler.cli", "export", "-q", "-o",
+                          str(bundle), ref], capture_output=True, text=True, timeout=GUARD_S)
+    assert (run.returncode, run.stderr) == (
+        1, f"error: {bundle / 'index.json'}: cannot write index.json: No space left on "
+           "device\n")
+    assert (bundle / "index.json").read_bytes() == before
+    assert not (bundle / ".bundler.lock").exists()
+    run = subprocess.run([sys.executable, "-m", "bundler.cli", "export", "-q", "-o",
+                          str(archive), ref], capture_output=True, text=True, timeout=GUARD_S)
+    assert run.returncode == 1
+    assert run.stderr.startswith(f"error: {archive}")
+    assert "No space left on device" in run.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["b", "filler"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["blobs", "index.json", "oci-layout"]
