@@ -176,3 +176,29 @@ def test_an_export_onto_a_full_disk_is_an_error_line_and_leaves_no_lock_file(
     assert "No space left on device" in run.stderr
     assert sorted(p.name for p in small_disk.iterdir()) == ["b", "filler"]
     assert sorted(p.name for p in bundle.iterdir()) == ["blobs", "index.json", "oci-layout"]
+
+
+def zstd_long_window(data: bytes) -> bytes:
+    """``data`` as one zstd frame of raw blocks whose header asks for a 1 GiB window,
+    as ``zstd --long=30`` writes for a large input (RFC 8878 3.1.1.1.2, 3.1.1.2)."""
+    out = bytearray(b"\x28\xb5\x2f\xfd" + bytes([0x00, 20 << 3]))
+    chunks = [data[i:i + (128 << 10)] for i in range(0, len(data), 128 << 10)] or [b""]
+    for n, chunk in enumerate(chunks):
+        header = (len(chunk) << 3) | (1 if n == len(chunks) - 1 else 0)  # raw block
+        out += header.to_bytes(3, "little") + chunk
+    return bytes(out)
+
+
+def test_a_zstd_archive_with_a_window_over_128_mib_is_not_called_damaged(
+        seeded_registry: Seeded, tmp_path: Path) -> None:
+    _, seeded = seeded_registry
+    export_bundle([seeded.get("base/os", "1").reference], tmp_path / "b.tar")
+    archive = tmp_path / "long.tar.zst"
+    archive.write_bytes(zstd_long_window((tmp_path / "b.tar").read_bytes()))
+    for command in ("verify", "list"):
+        result = invoke(command, str(archive))
+        assert result.exit_code == 1
+        assert "damaged" not in result.output
+        assert (f"{archive}: compressed with a zstd window larger than 128 MiB (zstd --long=28 "
+                "or more), which bundler does not decode; decompress it (zstd -d "
+                "--memory=2GB) and give the .tar") in result.output
