@@ -26,9 +26,10 @@ from ..engine.naming import check_to, parse_mapping
 from ..errors import BundlerError, InvalidReferenceError, MappingError
 from ..events import Tally
 from ..oci.limits import ZSTD_RATIO_LIMIT
+from ..oci.reference import Reference
 from ..registry.authfile import default_authfile, login, logout
 from ..registry.client import TransportOptions
-from ..registry.credentials import Credentials, Keychain, load_authfile, parse_creds
+from ..registry.credentials import Credentials, Keychain, load_authfile, normalize_key, parse_creds
 from ..registry.journal import UploadJournal
 from ..stores.archive import is_archive, output_format
 from ..termsafe import escape
@@ -333,7 +334,8 @@ def _dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
     """Print the plan ``plan()`` works out; exit 1 (message on stderr) if it fails, 2 on
     a usage error (bad ``--to``, ``--mapping`` or reference)."""
     try:
-        print_plan(plan(), where, as_json)
+        with stdout_may_close():  # --dry-run | head: a reader may stop early
+            print_plan(plan(), where, as_json)
     except (MappingError, InvalidReferenceError) as exc:
         raise click.UsageError(escape(exc)) from exc
     except BundlerError as exc:
@@ -528,6 +530,12 @@ def login_cmd(registry: str, username: str | None, password: str | None, passwor
     """
     if password is not None and password_stdin:
         raise click.UsageError("--password and --password-stdin are mutually exclusive")
+    host = normalize_key(registry).split("/", 1)[0]
+    try:
+        Reference.parse(f"{host}/x")
+    except InvalidReferenceError:
+        raise click.UsageError(f"{escape(repr(registry))} is not a registry "
+                               "HOST[:PORT][/NAMESPACE]") from None
     if password_stdin:
         password = sys.stdin.read().rstrip("\r\n")
     if username is None:

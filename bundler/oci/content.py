@@ -315,7 +315,7 @@ def is_schema1(raw: bytes, media_type: str | None = None) -> bool:
         return True
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return isinstance(doc, dict) and doc.get("schemaVersion") == 1
 

@@ -287,7 +287,7 @@ class RegistryAuth(httpx.Auth):
         try:
             body = response.json()
             token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not token:
             raise AuthenticationError(

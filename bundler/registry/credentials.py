@@ -135,8 +135,10 @@ def load_authfile(path: str | os.PathLike[str]) -> dict:
     """
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid JSON"
+        if isinstance(exc, RecursionError):  # arrays or objects nested thousands deep
+            reason = "JSON nested too deeply"
         raise BundlerError(f"cannot read auth file {path}: {reason}") from exc
     if not isinstance(data, dict):
         raise BundlerError(f"auth file {path} is not a JSON object")
@@ -185,7 +187,7 @@ def helper_credentials(name: str, registry: str) -> Credentials | None:
     try:
         answer = json.loads(proc.stdout)
         user, secret = str(answer.get("Username") or ""), str(answer.get("Secret") or "")
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError, RecursionError) as exc:
         raise BundlerError(f"credential helper {program} (for {registry}) did not answer "
                            "with a JSON object") from exc
     if user == _TOKEN_USER:

@@ -47,7 +47,7 @@ class UploadJournal:
     def _read(self) -> dict[str, str]:
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) \
             else {}

@@ -194,7 +194,7 @@ def _error_details(response: httpx.Response) -> tuple[tuple[str, ...], str]:
         codes = tuple(str(e.get("code", "")) for e in errors if isinstance(e, dict))
         text = "; ".join(str(e.get("message", "")) for e in errors if isinstance(e, dict))
         return codes, text
-    except (ValueError, AttributeError, httpx.ResponseNotRead):
+    except (ValueError, AttributeError, RecursionError, httpx.ResponseNotRead):
         return (), response.text[:200].strip() if response.is_stream_consumed else ""
 
 

@@ -223,6 +223,10 @@ class _Guarded:
 
 def damaged(where: str, exc: BaseException) -> BundleError:
     """The error for an archive that ends early or does not decode."""
+    if "too much memory" in str(exc):  # a frame window past zstd's default 128 MiB
+        return BundleError(f"{where}: compressed with a zstd window larger than 128 MiB "
+                           "(zstd --long=28 or more), which bundler does not decode; "
+                           "decompress it (zstd -d --memory=2GB) and give the .tar")
     return BundleError(f"{where}: the archive is truncated or damaged ({exc or type(exc).__name__})")
 
 

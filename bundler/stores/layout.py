@@ -232,7 +232,7 @@ class LayoutStore:
                               "volumes of that name)")
         elif not self.root.is_dir():
             raise BundleError(f"{self.root}: not a bundle directory")
-        elif not (self.root / "oci-layout").is_file() or not (self.root / "index.json").is_file():
+        elif not all(os.path.lexists(self.root / name) for name in ("oci-layout", "index.json")):
             raise BundleError(f"{self.root}: not an OCI image layout (oci-layout or index.json missing)")
         else:
             self._check_layout_file()

@@ -151,8 +151,11 @@ class WriterLock:
                 if not _same_file(fd, self.path):  # its holder removed it: start over
                     os.close(fd)
                     continue
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                try:  # the pid only names the writer to a waiter: a full disk is no error
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                except OSError:
+                    pass
             except BaseException:
                 os.close(fd)
                 raise
