@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from bundler import export_bundle
@@ -60,6 +61,30 @@ def test_list_and_verify_into_a_closed_pipe_keep_their_exit_status(
     export_bundle([seeded.get("base/os", "1").reference], tmp_path / "bundle")
     assert closed_stdout_run("list", str(tmp_path / "bundle")) == (0, "")
     assert closed_stdout_run("verify", str(tmp_path / "bundle")) == (0, "")
+
+
+@pytest.mark.parametrize("progress", ["json", "plain"])
+def test_an_import_whose_progress_reader_stopped_reading_still_imports(
+        progress: str, seeded_registry: Seeded, registry: LocalRegistry,
+        tmp_path: Path) -> None:
+    """``bundler import ... --progress json 2>&1 >/dev/null | head -1``: the progress
+    reader goes after one line; the import goes on and ends with its own status."""
+    _, seeded = seeded_registry
+    entries = [seeded.get("base/os", "1"), seeded.get("multi/arch", "1")]
+    export_bundle([e.reference for e in entries], tmp_path / "bundle")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bundler.cli", "import", str(tmp_path / "bundle"), "--to",
+         f"{registry.host}/m", "--dest-tls-verify", "false", "--progress", progress],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    first = process.stderr.readline()
+    process.stderr.close()  # every later write to stderr fails with EPIPE
+    assert first  # the reader did see the first progress line
+    assert process.wait(timeout=GUARD_S) == 0
+    for entry in entries:
+        pushed = httpx.head(f"{registry.url}/v2/m/{entry.repository}/manifests/"
+                            f"{entry.tag}", headers={"Accept": entry.media_type})
+        assert pushed.headers["Docker-Content-Digest"] == entry.digest
 
 
 def foreign_image() -> Image:

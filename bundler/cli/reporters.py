@@ -17,7 +17,7 @@ from typing import Any
 
 from ..events import Event, Tally
 from ..termsafe import escape
-from .summary import human, plural
+from .summary import human, plural, quiet_stream
 
 __all__ = ["make_reporter"]
 
@@ -29,11 +29,18 @@ class _Base:
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
         self.lock = threading.Lock()
+        self.gone = False  # stderr's reader stopped reading: show nothing more
 
     def __call__(self, event: Event) -> None:
         self.tally(event)
         with self.lock:
-            self.show(event)
+            if self.gone:
+                return
+            try:
+                self.show(event)
+            except BrokenPipeError:  # the reader of stderr went away: the work goes on
+                self.gone = True
+                quiet_stream(sys.stderr)
 
     def show(self, event: Event) -> None:
         return None

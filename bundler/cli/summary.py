@@ -34,7 +34,7 @@ from ..events import Tally
 from ..termsafe import escape
 
 __all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run",
-           "stdout_may_close"]
+           "quiet_stream", "stdout_may_close"]
 
 
 def human(size: float) -> str:
@@ -63,13 +63,19 @@ def stdout_may_close() -> Iterator[None]:
         yield
         sys.stdout.flush()
     except BrokenPipeError:
-        try:
-            fd = sys.stdout.fileno()
-        except (OSError, ValueError, AttributeError):
-            return  # not a real file (a test runner's buffer)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
+        quiet_stream(sys.stdout)
+
+
+def quiet_stream(stream: Any) -> None:
+    """Send the rest of a stream whose reader went away (EPIPE) to ``/dev/null``, so that
+    later writes, and the flush at exit, neither fail nor print a traceback."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return  # not a real file (a test runner's buffer)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def plural(count: int, noun: str) -> str:
