@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -134,3 +135,27 @@ def test_an_artifact_entry_carries_its_artifact_type(seeded_registry: Seeded,
         assert member is not None
         in_archive = json.loads(member.read())
     assert in_archive["manifests"] == index["manifests"]
+
+
+def test_an_archive_export_clears_what_a_killed_one_left(seeded_registry: Seeded,
+                                                          tmp_path: Path) -> None:
+    """SIGKILL leaves a temp archive, temp volumes and a spool beside the output; the next
+    export of that output (holding its lock, so no other can be running) removes them, and
+    leaves another bundle's alone."""
+    import tempfile
+
+    _, seeded = seeded_registry
+    output = tmp_path / "k.tar"
+    fd, temp = tempfile.mkstemp(prefix=".k.tar.", suffix=".partial", dir=tmp_path)
+    os.write(fd, b"half an archive")
+    os.close(fd)
+    volume = tmp_path / ".k.tar.001.partial"
+    volume.write_bytes(b"half a volume")
+    spool = Path(tempfile.mkdtemp(prefix=".k.tar.spool-", dir=tmp_path))
+    (spool / "blob").write_bytes(b"spooled")
+    other = tmp_path / ".k.tar.zst.000.partial"  # another bundle's (k.tar.zst) volume
+    other.write_bytes(b"not ours")
+    export_bundle([seeded.get("base/os", "1").reference], output)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".k.tar.zst.000.partial", "k.tar"]
+    assert not Path(temp).exists() and not volume.exists() and not spool.exists()

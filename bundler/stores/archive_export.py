@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -33,7 +34,7 @@ from ..oci.limits import refuse_oversized
 from .archive import refuse_existing
 from .archive_writer import COPY_SIZE, ArchiveWriter, blob_name, index_bytes
 
-__all__ = ["ArchiveExport"]
+__all__ = ["ArchiveExport", "remove_leftovers"]
 
 _FOLLOW_SIZE = 1 << 20
 
@@ -90,6 +91,34 @@ def _open_spool(path: Path) -> BinaryIO:
             from exc
 
 
+def remove_leftovers(output: Path) -> list[Path]:
+    """Remove what an export of ``output`` killed with SIGKILL left beside it: its temp
+    archive (``.NAME.XXXXXXXX.partial``), temp volumes (``.NAME.NNN.partial``) and spool
+    (``.NAME.spool-XXXXXXXX/``). Only for a caller that holds the writer's lock of
+    ``output`` (:mod:`bundler.stores.lock`): no other export of it can be running.
+
+    Returns:
+        The paths removed.
+    """
+    name = re.escape(output.name)
+    partial = re.compile(rf"\.{name}\.(?:[a-z0-9_]{{8}}|[0-9]{{3,}})\.partial")
+    spool = re.compile(rf"\.{name}\.spool-[a-z0-9_]{{8}}")
+    removed = []
+    try:
+        found = list(output.parent.iterdir())
+    except OSError:
+        return removed
+    for path in found:
+        if partial.fullmatch(path.name) and not path.is_symlink() and path.is_file():
+            path.unlink(missing_ok=True)
+        elif spool.fullmatch(path.name) and not path.is_symlink() and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            continue
+        removed.append(path)
+    return removed
+
+
 class ArchiveExport:
     """The store an export writes into when the output is an archive.
 
@@ -118,6 +147,7 @@ class ArchiveExport:
         refuse_existing(self.output)
         if not self.output.parent.is_dir():
             raise BundleError(f"{self.output.parent}: no such directory")
+        remove_leftovers(self.output)
         try:
             self.spool = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.spool-",
                                                dir=self.output.parent))
