@@ -3,6 +3,7 @@ broke (a traceback, a wrong exit status, a misleading message)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -202,3 +203,29 @@ def test_a_zstd_archive_with_a_window_over_128_mib_is_not_called_damaged(
         assert (f"{archive}: compressed with a zstd window larger than 128 MiB (zstd --long=28 "
                 "or more), which bundler does not decode; decompress it (zstd -d "
                 "--memory=2GB) and give the .tar") in result.output
+
+
+def test_an_archive_manifest_nested_thousands_deep_is_named_with_its_member(
+        tmp_path: Path) -> None:
+    import hashlib
+    import io
+    import tarfile
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    digest = hashlib.sha256(deep).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": f"sha256:{digest}", "size": len(deep),
+        "annotations": {"org.opencontainers.image.ref.name": "example.com/deep/x:1"}}]})
+    path = tmp_path / "nm.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+                           ("index.json", index.encode()),
+                           (f"blobs/sha256/{digest}", deep)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    result = CliRunner().invoke(main, ["import", str(path), "--to", "127.0.0.1:1/x"])
+    assert result.exit_code == 1
+    assert result.output == (f"error: {path}: blobs/sha256/{digest}: manifest is JSON nested "
+                             "too deeply to be read\n")

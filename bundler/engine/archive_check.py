@@ -190,6 +190,10 @@ class HeadManifests:
             item = parse_manifest(raw, descriptor.media_type, digest=descriptor.digest)
         except (ManifestError, SizeMismatchError) as exc:
             if self._on_bad is None:
+                if isinstance(exc, ManifestError):  # name the member: import has no image yet
+                    digest = descriptor.digest
+                    raise ManifestError(f"{self._where}: blobs/{digest.algorithm}/{digest.hex}"
+                                        f": {exc}") from exc
                 raise
             self.bad.add(descriptor.digest)
             self._on_bad(descriptor.digest, exc)
