@@ -32,8 +32,9 @@ from .exporting import unique_references
 from .importing import ImportResult, push_images
 from .naming import Target, resolve_targets
 from .parallel import ClientPool
+from .planning import ImportPlan, plan_targets
 
-__all__ = ["check_mirror", "mirror_images"]
+__all__ = ["check_mirror", "mirror_images", "plan_mirror"]
 
 
 def check_mirror(
@@ -147,6 +148,43 @@ def mirror_images(
     if errors:
         raise PartialFailureError(errors, result)
     return result
+
+
+def plan_mirror(
+    references: Sequence[str | Reference],
+    *,
+    to: str | None = None,
+    mapping: list[tuple[str, str]] | None = None,
+    src_options: TransportOptions | None = None,
+    dest_options: TransportOptions | None = None,
+    jobs: int = 8,
+) -> ImportPlan:
+    """Work out what :func:`mirror_images` would move; move nothing.
+
+    The sources' manifests are read (GET) and the destinations asked (HEAD) which
+    images and blobs they hold; no blob is downloaded or uploaded, no manifest pushed.
+
+    Returns:
+        An :class:`~bundler.engine.planning.ImportPlan` (image names are the source
+        references).
+
+    Raises:
+        InvalidReferenceError, MappingError, BundlerError: as :func:`check_mirror`.
+        TransferError: a source or destination cannot be read or asked (naming the
+        image).
+    """
+    refs, pairs = check_mirror(references, to=to, mapping=mapping)
+    with ClientPool(src_options) as clients:
+        source = RegistrySource(clients)
+        for ref, exc in source.resolve(refs, jobs=jobs).items():
+            raise TransferError(str(ref), exc) from exc
+        targets = resolve_targets(source.read_index(), to=to, mapping=pairs)
+        try:
+            return plan_targets(source, targets, options=dest_options, jobs=jobs)
+        except TransferError:
+            raise
+        except BundlerError as exc:  # a child manifest of a source image
+            raise TransferError(", ".join(t.name for t in targets), exc) from exc
 
 
 def refuse_same(targets: list[Target]) -> None:
