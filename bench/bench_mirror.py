@@ -18,7 +18,8 @@ Then, unless ``--big-size 0``, ``bundler mirror`` of one image whose single laye
 ``--big-size`` random bytes (the cached source of ``bench_memory.py``), for the peak RSS
 whatever the blob size. Prints medians, ratios, peak RSS and PASS/FAIL against the
 targets of issue #11 (mirror <= 0.5x skopeo, <= 0.7x export+import, peak RSS < 150 MB
-with ``--jobs 8``). MB is 10**6 bytes.
+with ``--jobs 8``), with the CPU seconds each way costs bundler (or skopeo) and each
+registry. MB is 10**6 bytes.
 
 Usage:
     python bench/bench_mirror.py --scale 0.1 --runs 1 --big-size 64MiB   # about a minute
@@ -56,6 +57,7 @@ from bench_memory import seeded_source as big_source
 from bench_vs_skopeo import SET_VERSION, SourceSet, seeded_source
 
 from bundler.cli.main import parse_size
+from bundler.sandbox import LocalRegistry
 
 PREFIX = "mirror"
 WAYS = ("mirror", "skopeo", "export+import")
@@ -74,6 +76,8 @@ class Bench:
         self.cpu: dict[str, list[float]] = {w: [] for w in WAYS}
         self.rss: dict[str, list[int]] = {w: [] for w in WAYS}
         self.warmup_times: dict[str, list[float]] = {w: [] for w in WAYS}
+        #: (source, destination) registry CPU seconds of each counted run
+        self.registry_cpu: dict[str, list[tuple[float, float]]] = {w: [] for w in WAYS}
         self.images_file = self.work / "images.txt"
         self.images_file.write_text("\n".join(source.ref(n) for n in source.names) + "\n")
         self.bundle = self.work / "bundle"
@@ -107,6 +111,8 @@ class Bench:
 
     def way(self, way: str, index: int, warmup: bool) -> None:
         dest = fresh_registry(self.work / "dest")
+        registries = (self.source.registry, dest)
+        before = [registry_cpu(r) for r in registries]
         try:
             if way == "export+import":
                 remove(self.bundle)
@@ -117,6 +123,8 @@ class Bench:
                 runs = [self._run(self.mirror(dest.host), f"mirror-{index}")]
             else:
                 runs = [self._run(self.skopeo(dest.host), f"skopeo-{index}")]
+            src_cpu, dest_cpu = (registry_cpu(r) - b for r, b in zip(registries, before,
+                                                                        strict=True))
         finally:
             dest.stop()
             remove(self.work / "dest")
@@ -128,7 +136,9 @@ class Bench:
         self.times[way].append(wall)
         self.cpu[way].append(sum(r.cpu_s for r in runs))
         self.rss[way].append(max(r.rss for r in runs))
-        print(f"  {way:<14} {wall:8.2f} s  CPU {self.cpu[way][-1]:6.2f} s  peak RSS "
+        self.registry_cpu[way].append((src_cpu, dest_cpu))
+        print(f"  {way:<14} {wall:8.2f} s  CPU {self.cpu[way][-1]:6.2f} s (registries: "
+              f"source {src_cpu:.2f} s, destination {dest_cpu:.2f} s)  peak RSS "
               f"{mb(self.rss[way][-1])}", file=sys.stderr, flush=True)
 
     def round(self, index: int, *, warmup: bool = False) -> None:
@@ -140,6 +150,13 @@ class Bench:
               f"{', '.join(order)}", file=sys.stderr, flush=True)
         for way in order:
             self.way(way, index, warmup)
+
+
+def registry_cpu(registry: LocalRegistry) -> float:
+    """User + system CPU seconds the registry process has used so far."""
+    assert registry.process is not None
+    times = psutil.Process(registry.process.pid).cpu_times()
+    return times.user + times.system
 
 
 def big_layer(args: argparse.Namespace, cli: list[str]) -> dict | None:
@@ -188,9 +205,13 @@ def report(bench: Bench, big: dict | None, args: argparse.Namespace) -> dict:
           f"{source.blobs} distinct blobs, {mb(source.unique_bytes)} unique; runs {args.runs} "
           f"(after {args.warmup} warm-up), bundler --jobs {args.jobs}")
     print()
-    print(f"{'way':<14} {'median s':>9} {'CPU s':>7} {'peak RSS':>10} {'MB/s':>7}")
+    regs = {w: tuple(median([c[i] for c in v]) for i in (0, 1))
+            for w, v in bench.registry_cpu.items()}
+    print(f"{'way':<14} {'median s':>9} {'CPU s':>7} {'src reg CPU':>12} "
+          f"{'dest reg CPU':>13} {'peak RSS':>10} {'MB/s':>7}")
     for way in WAYS:
-        print(f"{way:<14} {med[way]:>9.2f} {cpu[way]:>7.2f} {mb(peak[way]):>10} "
+        print(f"{way:<14} {med[way]:>9.2f} {cpu[way]:>7.2f} {regs[way][0]:>10.2f} s "
+              f"{regs[way][1]:>11.2f} s {mb(peak[way]):>10} "
               f"{source.unique_bytes / med[way] / MB:>7.1f}")
     print(f"\nmirror / skopeo {vs_skopeo:.2f}, mirror / (export + import) {vs_bundle:.2f}")
     if big:
@@ -209,6 +230,7 @@ def report(bench: Bench, big: dict | None, args: argparse.Namespace) -> dict:
         "runs": args.runs, "warmup_rounds": args.warmup, "jobs": args.jobs,
         "seconds": bench.times, "warmup_seconds": bench.warmup_times,
         "cpu_seconds": bench.cpu, "median_s": med, "median_cpu_s": cpu,
+        "registry_cpu_seconds": bench.registry_cpu, "median_registry_cpu_s": regs,
         "peak_rss_bytes": peak, "big_layer": big,
         "ratio_mirror_over_skopeo": vs_skopeo, "ratio_mirror_over_export_import": vs_bundle,
         "targets": targets,

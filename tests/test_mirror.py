@@ -341,3 +341,34 @@ def test_a_mapping_onto_its_own_source_is_refused(
     assert result.exit_code == 2
     assert f"the destination of {src.host}/base/os:1 is its own source" in result.stderr
     assert src.requests == []
+
+
+def test_sigterm_stops_cleanly_with_143_and_a_rerun_finishes(
+    source: tuple[SeededSet, FaultProxy], registry: LocalRegistry, fault_proxy
+) -> None:
+    seeded, src = source
+    dest = fault_proxy(registry.url)
+    src.slow(r"/blobs/sha256:", 100_000, method="GET")
+    refs = proxied(seeded, src.host)
+    args = [sys.executable, "-m", "bundler", "mirror", *refs, "--to", f"{dest.host}/m",
+            "-q", "--jobs", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not [
+                w for w in writes(dest) if w[0] == "PUT" and w[2] == 201]:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr.decode()
+    assert re.search(r"^interrupted: \d+ finished blobs? \(.*\) are in the registry; run the "
+                     r"same command again to continue$", stderr.decode(), re.M), stderr
+    assert "Traceback" not in stderr.decode()
+    src.clear_rules()
+    again = run_mirror(*refs, "--to", f"{dest.host}/m")
+    assert again.exit_code == 0, again.stderr
+    assert_mirrored(seeded, registry.url, "m")
