@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 
 from bundler import mirror
 from bundler.cli import main
-from bundler.sandbox import FaultProxy, LocalRegistry, SeededSet
+from bundler.sandbox import FaultProxy, LocalRegistry, SeededSet, seed_standard_set
 
 Seeded = tuple[LocalRegistry, SeededSet]
 ACCEPT = (
@@ -372,3 +372,22 @@ def test_sigterm_stops_cleanly_with_143_and_a_rerun_finishes(
     again = run_mirror(*refs, "--to", f"{dest.host}/m")
     assert again.exit_code == 0, again.stderr
     assert_mirrored(seeded, registry.url, "m")
+
+
+def test_each_side_gets_its_own_credentials(registry_factory, tmp_path: Path) -> None:
+    """Source and destination require different users: --src-creds go only to the
+    source, --dest-creds only to the destination (a swap fails with 401, exit 1)."""
+    src = registry_factory(htpasswd=("reader", "src-pass"))
+    dest = registry_factory(htpasswd=("writer", "dest-pass"))
+    seeded = seed_standard_set(src)
+    ref = seeded.get("base/os", "1")
+    wrong = run_mirror(ref.reference, "--to", f"{dest.host}/m", "--src-creds",
+                       "writer:dest-pass", "--dest-creds", "reader:src-pass", "--retries", "0")
+    assert wrong.exit_code == 1
+    assert f"{src.host} answered HTTP 401" in wrong.stderr
+    result = run_mirror(ref.reference, "--to", f"{dest.host}/m", "--src-creds",
+                        "reader:src-pass", "--dest-creds", "writer:dest-pass")
+    assert result.exit_code == 0, result.stderr
+    with dest.client() as http:
+        got = http.get(f"{dest.url}/v2/m/base/os/manifests/1", headers={"Accept": ACCEPT})
+    assert got.status_code == 200 and got.content == ref.manifest_bytes

@@ -135,6 +135,9 @@ def mirror_summary(result: api.ImportResult, seconds: float) -> None:
     )
     for target in result.targets:
         click.echo(f"  {escape(target.name)} -> {escape(target.destination)}")
+    for digest in result.skipped_foreign:
+        click.echo(f"note: non-distributable layer {digest} is not served by its source; "
+                   "it was not pushed", err=True)
 
 
 def _dry_run(plan: Callable[[], ImportPlan], as_json: bool) -> None:
