@@ -314,6 +314,7 @@ def test_keep_going_mirrors_the_others_and_names_the_missing_one(
                                                    "scheme"),
     (["{src}/base/os:1", "{src}/base/os:2", "--mapping", "{mapping}"],
      "no mapping line names {src}/base/os:2"),
+    (["--mapping", "{digest_mapping}"], "is a bare digest; a mirror reads from registries"),
 ])
 def test_usage_errors_exit_2_before_any_request(
     source: tuple[SeededSet, FaultProxy], registry: LocalRegistry, fault_proxy,
@@ -323,7 +324,10 @@ def test_usage_errors_exit_2_before_any_request(
     dest = fault_proxy(registry.url)
     mapping = tmp_path / "mapping.txt"
     mapping.write_text(f"{src.host}/base/os:1={dest.host}/m/os:1\n")
-    values = {"src": src.host, "dest": dest.host, "mapping": str(mapping)}
+    digest_mapping = tmp_path / "digests.txt"
+    digest_mapping.write_text(f"sha256:{'0' * 64}={dest.host}/m/os:1\n")
+    values = {"src": src.host, "dest": dest.host, "mapping": str(mapping),
+              "digest_mapping": str(digest_mapping)}
     result = run_mirror(*[a.format(**values) for a in args])
     assert result.exit_code == 2, result.output
     assert message.format(**values) in result.stderr

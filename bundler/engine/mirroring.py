@@ -18,6 +18,7 @@ Spec: distribution-spec "Pulling manifests", "Pulling blobs", "Pushing blobs",
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 
@@ -64,6 +65,10 @@ def check_mirror(
     if (to is None) == (mapping is None):
         raise MappingError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
     pairs = None if mapping is None else list(dict.fromkeys(mapping))
+    for source, _ in pairs or []:
+        if re.fullmatch(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}", source):
+            raise MappingError(f"mapping source {source!r} is a bare digest; a mirror reads "
+                               "from registries: write REGISTRY/REPOSITORY@DIGEST")
     if pairs is not None and not references:
         references = [source for source, _ in pairs]
     refs = unique_references(references)
@@ -146,6 +151,8 @@ def mirror_images(
                 errors.extend(exc.failures)  # type: ignore[arg-type]
                 result = exc.result  # type: ignore[assignment]
     if errors:
+        order = {str(r): i for i, r in enumerate(refs)}
+        errors.sort(key=lambda e: order.get(e.image, len(order)))  # the order asked
         raise PartialFailureError(errors, result)
     return result
 
