@@ -19,6 +19,7 @@ from .bundle import (
     export_bundle,
     import_bundle,
     list_bundle,
+    mirror_images,
     open_bundle,
     plan_export,
     plan_import,
@@ -53,6 +54,10 @@ from .oci.content import Descriptor, Index, Manifest, Platform, parse_manifest
 from .oci.digest import Digest, VerifyingReader
 from .oci.reference import Location, Reference, parse_location
 from .registry.client import RegistryClient, TransportOptions
+
+#: ``bundler.mirror(references, to=..., mapping=...)``: registry to registry, see
+#: :func:`bundler.engine.mirroring.mirror_images`.
+mirror = mirror_images
 
 __all__ = [
     "AccessDeniedError",
@@ -99,6 +104,8 @@ __all__ = [
     "export_bundle",
     "import_bundle",
     "list_bundle",
+    "mirror",
+    "mirror_images",
     "open_bundle",
     "parse_location",
     "plan_export",

@@ -4,5 +4,8 @@ The top layer: it calls the library facade and the engine, never the other way r
 """
 
 from .main import main
+from .mirror import mirror_cmd
+
+main.add_command(mirror_cmd)
 
 __all__ = ["main"]
