@@ -1,8 +1,8 @@
 """bundler: move container images across an air gap.
 
 Export images from registries into one deduplicated OCI image layout bundle, import the
-bundle into a disconnected registry with every digest preserved, and verify or list it
-offline. Daemonless: no Docker engine, no root.
+bundle into a disconnected registry with every digest preserved, copy one image between
+registries, layouts and archives, and verify or list a bundle offline. Daemonless: no Docker engine, no root.
 
 The public API is re-exported here; the exception tree is drawn in :mod:`bundler.errors`.
 """
@@ -12,14 +12,17 @@ from __future__ import annotations
 from .bundle import (
     BundleImage,
     BundleListing,
+    CopyResult,
     ExportPlan,
     ExportResult,
     ImportPlan,
     ImportResult,
+    copy_image,
     export_bundle,
     import_bundle,
     list_bundle,
     open_bundle,
+    plan_copy,
     plan_export,
     plan_import,
     read_images_file,
@@ -35,6 +38,7 @@ from .errors import (
     DigestMismatchError,
     IntegrityError,
     InvalidReferenceError,
+    LocationError,
     ManifestError,
     MappingError,
     NotFoundError,
@@ -61,6 +65,7 @@ __all__ = [
     "BundleListing",
     "BundleLockedError",
     "BundlerError",
+    "CopyResult",
     "Descriptor",
     "Digest",
     "DigestMismatchError",
@@ -73,6 +78,7 @@ __all__ = [
     "IntegrityError",
     "InvalidReferenceError",
     "Location",
+    "LocationError",
     "Manifest",
     "ManifestError",
     "MappingError",
@@ -94,11 +100,13 @@ __all__ = [
     "UnsafeBundleError",
     "VerifyReport",
     "VerifyingReader",
+    "copy_image",
     "export_bundle",
     "import_bundle",
     "list_bundle",
     "open_bundle",
     "parse_location",
+    "plan_copy",
     "plan_export",
     "plan_import",
     "parse_manifest",
