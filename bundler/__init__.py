@@ -21,6 +21,7 @@ from .bundle import (
     export_bundle,
     import_bundle,
     list_bundle,
+    mirror_images,
     open_bundle,
     plan_copy,
     plan_export,
@@ -56,6 +57,10 @@ from .oci.content import Descriptor, Index, Manifest, Platform, parse_manifest
 from .oci.digest import Digest, VerifyingReader
 from .oci.reference import Location, Reference, parse_location
 from .registry.client import RegistryClient, TransportOptions
+
+#: ``bundler.mirror(references, to=..., mapping=...)``: registry to registry, see
+#: :func:`bundler.engine.mirroring.mirror_images`.
+mirror = mirror_images
 
 __all__ = [
     "AccessDeniedError",
@@ -104,6 +109,8 @@ __all__ = [
     "export_bundle",
     "import_bundle",
     "list_bundle",
+    "mirror",
+    "mirror_images",
     "open_bundle",
     "parse_location",
     "plan_copy",

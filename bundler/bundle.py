@@ -1,4 +1,4 @@
-"""The library facade: export, import, copy, list and verify bundles.
+"""The library facade: export, import, copy, mirror, list and verify bundles.
 
 A bundle is an OCI image layout (image-spec ``image-layout.md``) whose ``index.json``
 names each image by its full source reference; see ``docs/bundle-format.md``.
@@ -17,6 +17,7 @@ from .engine.archive_import import import_archive
 from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.importing import ImportResult, not_distributed, push_images
+from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping, resolve_targets
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .errors import BundleError, BundlerError, IntegrityError
@@ -42,6 +43,7 @@ __all__ = [
     "export_bundle",
     "import_bundle",
     "list_bundle",
+    "mirror_images",
     "open_bundle",
     "plan_copy",
     "plan_export",

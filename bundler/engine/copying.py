@@ -58,6 +58,7 @@ from .archive_check import read_head
 from .archive_import import import_archive
 from .exporting import UNNAMED, ExportResult, StoreImage, export_bundle, export_from_store
 from .importing import ImportResult, push_images
+from .mirroring import mirror_images, plan_mirror
 from .naming import resolve_targets
 from .planning import ExportPlan, ImportPlan, PlannedImage, plan_export, plan_import
 
@@ -293,15 +294,14 @@ def plan_copy(
         present).
 
     Raises:
-        LocationError, InvalidReferenceError: as :func:`copy_image`; also for
-        ``docker://`` to ``docker://`` (no plan for a registry-to-registry copy yet).
+        LocationError, InvalidReferenceError: as :func:`copy_image`.
         BundleError, TransferError: a source that cannot be read or resolved; a
         destination that cannot be written.
     """
     src, dst = check_locations(source, destination)
     if src.transport == "docker" and dst.transport == "docker":
-        raise LocationError(destination, "--dry-run of a copy from one registry to "
-                                         "another is not supported yet")
+        return plan_mirror([str(src.reference)], mapping=_pair(src, dst),
+                           src_options=src_options, dest_options=dest_options, jobs=jobs)
     if src.transport == "docker":
         assert src.reference is not None
         return plan_export([src.reference], dst.path, format=_format(dst),
@@ -431,7 +431,15 @@ def _mirror(src: Location, dst: Location, result: CopyResult,
             src_options: TransportOptions | None, dest_options: TransportOptions | None,
             jobs: int, report: Reporter, stop: threading.Event,
             keep_going: bool) -> CopyResult:
-    """docker:// -> docker://: not supported until the mirror engine lands."""
-    raise LocationError(str(dst), "a copy from one registry to another (docker:// to "
-                                  "docker://) is not supported yet; copy to oci:DIR and "
-                                  "from there to the registry")
+    """docker:// -> docker://: the mirror engine with one mapping line."""
+    mirrored = mirror_images([str(src.reference)], mapping=_pair(src, dst),
+                             src_options=src_options, dest_options=dest_options, jobs=jobs,
+                             reporter=report, stop=stop, keep_going=keep_going)
+    if mirrored.targets:
+        result.digest = mirrored.targets[0].descriptor.digest
+    return _imported(result, mirrored)
+
+
+def _pair(src: Location, dst: Location) -> list[tuple[str, str]]:
+    """The one mapping line of a registry-to-registry copy."""
+    return [(str(src.reference), str(dst.reference))]

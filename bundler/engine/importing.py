@@ -1,4 +1,10 @@
-"""Import: push the images of a bundle into registries, every digest preserved.
+"""Import and mirror: push the images of a store into registries, every digest preserved.
+
+The store is anything with the :class:`~bundler.stores.Store` read protocol: a bundle's
+layout (``bundler import DIR``) or images read on demand from source registries
+(:class:`~bundler.stores.registry.RegistrySource`, ``bundler mirror``); the engine is the
+same. A blob from a registry source streams from the source response into the
+destination upload, nothing written to disk.
 
 For each destination registry the blobs of all images move concurrently, the largest
 and the smallest alternating; each distinct (registry, blob) is handled by one task that
@@ -39,7 +45,7 @@ from ..oci.content import Descriptor, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan, walk
 from ..registry.client import RegistryClient, TransportOptions
-from ..stores.layout import LayoutStore
+from ..stores import Store
 from .naming import Target
 from .parallel import ClientPool, run_parallel
 from .pushplan import BlobPush, plan_push
@@ -72,7 +78,7 @@ class ImportResult:
 
 
 def push_images(
-    store: LayoutStore,
+    store: Store,
     targets: list[Target],
     *,
     options: TransportOptions | None = None,
@@ -81,10 +87,14 @@ def push_images(
     stop: threading.Event | None = None,
     keep_going: bool = False,
 ) -> ImportResult:
-    """Push the images of a layout to their destinations.
+    """Push the images of a store to their destinations.
 
     Args:
-        store: the bundle's layout.
+        store: where the images are read from: a bundle's layout, or a
+            :class:`~bundler.stores.registry.RegistrySource` (mirror). Only its read
+            verbs are used (``get_manifest``, ``check_blob``, ``has_blob``,
+            ``open_blob``); each blob is read once per destination registry (a second
+            repository of that registry gets it by a cross-repository mount).
         targets: from :func:`bundler.naming.resolve_targets`.
         options: transport options of the destination registries.
         jobs: concurrent blob transfers.
@@ -116,13 +126,24 @@ def push_images(
     with ClientPool(options) as clients:
         # 1. plans from the bundle (digests checked while reading)
         plans: dict[Target, ImagePlan] = {}
+
+        def load(target: Target) -> None:
+            plan = walk(target.descriptor, store.get_manifest, name=target.name)
+            for blob in plan.blobs.values():  # before a byte is sent: a regular file
+                store.check_blob(blob)  # inside the bundle, of its size
+            plans[target] = plan
+
+        # concurrently (a registry source reads manifests over the network); every
+        # image is planned, so that the failure reported first is the first in order
+        loaded = run_parallel(targets, load, jobs=jobs, stop=stop, keep_going=True)
         for target in targets:
-            try:
-                plans[target] = walk(target.descriptor, store.get_manifest, name=target.name)
-                for blob in plans[target].blobs.values():  # before a byte is sent: a
-                    store.check_blob(blob)  # regular file inside the bundle, of its size
-            except (BundlerError, OSError) as exc:
+            if target in loaded:
+                exc = loaded[target]
+                if not isinstance(exc, (BundlerError, OSError)):
+                    raise exc
                 record_failure(failed, target, target.name, exc, report, keep_going)
+        if stop.is_set():
+            raise Cancelled("cancelled")
         planned = [t for t in targets if t not in failed]
 
         # 2. what the destinations have: complete images are skipped, their repositories
@@ -231,7 +252,7 @@ def by_size_interleaved(blobs: list[BlobPush]) -> list[BlobPush]:
     return order
 
 
-def not_distributed(store: LayoutStore, descriptor: Descriptor) -> bool:
+def not_distributed(store: Store, descriptor: Descriptor) -> bool:
     """True for a non-distributable (foreign) layer the bundle does not hold: it is not
     pushed, and the manifest that references it is pushed all the same.
 
@@ -340,7 +361,7 @@ def finish(result: ImportResult, targets: list[Target], failed: dict) -> ImportR
 
 def _push_blob(
     client: RegistryClient,
-    store: LayoutStore,
+    store: Store,
     descriptor: Descriptor,
     repositories: list[str],
     result: ImportResult,

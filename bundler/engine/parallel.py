@@ -1,4 +1,5 @@
-"""The concurrent runner that moves a plan, and one registry client per host.
+"""The concurrent runner that moves a plan (and :class:`ClientPool`, one registry
+client per host, re-exported from :mod:`bundler.registry.pool`).
 
 Execution moves blobs first (concurrently, up to ``jobs`` at a time), then manifests
 children-first, then tags; a failure stops the tasks not yet started unless the run
@@ -15,7 +16,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from ..errors import Cancelled, TransferError
-from ..registry.client import RegistryClient, TransportOptions
+from ..registry.pool import ClientPool  # re-exported: it lives with the registry client
 
 __all__ = ["ClientPool", "raise_first", "run_parallel"]
 
@@ -82,35 +83,3 @@ def raise_first(failures: dict[T, BaseException], order: Iterable[T]) -> None:
         if task in failures:
             exc = failures[task]
             raise TransferError(str(task), exc) from exc
-
-
-class ClientPool:
-    """One :class:`RegistryClient` per registry host, created on first use (thread-safe).
-
-    Args:
-        options: the transport options of this side.
-    """
-
-    def __init__(self, options: TransportOptions | None = None) -> None:
-        self.options = options or TransportOptions()
-        self._clients: dict[str, RegistryClient] = {}
-        self._lock = threading.Lock()
-
-    def get(self, registry: str) -> RegistryClient:
-        with self._lock:
-            client = self._clients.get(registry)
-            if client is None:
-                client = self._clients[registry] = RegistryClient(registry, self.options)
-            return client
-
-    def close(self) -> None:
-        with self._lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
-
-    def __enter__(self) -> ClientPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

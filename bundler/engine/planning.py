@@ -24,6 +24,7 @@ from ..oci.digest import Digest
 from ..oci.graph import ImagePlan, walk
 from ..oci.reference import Reference
 from ..registry.client import TransportOptions
+from ..stores import Store
 from ..stores.archive import is_archive, output_format, refuse_existing
 from ..stores.layout import LayoutStore
 from .archive_check import read_head
@@ -32,7 +33,8 @@ from .naming import Target, parse_mapping, resolve_targets
 from .parallel import ClientPool, raise_first, run_parallel
 from .pushplan import plan_push
 
-__all__ = ["ExportPlan", "ImportPlan", "PlannedImage", "plan_export", "plan_import"]
+__all__ = ["ExportPlan", "ImportPlan", "PlannedImage", "plan_export", "plan_import",
+           "plan_targets"]
 
 
 @dataclass
@@ -186,6 +188,18 @@ def plan_import(
     store = read_head(bundle) if is_archive(bundle) else LayoutStore(
         bundle, blob_root=shared_blob_dir)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
+    return plan_targets(store, targets, options=options, jobs=jobs)
+
+
+def plan_targets(store: Store, targets: list[Target], *,
+                 options: TransportOptions | None = None, jobs: int = 8) -> ImportPlan:
+    """Work out what :func:`bundler.engine.importing.push_images` would push of
+    ``store``'s images (a bundle, or a registry source for a mirror); push nothing.
+
+    Raises:
+        What the store's ``get_manifest`` raises; TransferError: a destination cannot
+        be asked (naming the image).
+    """
     plans = {t: walk(t.descriptor, store.get_manifest, name=t.name) for t in targets}
     with ClientPool(options) as clients:
         push = plan_push(targets, plans, clients, jobs=jobs, report=NullReporter())

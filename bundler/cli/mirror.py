@@ -1,0 +1,173 @@
+"""``bundler mirror``: images from registries straight into another registry.
+
+Exit status as the other commands: 0 success, 1 an error, 2 bad usage (no images,
+both or neither of ``--to``/``--mapping``, a bad reference, a destination equal to its
+source: all found before any request), 130 interrupted, 143 terminated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .. import bundle as api
+from ..engine.mirroring import check_mirror, plan_mirror
+from ..engine.naming import check_to, parse_mapping
+from ..engine.planning import ImportPlan
+from ..errors import BundlerError
+from ..events import Tally
+from ..registry.journal import UploadJournal
+from ..termsafe import escape
+from .main import (
+    MIN_CHUNK_SIZE,
+    _check_output_options,
+    _once,
+    _options,
+    _progress_options,
+    _size_option,
+    transport_options,
+)
+from .reporters import make_reporter
+from .summary import human, plural, run, stdout_may_close
+
+__all__ = ["mirror_cmd"]
+
+#: Options both sides share (``transport_options`` declares them with each side).
+_SHARED = ("retries", "retry_delay", "retry_max_wait")
+
+
+def _both_sides(func: Callable) -> Callable:
+    """``--src-*`` and ``--dest-*`` credential and TLS options, and the retry options
+    once (they apply to both sides)."""
+    func = transport_options("dest")(func)
+    func = transport_options("src")(func)
+    seen: set[str] = set()
+    kept = []
+    for param in reversed(func.__click_params__):  # type: ignore[attr-defined]
+        if param.name in _SHARED and param.name in seen:
+            continue
+        seen.add(param.name)
+        kept.append(param)
+    func.__click_params__ = list(reversed(kept))  # type: ignore[attr-defined]
+    return func
+
+
+@click.command("mirror")
+@click.argument("references", nargs=-1)
+@click.option("-f", "--images-file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="File with one source reference per line (# comments allowed); - for "
+                   "stdin.")
+@click.option("--to", "to", metavar="REGISTRY[/PREFIX]", callback=_once, multiple=True,
+              help="Destination registry and repository prefix (the source repository "
+                   "and tag are kept).")
+@click.option("--mapping", type=click.Path(dir_okay=False), callback=_once, multiple=True,
+              help="File of SOURCE=DESTINATION lines (oc image mirror style); without "
+                   "references, its sources are the images.")
+@click.option("--chunk-size", default="64MiB", show_default=True,
+              callback=_size_option(MIN_CHUNK_SIZE),
+              help="Blobs larger than this are uploaded in PATCH chunks of this size "
+                   "(at least 1KiB).")
+@_both_sides
+@_progress_options
+def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | None,
+               mapping: str | None, chunk_size: int, jobs: int, quiet: bool, progress: str,
+               keep_going: bool, dry_run: bool, as_json: bool, **kw: Any) -> None:
+    """Copy images from registries into another registry, every digest preserved.
+
+    Blobs stream from the source into the destination (nothing on disk); images and
+    blobs the destination has are skipped, blobs shared by several destination
+    repositories are pulled once and mounted; a rerun continues an interrupted one.
+
+    \b
+    Examples:
+      bundler mirror docker.io/library/alpine:3.20 --to registry.internal:5000/mirror
+      bundler mirror -f images.txt --to registry.internal:5000/mirror
+      bundler mirror --mapping mapping.txt
+      bundler mirror -f images.txt --to registry.internal:5000/mirror --dry-run
+    """
+    _check_output_options(quiet, progress, dry_run, as_json)
+    if (to is None) == (mapping is None):
+        raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
+    texts = list(references)
+    try:  # everything the command line tells is checked before any request
+        if to is not None:
+            check_to(to)
+        pairs = parse_mapping(mapping) if mapping is not None else None
+        if images_file:
+            texts += api.read_images_file(images_file)
+        if not texts and pairs is None:
+            raise BundlerError("no images to mirror: give references, --images-file or "
+                               "--mapping")
+        refs, pairs = check_mirror(texts, to=to, mapping=pairs)
+    except BundlerError as exc:
+        raise click.UsageError(escape(exc)) from exc
+    shared = {name: kw[name] for name in _SHARED}
+    src_options = _options("src", kw)
+    kw.update(shared)
+    dest_options = _options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
+    if dry_run:
+        _dry_run(lambda: plan_mirror(refs, to=to, mapping=pairs, src_options=src_options,
+                                     dest_options=dest_options, jobs=jobs), as_json)
+        return
+    tally = Tally()
+    reporter = make_reporter("none" if quiet else progress, tally)
+    src_options = dataclasses.replace(src_options, reporter=reporter)  # long waits
+    dest_options = dataclasses.replace(dest_options, reporter=reporter)
+    run(lambda stop: api.mirror_images(refs, to=to, mapping=pairs, src_options=src_options,
+                                       dest_options=dest_options, jobs=jobs,
+                                       reporter=reporter, stop=stop, keep_going=keep_going),
+        tally, mirror_summary, reporter, importing=True)
+
+
+def mirror_summary(result: api.ImportResult, seconds: float) -> None:
+    """Print the summary of a mirror and one ``SOURCE -> DESTINATION`` line per image."""
+    click.echo(
+        f"mirrored {plural(len(result.targets), 'image')} ({len(result.skipped_images)} "
+        f"already there); blobs copied {result.blobs_uploaded} "
+        f"({human(result.bytes_uploaded)}), mounted {result.blobs_mounted}, already "
+        f"present {result.blobs_present}; {seconds:.1f} s, "
+        f"{result.bytes_uploaded / seconds / 1e6 if seconds > 0 else 0.0:.1f} MB/s"
+    )
+    for target in result.targets:
+        click.echo(f"  {escape(target.name)} -> {escape(target.destination)}")
+
+
+def _dry_run(plan: Callable[[], ImportPlan], as_json: bool) -> None:
+    """Print what a mirror would move; exit 1 (message on stderr) if the plan fails."""
+    try:
+        result = plan()
+    except BundlerError as exc:
+        click.echo(f"error: {escape(exc)}", err=True)
+        sys.exit(1)
+    with stdout_may_close():
+        print_mirror_plan(result, as_json)
+
+
+def print_mirror_plan(plan: ImportPlan, as_json: bool) -> None:
+    """A mirror's dry run: each image, its destination and whether it is there; then
+    the blobs after dedup, those to copy (once per registry) and to mount."""
+    if as_json:
+        click.echo(json.dumps({
+            "dryRun": "mirror",
+            "images": [{"reference": i.name, "digest": str(i.digest), "size": i.size,
+                        "destination": i.destination, "present": i.present}
+                       for i in plan.images],
+            "blobs": plan.blobs, "blobBytes": plan.blob_bytes,
+            "toCopy": plan.to_upload, "copyBytes": plan.upload_bytes,
+            "toMount": plan.to_mount, "mountBytes": plan.mount_bytes,
+            "present": plan.present, "presentBytes": plan.present_bytes}, indent=2))
+        return
+    there = sum(1 for image in plan.images if image.present)
+    click.echo(f"dry run: would mirror {plural(len(plan.images), 'image')}"
+               + (f" ({there} already there)" if there else ""))
+    for image in plan.images:
+        state = "already there" if image.present else "to copy"
+        click.echo(f"  {escape(image.name)} -> {escape(image.destination)}: {state}")
+    click.echo(f"blobs: {plan.blobs} ({human(plan.blob_bytes)}) after dedup; to copy "
+               f"{plan.to_upload} ({human(plan.upload_bytes)}); per repository: "
+               f"{plan.to_mount} to mount, {plan.present} already present")
