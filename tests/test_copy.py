@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,3 +147,161 @@ def test_copy_registry_to_registry(repository: str, tag: str, seeded_registry: S
     assert result.exit_code == 0, result.output
     assert f"({entry.digest})" in result.output
     check_registry(third, f"again/{repository}", "copied", entry)
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@needs_skopeo
+@pytest.mark.parametrize("repository, tag", IMAGES)
+def test_skopeo_reads_what_copy_writes(repository: str, tag: str, seeded_registry: Seeded,
+                                       registry_factory: Factory, tmp_path: Path) -> None:
+    entry = seeded_registry[1].get(repository, tag)
+    result = copy(f"docker://{entry.reference}", f"oci:{tmp_path / 'layout'}:mine")
+    assert result.exit_code == 0, result.output
+    raw = run("skopeo", "inspect", "--raw", f"oci:{tmp_path / 'layout'}:mine").stdout
+    assert raw.encode() == entry.manifest_bytes
+    dest = registry_factory()
+    run("skopeo", "copy", "--all", "--dest-tls-verify=false", f"oci:{tmp_path / 'layout'}:mine",
+        f"docker://{dest.host}/sk/{repository}:{tag}")
+    check_registry(dest, f"sk/{repository}", tag, entry)
+
+
+@needs_skopeo
+@pytest.mark.parametrize("named", [True, False])
+def test_copy_from_a_layout_skopeo_wrote(named: bool, seeded_registry: Seeded,
+                                         registry_factory: Factory, tmp_path: Path) -> None:
+    """skopeo names the entry by a bare tag (or by nothing); copy reads it by that tag,
+    or as the only image."""
+    entry = seeded_registry[1].get("multi/arch", "1")
+    layout = tmp_path / "skopeo-layout"
+    run("skopeo", "copy", "--all", "--src-tls-verify=false", f"docker://{entry.reference}",
+        f"oci:{layout}:v1" if named else f"oci:{layout}")
+    dest = registry_factory()
+    result = copy(f"oci:{layout}:v1" if named else f"oci:{layout}",
+                  f"docker://{dest.host}/from-skopeo/arch:1")
+    assert result.exit_code == 0, result.output
+    check_registry(dest, "from-skopeo/arch", "1", entry)
+    result = copy(f"oci:{layout}" + (":v1" if named else ""), f"oci-archive:{tmp_path / 'a.tar'}")
+    assert result.exit_code == 0, result.output
+    verify = CliRunner().invoke(main, ["verify", str(tmp_path / "a.tar")])
+    assert verify.exit_code == 0, verify.output
+
+
+def test_destination_layout_is_added_to_and_names_replace(
+        seeded_registry: Seeded, tmp_path: Path) -> None:
+    seeded = seeded_registry[1]
+    web, multi, api = (seeded.get("apps/web", "1.0"), seeded.get("multi/arch", "1"),
+                       seeded.get("apps/api", "1.0"))
+    layout = tmp_path / "layout"
+    for item, name in [(web, "x"), (api, "y"), (multi, "x")]:
+        result = copy(f"docker://{item.reference}", f"oci:{layout}:{name}")
+        assert result.exit_code == 0, result.output
+    named = {e["annotations"][REF_NAME]: e["digest"] for e in layout_index(layout)}
+    assert named == {"x": multi.digest, "y": api.digest}
+    check_layout(layout, "x", multi)
+    # within one layout: a second name for the same image costs no blob
+    result = copy(f"oci:{layout}:y", f"oci:{layout}:z")
+    assert result.exit_code == 0, result.output
+    assert "blobs copied 0" in result.output
+    named = {e["annotations"][REF_NAME]: e["digest"] for e in layout_index(layout)}
+    assert named == {"x": multi.digest, "y": api.digest, "z": api.digest}
+
+
+def test_destination_without_a_name_is_unnamed_as_skopeo_writes_it(
+        seeded_registry: Seeded, tmp_path: Path) -> None:
+    seeded = seeded_registry[1]
+    web, api = seeded.get("apps/web", "1.0"), seeded.get("apps/api", "1.0")
+    layout = tmp_path / "layout"
+    for item in (web, web, api):
+        result = copy(f"docker://{item.reference}", f"oci:{layout}")
+        assert result.exit_code == 0, result.output
+    entries = layout_index(layout)
+    assert [(e["digest"], e.get("annotations")) for e in entries] == [
+        (web.digest, None), (api.digest, None)]
+    check_layout(layout, None, web)
+    # two images and no name: which one is meant cannot be told
+    result = copy(f"oci:{layout}", f"oci:{tmp_path / 'other'}")
+    assert result.exit_code == 2
+    assert "holds 2 images" in result.output
+    assert f"(unnamed) {web.digest}" in result.output
+    assert f"oci:{layout}:NAME" in result.output
+    assert not (tmp_path / "other").exists()
+
+
+def test_archive_to_archive_leaves_no_staging(sources: dict[str, str], seeded_registry: Seeded,
+                                             tmp_path: Path) -> None:
+    entry = seeded_registry[1].get("multi/arch", "1")
+    out = tmp_path / "out.tar.zst"
+    result = copy(f"{sources['oci-archive']}:{entry.reference}", f"oci-archive:{out}")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tar.zst"]
+    assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # zstd, as the name asks
+    listing = json.loads(CliRunner().invoke(main, ["list", "--json", str(out)]).output)
+    assert [(i["reference"], i["digest"]) for i in listing["images"]] == [("", entry.digest)]
+
+
+def test_an_existing_archive_destination_is_left_alone(sources: dict[str, str],
+                                                       seeded_registry: Seeded,
+                                                       tmp_path: Path) -> None:
+    entry = seeded_registry[1].get("apps/web", "1.0")
+    out = tmp_path / "out.tar"
+    out.write_bytes(b"keep me")
+    result = copy(f"docker://{entry.reference}", f"oci-archive:{out}")
+    assert result.exit_code == 1
+    assert "already exists" in result.output
+    assert out.read_bytes() == b"keep me"
+
+
+def test_dry_run_moves_nothing(sources: dict[str, str], seeded_registry: Seeded,
+                               registry_factory: Factory, tmp_path: Path) -> None:
+    entry = seeded_registry[1].get("multi/arch", "1")
+    result = copy("--dry-run", f"docker://{entry.reference}", f"oci:{tmp_path / 'out'}:m")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("dry run: would export 1 image")
+    assert f"blobs: {len(entry.blob_sizes)} " in result.output
+    assert not (tmp_path / "out").exists()
+    dest = registry_factory()
+    result = copy("--dry-run", "--json", f"{sources['oci']}:{entry.reference}",
+                  f"docker://{dest.host}/d/arch:1")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert [(i["digest"], i["destination"], i["present"]) for i in plan["images"]] == [
+        (entry.digest, f"{dest.host}/d/arch:1@{entry.digest}", False)]
+    assert plan["toUpload"] == len(entry.blob_sizes)
+    with dest.client(base_url=dest.url) as http:
+        assert http.get("/v2/_catalog").json()["repositories"] == []
+
+
+@pytest.mark.parametrize("src, dst, message", [
+    ("dir:/tmp/x", "oci:{out}", "unknown transport 'dir'; expected docker://REFERENCE, "
+     "oci:DIR[:REFERENCE] or oci-archive:FILE[:REFERENCE]"),
+    ("{ref}", "oci:{out}", "no transport; expected docker://REFERENCE"),
+    ("docker://{ref}", "{out}", "no transport; expected docker://REFERENCE"),
+    ("docker-archive:{tmp}/image.tar", "oci:{out}", "docker-archive: is not supported yet"),
+    ("docker://{ref}", "docker-archive:{out}", "docker-archive: is not supported yet"),
+    ("{layout}", "oci:{out}", "holds 2 images ("),
+    ("{layout}:nothere", "oci:{out}", "holds no image named 'nothere'; it holds "),
+    ("{layout}:{ref}", "{layout}:{ref}", "the destination is the source"),
+    ("docker://{ref}", "docker://{ref}", "the destination is the source"),
+    ("docker://{ref}", "docker://{host}/x@sha256:" + "a" * 64, "needs a tag"),
+    ("docker://{ref}", "oci:{out}:bad name", "is not a valid image name"),
+])
+def test_bad_locations_are_usage_errors_and_write_nothing(
+        src: str, dst: str, message: str, sources: dict[str, str], seeded_registry: Seeded,
+        tmp_path: Path) -> None:
+    reg, seeded = seeded_registry
+    values = {"ref": seeded.get("apps/web", "1.0").reference, "out": tmp_path / "out",
+              "tmp": tmp_path, "layout": sources["oci"], "host": reg.host}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = copy(src.format(**values), dst.format(**values))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if "holds" in message:  # the names held and the accepted form
+        assert seeded.get("multi/arch", "1").reference in result.output
+        assert f"{sources['oci']}:NAME" in result.output
