@@ -1,8 +1,8 @@
 """bundler: move container images across an air gap.
 
 Export images from registries into one deduplicated OCI image layout bundle, import the
-bundle into a disconnected registry with every digest preserved, and verify or list it
-offline. Daemonless: no Docker engine, no root.
+bundle into a disconnected registry with every digest preserved, copy one image between
+registries, layouts and archives, and verify or list a bundle offline. Daemonless: no Docker engine, no root.
 
 The public API is re-exported here; the exception tree is drawn in :mod:`bundler.errors`.
 """
@@ -12,15 +12,18 @@ from __future__ import annotations
 from .bundle import (
     BundleImage,
     BundleListing,
+    CopyResult,
     ExportPlan,
     ExportResult,
     ImportPlan,
     ImportResult,
+    copy_image,
     export_bundle,
     import_bundle,
     list_bundle,
     mirror_images,
     open_bundle,
+    plan_copy,
     plan_export,
     plan_import,
     read_images_file,
@@ -37,6 +40,7 @@ from .errors import (
     ForeignLayerError,
     IntegrityError,
     InvalidReferenceError,
+    LocationError,
     ManifestError,
     MappingError,
     NotFoundError,
@@ -67,6 +71,7 @@ __all__ = [
     "BundleListing",
     "BundleLockedError",
     "BundlerError",
+    "CopyResult",
     "Descriptor",
     "Digest",
     "DigestMismatchError",
@@ -80,6 +85,7 @@ __all__ = [
     "IntegrityError",
     "InvalidReferenceError",
     "Location",
+    "LocationError",
     "Manifest",
     "ManifestError",
     "MappingError",
@@ -101,6 +107,7 @@ __all__ = [
     "UnsafeBundleError",
     "VerifyReport",
     "VerifyingReader",
+    "copy_image",
     "export_bundle",
     "import_bundle",
     "list_bundle",
@@ -108,6 +115,7 @@ __all__ = [
     "mirror_images",
     "open_bundle",
     "parse_location",
+    "plan_copy",
     "plan_export",
     "plan_import",
     "parse_manifest",

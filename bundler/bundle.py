@@ -1,4 +1,4 @@
-"""The library facade: export, import, mirror, list and verify bundles.
+"""The library facade: export, import, copy, mirror, list and verify bundles.
 
 A bundle is an OCI image layout (image-spec ``image-layout.md``) whose ``index.json``
 names each image by its full source reference; see ``docs/bundle-format.md``.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .engine.archive_check import ArchiveHead, VerifyReport, read_head, verify_archive
 from .engine.archive_import import import_archive
+from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.importing import ImportResult, not_distributed, push_images
 from .engine.mirroring import mirror_images
@@ -31,16 +32,20 @@ from .stores.layout import LayoutStore
 __all__ = [
     "BundleImage",
     "BundleListing",
+    "CopyResult",
     "ExportPlan",
     "ExportResult",
     "ImportPlan",
     "ImportResult",
     "VerifyReport",
+    "check_locations",
+    "copy_image",
     "export_bundle",
     "import_bundle",
     "list_bundle",
     "mirror_images",
     "open_bundle",
+    "plan_copy",
     "plan_export",
     "plan_import",
     "read_images_file",

@@ -8,6 +8,7 @@ caller can catch one class. Library errors (httpx, OSError, zstandard) are wrapp
 
     BundlerError
     +-- InvalidReferenceError       a reference or location that does not parse
+    |   +-- LocationError           a copy location that names no single image (exit 2)
     +-- ManifestError               bytes that are not a manifest/index we understand
     +-- IntegrityError              content that does not match its descriptor
     |   +-- DigestMismatchError     sha256 (or other algorithm) differs
@@ -46,6 +47,7 @@ __all__ = [
     "ForeignLayerError",
     "IntegrityError",
     "InvalidReferenceError",
+    "LocationError",
     "ManifestError",
     "MappingError",
     "NotFoundError",
@@ -79,6 +81,24 @@ class InvalidReferenceError(BundlerError, ValueError):
         self.text = text
         self.reason = reason
         self.where = where
+
+
+class LocationError(InvalidReferenceError):
+    """A location of ``bundler copy`` that cannot be used: an unknown transport, a
+    layout holding several images and no ``:REFERENCE``, a name the layout does not
+    hold, a destination equal to the source. Found before anything moves.
+
+    Attributes:
+        text: the location as given.
+        reason: what is wrong, and the accepted forms.
+    """
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(text, reason)
+        self.args = (f"location {text!r}: {reason}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ManifestError(BundlerError):

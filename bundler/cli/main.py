@@ -95,11 +95,13 @@ def _bool(text: str, option: str = "--tls-verify") -> bool:
     raise click.BadParameter(f"{text!r}: expected true or false", param_hint=f"'{option}'")
 
 
-def transport_options(side: str) -> Callable:
-    """click options ``--{side}-creds``, ``-authfile``, ``-tls-verify``, ``-cert-dir``."""
+def transport_options(side: str, *, retry: bool = True) -> Callable:
+    """click options ``--{side}-creds``, ``-authfile``, ``-tls-verify``, ``-cert-dir``
+    (and ``--retries``, ``--retry-delay``, ``--retry-max-wait`` unless ``retry`` is
+    False: a command with two sides gives them once)."""
 
     def decorate(func: Callable) -> Callable:
-        for option in reversed([
+        options = [
             click.option(f"--{side}-creds", metavar="USER:PASSWORD",
                          help=f"Credentials for the {side} registries."),
             click.option(f"--{side}-username", metavar="USER",
@@ -122,7 +124,8 @@ def transport_options(side: str) -> Callable:
                          metavar="SECONDS", type=click.FloatRange(0), callback=_not_nan,
                          help="Longest wait a registry may ask for (Retry-After); a longer "
                               "one fails the request."),
-        ]):
+        ]
+        for option in reversed(options if retry else options[:6]):
             func = option(func)
         return func
 

@@ -1,4 +1,5 @@
-"""Export: pull images from registries into one deduplicated OCI layout bundle.
+"""Export: pull images from registries (or read them from a layout: a
+:class:`~bundler.stores.Store`) into one deduplicated OCI layout bundle or archive.
 
 Order of work: parse every reference (bad input fails before any I/O), resolve and
 fetch every manifest (an index is kept whole), download each distinct blob once, write
@@ -20,50 +21,41 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import (
-    BundlerError,
     Cancelled,
     IntegrityError,
-    InvalidReferenceError,
     NotFoundError,
     PartialFailureError,
-    SizeMismatchError,
     TransferError,
 )
 from ..events import Event, NullReporter, Reporter
-from ..oci.content import (
-    CONTAINERD_NAME,
-    REF_NAME,
-    Descriptor,
-    Index,
-    Manifest,
-    is_non_distributable,
-    parse_manifest,
-)
+from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, is_non_distributable
 from ..oci.digest import Digest
-from ..oci.graph import ImagePlan, walk
+from ..oci.graph import ImagePlan
 from ..oci.reference import Reference
 from ..registry.client import TransportOptions
-from ..registry.foreign import ForeignSource
-from ..stores import BundleStore
+from ..stores import BundleStore, Store
 from ..stores.archive import output_format
 from ..stores.archive_export import ArchiveExport
 from ..stores.layout import LayoutStore
 from ..stores.lock import WriterLock
-from .parallel import ClientPool, raise_first, run_parallel
+from .export_sources import RegistrySource, StoreImage, StoreSource, plan_image
+from .image_lists import parse_references, read_images_file, unique_references
+from .parallel import raise_first, run_parallel
 
 _log = logging.getLogger("bundler")
 
-__all__ = ["ExportResult", "export_bundle", "plan_image", "unique_references",
-           "read_images_file"]
+__all__ = ["ExportResult", "StoreImage", "export_bundle", "export_from_store",
+           "parse_references", "plan_image", "read_images_file", "unique_references"]
 
+#: ``entry_names`` value of an image written without a name (``oci:DIR`` with no
+#: ``:NAME``, as skopeo writes it): its ``index.json`` entry has no annotations.
+UNNAMED = ""
 
 
 @dataclass
@@ -95,116 +87,6 @@ class ExportResult:
     included_foreign: list[Digest] = field(default_factory=list)
 
 
-def read_images_file(path: str | os.PathLike[str], *,
-                     numbered: bool = False) -> list[str] | list[tuple[str, str]]:
-    """Read a list of references: one per line, blank lines and ``#`` comments ignored.
-
-    Args:
-        path: the images file (UTF-8, a byte-order mark allowed), or ``-`` for stdin.
-        numbered: return ``(reference, "FILE:LINE")`` pairs, so that a bad line can be
-            named by :func:`parse_references`.
-
-    Raises:
-        BundlerError: the file cannot be read.
-    """
-    try:
-        if str(path) == "-":
-            text = sys.stdin.buffer.read().decode("utf-8-sig")
-            path = "<stdin>"
-        else:
-            text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundlerError(f"cannot read images file {path}: {exc}") from exc
-    out = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            out.append((line, f"{path}:{number}"))
-    if numbered:
-        return out
-    return [line for line, _ in out]
-
-
-def parse_references(texts: Iterable[str | tuple[str, str]]) -> list[Reference]:
-    """Parse and normalize references; duplicates (same canonical form) kept once.
-
-    Args:
-        texts: references, or ``(reference, where)`` pairs (``where`` like ``FILE:LINE``
-            names the input in an error).
-
-    Raises:
-        InvalidReferenceError: naming the first bad input (and where it came from).
-        BundlerError: no references at all.
-    """
-    refs: list[Reference] = []
-    for item in texts:
-        text, where = (item, "") if isinstance(item, str) else item
-        try:
-            refs.append(Reference.parse(text))
-        except InvalidReferenceError as exc:
-            if not where:
-                raise
-            raise InvalidReferenceError(exc.text, exc.reason, where=where) from exc
-    if not refs:
-        raise BundlerError("no image references given")
-    return unique_references(refs)
-
-
-def plan_image(
-    ref: Reference, clients: ClientPool, pool: ThreadPoolExecutor, store: LayoutStore | None
-) -> ImagePlan:
-    """Resolve one reference and load its manifests.
-
-    Manifests the bundle already holds are read from it (digest-checked) after one HEAD
-    for a tag, so a re-export spends no manifest GETs (which registries count as pulls).
-    With ``store`` None (a new bundle) the manifests are fetched at once.
-    """
-    client = clients.get(ref.registry)
-
-    def stored(digest: Digest) -> Manifest | Index | None:
-        if store is None or not store.has_blob(digest):
-            return None
-        size = store.blob_path(digest).stat().st_size
-        return store.get_manifest(Descriptor(media_type="", digest=digest, size=size))
-
-    digest = ref.digest
-    if digest is None and store is not None:
-        digest = client.resolve(ref.repository, ref.identifier)
-    item = stored(digest) if digest is not None else None
-    if item is None:
-        raw, media_type, digest = client.get_manifest(ref.repository, ref.identifier)
-        item = parse_manifest(raw, media_type, digest=digest)
-    # an artifact's index.json entry carries its artifactType (image-spec descriptor.md)
-    top = Descriptor(media_type=item.media_type, digest=digest, size=len(item.raw),
-                     artifact_type=item.artifact_type)
-
-    def load(descriptor: Descriptor) -> Manifest | Index:
-        if descriptor.digest == digest:
-            return item
-        child = stored(descriptor.digest)
-        if child is not None:
-            return child
-        child_raw, child_type, _ = client.get_manifest(ref.repository, str(descriptor.digest))
-        if len(child_raw) != descriptor.size:
-            raise SizeMismatchError(
-                digest=str(descriptor.digest), expected=descriptor.size, actual=len(child_raw),
-                where=f"manifest {ref.registry}/{ref.repository}@{descriptor.digest}")
-        return parse_manifest(child_raw, descriptor.media_type or child_type,
-                              digest=descriptor.digest)
-
-    return walk(top, load, name=str(ref), pool=pool)
-
-
-def unique_references(references: Sequence[str | Reference]) -> list[Reference]:
-    """Parse what is not parsed yet; keep each canonical reference once, in order.
-
-    Raises:
-        InvalidReferenceError: naming the first bad input.
-    """
-    refs = [r if isinstance(r, Reference) else Reference.parse(r) for r in references]
-    return list({str(r): r for r in refs}.values())
-
-
 def export_bundle(
     references: Sequence[str | Reference],
     output: str | os.PathLike[str],
@@ -220,6 +102,7 @@ def export_bundle(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     include_foreign_layers: bool = False,
+    entry_names: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export images from registries into an OCI image layout directory or archive.
 
@@ -245,6 +128,11 @@ def export_bundle(
             source registry if it serves them, else from their ``urls`` in order (see
             :mod:`bundler.foreign`); one that no source serves fails its image. Without
             it, such a layer the registry does not serve is left out.
+        entry_names: canonical reference -> the ``org.opencontainers.image.ref.name``
+            its ``index.json`` entry gets instead of the reference (and no
+            ``io.containerd.image.name``); :data:`UNNAMED` writes the entry without a
+            name (an unnamed entry of the same digest is replaced). An entry of the same
+            name is replaced, as always.
 
     Returns:
         An :class:`ExportResult`.
@@ -260,50 +148,117 @@ def export_bundle(
         BundleError: the bundle cannot be written.
     """
     refs = unique_references(references)
+    with RegistrySource(options) as source:
+        return _write_bundle(source, refs, output, format=format, split_size=split_size,
+                             compression_level=compression_level, jobs=jobs,
+                             reporter=reporter, stop=stop, keep_going=keep_going, wait=wait,
+                             on_wait=on_wait, include_foreign=include_foreign_layers,
+                             entry_names=entry_names)
+
+
+def export_from_store(
+    store: Store,
+    images: Sequence[StoreImage],
+    output: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    split_size: int | None = None,
+    compression_level: int = 3,
+    jobs: int = 8,
+    reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+    keep_going: bool = False,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+    entry_names: dict[str, str] | None = None,
+) -> ExportResult:
+    """Export images of a store (a layout directory) into a layout directory or archive:
+    the export engine with a :class:`~bundler.engine.export_sources.StoreSource`.
+
+    Each manifest and blob is read from ``store`` (checked while read) and stored once;
+    what the output already holds is kept. ``index.json`` comes last, as in
+    :func:`export_bundle`.
+
+    Args:
+        store: the source store (see :class:`bundler.stores.Store`).
+        images: the images to export (an ``index.json`` descriptor and a name each).
+        output, format, split_size, compression_level, jobs, reporter, stop,
+            keep_going, wait, on_wait: as :func:`export_bundle`.
+        entry_names: image name -> its entry name in the output (see
+            :func:`export_bundle`); an image not in it keeps its name.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        TransferError: an image could not be read (naming it, wrapping the BundleError
+            or IntegrityError). PartialFailureError: with ``keep_going``.
+        BundleLockedError, BundleError: as :func:`export_bundle`.
+
+    Spec: image-spec ``image-layout.md``.
+    """
+    with StoreSource(store) as source:
+        return _write_bundle(source, list(images), output, format=format,
+                             split_size=split_size, compression_level=compression_level,
+                             jobs=jobs, reporter=reporter, stop=stop, keep_going=keep_going,
+                             wait=wait, on_wait=on_wait, include_foreign=False,
+                             entry_names=entry_names)
+
+
+def _write_bundle(source: RegistrySource | StoreSource, items: list, output: str | os.PathLike[str],
+                  *, format: str | None, split_size: int | None, compression_level: int,
+                  jobs: int, reporter: Reporter | None, stop: threading.Event | None,
+                  keep_going: bool, wait: bool, on_wait: Callable[[str], None] | None,
+                  include_foreign: bool, entry_names: dict[str, str] | None) -> ExportResult:
+    """Lock the output, open it as a layout or an archive, and run :func:`_export`."""
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     fmt = output_format(output, format, split_size)
-    failed: dict[Reference, TransferError] = {}
+    failed: dict[object, TransferError] = {}
     collect = failed if keep_going else None
+    names = entry_names or {}
     lock = WriterLock.for_output(output, directory=fmt == "dir", wait=wait, on_wait=on_wait)
     if fmt != "dir":
         with lock, ArchiveExport(output, fmt, split_size=split_size,
                                  compression_level=compression_level) as archive:
-            result = _export(refs, archive, options, jobs, report, stop, collect,
-                             include_foreign_layers)
+            result = _export(items, source, archive, jobs, report, stop, collect,
+                             include_foreign, names)
             if failed and not result.images:  # nothing to write: no archive at all
-                raise PartialFailureError([failed[r] for r in refs if r in failed], result)
+                raise PartialFailureError([failed[r] for r in items if r in failed], result)
     else:
         with lock:
             store = LayoutStore(output, create=True)
             try:
-                result = _export(refs, store, options, jobs, report, stop, collect,
-                                 include_foreign_layers)
+                result = _export(items, source, store, jobs, report, stop, collect,
+                                 include_foreign, names)
             except BaseException:
                 store.discard_if_empty()  # a new directory holding only oci-layout is no
                 raise  # bundle (the lock removes the directory it made, if empty)
             if not result.images:
                 store.discard_if_empty()
     if failed:
-        raise PartialFailureError([failed[r] for r in refs if r in failed], result)
+        raise PartialFailureError([failed[r] for r in items if r in failed], result)
     return result
 
 
-def _export(refs: list[Reference], store: BundleStore,
-            options: TransportOptions | None, jobs: int, report: Reporter,
-            stop: threading.Event, failed: dict[Reference, TransferError] | None = None,
-            include_foreign: bool = False) -> ExportResult:
-    """Plan, download, write. ``failed`` (given: keep going) collects the failed images."""
+def _export(refs: list, source: RegistrySource | StoreSource, store: BundleStore,
+            jobs: int, report: Reporter, stop: threading.Event,
+            failed: dict | None = None, include_foreign: bool = False,
+            names: dict[str, str] | None = None) -> ExportResult:
+    """Plan, download, write. ``refs`` are the images as ``source`` knows them
+    (references, or :class:`StoreImage`); ``failed`` (given: keep going) collects the
+    failed images; ``names`` renames entries (see ``entry_names``)."""
     keep_going = failed is not None
     failed = {} if failed is None else failed
     result = ExportResult()
-    with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
+    with ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
         # 1. resolve every reference and fetch every manifest
-        plans: dict[Reference, ImagePlan] = {}
-        cache = store if store.read_index() else None  # a new bundle has nothing to reuse
+        plans: dict[object, ImagePlan] = {}
+        cache = (store if isinstance(store, LayoutStore) and store.read_index()
+                 else None)  # a new bundle has nothing to reuse
 
-        def plan(ref: Reference) -> None:
-            plans[ref] = plan_image(ref, clients, manifest_pool, cache)
+        def plan(ref: object) -> None:
+            plans[ref] = source.plan(ref, manifest_pool, cache)  # type: ignore[arg-type]
             report(Event("image", str(ref), "start", total=plans[ref].size))
 
         failures = run_parallel(refs, plan, jobs=jobs, stop=stop, keep_going=keep_going)
@@ -316,7 +271,7 @@ def _export(refs: list[Reference], store: BundleStore,
         result.images = [plans[r] for r in planned]
 
         # 2. each distinct blob once, from the first image that has it
-        sources: dict[Digest, tuple[Descriptor, Reference]] = {}
+        sources: dict[Digest, tuple[Descriptor, object]] = {}
         for ref in planned:
             for digest, descriptor in plans[ref].blobs.items():
                 sources.setdefault(digest, (descriptor, ref))
@@ -332,23 +287,19 @@ def _export(refs: list[Reference], store: BundleStore,
         # largest first: the long downloads start at once and the small ones fill in
         todo.sort(key=lambda d: sources[d][0].size, reverse=True)
         if isinstance(store, ArchiveExport) and not keep_going:  # index.json first
-            _start_archive(store, result.images)
+            _start_archive(store, result.images, names)
             todo.sort(key=store.position)
         lock = threading.Lock()
 
         def download(digest: Digest) -> None:
             descriptor, ref = sources[digest]
-            client = clients.get(ref.registry)
+            blob = source.blob(ref, descriptor, include_foreign)  # type: ignore[arg-type]
             opened: list[Iterator[bytes]] = []
-            foreign = (ForeignSource(descriptor, ref.registry, lambda offset: client.iter_blob(
-                ref.repository, digest, offset=offset), options or TransportOptions())
-                if include_foreign and is_non_distributable(descriptor) else None)
 
             def open_source(offset: int) -> Iterator[bytes]:
-                source = (foreign.open(offset) if foreign is not None
-                          else client.iter_blob(ref.repository, digest, offset=offset))
-                opened.append(source)
-                return source
+                chunks = blob.open(offset)
+                opened.append(chunks)
+                return chunks
 
             def on_bytes(n: int) -> None:
                 if stop.is_set():
@@ -380,7 +331,7 @@ def _export(refs: list[Reference], store: BundleStore,
                              detail="non-distributable layer not served by the registry"))
                 return
             except Exception as exc:
-                named = foreign.explain(exc) if foreign is not None else exc
+                named = blob.explain(exc)
                 if not isinstance(exc, Cancelled):
                     report(Event("blob", str(digest), "failed", total=descriptor.size,
                                  detail=str(named) or type(exc).__name__))
@@ -388,12 +339,14 @@ def _export(refs: list[Reference], store: BundleStore,
                     raise named from exc
                 raise
             finally:
-                for source in opened:  # a failed download gives its connection back now
-                    source.close()
+                for chunks in opened:  # a failed download gives its connection back now
+                    close = getattr(chunks, "close", None)
+                    if close is not None:
+                        close()
             with lock:
                 result.blobs_downloaded += 1
                 result.bytes_downloaded += fetched
-                if foreign is not None:
+                if blob.foreign:
                     result.included_foreign.append(digest)
             report(Event("blob", str(digest), "done", descriptor.size, descriptor.size))
 
@@ -407,7 +360,7 @@ def _export(refs: list[Reference], store: BundleStore,
                 _fail(failed, ref, failures[bad[0]], report)
         result.images = [plans[r] for r in planned if r not in failed]
         if isinstance(store, ArchiveExport) and keep_going and result.images:
-            _start_archive(store, result.images)
+            _start_archive(store, result.images, names)
     manifests = {d.digest: len(m.raw) for p in result.images for d, m in p.manifests}
     blobs = {d: b.size for p in result.images for d, b in p.blobs.items()}
     result.unique_bytes = sum(blobs.values()) + sum(manifests.values())
@@ -429,24 +382,41 @@ def _export(refs: list[Reference], store: BundleStore,
     entries = {
         (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())
     }
+    for key, entry in _named_entries(result.images, names or {}).items():
+        if key.startswith("@") and any(not d.annotations and d.digest == entry.digest
+                                       for d in entries.values()):
+            continue  # already there without a name
+        entries[key] = entry
     for plan_ in result.images:
-        name = plan_.name
-        annotations = {REF_NAME: name, CONTAINERD_NAME: name}
-        entries[name] = plan_.descriptor.with_annotations(annotations)
-        report(Event("image", name, "done", plan_.size, plan_.size))
+        report(Event("image", plan_.name, "done", plan_.size, plan_.size))
     store.write_index(entries.values())
     return result
 
 
-def _start_archive(store: ArchiveExport, images: list[ImagePlan]) -> None:
+def _named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, Descriptor]:
+    """The ``index.json`` entries of ``images``, keyed as :func:`_entry_key` keys them:
+    named by their reference (ref.name and containerd's name), or as ``names`` says
+    (ref.name only, as skopeo writes it; :data:`UNNAMED`: no annotations, keyed by
+    ``@DIGEST``)."""
+    entries: dict[str, Descriptor] = {}
+    for plan_ in images:
+        name = names.get(plan_.name, plan_.name)
+        if plan_.name not in names:
+            annotations = {REF_NAME: name, CONTAINERD_NAME: name}
+        else:
+            annotations = {REF_NAME: name} if name != UNNAMED else {}
+        entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
+            annotations)
+    return entries
+
+
+def _start_archive(store: ArchiveExport, images: list[ImagePlan],
+                   names: dict[str, str] | None = None) -> None:
     """Write ``oci-layout``, ``index.json`` and the manifests at the archive's head."""
-    named = {p.name: p.descriptor.with_annotations({REF_NAME: p.name, CONTAINERD_NAME: p.name})
-             for p in images}
-    store.start(list(named.values()), images)
+    store.start(list(_named_entries(images, names or {}).values()), images)
 
 
-def _fail(failed: dict[Reference, TransferError], ref: Reference, exc: BaseException,
-          report: Reporter) -> None:
+def _fail(failed: dict, ref: object, exc: BaseException, report: Reporter) -> None:
     """Record that ``ref`` failed (first cause kept) and report it."""
     if ref not in failed:
         failed[ref] = exc if isinstance(exc, TransferError) else TransferError(str(ref), exc)

@@ -18,7 +18,15 @@ and is not ``localhost``) means ``docker.io``; ``index.docker.io`` and
 ``library/``; no tag and no digest means tag ``latest``.
 
 Locations (containers-transports(5)): ``docker://REF``, ``oci:DIR[:REF]``,
-``oci-archive:FILE[:REF]``, ``docker-archive:FILE``; a bare string is a docker reference.
+``oci-archive:FILE[:REF]``, ``docker-archive:FILE[:REF]``; a bare string is a docker
+reference unless a transport is required (``bundler copy``, as skopeo). The ``REF`` of a
+layout is the image's ``org.opencontainers.image.ref.name`` and follows the grammar of
+image-spec ``annotations.md``::
+
+    ref       ::= component ("/" component)*
+    component ::= alphanum (separator alphanum)*
+    alphanum  ::= [A-Za-z0-9]+
+    separator ::= [-._:@+] | "--"
 """
 
 from __future__ import annotations
@@ -26,10 +34,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import InvalidReferenceError
+from ..errors import InvalidReferenceError, LocationError
 from .digest import Digest
 
-__all__ = ["DOCKER_HUB", "Location", "Reference", "parse_location"]
+__all__ = ["DOCKER_HUB", "LOCATION_FORMS", "Location", "Reference", "parse_location"]
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
@@ -42,6 +50,12 @@ _DOMAIN_RE = re.compile(rf"^{_HOST}(?::[0-9]+)?$")
 _PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _NAME_MAX = 255
+_ALNUM = "[A-Za-z0-9]+"
+_REF_COMPONENT = rf"{_ALNUM}(?:(?:[-._:@+]|--){_ALNUM})*"
+_REF_NAME_RE = re.compile(rf"^{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
+#: The locations ``bundler copy`` accepts, for messages.
+LOCATION_FORMS = "docker://REFERENCE, oci:DIR[:REFERENCE] or oci-archive:FILE[:REFERENCE]"
+_TRANSPORT_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)(://|:)")
 
 
 def _split_domain(name: str) -> tuple[str, str]:
@@ -195,19 +209,48 @@ class Location:
         return f"{self.transport}:{self.path}{suffix}"
 
 
-def parse_location(text: str) -> Location:
-    """Parse a transport-prefixed location; a bare string is a docker reference.
+def parse_location(text: str, *, require_transport: bool = False) -> Location:
+    """Parse a transport-prefixed location (containers-transports(5)).
+
+    ``oci:DIR:REF`` is split at the first ``:`` after the directory, as skopeo does
+    (``oci:/srv/layout:docker.io/library/alpine:3.20`` is the directory
+    ``/srv/layout`` and the name ``docker.io/library/alpine:3.20``); ``oci:DIR:`` (an
+    empty name) is ``oci:DIR``.
+
+    Args:
+        text: the location as given.
+        require_transport: refuse a bare reference (skopeo's rule); else a bare string is
+            a docker reference.
+
+    Returns:
+        The :class:`Location`; ``docker-archive`` parses, whether a command supports it
+        is the command's business.
 
     Raises:
-        InvalidReferenceError: unknown transport or a bad reference.
+        LocationError: no or an unknown transport (naming the accepted forms), a layout
+            name outside the image-spec ``ref.name`` grammar.
+        InvalidReferenceError: a bad docker reference, no path.
     """
     if text.startswith("docker://"):
         return Location("docker", reference=Reference.parse(text[len("docker://") :]))
     for transport in ("oci-archive", "docker-archive", "oci"):
         prefix = transport + ":"
         if text.startswith(prefix):
-            path, colon, ref_name = text[len(prefix) :].partition(":")
+            path, _, ref_name = text[len(prefix) :].partition(":")
             if not path:
                 raise InvalidReferenceError(text, f"{transport}: needs a path")
-            return Location(transport, path=path, ref_name=ref_name if colon else None)
+            if ref_name and not _REF_NAME_RE.match(ref_name):
+                raise LocationError(text, f"{ref_name!r} is not a valid image name in a "
+                                          "layout (letters, digits and -._:@+/ as "
+                                          "image-spec annotations.md says)")
+            return Location(transport, path=path, ref_name=ref_name or None)
+    if require_transport:
+        match = _TRANSPORT_RE.match(text)
+        why = f"unknown transport {match.group(1)!r}" if match else "no transport"
+        try:
+            Reference.parse(text)
+            hint = f" (an image in a registry: docker://{text})"
+        except InvalidReferenceError:
+            hint = ""
+        raise LocationError(text, f"{why}; expected {LOCATION_FORMS}{hint}")
     return Location("docker", reference=Reference.parse(text))

@@ -1,0 +1,348 @@
+"""``bundler copy SRC DST``: one image from any location to any other, by the one
+export/import engine.
+
+Locations are skopeo's (containers-transports(5)): ``docker://REFERENCE``,
+``oci:DIR[:NAME]``, ``oci-archive:FILE[:NAME]``. Which engine moves the image:
+
+====================  ==========================  ========================================
+source                destination                 engine
+====================  ==========================  ========================================
+docker://             oci: / oci-archive:         export (:func:`export_bundle`), the entry
+                                                  named NAME (none without ``:NAME``)
+oci: / oci-archive:   docker://                   import (:func:`push_images`,
+                                                  :func:`import_archive`), a one-line
+                                                  mapping entry -> destination
+oci:                  oci: / oci-archive:         export from a store
+                                                  (:func:`export_from_store`)
+oci-archive:          oci:                        the archive's members of the image are
+                                                  stored in the destination layout, then
+                                                  exported from it (nothing to copy twice)
+oci-archive:          oci-archive:                the same through a staging layout beside
+                                                  the destination file, removed after
+docker://             docker://                   :func:`bundler.engine.mirroring.mirror_images`
+====================  ==========================  ========================================
+
+An index is copied whole (every child manifest and blob), every digest preserved:
+skopeo's ``--all``. What the destination already holds is not copied again.
+
+Checked before anything moves (:class:`~bundler.errors.LocationError`, exit 2 on the
+command line): a location without a known transport; ``docker-archive:`` (not
+supported yet); a layout or archive holding several images and no ``:NAME``, or no
+image of that name; a destination equal to the source; a ``docker://`` destination by
+digest only.
+
+Spec: image-spec ``image-layout.md``, ``annotations.md`` (``ref.name``);
+distribution-spec "Pull", "Push".
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import Cancelled
+from ..events import Event, NullReporter, Reporter
+from ..oci.content import Descriptor, entry_name
+from ..oci.digest import Digest
+from ..oci.graph import walk
+from ..oci.reference import Location
+from ..registry.client import TransportOptions
+from ..stores.archive import ArchiveReader, Member, refuse_existing
+from ..stores.layout import LayoutStore
+from .archive_check import read_head
+from .archive_import import import_archive
+from .copy_locations import check_locations, select_entry
+from .exporting import UNNAMED, ExportResult, StoreImage, export_bundle, export_from_store
+from .importing import ImportResult, push_images
+from .mirroring import mirror_images, plan_mirror
+from .naming import resolve_targets
+from .planning import ExportPlan, ImportPlan, PlannedImage, plan_export, plan_import
+
+__all__ = ["CopyResult", "check_locations", "copy_image", "plan_copy", "select_entry"]
+
+
+@dataclass
+class CopyResult:
+    """What a copy did.
+
+    Attributes:
+        source, destination: the locations.
+        digest: the digest of the image's top manifest or index (kept as it was).
+        blobs_copied: blobs written to the destination in this run.
+        bytes_copied: their bytes.
+        blobs_mounted: blobs mounted from another repository of the destination registry.
+        blobs_present: blobs the destination already held.
+        detail: the result of the engine that ran.
+    """
+
+    source: Location
+    destination: Location
+    digest: Digest | None = None
+    blobs_copied: int = 0
+    bytes_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    detail: ExportResult | ImportResult | None = field(default=None, repr=False)
+
+
+def copy_image(
+    source: str,
+    destination: str,
+    *,
+    src_options: TransportOptions | None = None,
+    dest_options: TransportOptions | None = None,
+    jobs: int = 8,
+    reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+    keep_going: bool = False,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+    max_zstd_ratio: int | None = None,
+) -> CopyResult:
+    """Copy one image (an index with all its children) from ``source`` to ``destination``.
+
+    Args:
+        source, destination: ``docker://REFERENCE``, ``oci:DIR[:NAME]`` or
+            ``oci-archive:FILE[:NAME]``. A layout destination that exists is added to
+            (an entry of the same name is replaced); without ``:NAME`` the entry is
+            written without a name, as skopeo does. An archive destination must not
+            exist yet (an archive is written whole).
+        src_options, dest_options: transport options of the source and destination
+            registries.
+        jobs: concurrent transfers.
+        reporter: receives progress events. stop: set to cancel.
+        keep_going: as for export and import (one image: it fails or it is copied).
+        wait, on_wait: wait for another bundler writing the destination layout or
+            archive (see :func:`export_bundle`).
+        max_zstd_ratio: see :class:`~bundler.stores.archive.ArchiveReader`.
+
+    Returns:
+        A :class:`CopyResult`.
+
+    Raises:
+        LocationError, InvalidReferenceError: bad locations (before anything moves).
+        TransferError: the image could not be copied (naming it and the cause).
+        PartialFailureError: with ``keep_going``. BundleError: a source layout or
+        archive that cannot be read, a destination that cannot be written.
+    """
+    src, dst = check_locations(source, destination)
+    report = reporter or NullReporter()
+    stop = stop or threading.Event()
+    result = CopyResult(src, dst)
+    if src.transport == "docker" and dst.transport == "docker":
+        return _mirror(src, dst, result, src_options, dest_options, jobs, report, stop,
+                       keep_going)
+    if src.transport == "docker":
+        ref = src.reference
+        assert ref is not None
+        exported = export_bundle([ref], dst.path, format=_format(dst), options=src_options,
+                                 jobs=jobs, reporter=report, stop=stop, keep_going=keep_going,
+                                 wait=wait, on_wait=on_wait,
+                                 entry_names={str(ref): dst.ref_name or UNNAMED})
+        return _exported(result, exported)
+    if src.transport == "oci":
+        store = LayoutStore(src.path)
+        entry = select_entry(src, store.read_index(), source)
+        result.digest = entry.digest
+        if dst.transport == "docker":
+            targets = resolve_targets([entry], mapping=_mapping(entry, dst))
+            return _imported(result, push_images(
+                store, targets, options=dest_options, jobs=jobs, reporter=report, stop=stop,
+                keep_going=keep_going))
+        return _exported(result, _from_store(store, entry, dst, jobs, report, stop,
+                                             keep_going, wait, on_wait))
+    head = read_head(src.path, max_zstd_ratio=max_zstd_ratio)  # an oci-archive
+    entry = select_entry(src, head.read_index(), source)
+    result.digest = entry.digest
+    if dst.transport == "docker":
+        return _imported(result, import_archive(
+            src.path, mapping=_mapping(entry, dst), options=dest_options, jobs=jobs,
+            reporter=report, stop=stop, keep_going=keep_going, max_zstd_ratio=max_zstd_ratio))
+    plan = walk(entry, head.get_manifest, name=source)
+    needed = {d.digest: d for d, _ in plan.manifests} | plan.blobs
+    if dst.transport == "oci":  # the blobs go where they belong at once
+        staging = LayoutStore(dst.path, create=True)
+        _unpack(src.path, needed, staging, result, report, stop, max_zstd_ratio)
+        return _exported(result, _from_store(staging, entry, dst, jobs, report, stop,
+                                             keep_going, wait, on_wait), staged=True)
+    parent = Path(dst.path).absolute().parent
+    folder = Path(tempfile.mkdtemp(prefix=f".{Path(dst.path).name}.stage-", dir=parent))
+    try:
+        staging = LayoutStore(folder, create=True)  # counted by the export that follows
+        _unpack(src.path, needed, staging, CopyResult(src, dst), report, stop, max_zstd_ratio)
+        return _exported(result, _from_store(staging, entry, dst, jobs, report, stop,
+                                             keep_going, wait, on_wait))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def plan_copy(
+    source: str,
+    destination: str,
+    *,
+    src_options: TransportOptions | None = None,
+    dest_options: TransportOptions | None = None,
+    jobs: int = 8,
+    max_zstd_ratio: int | None = None,
+) -> ExportPlan | ImportPlan:
+    """Work out what :func:`copy_image` would copy; copy and write nothing.
+
+    Returns:
+        An :class:`ExportPlan` for a local destination (blobs to fetch, blobs it
+        already holds), an :class:`ImportPlan` for a registry (to upload, to mount,
+        present).
+
+    Raises:
+        LocationError, InvalidReferenceError: as :func:`copy_image`.
+        BundleError, TransferError: a source that cannot be read or resolved; a
+        destination that cannot be written.
+    """
+    src, dst = check_locations(source, destination)
+    if src.transport == "docker" and dst.transport == "docker":
+        return plan_mirror([str(src.reference)], mapping=_pair(src, dst),
+                           src_options=src_options, dest_options=dest_options, jobs=jobs)
+    if src.transport == "docker":
+        assert src.reference is not None
+        return plan_export([src.reference], dst.path, format=_format(dst),
+                           options=src_options, jobs=jobs)
+    head = (LayoutStore(src.path) if src.transport == "oci"
+            else read_head(src.path, max_zstd_ratio=max_zstd_ratio))
+    entry = select_entry(src, head.read_index(), source)
+    if dst.transport == "docker":
+        return plan_import(src.path, mapping=_mapping(entry, dst), options=dest_options,
+                           jobs=jobs)
+    plan = walk(entry, head.get_manifest, name=entry_name(entry) or str(entry.digest))
+    store = None
+    if dst.transport == "oci-archive":
+        refuse_existing(Path(dst.path).absolute())
+    elif Path(dst.path).exists():
+        store = LayoutStore(dst.path)
+    result = ExportPlan(images=[PlannedImage(plan.name, entry.digest, plan.size)])
+    for digest, blob in plan.blobs.items():
+        result.blobs += 1
+        result.blob_bytes += blob.size
+        if store is not None and store.has_blob(digest, blob.size):
+            result.present += 1
+            result.present_bytes += blob.size
+        else:
+            result.to_fetch += 1
+            result.fetch_bytes += blob.size
+    return result
+
+
+def _format(location: Location) -> str:
+    """The bundle format a local destination is written in (an oci-archive is a plain
+    tar unless its name ends in ``.tar.zst``)."""
+    if location.transport == "oci":
+        return "dir"
+    return "tar.zst" if location.path.endswith(".tar.zst") else "tar"
+
+
+def _mapping(entry: Descriptor, dst: Location) -> list[tuple[str, str]]:
+    """The one mapping line of a copy into a registry: the entry (by digest) -> the
+    destination reference."""
+    return [(str(entry.digest), str(dst.reference))]
+
+
+def _from_store(store: LayoutStore, entry: Descriptor, dst: Location, jobs: int,
+                report: Reporter, stop: threading.Event, keep_going: bool, wait: bool,
+                on_wait: Callable[[str], None] | None) -> ExportResult:
+    """Export one entry of ``store`` into a local destination, named as it asks."""
+    image = StoreImage(entry_name(entry) or str(entry.digest), entry)
+    return export_from_store(store, [image], dst.path, format=_format(dst), jobs=jobs,
+                             reporter=report, stop=stop, keep_going=keep_going, wait=wait,
+                             on_wait=on_wait, entry_names={image.name: dst.ref_name or UNNAMED})
+
+
+def _unpack(archive: str, needed: dict[Digest, Descriptor], store: LayoutStore,
+            result: CopyResult, report: Reporter, stop: threading.Event,
+            max_zstd_ratio: int | None) -> None:
+    """Store the members of ``archive`` that are in ``needed`` (one image's manifests
+    and blobs) in ``store``, read in one pass, each checked against its descriptor.
+
+    Raises:
+        BundleError, UnsafeArchiveError, IntegrityError: a damaged or unsafe archive.
+        Cancelled: ``stop`` was set.
+    """
+    with ArchiveReader(archive, max_zstd_ratio=max_zstd_ratio) as reader:
+        for member in reader:
+            if stop.is_set():
+                raise Cancelled("cancelled")
+            descriptor = needed.get(member.digest) if member.digest is not None else None
+            if descriptor is None:
+                continue
+            if store.has_blob(descriptor.digest, descriptor.size):
+                result.blobs_present += 1
+                report(Event("blob", str(descriptor.digest), "skipped", total=descriptor.size))
+                continue
+            name = str(descriptor.digest)
+            report(Event("blob", name, "start", total=descriptor.size))
+
+            def progress(n: int, name: str = name, size: int = descriptor.size) -> None:
+                if stop.is_set():
+                    raise Cancelled("cancelled")
+                report(Event("blob", name, "progress", n, size))
+
+            fetched = store.put_blob(descriptor.digest, descriptor.size,
+                                     lambda offset, m=member: _member_chunks(m, offset),
+                                     on_bytes=progress)
+            result.blobs_copied += 1
+            result.bytes_copied += fetched
+            report(Event("blob", name, "done", descriptor.size, descriptor.size))
+    store.sync()
+
+
+def _member_chunks(member: Member, offset: int) -> Iterator[bytes]:
+    """An archive member's bytes from ``offset`` (the bytes before it are read past)."""
+    skip = offset
+    while chunk := member.file.read(1 << 20):
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        yield chunk[skip:] if skip else chunk
+        skip = 0
+
+
+def _exported(result: CopyResult, exported: ExportResult, staged: bool = False) -> CopyResult:
+    """Fill ``result`` from an export (``staged``: the blobs it found were stored by
+    :func:`_unpack` in this run, and counted there)."""
+    result.detail = exported
+    if exported.images:
+        result.digest = exported.images[0].descriptor.digest
+    result.blobs_copied += exported.blobs_downloaded
+    result.bytes_copied += exported.bytes_downloaded
+    if not staged:
+        result.blobs_present += exported.blobs_reused
+    return result
+
+
+def _imported(result: CopyResult, imported: ImportResult) -> CopyResult:
+    """Fill ``result`` from an import."""
+    result.detail = imported
+    result.blobs_copied += imported.blobs_uploaded
+    result.bytes_copied += imported.bytes_uploaded
+    result.blobs_mounted += imported.blobs_mounted
+    result.blobs_present += imported.blobs_present
+    return result
+
+
+def _mirror(src: Location, dst: Location, result: CopyResult,
+            src_options: TransportOptions | None, dest_options: TransportOptions | None,
+            jobs: int, report: Reporter, stop: threading.Event,
+            keep_going: bool) -> CopyResult:
+    """docker:// -> docker://: the mirror engine with one mapping line."""
+    mirrored = mirror_images([str(src.reference)], mapping=_pair(src, dst),
+                             src_options=src_options, dest_options=dest_options, jobs=jobs,
+                             reporter=report, stop=stop, keep_going=keep_going)
+    if mirrored.targets:
+        result.digest = mirrored.targets[0].descriptor.digest
+    return _imported(result, mirrored)
+
+
+def _pair(src: Location, dst: Location) -> list[tuple[str, str]]:
+    """The one mapping line of a registry-to-registry copy."""
+    return [(str(src.reference), str(dst.reference))]
