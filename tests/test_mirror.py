@@ -395,3 +395,26 @@ def test_each_side_gets_its_own_credentials(registry_factory, tmp_path: Path) ->
     with dest.client() as http:
         got = http.get(f"{dest.url}/v2/m/base/os/manifests/1", headers={"Accept": ACCEPT})
     assert got.status_code == 200 and got.content == ref.manifest_bytes
+
+
+def test_mirror_within_one_registry_mounts_instead_of_copying_bytes(
+        registry: LocalRegistry, tmp_path: Path) -> None:
+    """Source and destination in one registry: every blob is mounted from the source
+    repository (201 in the registry's own log); no blob byte is read or uploaded."""
+    seeded = seed_standard_set(registry)
+    os1 = seeded.get("base/os", "1")
+    mapping = tmp_path / "mapping.txt"
+    mapping.write_text(f"{registry.host}/base/os:1={registry.host}/copy/os:1\n")
+    mark = registry.mark()
+    result = run_mirror("--mapping", str(mapping))
+    assert result.exit_code == 0, result.stderr
+    access = registry.access_log(mark)
+    mounts = sorted(uri for method, uri, status in access
+                    if method == "POST" and "mount=" in uri and status == 201)
+    assert mounts == sorted(
+        f"/v2/copy/os/blobs/uploads/?mount={d.replace(':', '%3A')}&from=base%2Fos"
+        for d in os1.blob_sizes)
+    assert [uri for method, uri, _ in access if method == "GET" and "/blobs/" in uri] == []
+    assert [uri for method, uri, _ in access if method in ("PATCH", "PUT")
+            and "/blobs/" in uri] == []
+    assert get_manifest(registry.url, "copy/os", "1")[1] == os1.manifest_bytes

@@ -45,7 +45,7 @@ from ..oci.content import Descriptor, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan, walk
 from ..registry.client import RegistryClient, TransportOptions
-from ..stores import Store
+from ..stores import MountSource, Store
 from .naming import Target
 from .parallel import ClientPool, run_parallel
 from .pushplan import BlobPush, plan_push
@@ -174,8 +174,11 @@ def push_images(
         manifest_failures: dict[Target, BaseException] = {}
 
         def push_blob(blob: BlobPush) -> None:
+            mount_from = blob.mount_from
+            if mount_from is None and isinstance(store, MountSource):  # same registry
+                mount_from = store.mount_source(blob.registry, blob.descriptor.digest)
             _push_blob(clients.get(blob.registry), store, blob.descriptor, blob.repositories,
-                       result, lock, report, stop, blob.mount_from,  # HEADs in the task
+                       result, lock, report, stop, mount_from,  # HEADs in the task
                        keep_going=keep_going)
             with lock:
                 ready = []

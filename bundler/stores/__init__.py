@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..oci.content import Descriptor, Index, Manifest
 from ..oci.digest import Digest, VerifyingReader
 from .layout import LayoutStore
 
-__all__ = ["BundleStore", "LayoutStore", "Store"]
+__all__ = ["BundleStore", "LayoutStore", "MountSource", "Store"]
 
 
 class Store(Protocol):
@@ -71,6 +71,16 @@ class Store(Protocol):
         Raises:
             BundleError, RegistryError: cannot be opened. IntegrityError (while reading).
         """
+        ...
+
+
+@runtime_checkable
+class MountSource(Protocol):
+    """An optional ability of a :class:`Store` whose blobs live in a registry: where a
+    push into that registry can mount a blob from instead of uploading it."""
+
+    def mount_source(self, registry: str, digest: Digest) -> str | None:
+        """A repository of ``registry`` that holds the blob, or None."""
         ...
 
 

@@ -183,6 +183,17 @@ class RegistrySource:
         """True: the blob is checked while it streams (see :meth:`open_blob`)."""
         return True
 
+    def mount_source(self, registry: str, digest: Digest) -> str | None:
+        """The repository of ``registry`` this source reads the blob from, if it is that
+        registry: a push there mounts the blob from it instead of copying its bytes (the
+        :class:`~bundler.stores.MountSource` ability).
+
+        Spec: distribution-spec "Mounting a blob from another repository".
+        """
+        with self._lock:
+            where = self._where.get(digest)
+        return where[1] if where is not None and where[0] == registry else None
+
     @contextmanager
     def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
         """Stream the blob from the repository it was found in, through the verifying
