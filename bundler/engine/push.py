@@ -335,7 +335,13 @@ class PushRun:
         Raises:
             PartialFailureError: some images failed (``.result`` lists the others).
         """
-        return finish(self.result, self.targets, self.failed)
+        result, failed = self.result, self.failed
+        if not failed:
+            return result
+        result.targets = [t for t in result.targets if t not in failed]
+        result.skipped_images = [n for n in result.skipped_images
+                                 if any(t.name == n for t in result.targets)]
+        raise PartialFailureError([failed[t] for t in self.targets if t in failed], result)
 
 
 def foreign_refused(exc: RegistryError, foreign: list[Digest],
@@ -388,16 +394,3 @@ def record_failure(failed: dict, key: object, name: str, exc: BaseException, rep
         failed[key] = error
         report(Event("image", name, "failed", detail=str(exc)))
 
-
-def finish(result: ImportResult, targets: list[Target], failed: dict) -> ImportResult:
-    """Drop the failed targets from ``result``; the result, or PartialFailureError.
-
-    Raises:
-        PartialFailureError: some targets failed (``.result`` lists the others).
-    """
-    if not failed:
-        return result
-    result.targets = [t for t in result.targets if t not in failed]
-    result.skipped_images = [n for n in result.skipped_images
-                             if any(t.name == n for t in result.targets)]
-    raise PartialFailureError([failed[t] for t in targets if t in failed], result)
