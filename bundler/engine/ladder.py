@@ -1,0 +1,182 @@
+"""The blob ladder: place one blob in the repositories of one registry that need it.
+
+Each repository climbs: it has the blob already (``HEAD``: skip) -> a cross-repository
+mount from a repository that holds it -> an upload streamed from the source through the
+verifying reader. A refused mount falls back to an upload; after an upload the
+repository just filled becomes the mount source of the next one.
+
+Spec: distribution-spec "Checking if content exists", "Mounting a blob from another
+repository", "Pushing blobs".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import BundlerError, Cancelled, RegistryError
+from ..events import Event, Reporter
+from ..oci.content import Descriptor
+from ..oci.digest import Digest, VerifyingReader
+from ..registry.client import RegistryClient
+from .naming import Target
+
+_log = logging.getLogger("bundler")
+
+__all__ = ["BlobFailures", "BlobSource", "ImportResult", "blob_culprits", "climb"]
+
+
+@dataclass
+class ImportResult:
+    """What an import did.
+
+    Attributes:
+        targets: the images and where they went.
+        skipped_images: names of images whose destination already had the digest.
+        blobs_uploaded, blobs_mounted, blobs_present: blob counts per destination repository.
+        bytes_uploaded: blob bytes sent.
+        skipped_foreign: non-distributable layers not in the bundle, so not pushed.
+    """
+
+    targets: list[Target] = field(default_factory=list)
+    skipped_images: list[str] = field(default_factory=list)
+    blobs_uploaded: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_uploaded: int = 0
+    skipped_foreign: list[Digest] = field(default_factory=list)
+
+
+class BlobSource(Protocol):
+    """Where a blob's bytes come from: a :class:`~bundler.stores.Store`, or one of the
+    one-shot archive sources of :mod:`bundler.stores.blob_sources`."""
+
+    def open_blob(self, descriptor: Descriptor) -> AbstractContextManager[VerifyingReader]:
+        """A verifying reader over the blob (size capped, digest checked at the end)."""
+        ...
+
+
+class BlobFailures(BundlerError):
+    """A blob that could not be placed in some destination repositories of one registry
+    (the others, if any, got it).
+
+    Attributes:
+        errors: repository -> the error of that repository (first one first).
+    """
+
+    def __init__(self, errors: dict[str, BaseException]) -> None:
+        self.errors = errors
+        super().__init__(str(next(iter(errors.values()))))
+
+    def culprits(self, targets: list[Target]) -> list[tuple[Target, BaseException]]:
+        """Each of ``targets`` whose destination repository failed, with its error."""
+        return [(t, self.errors[t.destination.repository]) for t in targets
+                if t.destination.repository in self.errors]
+
+
+def blob_culprits(exc: BaseException, targets: list[Target]) -> list[tuple[Target, BaseException]]:
+    """The images a failed blob fails: those whose repository failed (a
+    :class:`BlobFailures`), else all of ``targets`` (the blob failed as a whole)."""
+    if isinstance(exc, BlobFailures):
+        return exc.culprits(targets)
+    return [(t, exc) for t in targets]
+
+
+def climb(
+    client: RegistryClient,
+    source: BlobSource,
+    descriptor: Descriptor,
+    repositories: list[str],
+    result: ImportResult,
+    lock: threading.Lock,
+    report: Reporter,
+    stop: threading.Event,
+    known_source: str | None = None,
+    present: list[str] | None = None,
+    keep_going: bool = False,
+) -> None:
+    """Climb the blob ladder in one registry: present (skip) -> mount -> upload.
+
+    Args:
+        client: the destination registry.
+        source: anything with ``open_blob(descriptor)`` (a layout, a registry source, or
+            a one-shot archive member); opened once per upload.
+        descriptor: the blob (digest, size in bytes).
+        repositories: the repositories of ``client``'s registry that need it.
+        result: counts ``blobs_present``, ``blobs_mounted``, ``blobs_uploaded``,
+            ``bytes_uploaded`` (under ``lock``).
+        lock: guards ``result``. report: receives ``blob`` events (``skipped``,
+            ``mounted``, ``start``, ``progress``, ``done``, ``failed``).
+        stop: set to cancel (checked between chunks).
+        known_source: a repository of this registry known to hold the blob (a mount source).
+        present: the repositories known to have the blob already (None: ask each with
+            ``HEAD``).
+        keep_going: after a failed repository, still try the others.
+
+    Raises:
+        BlobFailures: the blob could not be placed in some repositories (with
+        ``keep_going`` the others are still tried; without it the first failure ends).
+        RegistryError: a ``HEAD`` failed (``present`` None).
+        Cancelled: ``stop`` was set.
+    """
+    digest, size = descriptor.digest, descriptor.size
+    name = str(digest)
+    if present is None:
+        present = [r for r in repositories if client.has_blob(r, digest)]
+    with lock:
+        result.blobs_present += len(present)
+    if len(present) == len(repositories):
+        report(Event("blob", name, "skipped", total=size))
+        return
+
+    def open_source():  # type: ignore[no-untyped-def]
+        def chunks() -> Iterator[bytes]:
+            with source.open_blob(descriptor) as reader:
+                for chunk in reader:
+                    if stop.is_set():
+                        raise Cancelled("cancelled")
+                    report(Event("blob", name, "progress", len(chunk), size))
+                    yield chunk
+        return chunks()
+
+    source_repo = present[0] if present else known_source
+    errors: dict[str, BaseException] = {}
+    for repository in repositories:
+        if repository in present:
+            continue
+        try:
+            upload_url = ""
+            if source_repo is not None:
+                try:
+                    mounted = client.mount_blob(repository, digest, source_repo)
+                except RegistryError as exc:  # the bytes are at hand: upload them instead
+                    _log.info("%s: mount into %s failed (%s); uploading instead", name,
+                              repository, exc)
+                    mounted = ""
+                if mounted is None:
+                    with lock:
+                        result.blobs_mounted += 1
+                    report(Event("blob", name, "mounted", total=size, detail=repository))
+                    continue
+                upload_url = mounted
+            report(Event("blob", name, "start", total=size, detail=repository))
+            client.put_blob(repository, digest, size, open_source, upload_url=upload_url)
+            with lock:
+                result.blobs_uploaded += 1
+                result.bytes_uploaded += size
+            report(Event("blob", name, "done", size, size, detail=repository))
+            source_repo = repository  # surely holds it now
+        except Cancelled:
+            raise
+        except Exception as exc:
+            report(Event("blob", name, "failed", total=size,
+                         detail=f"{repository}: {str(exc) or type(exc).__name__}"))
+            errors[repository] = exc
+            if not keep_going or stop.is_set():
+                break
+    if errors:
+        raise BlobFailures(errors) from next(iter(errors.values()))
