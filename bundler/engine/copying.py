@@ -53,6 +53,7 @@ from ..oci.reference import Location
 from ..registry.client import TransportOptions
 from ..stores.archive import ArchiveReader, Member, refuse_existing
 from ..stores.layout import LayoutStore
+from ..stores.lock import WriterLock
 from .archive_check import read_head
 from .archive_import import import_archive
 from .copy_locations import check_locations, select_entry
@@ -165,8 +166,14 @@ def copy_image(
     plan = walk(entry, head.get_manifest, name=source)
     needed = {d.digest: d for d, _ in plan.manifests} | plan.blobs
     if dst.transport == "oci":  # the blobs go where they belong at once
-        staging = LayoutStore(dst.path, create=True)
-        _unpack(src.path, needed, staging, result, report, stop, max_zstd_ratio)
+        # under the layout's writer lock, as the export that follows takes it
+        with WriterLock.for_output(dst.path, directory=True, wait=wait, on_wait=on_wait):
+            staging = LayoutStore(dst.path, create=True)
+            try:
+                _unpack(src.path, needed, staging, result, report, stop, max_zstd_ratio)
+            except BaseException:
+                staging.discard_if_empty()
+                raise
         return _exported(result, _from_store(staging, entry, dst, jobs, report, stop,
                                              keep_going, wait, on_wait), staged=True)
     parent = Path(dst.path).absolute().parent

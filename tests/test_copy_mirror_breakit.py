@@ -1,0 +1,88 @@
+"""``bundler copy`` and ``bundler mirror`` used as a skopeo or oc user would, and as an
+attacker would: each test is a defect found that way, on real registries.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from bundler.bundle import export_bundle
+from bundler.cli.main import main
+from bundler.oci.reference import Reference
+from bundler.sandbox import LocalRegistry, SeededSet
+
+Seeded = tuple[LocalRegistry, SeededSet]
+
+
+def copy(*args: str, input: bytes | None = None) -> Result:
+    return CliRunner().invoke(main, ["copy", "-q", "--src-tls-verify=false",
+                                     "--dest-tls-verify=false", *args],
+                              input=input, catch_exceptions=False)
+
+
+def blob_files(layout: Path) -> list[str]:
+    folder = layout / "blobs" / "sha256"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_archive_into_a_locked_layout_with_no_wait_writes_nothing(
+        seeded_registry: Seeded, tmp_path: Path) -> None:
+    """oci-archive: -> oci: takes the destination layout's writer lock before it stores
+    a blob: with another bundler writing the layout, --no-wait fails at once (exit 1)
+    and the layout gets no blob of the image."""
+    _, seeded = seeded_registry
+    web = seeded.get("apps/web", "1.0")
+    archive = tmp_path / "web.tar"
+    export_bundle([Reference.parse(web.reference)], archive)
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    fd = os.open(layout / ".bundler.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        result = copy("--no-wait", f"oci-archive:{archive}", f"oci:{layout}:web")
+    finally:
+        os.close(fd)
+    assert result.exit_code == 1
+    assert "another bundler" in result.output and "is writing this bundle" in result.output
+    assert blob_files(layout) == []
+    assert not (layout / "index.json").exists()
+
+
+def test_archive_to_layout_counts_blobs_as_the_other_copies_do(
+        seeded_registry: Seeded, tmp_path: Path) -> None:
+    """A copy from an archive into a new layout says "blobs copied N" with the same N
+    (the image's config and layers, not its manifests) as a copy of the same image from
+    the registry into a new layout."""
+    _, seeded = seeded_registry
+    multi = seeded.get("multi/arch", "1")
+    archive = tmp_path / "multi.tar"
+    export_bundle([Reference.parse(multi.reference)], archive)
+    from_registry = copy(f"docker://{multi.reference}", f"oci:{tmp_path / 'a'}")
+    from_archive = copy(f"oci-archive:{archive}", f"oci:{tmp_path / 'b'}")
+    assert from_registry.exit_code == 0 and from_archive.exit_code == 0, from_archive.output
+    blobs = len(multi.blob_sizes)
+    assert f"blobs copied {blobs} (" in from_registry.output
+    assert f"blobs copied {blobs} (" in from_archive.output
+    again = copy(f"oci-archive:{archive}", f"oci:{tmp_path / 'b'}")
+    assert f"blobs copied 0 (0 B), already there {blobs};" in again.output
+
+
+def test_an_archive_source_on_stdin_is_a_usage_error(
+        seeded_registry: Seeded, tmp_path: Path) -> None:
+    """``oci-archive:-`` as a source (an archive source is read twice: it cannot be a
+    pipe) is refused before anything is read or written, exit 2, naming the way to
+    import from stdin; it is not read as an empty file, and no layout is left behind."""
+    _, seeded = seeded_registry
+    base = seeded.get("base/os", "1")
+    archive = tmp_path / "os.tar"
+    export_bundle([Reference.parse(base.reference)], archive)
+    result = copy("oci-archive:-", f"oci:{tmp_path / 'out'}", input=archive.read_bytes())
+    assert result.exit_code == 2
+    assert ("location 'oci-archive:-': an oci-archive: source is read twice and cannot "
+            "be stdin") in result.output
+    assert "empty file" not in result.output
+    assert not (tmp_path / "out").exists()
