@@ -170,7 +170,8 @@ def copy_image(
         with WriterLock.for_output(dst.path, directory=True, wait=wait, on_wait=on_wait):
             staging = LayoutStore(dst.path, create=True)
             try:
-                _unpack(src.path, needed, staging, result, report, stop, max_zstd_ratio)
+                _unpack(src.path, needed, set(plan.blobs), staging, result, report, stop,
+                        max_zstd_ratio)
             except BaseException:
                 staging.discard_if_empty()
                 raise
@@ -180,7 +181,8 @@ def copy_image(
     folder = Path(tempfile.mkdtemp(prefix=f".{Path(dst.path).name}.stage-", dir=parent))
     try:
         staging = LayoutStore(folder, create=True)  # counted by the export that follows
-        _unpack(src.path, needed, staging, CopyResult(src, dst), report, stop, max_zstd_ratio)
+        _unpack(src.path, needed, set(plan.blobs), staging, CopyResult(src, dst), report,
+                stop, max_zstd_ratio)
         return _exported(result, _from_store(staging, entry, dst, jobs, report, stop,
                                              keep_going, wait, on_wait))
     finally:
@@ -265,11 +267,12 @@ def _from_store(store: LayoutStore, entry: Descriptor, dst: Location, jobs: int,
                              on_wait=on_wait, entry_names={image.name: dst.ref_name or UNNAMED})
 
 
-def _unpack(archive: str, needed: dict[Digest, Descriptor], store: LayoutStore,
-            result: CopyResult, report: Reporter, stop: threading.Event,
-            max_zstd_ratio: int | None) -> None:
+def _unpack(archive: str, needed: dict[Digest, Descriptor], blobs: set[Digest],
+            store: LayoutStore, result: CopyResult, report: Reporter,
+            stop: threading.Event, max_zstd_ratio: int | None) -> None:
     """Store the members of ``archive`` that are in ``needed`` (one image's manifests
-    and blobs) in ``store``, read in one pass, each checked against its descriptor.
+    and blobs) in ``store``, read in one pass, each checked against its descriptor;
+    ``result`` counts those in ``blobs`` (config and layers, as an export counts them).
 
     Raises:
         BundleError, UnsafeArchiveError, IntegrityError: a damaged or unsafe archive.
@@ -282,8 +285,9 @@ def _unpack(archive: str, needed: dict[Digest, Descriptor], store: LayoutStore,
             descriptor = needed.get(member.digest) if member.digest is not None else None
             if descriptor is None:
                 continue
+            counted = descriptor.digest in blobs  # manifests are not counted as blobs
             if store.has_blob(descriptor.digest, descriptor.size):
-                result.blobs_present += 1
+                result.blobs_present += counted
                 report(Event("blob", str(descriptor.digest), "skipped", total=descriptor.size))
                 continue
             name = str(descriptor.digest)
@@ -297,8 +301,8 @@ def _unpack(archive: str, needed: dict[Digest, Descriptor], store: LayoutStore,
             fetched = store.put_blob(descriptor.digest, descriptor.size,
                                      lambda offset, m=member: _member_chunks(m, offset),
                                      on_bytes=progress)
-            result.blobs_copied += 1
-            result.bytes_copied += fetched
+            result.blobs_copied += counted
+            result.bytes_copied += fetched if counted else 0
             report(Event("blob", name, "done", descriptor.size, descriptor.size))
     store.sync()
 
