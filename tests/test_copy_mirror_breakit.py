@@ -86,3 +86,34 @@ def test_an_archive_source_on_stdin_is_a_usage_error(
             "be stdin") in result.output
     assert "empty file" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def mirror(*args: str) -> Result:
+    return CliRunner().invoke(main, ["mirror", "-q", "--src-tls-verify=false",
+                                     "--dest-tls-verify=false", *args],
+                              catch_exceptions=False)
+
+
+def test_mirror_and_copy_naming_errors_speak_of_images_not_a_bundle(
+        seeded_registry: Seeded, registry: LocalRegistry) -> None:
+    """A mirror reads no bundle: two sources that --to sends to one tag, and a
+    destination digest that is not the image's, are named as images (exit 2), with no
+    word of a bundle; nothing is pushed."""
+    reg, seeded = seeded_registry
+    port = reg.host.rsplit(":", 1)[1]
+    os1 = seeded.get("base/os", "1")
+    web = seeded.get("apps/web", "1.0")
+    pinned = seeded.get("apps/pinned", None)
+    two = mirror(os1.reference, f"localhost:{port}/base/os:1", "--to", f"{registry.host}/m")
+    assert two.exit_code == 2
+    assert (f"Error: images '{os1.reference}' and 'localhost:{port}/base/os:1' both go to "
+            f"{registry.host}/m/base/os:1; use --mapping") in two.output
+    wrong = copy(f"docker://{web.reference}",
+                 f"docker://{registry.host}/x/web:1@{pinned.digest}")
+    assert wrong.exit_code == 2
+    assert (f"names digest {pinned.digest}, but '{web.reference}' is {web.digest}; a push "
+            "keeps the digest") in wrong.output
+    for result in (two, wrong):
+        assert "bundle" not in result.output
+    with registry.client(base_url=registry.url) as http:
+        assert http.get("/v2/_catalog").json()["repositories"] == []
