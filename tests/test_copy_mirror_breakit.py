@@ -117,3 +117,20 @@ def test_mirror_and_copy_naming_errors_speak_of_images_not_a_bundle(
         assert "bundle" not in result.output
     with registry.client(base_url=registry.url) as http:
         assert http.get("/v2/_catalog").json()["repositories"] == []
+
+
+def test_a_mapping_file_with_a_byte_order_mark_is_read_as_an_images_file_is(
+        seeded_registry: Seeded, registry: LocalRegistry, tmp_path: Path) -> None:
+    """A mapping saved by a Windows editor (UTF-8 byte-order mark, CRLF line ends) is
+    read as -f reads an images file: the mark is no part of the first source."""
+    _, seeded = seeded_registry
+    os1 = seeded.get("base/os", "1")
+    mapping = tmp_path / "mapping.txt"
+    mapping.write_bytes(f"\ufeff{os1.reference}={registry.host}/bom/os:1\r\n".encode())
+    result = mirror("--mapping", str(mapping))
+    assert result.exit_code == 0, result.output
+    assert (f"{os1.reference} -> {registry.host}/bom/os:1@{os1.digest}"
+            in result.output)
+    with registry.client(base_url=registry.url) as http:
+        got = http.head("/v2/bom/os/manifests/1", headers={"Accept": os1.media_type})
+    assert got.headers["Docker-Content-Digest"] == os1.digest

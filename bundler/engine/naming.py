@@ -118,7 +118,7 @@ def parse_mapping(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         reference with a registry host (naming ``FILE:LINE``).
     """
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark allowed
     except (OSError, UnicodeDecodeError) as exc:
         raise MappingError(f"cannot read mapping file {path}: {exc}") from exc
     pairs = []
