@@ -339,7 +339,7 @@ def test_to_that_sends_two_entries_to_one_tag_is_refused() -> None:
     with pytest.raises(MappingError) as info:
         resolve_targets(entries, to="reg.local:5000/m")
     assert str(info.value) == (
-        "bundle entries 'docker.io/library/app:1' and 'quay.io/library/app:1' both go to "
+        "images 'docker.io/library/app:1' and 'quay.io/library/app:1' both go to "
         "reg.local:5000/m/library/app:1; use --mapping to give each its own destination"
     )
 
@@ -374,7 +374,7 @@ def test_mapping_destination_with_another_digest_is_refused() -> None:
             ("quay.io/org/app/server:v1", f"reg.local:5000/x/server@{D4}")])
     assert str(info.value) == (
         f"mapping destination 'reg.local:5000/x/server@{D4}' names digest {D4}, but "
-        f"'quay.io/org/app/server:v1' is {D2} in the bundle; a push keeps the digest, so "
+        f"'quay.io/org/app/server:v1' is {D2}; a push keeps the digest, so "
         "drop the digest or give the image's own")
 
 

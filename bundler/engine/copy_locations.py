@@ -22,8 +22,9 @@ def check_locations(source: str, destination: str) -> tuple[Location, Location]:
     beyond resolving paths.
 
     Raises:
-        LocationError: no or an unknown transport, ``docker-archive:``, a ``docker://``
-            destination by digest only, a destination equal to the source.
+        LocationError: no or an unknown transport, ``docker-archive:``, an
+            ``oci-archive:`` source on stdin (``-``), a ``docker://`` destination by
+            digest only, a destination equal to the source.
         InvalidReferenceError: a bad reference.
     """
     src = parse_location(source, require_transport=True)
@@ -32,6 +33,10 @@ def check_locations(source: str, destination: str) -> tuple[Location, Location]:
         if loc.transport == "docker-archive":
             raise LocationError(text, f"docker-archive: is not supported yet; expected "
                                       f"{LOCATION_FORMS}")
+    if src.transport == "oci-archive" and src.path == "-":
+        raise LocationError(source, "an oci-archive: source is read twice and cannot be "
+                                    "stdin; save it to a file, or push it from the pipe "
+                                    "with bundler import - --to REGISTRY[/PREFIX]")
     if dst.transport == "docker" and dst.reference is not None and dst.reference.tag is None:
         raise LocationError(destination, "a docker:// destination needs a tag "
                                          "(REGISTRY/REPOSITORY:TAG); a push by digest "

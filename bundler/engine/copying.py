@@ -53,6 +53,7 @@ from ..oci.reference import Location
 from ..registry.client import TransportOptions
 from ..stores.archive import ArchiveReader, Member, refuse_existing
 from ..stores.layout import LayoutStore
+from ..stores.lock import WriterLock
 from .archive_check import read_head
 from .archive_import import import_archive
 from .copy_locations import check_locations, select_entry
@@ -165,15 +166,23 @@ def copy_image(
     plan = walk(entry, head.get_manifest, name=source)
     needed = {d.digest: d for d, _ in plan.manifests} | plan.blobs
     if dst.transport == "oci":  # the blobs go where they belong at once
-        staging = LayoutStore(dst.path, create=True)
-        _unpack(src.path, needed, staging, result, report, stop, max_zstd_ratio)
+        # under the layout's writer lock, as the export that follows takes it
+        with WriterLock.for_output(dst.path, directory=True, wait=wait, on_wait=on_wait):
+            staging = LayoutStore(dst.path, create=True)
+            try:
+                _unpack(src.path, needed, set(plan.blobs), staging, result, report, stop,
+                        max_zstd_ratio)
+            except BaseException:
+                staging.discard_if_empty()
+                raise
         return _exported(result, _from_store(staging, entry, dst, jobs, report, stop,
                                              keep_going, wait, on_wait), staged=True)
     parent = Path(dst.path).absolute().parent
     folder = Path(tempfile.mkdtemp(prefix=f".{Path(dst.path).name}.stage-", dir=parent))
     try:
         staging = LayoutStore(folder, create=True)  # counted by the export that follows
-        _unpack(src.path, needed, staging, CopyResult(src, dst), report, stop, max_zstd_ratio)
+        _unpack(src.path, needed, set(plan.blobs), staging, CopyResult(src, dst), report,
+                stop, max_zstd_ratio)
         return _exported(result, _from_store(staging, entry, dst, jobs, report, stop,
                                              keep_going, wait, on_wait))
     finally:
@@ -258,11 +267,12 @@ def _from_store(store: LayoutStore, entry: Descriptor, dst: Location, jobs: int,
                              on_wait=on_wait, entry_names={image.name: dst.ref_name or UNNAMED})
 
 
-def _unpack(archive: str, needed: dict[Digest, Descriptor], store: LayoutStore,
-            result: CopyResult, report: Reporter, stop: threading.Event,
-            max_zstd_ratio: int | None) -> None:
+def _unpack(archive: str, needed: dict[Digest, Descriptor], blobs: set[Digest],
+            store: LayoutStore, result: CopyResult, report: Reporter,
+            stop: threading.Event, max_zstd_ratio: int | None) -> None:
     """Store the members of ``archive`` that are in ``needed`` (one image's manifests
-    and blobs) in ``store``, read in one pass, each checked against its descriptor.
+    and blobs) in ``store``, read in one pass, each checked against its descriptor;
+    ``result`` counts those in ``blobs`` (config and layers, as an export counts them).
 
     Raises:
         BundleError, UnsafeArchiveError, IntegrityError: a damaged or unsafe archive.
@@ -275,8 +285,9 @@ def _unpack(archive: str, needed: dict[Digest, Descriptor], store: LayoutStore,
             descriptor = needed.get(member.digest) if member.digest is not None else None
             if descriptor is None:
                 continue
+            counted = descriptor.digest in blobs  # manifests are not counted as blobs
             if store.has_blob(descriptor.digest, descriptor.size):
-                result.blobs_present += 1
+                result.blobs_present += counted
                 report(Event("blob", str(descriptor.digest), "skipped", total=descriptor.size))
                 continue
             name = str(descriptor.digest)
@@ -290,8 +301,8 @@ def _unpack(archive: str, needed: dict[Digest, Descriptor], store: LayoutStore,
             fetched = store.put_blob(descriptor.digest, descriptor.size,
                                      lambda offset, m=member: _member_chunks(m, offset),
                                      on_bytes=progress)
-            result.blobs_copied += 1
-            result.bytes_copied += fetched
+            result.blobs_copied += counted
+            result.bytes_copied += fetched if counted else 0
             report(Event("blob", name, "done", descriptor.size, descriptor.size))
     store.sync()
 

@@ -118,7 +118,7 @@ def parse_mapping(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         reference with a registry host (naming ``FILE:LINE``).
     """
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark allowed
     except (OSError, UnicodeDecodeError) as exc:
         raise MappingError(f"cannot read mapping file {path}: {exc}") from exc
     pairs = []
@@ -230,7 +230,7 @@ def _mapped(entry: Descriptor, source: str, destination: str) -> Target:
     if dest.digest is not None and dest.digest != entry.digest:
         raise MappingError(
             f"mapping destination {destination!r} names digest {dest.digest}, but "
-            f"{source!r} is {entry.digest} in the bundle; a push keeps the digest, so "
+            f"{source!r} is {entry.digest}; a push keeps the digest, so "
             "drop the digest or give the image's own")
     dest = dest.with_digest(None)
     if dest.tag is None:
@@ -282,7 +282,7 @@ def _unique(targets: list[Target], mapped: list[str] | None = None) -> list[Targ
                     f"{key}; give each image its own destination"
                 )
             raise MappingError(
-                f"bundle entries {targets[first].name!r} and {target.name!r} both go to "
+                f"images {targets[first].name!r} and {target.name!r} both go to "
                 f"{key}; use --mapping to give each its own destination"
             )
         seen[key] = position
