@@ -369,7 +369,8 @@ def test_sigterm_stops_cleanly_with_143_and_a_rerun_finishes(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 143, stderr.decode()
-    assert re.search(r"^interrupted: \d+ finished blobs? \(.*\) are in the registry; run the "
+    assert re.search(r"^interrupted: (1 finished blob \(.*\) is|\d+ finished blobs \(.*\) are) in the "
+                     r"registry; run the "
                      r"same command again to continue$", stderr.decode(), re.M), stderr
     assert "Traceback" not in stderr.decode()
     src.clear_rules()

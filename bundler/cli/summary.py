@@ -129,7 +129,8 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
             click.echo(f"interrupted: the archive {escape(archive)} was not written and "
                        "nothing was kept; run the same command again to start over", err=True)
         elif importing:
-            click.echo(f"interrupted: {finished} are in the registry; run the same command "
+            verb = "is" if tally.transferred == 1 else "are"
+            click.echo(f"interrupted: {finished} {verb} in the registry; run the same command "
                        "again to continue", err=True)
         else:
             click.echo(f"interrupted: kept {finished}; run the same command again to "
