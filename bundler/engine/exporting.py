@@ -44,14 +44,15 @@ from ..stores.archive import output_format
 from ..stores.archive_export import ArchiveExport
 from ..stores.layout import LayoutStore
 from ..stores.lock import WriterLock
-from .export_sources import RegistrySource, StoreImage, StoreSource, plan_image
+from ..stores.registry import RegistrySource
+from .export_sources import StoreImage, StoreSource
 from .image_lists import parse_references, read_images_file, unique_references
-from .parallel import raise_first, run_parallel
+from .parallel import ClientPool, raise_first, run_parallel
 
 _log = logging.getLogger("bundler")
 
 __all__ = ["ExportResult", "StoreImage", "export_bundle", "export_from_store",
-           "parse_references", "plan_image", "read_images_file", "unique_references"]
+           "parse_references", "read_images_file", "unique_references"]
 
 #: ``entry_names`` value of an image written without a name (``oci:DIR`` with no
 #: ``:NAME``, as skopeo writes it): its ``index.json`` entry has no annotations.
@@ -147,13 +148,13 @@ def export_bundle(
         BundleLockedError: another export is writing the bundle and ``wait`` is False.
         BundleError: the bundle cannot be written.
     """
-    refs = unique_references(references)
-    with RegistrySource(options) as source:
-        return _write_bundle(source, refs, output, format=format, split_size=split_size,
+    images = [StoreImage.of(ref) for ref in unique_references(references)]
+    with ClientPool(options) as clients:
+        source = StoreSource(RegistrySource(clients), include_foreign=include_foreign_layers)
+        return _write_bundle(source, images, output, format=format, split_size=split_size,
                              compression_level=compression_level, jobs=jobs,
                              reporter=reporter, stop=stop, keep_going=keep_going, wait=wait,
-                             on_wait=on_wait, include_foreign=include_foreign_layers,
-                             entry_names=entry_names)
+                             on_wait=on_wait, entry_names=entry_names)
 
 
 def export_from_store(
@@ -173,7 +174,8 @@ def export_from_store(
     entry_names: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export images of a store (a layout directory) into a layout directory or archive:
-    the export engine with a :class:`~bundler.engine.export_sources.StoreSource`.
+    the export engine with a :class:`~bundler.engine.export_sources.StoreSource`, as
+    :func:`export_bundle` over a :class:`~bundler.stores.registry.RegistrySource`.
 
     Each manifest and blob is read from ``store`` (checked while read) and stored once;
     what the output already holds is kept. ``index.json`` comes last, as in
@@ -197,19 +199,18 @@ def export_from_store(
 
     Spec: image-spec ``image-layout.md``.
     """
-    with StoreSource(store) as source:
-        return _write_bundle(source, list(images), output, format=format,
-                             split_size=split_size, compression_level=compression_level,
-                             jobs=jobs, reporter=reporter, stop=stop, keep_going=keep_going,
-                             wait=wait, on_wait=on_wait, include_foreign=False,
-                             entry_names=entry_names)
+    return _write_bundle(StoreSource(store), list(images), output, format=format,
+                         split_size=split_size, compression_level=compression_level,
+                         jobs=jobs, reporter=reporter, stop=stop, keep_going=keep_going,
+                         wait=wait, on_wait=on_wait, entry_names=entry_names)
 
 
-def _write_bundle(source: RegistrySource | StoreSource, items: list, output: str | os.PathLike[str],
-                  *, format: str | None, split_size: int | None, compression_level: int,
-                  jobs: int, reporter: Reporter | None, stop: threading.Event | None,
-                  keep_going: bool, wait: bool, on_wait: Callable[[str], None] | None,
-                  include_foreign: bool, entry_names: dict[str, str] | None) -> ExportResult:
+def _write_bundle(source: StoreSource, items: list[StoreImage],
+                  output: str | os.PathLike[str], *, format: str | None,
+                  split_size: int | None, compression_level: int, jobs: int,
+                  reporter: Reporter | None, stop: threading.Event | None, keep_going: bool,
+                  wait: bool, on_wait: Callable[[str], None] | None,
+                  entry_names: dict[str, str] | None) -> ExportResult:
     """Lock the output, open it as a layout or an archive, and run :func:`_export`."""
     report = reporter or NullReporter()
     stop = stop or threading.Event()
@@ -221,16 +222,14 @@ def _write_bundle(source: RegistrySource | StoreSource, items: list, output: str
     if fmt != "dir":
         with lock, ArchiveExport(output, fmt, split_size=split_size,
                                  compression_level=compression_level) as archive:
-            result = _export(items, source, archive, jobs, report, stop, collect,
-                             include_foreign, names)
+            result = _export(items, source, archive, jobs, report, stop, collect, names)
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in items if r in failed], result)
     else:
         with lock:
             store = LayoutStore(output, create=True)
             try:
-                result = _export(items, source, store, jobs, report, stop, collect,
-                                 include_foreign, names)
+                result = _export(items, source, store, jobs, report, stop, collect, names)
             except BaseException:
                 store.discard_if_empty()  # a new directory holding only oci-layout is no
                 raise  # bundle (the lock removes the directory it made, if empty)
@@ -241,24 +240,23 @@ def _write_bundle(source: RegistrySource | StoreSource, items: list, output: str
     return result
 
 
-def _export(refs: list, source: RegistrySource | StoreSource, store: BundleStore,
+def _export(refs: list[StoreImage], source: StoreSource, store: BundleStore,
             jobs: int, report: Reporter, stop: threading.Event,
-            failed: dict | None = None, include_foreign: bool = False,
-            names: dict[str, str] | None = None) -> ExportResult:
-    """Plan, download, write. ``refs`` are the images as ``source`` knows them
-    (references, or :class:`StoreImage`); ``failed`` (given: keep going) collects the
-    failed images; ``names`` renames entries (see ``entry_names``)."""
+            failed: dict | None = None, names: dict[str, str] | None = None) -> ExportResult:
+    """Plan, download, write. ``refs`` are the images to read from ``source``;
+    ``failed`` (given: keep going) collects the failed images; ``names`` renames
+    entries (see ``entry_names``)."""
     keep_going = failed is not None
     failed = {} if failed is None else failed
     result = ExportResult()
     with ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
         # 1. resolve every reference and fetch every manifest
-        plans: dict[object, ImagePlan] = {}
-        cache = (store if isinstance(store, LayoutStore) and store.read_index()
-                 else None)  # a new bundle has nothing to reuse
+        plans: dict[StoreImage, ImagePlan] = {}
+        source.reuse(store if isinstance(store, LayoutStore) and store.read_index()
+                     else None)  # a new bundle has nothing to reuse
 
-        def plan(ref: object) -> None:
-            plans[ref] = source.plan(ref, manifest_pool, cache)  # type: ignore[arg-type]
+        def plan(ref: StoreImage) -> None:
+            plans[ref] = source.plan(ref, manifest_pool)
             report(Event("image", str(ref), "start", total=plans[ref].size))
 
         failures = run_parallel(refs, plan, jobs=jobs, stop=stop, keep_going=keep_going)
@@ -271,7 +269,7 @@ def _export(refs: list, source: RegistrySource | StoreSource, store: BundleStore
         result.images = [plans[r] for r in planned]
 
         # 2. each distinct blob once, from the first image that has it
-        sources: dict[Digest, tuple[Descriptor, object]] = {}
+        sources: dict[Digest, tuple[Descriptor, StoreImage]] = {}
         for ref in planned:
             for digest, descriptor in plans[ref].blobs.items():
                 sources.setdefault(digest, (descriptor, ref))
@@ -293,7 +291,7 @@ def _export(refs: list, source: RegistrySource | StoreSource, store: BundleStore
 
         def download(digest: Digest) -> None:
             descriptor, ref = sources[digest]
-            blob = source.blob(ref, descriptor, include_foreign)  # type: ignore[arg-type]
+            blob = source.blob(ref, descriptor)
             opened: list[Iterator[bytes]] = []
 
             def open_source(offset: int) -> Iterator[bytes]:

@@ -27,8 +27,10 @@ from ..registry.client import TransportOptions
 from ..stores import Store
 from ..stores.archive import is_archive, output_format, refuse_existing
 from ..stores.layout import LayoutStore
+from ..stores.registry import RegistrySource
 from .archive_check import read_head
-from .exporting import plan_image, unique_references
+from .export_sources import StoreImage, StoreSource
+from .exporting import unique_references
 from .naming import Target, parse_mapping, resolve_targets
 from .parallel import ClientPool, raise_first, run_parallel
 from .pushplan import plan_push
@@ -136,9 +138,11 @@ def plan_export(
         store = LayoutStore(output)
     plans: dict[Reference, ImagePlan] = {}
     with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as pool:
+        source = StoreSource(RegistrySource(clients))
+        source.reuse(store)
 
         def resolve(ref: Reference) -> None:
-            plans[ref] = plan_image(ref, clients, pool, store)
+            plans[ref] = source.plan(StoreImage.of(ref), pool)
 
         raise_first(run_parallel(refs, resolve, jobs=jobs), refs)
     result = ExportPlan()

@@ -9,7 +9,7 @@ The verbs (DESIGN convention 1) are ``read_index``, ``get_manifest``, ``has_blob
 - :class:`bundler.stores.archive.ArchiveReader`: an archive read in one pass (its
   members come in order; :mod:`bundler.engine.archive_import` reads it);
 - :class:`bundler.stores.registry.RegistrySource`: images read on demand from source
-  registries (a mirror's source; read verbs only);
+  registries (the source of a mirror and of an export; read verbs only);
 - :class:`bundler.registry.client.RegistryClient`: a registry, whose verbs also take
   the repository.
 

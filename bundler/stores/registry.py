@@ -10,6 +10,12 @@ then streamed from there into the destination through the verifying reader, noth
 written to disk and no blob whole in memory. Manifests are kept as their raw bytes only
 (fetched once each).
 
+An export reads through the same class: :meth:`RegistrySource.reuse` names a layout
+whose manifests are read instead of fetched (a re-export spends one ``HEAD`` per tag and
+no manifest ``GET``), :meth:`RegistrySource.iter_blob` streams a blob from a byte offset
+for a writer that verifies it, and :meth:`RegistrySource.foreign_source` reaches a
+non-distributable layer through its ``urls`` too (``--include-foreign-layers``).
+
 Spec: distribution-spec "Pulling manifests", "Pulling blobs"; image-spec
 ``image-layout.md`` (``index.json`` names), ``annotations.md``.
 """
@@ -17,7 +23,7 @@ Spec: distribution-spec "Pulling manifests", "Pulling blobs"; image-spec
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -33,7 +39,9 @@ from ..oci.content import (
 )
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.reference import Reference
+from ..registry.foreign import ForeignSource
 from ..registry.pool import ClientPool
+from .layout import LayoutStore
 
 __all__ = ["RegistrySource"]
 
@@ -56,15 +64,37 @@ class RegistrySource:
         self._raw: dict[Digest, tuple[bytes, str]] = {}
         self._where: dict[Digest, tuple[str, str]] = {}
         self._foreign: dict[Digest, Descriptor] = {}
+        self._reuse: LayoutStore | None = None
         self._lock = threading.Lock()
 
     def __str__(self) -> str:
         registries = sorted({registry for registry, _ in self._where.values()})
         return ", ".join(registries) or "registries"
 
+    def reuse(self, store: LayoutStore | None) -> None:
+        """Read the manifests ``store`` already holds from it (digest-checked) instead of
+        fetching them; a tag is then resolved with one ``HEAD`` first (a ``GET`` only
+        when the answer has no ``Docker-Content-Digest``). None: fetch every manifest.
+        """
+        self._reuse = store
+
+    def _stored(self, digest: Digest) -> tuple[bytes, str] | None:
+        """A manifest's (raw bytes, media type) from the :meth:`reuse` layout, or None.
+
+        Raises:
+            BundleError, ManifestError, IntegrityError: held but unreadable or damaged.
+        """
+        store = self._reuse
+        if store is None or not store.has_blob(digest):
+            return None
+        size = store.blob_path(digest).stat().st_size
+        item = store.get_manifest(Descriptor(media_type="", digest=digest, size=size))
+        return item.raw, item.media_type
+
     # -- resolving ------------------------------------------------------------------
     def resolve_one(self, reference: Reference) -> Descriptor:
-        """Fetch a reference's top manifest or index and name it after the reference.
+        """Fetch a reference's top manifest or index and name it after the reference
+        (read from the :meth:`reuse` layout instead when it holds it).
 
         Returns:
             Its descriptor (media type, digest, size, artifact type), annotated with
@@ -76,8 +106,16 @@ class RegistrySource:
             (a reference by digest served other bytes), ManifestError.
         """
         client = self.clients.get(reference.registry)
-        raw, media_type, digest = client.get_manifest(reference.repository,
-                                                      reference.identifier)
+        digest, held = reference.digest, None
+        if self._reuse is not None:
+            if digest is None:
+                digest = client.resolve(reference.repository, reference.identifier)
+            held = self._stored(digest) if digest is not None else None
+        if held is None:
+            raw, media_type, digest = client.get_manifest(reference.repository,
+                                                          reference.identifier)
+        else:
+            raw, media_type = held
         item = parse_manifest(raw, media_type, digest=digest)
         name = str(reference)
         entry = Descriptor(media_type=item.media_type, digest=digest, size=len(raw),
@@ -135,8 +173,9 @@ class RegistrySource:
     def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
         """The manifest or index ``descriptor`` points at, digest- and size-checked.
 
-        Fetched once from the repository its parent (or its reference) was found in,
-        then kept as raw bytes. Reading it records where its children and blobs are.
+        Fetched once from the repository its parent (or its reference) was found in
+        (unless the :meth:`reuse` layout holds it), then kept as raw bytes. Reading it
+        records where its children and blobs are.
 
         Raises:
             KeyError: a digest no resolved image reaches (a caller's error).
@@ -146,6 +185,8 @@ class RegistrySource:
         with self._lock:
             held = self._raw.get(digest)
             registry, repository = self._where[digest]
+        if held is None:
+            held = self._stored(digest)
         if held is None:
             client = self.clients.get(registry)
             raw, served_type, _ = client.get_manifest(repository, str(digest))  # checked
@@ -206,12 +247,55 @@ class RegistrySource:
             reading): wrong bytes.
         """
         digest = descriptor.digest
-        with self._lock:
-            registry, repository = self._where[digest]
-        chunks = self.clients.get(registry).iter_blob(repository, digest)
+        registry, repository = self._location(digest, None)
+        chunks = self.iter_blob(descriptor)
         try:
             yield VerifyingReader(chunks, digest, descriptor.size,
                                   where=f"{registry}/{repository}@{digest}")
         finally:
             chunks.close()  # a transfer cut short gives its connection back at once
 
+    def _location(self, digest: Digest, reference: Reference | None) -> tuple[str, str]:
+        """(registry, repository) to read ``digest`` from: ``reference``'s, else where a
+        walked manifest referenced it first."""
+        if reference is not None:
+            return reference.registry, reference.repository
+        with self._lock:
+            return self._where[digest]
+
+    def iter_blob(self, descriptor: Descriptor, offset: int = 0, *,
+                  reference: Reference | None = None) -> Generator[bytes, None, None]:
+        """The blob's bytes from byte ``offset``, unverified: for a writer that checks
+        them itself (an export's :meth:`~bundler.stores.BundleStore.put_blob`, which
+        holds the first ``offset`` bytes). A cut download resumes with ``Range``.
+
+        Args:
+            descriptor: the blob's descriptor (digest).
+            offset: bytes to leave out at the start.
+            reference: an image that references the blob: read from its repository
+                (default: the repository a walked manifest first referenced it from).
+
+        Raises:
+            KeyError: no ``reference`` and no walked manifest references the blob (a
+            caller's error). When read: NotFoundError, RegistryError, TransportError.
+
+        Spec: distribution-spec "Pulling blobs"; RFC 9110 Range.
+        """
+        registry, repository = self._location(descriptor.digest, reference)
+        return self.clients.get(registry).iter_blob(repository, descriptor.digest,
+                                                    offset=offset)
+
+    def foreign_source(self, descriptor: Descriptor, *,
+                       reference: Reference | None = None) -> ForeignSource:
+        """The sources of a non-distributable layer: the registry (as
+        :meth:`iter_blob`), then the descriptor's ``urls`` in order, with no
+        credentials (see :mod:`bundler.registry.foreign`).
+
+        Spec: image-spec ``layer.md`` "Non-Distributable Layers", ``descriptor.md``.
+        """
+        registry, _ = self._location(descriptor.digest, reference)
+
+        def from_registry(offset: int) -> Iterator[bytes]:
+            return self.iter_blob(descriptor, offset, reference=reference)
+
+        return ForeignSource(descriptor, registry, from_registry, self.clients.options)
