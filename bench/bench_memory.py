@@ -36,7 +36,7 @@ from _harness import (
     remove,
 )
 
-from bundler.cli.main import parse_size
+from bundler.cli.options import parse_size
 from bundler.sandbox import start_registry
 from bundler.sandbox.push import _image_with_layer, _push_blob, _put_manifest
 

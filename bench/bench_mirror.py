@@ -56,7 +56,7 @@ from bench_memory import TAG as BIG_TAG
 from bench_memory import seeded_source as big_source
 from bench_vs_skopeo import SET_VERSION, SourceSet, seeded_source
 
-from bundler.cli.main import parse_size
+from bundler.cli.options import parse_size
 from bundler.sandbox import LocalRegistry
 
 PREFIX = "mirror"

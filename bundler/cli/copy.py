@@ -19,16 +19,16 @@ from ..errors import BundlerError
 from ..events import Tally
 from ..registry.journal import UploadJournal
 from ..termsafe import escape
-from .main import (
+from .options import (
     MIN_CHUNK_SIZE,
-    _check_output_options,
-    _dry_run,
-    _options,
-    _progress_options,
-    _say_waiting,
-    _size_option,
-    _zstd_ratio_option,
+    check_output_options,
+    print_dry_run,
+    progress_options,
+    say_waiting,
+    side_options,
+    size_option,
     transport_options,
+    zstd_ratio_option,
 )
 from .reporters import make_reporter
 from .summary import _rate, human, run
@@ -43,16 +43,16 @@ __all__ = ["copy_cmd"]
               help="Copy an index with all its children (always done; accepted for "
                    "skopeo users).")
 @click.option("--chunk-size", default="64MiB", show_default=True,
-              callback=_size_option(MIN_CHUNK_SIZE),
+              callback=size_option(MIN_CHUNK_SIZE),
               help="Blobs larger than this are uploaded to a registry in PATCH chunks "
                    "of this size (at least 1KiB).")
 @click.option("--no-wait", is_flag=True,
               help="Fail at once (exit 1) if another bundler is writing the destination "
                    "layout, instead of waiting for it.")
-@_zstd_ratio_option
+@zstd_ratio_option
 @transport_options("src")
 @transport_options("dest", retry=False)
-@_progress_options
+@progress_options
 def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait: bool,
              max_zstd_ratio: int, jobs: int, quiet: bool, progress: str, keep_going: bool,
              dry_run: bool, as_json: bool, **kw: Any) -> None:
@@ -75,17 +75,17 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
       bundler copy oci:./layout:alpine:3.20 docker://registry.internal:5000/base/alpine:3.20
       bundler copy oci:./layout:alpine:3.20 oci-archive:alpine.tar
     """
-    _check_output_options(quiet, progress, dry_run, as_json)
+    check_output_options(quiet, progress, dry_run, as_json)
     try:  # a bad location is a usage error, found before anything moves
         src, dst = api.check_locations(source, destination)
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
     shared = {key: kw[key] for key in ("retries", "retry_delay", "retry_max_wait")}
-    src_options = _options("src", kw)
-    dest_options = _options("dest", {**kw, **shared}, chunk_size=chunk_size,
+    src_options = side_options("src", kw)
+    dest_options = side_options("dest", {**kw, **shared}, chunk_size=chunk_size,
                             journal=UploadJournal())
     if dry_run:
-        _dry_run(lambda: api.plan_copy(source, destination, src_options=src_options,
+        print_dry_run(lambda: api.plan_copy(source, destination, src_options=src_options,
                                        dest_options=dest_options, jobs=jobs,
                                        max_zstd_ratio=max_zstd_ratio),
                  destination if dst.transport != "docker" else source, as_json)
@@ -98,7 +98,7 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
     run(lambda stop: api.copy_image(source, destination, src_options=src_options,
                                     dest_options=dest_options, jobs=jobs, reporter=reporter,
                                     stop=stop, keep_going=keep_going, wait=not no_wait,
-                                    on_wait=_say_waiting, max_zstd_ratio=max_zstd_ratio),
+                                    on_wait=say_waiting, max_zstd_ratio=max_zstd_ratio),
         tally, _summary, reporter, archive=archive, importing=dst.transport == "docker")
 
 

@@ -23,13 +23,13 @@ from ..errors import BundlerError
 from ..events import Tally
 from ..registry.journal import UploadJournal
 from ..termsafe import escape
-from .main import (
+from .options import (
     MIN_CHUNK_SIZE,
-    _check_output_options,
-    _once,
-    _options,
-    _progress_options,
-    _size_option,
+    check_output_options,
+    once,
+    progress_options,
+    side_options,
+    size_option,
     transport_options,
 )
 from .reporters import make_reporter
@@ -62,18 +62,18 @@ def _both_sides(func: Callable) -> Callable:
 @click.option("-f", "--images-file", type=click.Path(dir_okay=False, allow_dash=True),
               help="File with one source reference per line (# comments allowed); - for "
                    "stdin.")
-@click.option("--to", "to", metavar="REGISTRY[/PREFIX]", callback=_once, multiple=True,
+@click.option("--to", "to", metavar="REGISTRY[/PREFIX]", callback=once, multiple=True,
               help="Destination registry and repository prefix (the source repository "
                    "and tag are kept).")
-@click.option("--mapping", type=click.Path(dir_okay=False), callback=_once, multiple=True,
+@click.option("--mapping", type=click.Path(dir_okay=False), callback=once, multiple=True,
               help="File of SOURCE=DESTINATION lines (oc image mirror style); without "
                    "references, its sources are the images.")
 @click.option("--chunk-size", default="64MiB", show_default=True,
-              callback=_size_option(MIN_CHUNK_SIZE),
+              callback=size_option(MIN_CHUNK_SIZE),
               help="Blobs larger than this are uploaded in PATCH chunks of this size "
                    "(at least 1KiB).")
 @_both_sides
-@_progress_options
+@progress_options
 def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | None,
                mapping: str | None, chunk_size: int, jobs: int, quiet: bool, progress: str,
                keep_going: bool, dry_run: bool, as_json: bool, **kw: Any) -> None:
@@ -90,7 +90,7 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
       bundler mirror --mapping mapping.txt
       bundler mirror -f images.txt --to registry.internal:5000/mirror --dry-run
     """
-    _check_output_options(quiet, progress, dry_run, as_json)
+    check_output_options(quiet, progress, dry_run, as_json)
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
     texts = list(references)
@@ -107,11 +107,11 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
     shared = {name: kw[name] for name in _SHARED}
-    src_options = _options("src", kw)
+    src_options = side_options("src", kw)
     kw.update(shared)
-    dest_options = _options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
+    dest_options = side_options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
     if dry_run:
-        _dry_run(lambda: plan_mirror(refs, to=to, mapping=pairs, src_options=src_options,
+        print_dry_run(lambda: plan_mirror(refs, to=to, mapping=pairs, src_options=src_options,
                                      dest_options=dest_options, jobs=jobs), as_json)
         return
     tally = Tally()
@@ -140,7 +140,7 @@ def mirror_summary(result: api.ImportResult, seconds: float) -> None:
                    "it was not pushed", err=True)
 
 
-def _dry_run(plan: Callable[[], ImportPlan], as_json: bool) -> None:
+def print_dry_run(plan: Callable[[], ImportPlan], as_json: bool) -> None:
     """Print what a mirror would move; exit 1 (message on stderr) if the plan fails."""
     try:
         result = plan()
