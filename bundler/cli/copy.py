@@ -31,7 +31,7 @@ from .options import (
     zstd_ratio_option,
 )
 from .reporters import make_reporter
-from .summary import _rate, human, run
+from .summary import human, rate, run
 
 __all__ = ["copy_cmd"]
 
@@ -112,4 +112,4 @@ def _summary(result: Any, seconds: float) -> None:
     click.echo(f"copied {escape(result.source)} -> {escape(result.destination)}{digest}: "
                f"blobs copied {result.blobs_copied} ({human(result.bytes_copied)}){mounted}, "
                f"already there {result.blobs_present}; {seconds:.1f} s, "
-               f"{_rate(result.bytes_copied, seconds)}")
+               f"{rate(result.bytes_copied, seconds)}")

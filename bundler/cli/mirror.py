@@ -33,7 +33,7 @@ from .options import (
     transport_options,
 )
 from .reporters import make_reporter
-from .summary import human, plural, run, stdout_may_close
+from .summary import human, import_summary, plural, run, stdout_may_close
 
 __all__ = ["mirror_cmd"]
 
@@ -126,18 +126,8 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
 
 def mirror_summary(result: api.ImportResult, seconds: float) -> None:
     """Print the summary of a mirror and one ``SOURCE -> DESTINATION`` line per image."""
-    click.echo(
-        f"mirrored {plural(len(result.targets), 'image')} ({len(result.skipped_images)} "
-        f"already there); blobs copied {result.blobs_uploaded} "
-        f"({human(result.bytes_uploaded)}), mounted {result.blobs_mounted}, already "
-        f"present {result.blobs_present}; {seconds:.1f} s, "
-        f"{result.bytes_uploaded / seconds / 1e6 if seconds > 0 else 0.0:.1f} MB/s"
-    )
-    for target in result.targets:
-        click.echo(f"  {escape(target.name)} -> {escape(target.destination)}")
-    for digest in result.skipped_foreign:
-        click.echo(f"note: non-distributable layer {digest} is not served by its source; "
-                   "it was not pushed", err=True)
+    import_summary(result, seconds, done="mirrored", moved="copied",
+                   missing="is not served by its source")
 
 
 def print_dry_run(plan: Callable[[], ImportPlan], as_json: bool) -> None:

@@ -33,7 +33,7 @@ from ..errors import (
 from ..events import Tally
 from ..termsafe import escape
 
-__all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "run",
+__all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "rate", "run",
            "quiet_stream", "stdout_may_close"]
 
 
@@ -46,7 +46,8 @@ def human(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
-def _rate(nbytes: int, seconds: float) -> str:
+def rate(nbytes: int, seconds: float) -> str:
+    """``N.N MB/s`` (10**6 bytes per second) for ``nbytes`` moved in ``seconds``."""
     return f"{nbytes / seconds / 1e6 if seconds > 0 else 0.0:.1f} MB/s"
 
 
@@ -171,7 +172,7 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
         f"unique ({human(result.total_bytes)} without dedup, {pct:.0f}% saved); blobs "
         f"downloaded {result.blobs_downloaded} ({human(result.bytes_downloaded)}), "
         f"already present {result.blobs_reused}; {seconds:.1f} s, "
-        f"{_rate(result.bytes_downloaded, seconds)}"
+        f"{rate(result.bytes_downloaded, seconds)}"
     )
     for digest in result.skipped_foreign:
         click.echo(f"warning: non-distributable layer {digest} was not served; "
@@ -185,19 +186,28 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
                    "checks now)", err=True)
 
 
-def import_summary(result: ImportResult, seconds: float) -> None:
-    """Print the summary of an import and one ``NAME -> DESTINATION`` line per image."""
+def import_summary(result: ImportResult, seconds: float, *, done: str = "imported",
+                   moved: str = "uploaded", missing: str = "is not in the bundle") -> None:
+    """Print the summary of a push (an import; a mirror with ``done="mirrored"``,
+    ``moved="copied"``) and one ``NAME -> DESTINATION`` line per image.
+
+    Args:
+        result: what the push did.
+        seconds: how long it took.
+        done, moved: the verbs for the images and for the blobs sent.
+        missing: why a non-distributable layer was not pushed.
+    """
     click.echo(
-        f"imported {plural(len(result.targets), 'image')} ({len(result.skipped_images)} already "
-        f"there); blobs uploaded {result.blobs_uploaded} ({human(result.bytes_uploaded)}), "
+        f"{done} {plural(len(result.targets), 'image')} ({len(result.skipped_images)} already "
+        f"there); blobs {moved} {result.blobs_uploaded} ({human(result.bytes_uploaded)}), "
         f"mounted {result.blobs_mounted}, already present {result.blobs_present}; "
-        f"{seconds:.1f} s, {_rate(result.bytes_uploaded, seconds)}"
+        f"{seconds:.1f} s, {rate(result.bytes_uploaded, seconds)}"
     )
     for target in result.targets:
         click.echo(f"  {escape(target.name)} -> {escape(target.destination)}")
     for digest in result.skipped_foreign:
-        click.echo(f"note: non-distributable layer {digest} is not in the bundle; "
-                   "it was not pushed", err=True)
+        click.echo(f"note: non-distributable layer {digest} {missing}; it was not pushed",
+                   err=True)
 
 
 def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None:
