@@ -315,3 +315,21 @@ def median(values: Sequence[float]) -> float:
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
+
+def prepare_workdir(args, parser) -> None:  # type: ignore[no-untyped-def]
+    """The start every skopeo benchmark shares: SIGTERM ends it cleanly, skopeo must be
+    installed, ``args.workdir`` is made absolute and created, its ``logs`` emptied."""
+    exit_on_sigterm()
+    if shutil.which("skopeo") is None:
+        parser.error("skopeo is not installed")
+    args.workdir = args.workdir.resolve()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    fresh_dir(args.workdir / "logs")
+
+
+def run_rounds(bench, args) -> None:  # type: ignore[no-untyped-def]
+    """``args.warmup`` uncounted rounds of ``bench.round``, then ``args.runs`` counted."""
+    for index in range(args.warmup):
+        bench.round(index, warmup=True)
+    for index in range(args.runs):
+        bench.round(index)

@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,13 +42,13 @@ from _harness import (
     MB,
     Run,
     bundler_command,
-    exit_on_sigterm,
-    fresh_dir,
     fresh_registry,
     mb,
     measure,
     median,
+    prepare_workdir,
     remove,
+    run_rounds,
 )
 from bench_memory import REPOSITORY as BIG_REPOSITORY
 from bench_memory import TAG as BIG_TAG
@@ -258,19 +257,11 @@ def main() -> int:
                              "(default /tmp/bundler-bench-mirror)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args()
-    exit_on_sigterm()
-    if shutil.which("skopeo") is None:
-        parser.error("skopeo is not installed")
-    args.workdir = args.workdir.resolve()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    fresh_dir(args.workdir / "logs")
+    prepare_workdir(args, parser)
     source = seeded_source(args.workdir, args.scale)
     bench = Bench(args, source)
     try:
-        for index in range(args.warmup):
-            bench.round(index, warmup=True)
-        for index in range(args.runs):
-            bench.round(index)
+        run_rounds(bench, args)
     finally:
         source.registry.stop()
         remove(bench.bundle)

@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -50,13 +49,13 @@ from _harness import (
     curl_rate,
     curl_upload_rate,
     disk_write_rate,
-    exit_on_sigterm,
-    fresh_dir,
     fresh_registry,
     mb,
     measure,
     median,
+    prepare_workdir,
     remove,
+    run_rounds,
     sha256_rate,
 )
 
@@ -430,19 +429,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true",
                         help="keep the bundle and skopeo layout (the seeded source is cached)")
     args = parser.parse_args()
-    exit_on_sigterm()
-    if shutil.which("skopeo") is None:
-        parser.error("skopeo is not installed")
-    args.workdir = args.workdir.resolve()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    fresh_dir(args.workdir / "logs")
+    prepare_workdir(args, parser)
     source = seeded_source(args.workdir, args.scale)
     bench = Bench(args, source)
     try:
-        for index in range(args.warmup):
-            bench.round(index, warmup=True)
-        for index in range(args.runs):
-            bench.round(index)
+        run_rounds(bench, args)
         # after the rounds: the probes write gigabytes, which no timed step should follow
         print("measuring machine limits ...", file=sys.stderr, flush=True)
         limits = machine_limits(args.workdir, source, args.probe_mb * MB)
