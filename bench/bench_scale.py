@@ -1,0 +1,263 @@
+"""How bundler's costs grow with the number of images: 500, 2,000 and 20,000.
+
+For each size N a source registry is seeded once (cached under the work directory,
+keyed by ``SET_VERSION`` and N) with N tags of tiny images: 20 tags per repository,
+each image one of 10 shared base layers (4 KiB) plus a layer and a config of its own;
+every 25th tag is a two-platform index. Then, on that set, it runs and measures:
+
+* ``export -f list -o DIR``  (registry -> layout directory)
+* ``verify DIR`` and ``list DIR``
+* ``import DIR --to DEST`` into a registry on empty storage, then the same again
+  (a no-op run)
+* ``mirror -f list --to DEST`` into a registry on empty storage
+
+Each command's wall time, CPU seconds (user + system, ``/usr/bin/time``) and peak RSS,
+per image; for the imports and the mirror the number of requests the destination
+registry answered (its access log, not counting the ``GET /v2/`` ping), per image. The report compares the per-image
+figures at the largest N with those at the smallest (issue #17: within 1.3x), peak RSS
+with 150 MB, and requests per image with 6.5 (import into an empty registry at 2,000)
+and 1 (no-op import).
+
+Usage:
+    python bench/bench_scale.py --sizes 500,2000            # a few minutes
+    python bench/bench_scale.py --sizes 500,2000,20000 --json scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+import psutil
+from _harness import (
+    MB,
+    Heartbeat,
+    bundler_command,
+    exit_on_sigterm,
+    fresh_dir,
+    fresh_registry,
+    mb,
+    measure,
+    remove,
+)
+
+from bundler.sandbox import LocalRegistry, make_image, make_index, start_registry
+from bundler.sandbox.images import Blob, Image, Index, make_layer, random_layer
+
+SET_VERSION = "scale-v1"
+TAGS_PER_REPOSITORY = 20
+BASES = 10
+INDEX_EVERY = 25
+COMMANDS = ("export", "verify", "list", "import", "no-op import", "mirror")
+COUNTED = ("import", "no-op import", "mirror")
+
+
+def repository_of(i: int) -> str:
+    return f"scale/r{i // TAGS_PER_REPOSITORY:05d}"
+
+
+def name_of(i: int) -> str:
+    return f"{repository_of(i)}:t{i % TAGS_PER_REPOSITORY}"
+
+
+def _image(i: int, bases: list[Blob], architecture: str = "amd64") -> Image:
+    own = make_layer({f"app/{i}-{architecture}.txt": f"image {i} {architecture}\n".encode()})
+    return make_image([bases[i % BASES], own], architecture=architecture,
+                      variant="v8" if architecture == "arm64" else None)
+
+
+def _upload(http: httpx.Client, base: str, repository: str, blob: Blob) -> None:
+    start = http.post(f"{base}/v2/{repository}/blobs/uploads/")
+    start.raise_for_status()
+    location = urljoin(base + "/", start.headers["Location"])
+    sep = "&" if "?" in location else "?"
+    http.put(f"{location}{sep}digest={blob.digest.replace(':', '%3A')}", content=blob.data,
+             headers={"Content-Type": "application/octet-stream"}).raise_for_status()
+
+
+def _manifest(http: httpx.Client, base: str, repository: str, ref: str, item: Image | Index
+              ) -> None:
+    http.put(f"{base}/v2/{repository}/manifests/{ref}", content=item.manifest_bytes,
+             headers={"Content-Type": item.media_type}).raise_for_status()
+
+
+def _seed_repository(registry: LocalRegistry, first: int, count: int, bases: list[Blob]) -> int:
+    """Push tags first .. first+count-1 (one repository); return their manifest bytes."""
+    repository, base, total = repository_of(first), registry.url, 0
+    with httpx.Client(timeout=120.0) as http:
+        for blob in bases:  # every base once per repository
+            _upload(http, base, repository, blob)
+        for i in range(first, first + count):
+            tag = f"t{i % TAGS_PER_REPOSITORY}"
+            if i % INDEX_EVERY == INDEX_EVERY - 1:
+                children = [_image(i, bases, arch) for arch in ("amd64", "arm64")]
+                item: Image | Index = make_index(children)  # with attestation manifests
+                for child in item.children:
+                    for blob in child.blobs:
+                        if blob not in bases:
+                            _upload(http, base, repository, blob)
+                    _manifest(http, base, repository, child.digest, child)
+                    total += child.size
+            else:
+                item = _image(i, bases)
+                for blob in item.blobs:
+                    if blob not in bases:
+                        _upload(http, base, repository, blob)
+            _manifest(http, base, repository, tag, item)
+            total += item.size
+    return total
+
+
+def seeded_source(workdir: Path, images: int) -> LocalRegistry:
+    """The source registry of ``images`` tags on cached storage, seeded when needed."""
+    regdir = workdir / f"source-{SET_VERSION}-{images}"
+    marker = regdir / "seeded.json"
+    if marker.exists():
+        return start_registry(regdir)
+    print(f"seeding {images} images into {regdir} (cached) ...", end="", file=sys.stderr,
+          flush=True)
+    started = time.perf_counter()
+    registry = fresh_registry(regdir)
+    bases = [random_layer(9000 + b, 4096) for b in range(BASES)]
+    try:
+        with Heartbeat(), ThreadPoolExecutor(8) as pool:
+            firsts = range(0, images, TAGS_PER_REPOSITORY)
+            list(pool.map(lambda f: _seed_repository(
+                registry, f, min(TAGS_PER_REPOSITORY, images - f), bases), firsts))
+    except BaseException:
+        registry.stop()
+        raise
+    marker.write_text(json.dumps({"version": SET_VERSION, "images": images}))
+    print(f" {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return registry
+
+
+def run_size(args: argparse.Namespace, cli: list[str], images: int) -> dict:
+    """Every command once on the set of ``images`` tags; return its figures."""
+    work = args.workdir
+    source = seeded_source(work, images)
+    listing = work / f"images-{images}.txt"
+    listing.write_text("".join(f"{source.host}/{name_of(i)}\n" for i in range(images)))
+    bundle = work / "bundle"
+    remove(bundle)
+    jobs = ["--jobs", str(args.jobs)]
+    figures: dict[str, dict] = {}
+
+    def step(name: str, argv: list[str], dest: LocalRegistry | None = None) -> None:
+        os.sync()
+        since = dest.mark() if dest is not None else 0
+        run = measure(argv, log=work / "logs" / f"{name.replace(' ', '-')}-{images}.log")
+        # the /v2/ ping that finds the scheme and the auth is not the images' work
+        requests = (sum(1 for _, uri, _ in dest.access_log(since) if uri.rstrip("/") != "/v2")
+                    if dest is not None else None)
+        figures[name] = {"wall_s": run.wall_s, "cpu_s": run.cpu_s, "peak_rss": run.rss,
+                         "requests": requests, "command": shlex.join(argv)}
+        extra = f"  {requests / images:.2f} requests/image" if requests is not None else ""
+        print(f"  {images:>6} {name:<13} {run.wall_s:8.2f} s  CPU {run.cpu_s:7.2f} s  "
+              f"{run.wall_s / images * 1000:6.2f} ms/image  RSS {mb(run.rss)}{extra}",
+              file=sys.stderr, flush=True)
+
+    try:
+        step("export", [*cli, "export", "-f", str(listing), "-o", str(bundle), "-q", *jobs])
+        step("verify", [*cli, "verify", str(bundle)])
+        step("list", [*cli, "list", str(bundle)])
+        dest = fresh_registry(work / "dest")
+        try:
+            into = ["--to", f"{dest.host}/copy", "-q", *jobs]
+            step("import", [*cli, "import", str(bundle), *into], dest)
+            step("no-op import", [*cli, "import", str(bundle), *into], dest)
+        finally:
+            dest.stop()
+        dest = fresh_registry(work / "dest")
+        try:
+            step("mirror", [*cli, "mirror", "-f", str(listing), "--to", f"{dest.host}/copy",
+                            "-q", *jobs], dest)
+        finally:
+            dest.stop()
+            remove(work / "dest")
+    finally:
+        source.stop()
+        remove(bundle)
+    return figures
+
+
+def report(results: dict[int, dict], args: argparse.Namespace) -> dict:
+    sizes = sorted(results)
+    small, large = sizes[0], sizes[-1]
+    mem = psutil.virtual_memory().total
+    print()
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {mem / 2**30:.1f} GiB "
+          f"RAM, load avg {' '.join(f'{x:.1f}' for x in os.getloadavg())}, Python "
+          f"{platform.python_version()}, --jobs {args.jobs}")
+    print(f"{'command':<13} " + " ".join(f"{f'{n} wall/CPU ms/img':>22}" for n in sizes)
+          + f" {'CPU x':>6} {'peak RSS':>10} {'req/img':>8}")
+    targets: dict[str, bool] = {}
+    for name in COMMANDS:
+        cells = []
+        for n in sizes:
+            f = results[n][name]
+            cells.append(f"{f['wall_s'] / n * 1000:>10.2f} / {f['cpu_s'] / n * 1000:>8.2f}")
+        growth = ((results[large][name]["cpu_s"] / large)
+                  / max(results[small][name]["cpu_s"] / small, 1e-9))
+        peak = max(results[n][name]["peak_rss"] for n in sizes)
+        req = results[large][name]["requests"]
+        print(f"{name:<13} " + " ".join(f"{c:>22}" for c in cells)
+              + f" {growth:>6.2f} {mb(peak):>10} "
+              + (f"{req / large:>8.2f}" if req is not None else f"{'':>8}"))
+        if large > small:
+            targets[f"{name}: CPU per image at {large} <= 1.3x at {small}"] = growth <= 1.3
+        if name in ("export", "import", "mirror"):
+            targets[f"{name}: peak RSS < 150 MB"] = peak < 150 * MB
+    if 2000 in results:
+        req = results[2000]["import"]["requests"] / 2000
+        targets["import into an empty registry <= 6.5 requests/image at 2000"] = req <= 6.5
+    for n in sizes:
+        targets[f"no-op import: exactly 1 request/image at {n}"] = (
+            results[n]["no-op import"]["requests"] == n)
+    print()
+    for name, ok in targets.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "ram_bytes": mem, "loadavg": os.getloadavg(),
+                        "python": platform.python_version()},
+            "set": SET_VERSION, "jobs": args.jobs,
+            "results": {str(n): results[n] for n in sizes}, "targets": targets}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="500,2000,20000",
+                        help="image counts, comma-separated (default 500,2000,20000)")
+    parser.add_argument("--jobs", type=int, default=8, help="bundler --jobs (default 8)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bundler-bench-scale"),
+                        help="logs, bundles and the cached seeded sources "
+                             "(default /tmp/bundler-bench-scale)")
+    parser.add_argument("--json", type=Path, help="write the results to this file")
+    args = parser.parse_args()
+    exit_on_sigterm()
+    args.workdir = args.workdir.resolve()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    fresh_dir(args.workdir / "logs")
+    sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    if not sizes or min(sizes) < 1:
+        parser.error("--sizes: positive image counts, comma-separated")
+    cli = bundler_command()
+    results = {n: run_size(args, cli, n) for n in sizes}
+    doc = report(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(doc["targets"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
