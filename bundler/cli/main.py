@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,8 @@ from ..registry.journal import UploadJournal
 from ..stores.archive import output_format
 from ..termsafe import escape
 from .copy import copy_cmd
+from .inspect import inspect_cmd
+from .list_tags import list_tags_cmd
 from .mirror import mirror_cmd
 from .options import (
     MIN_CHUNK_SIZE,
@@ -49,6 +52,14 @@ from .options import (
     zstd_ratio_option,
 )
 from .reporters import make_reporter
+from .selecting import (
+    image_set_from_options,
+    print_resolution,
+    require_images,
+    resolve,
+    say_vanished,
+    selection_options,
+)
 from .summary import (
     export_summary,
     human,
@@ -94,6 +105,8 @@ def main(debug: bool) -> None:
 
 main.add_command(copy_cmd)
 main.add_command(mirror_cmd)
+main.add_command(list_tags_cmd)
+main.add_command(inspect_cmd)
 
 
 @main.command("export")
@@ -116,6 +129,7 @@ main.add_command(mirror_cmd)
 @click.option("--include-foreign-layers", is_flag=True,
               help="Store non-distributable (foreign) layers too: from the registry, else "
                    "from the URLs their descriptors list (https; no credentials sent).")
+@selection_options
 @transport_options("src")
 @progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
@@ -125,12 +139,18 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
                as_json: bool, **kw: Any) -> None:
     """Export images from registries into one deduplicated OCI layout bundle.
 
+    REFERENCES are images; with --all-tags or a tag filter, REGISTRY/REPOSITORY; with
+    --all-repositories, REGISTRY.
+
     \b
     Examples:
       bundler export docker.io/library/alpine:3.20 -o ./bundle
       bundler export --images-file images.txt -o ./bundle
       bundler export --images-file images.txt -o bundle.tar.zst --split-size 4GiB
       bundler export --images-file images.txt -o ./bundle --dry-run
+      bundler export reg:5000/app --semver '>=1.2.0 <2' --latest 5 -o ./bundle
+      bundler export reg:5000 --all-repositories --include-repositories 'team-a/.*' --all-tags -o b
+      bundler export -c imageset.yaml -o bundle.tar.zst --dry-run
     """
     check_output_options(quiet, progress, dry_run, as_json)
     split = split_size
@@ -138,31 +158,53 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
         archive = output if output_format(output, fmt, split) != "dir" else None
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
+    image_set = image_set_from_options(references, images_file, kw)
     options = side_options("src", kw)
-    texts: list[tuple[str, str]] = [(text, "") for text in references]
-    try:
-        if images_file:
-            texts += api.read_images_file(images_file, numbered=True)
-        refs = parse_references(texts)
-    except BundlerError as exc:
-        raise click.UsageError(escape(exc)) from exc
+    resolution: api.Resolution | None = None
+    if image_set is not None:
+        options = api.transport_for(image_set, options)
+        resolution = resolve(image_set, options, jobs)
+        refs = resolution.references
+        if not dry_run:
+            require_images(resolution)
+    else:
+        texts: list[tuple[str, str]] = [(text, "") for text in references]
+        try:
+            if images_file:
+                texts += api.read_images_file(images_file, numbered=True)
+            refs = parse_references(texts)
+        except BundlerError as exc:
+            raise click.UsageError(escape(exc)) from exc
     if dry_run:
+        if resolution is not None and not as_json:
+            print_resolution(resolution)
+        extra = {"selection": resolution.to_json()} if resolution is not None else None
         print_dry_run(lambda: api.plan_export(refs, output, format=fmt, split_size=split,
-                                         options=options, jobs=jobs), output, as_json)
+                                         options=options, jobs=jobs), output, as_json, extra)
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
     options = dataclasses.replace(options, reporter=reporter)  # shows long waits
-    run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
-                                       compression_level=compression_level, options=options,
-                                       jobs=jobs, reporter=reporter, stop=stop,
-                                       keep_going=keep_going, wait=not no_wait,
-                                       on_wait=say_waiting,
-                                       include_foreign_layers=include_foreign_layers),
-        tally, lambda result, seconds: export_summary(result, output, seconds), reporter,
-        archive=archive)
+    gone: list[str] = []
 
+    def export(stop: threading.Event, keep: bool) -> api.ExportResult:
+        return api.export_bundle(refs, output, format=fmt, split_size=split,
+                                 compression_level=compression_level, options=options,
+                                 jobs=jobs, reporter=reporter, stop=stop, keep_going=keep,
+                                 wait=not no_wait, on_wait=say_waiting,
+                                 include_foreign_layers=include_foreign_layers)
 
+    def summary(result: api.ExportResult, seconds: float) -> None:
+        say_vanished(gone)
+        export_summary(result, output, seconds)
+
+    if resolution is None:
+        action = lambda stop: export(stop, keep_going)  # noqa: E731
+    else:
+        action = lambda stop: api.tolerate_vanished(  # noqa: E731
+            lambda keep: export(stop, keep), resolution, keep_going=keep_going,
+            on_vanished=gone.append)
+    run(action, tally, summary, reporter, archive=archive)
 
 
 @main.command("import")
