@@ -16,7 +16,14 @@ from bundler.engine.imageset import ImageSet
 from bundler.engine.selection import CatalogError, cli_image_set, resolve_image_set
 from bundler.engine.tagfilter import TagFilter
 from bundler.registry.client import RegistryClient, TransportOptions
-from bundler.sandbox import LocalRegistry, make_image, make_index, push, random_layer, start_registry
+from bundler.sandbox import (
+    LocalRegistry,
+    make_image,
+    make_index,
+    push,
+    random_layer,
+    start_registry,
+)
 from bundler.sandbox.imagesets import MANY_TAGS, seed_catalog, seed_many_tags
 from bundler.sandbox.registry import REGISTRY_BINARY
 
