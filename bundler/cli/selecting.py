@@ -9,6 +9,7 @@ semver range, an unknown or malformed key of the file, naming the option or
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -127,7 +128,7 @@ def require_images(resolution: api.Resolution) -> None:
     blocked = (f", {plural(len(resolution.blocked), 'reference')} blocked"
                if resolution.blocked else "")
     click.echo(f"error: the image set selected no images ({plural(resolution.tags_listed, 'tag')} "
-               f"listed in {plural(resolution.repositories, 'repository')}{blocked}); "
+               f"listed in {_repositories(resolution.repositories)}{blocked}); "
                "see --dry-run", err=True)
     sys.exit(1)
 
@@ -137,13 +138,17 @@ def print_resolution(resolution: api.Resolution) -> None:
     blocked ones."""
     click.echo(f"image set: {plural(len(resolution.selected), 'reference')} from "
                f"{plural(resolution.tags_listed, 'listed tag')} in "
-               f"{plural(resolution.repositories, 'repository')}"
+               f"{_repositories(resolution.repositories)}"
                + (f"; {len(resolution.blocked)} blocked" if resolution.blocked else ""))
     for s in resolution.selected:
         click.echo(f"  {escape(s.reference)}  [{escape(s.origin)}: {escape(s.selected_by)}]")
     for s, pattern in resolution.blocked:
         click.echo(f"  blocked: {escape(s.reference)}  [{escape(s.origin)}: "
-                   f"{escape(s.selected_by)}; blocked by {escape(repr(pattern))}]")
+                   f"{escape(s.selected_by)}; blocked by {escape(shlex.quote(pattern))}]")
+
+
+def _repositories(count: int) -> str:
+    return f"{count} repositor{'y' if count == 1 else 'ies'}"
 
 
 def say_vanished(gone: list[str]) -> None:

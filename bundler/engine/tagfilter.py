@@ -23,6 +23,7 @@ Spec: semver.org 2.0.0 (precedence); npm ``node-semver`` range grammar.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from functools import cmp_to_key
 
@@ -142,12 +143,11 @@ class TagFilter:
 
     def describe(self) -> str:
         """The filter in the command line's words, e.g. ``--semver '>=1 <2' --latest 5``."""
-        parts = [f"--include-tags {p!r}" for p in self.include]
-        if self.search:
-            parts = [f"images-by-tag-regex {p!r}" for p in self.include]
-        parts += [f"--exclude-tags {p!r}" for p in self.exclude]
+        option = "images-by-tag-regex" if self.search else "--include-tags"
+        parts = [f"{option} {shlex.quote(p)}" for p in self.include]
+        parts += [f"--exclude-tags {shlex.quote(p)}" for p in self.exclude]
         if self.semver is not None:
-            parts.append(f"--semver {self.semver!r}")
+            parts.append(f"--semver {shlex.quote(self.semver)}")
         if self.latest is not None:
             parts.append(f"--latest {self.latest}")
         return " ".join(parts) or "all tags"
