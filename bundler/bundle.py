@@ -22,6 +22,7 @@ from .engine.inspecting import ImageInfo, inspect_image, list_repository_tags
 from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping, resolve_targets
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
+from .engine.platform_export import DigestChange, export_platforms
 from .engine.selection import (
     Resolution,
     Selected,
@@ -44,6 +45,7 @@ __all__ = [
     "BundleImage",
     "BundleListing",
     "CopyResult",
+    "DigestChange",
     "ExportPlan",
     "ExportResult",
     "FilterError",
@@ -60,6 +62,7 @@ __all__ = [
     "cli_image_set",
     "copy_image",
     "export_bundle",
+    "export_platforms",
     "import_bundle",
     "inspect_image",
     "list_repository_tags",

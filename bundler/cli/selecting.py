@@ -18,11 +18,14 @@ import click
 
 from .. import bundle as api
 from ..errors import BundlerError, InvalidReferenceError
+from ..oci.platforms import PLATFORM_MODES, PlatformChoice, parse_platform
 from ..registry.client import TransportOptions
+from ..stores.platform_source import DigestChange
 from ..termsafe import escape
 from .summary import plural
 
-__all__ = ["image_set_from_options", "print_resolution", "resolve", "selection_options"]
+__all__ = ["image_set_from_options", "platform_choice", "platform_options", "print_resolution",
+           "require_images", "resolve", "say_changed", "say_vanished", "selection_options"]
 
 _NAMES = ("config", "all_tags", "include_tags", "exclude_tags", "semver", "latest",
           "all_repositories", "include_repositories", "exclude_repositories")
@@ -59,6 +62,52 @@ def selection_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def platform_options(func: Callable) -> Callable:
+    """``--platform OS/ARCH[/VARIANT]`` (repeatable) and ``--platform-mode``."""
+    func = click.option(
+        "--platform-mode", type=click.Choice(PLATFORM_MODES), default="strip",
+        show_default=True,
+        help="strip: a new index of the chosen platforms (children keep their digests, "
+             "the index gets a new one); single: exactly one platform, stored as that "
+             "platform's manifest (its original digest).")(func)
+    return click.option(
+        "--platform", "platforms", multiple=True, metavar="OS/ARCH[/VARIANT]",
+        help="Keep only these platforms of multi-arch indexes (repeatable; default: "
+             "all). linux/arm64 matches every arm64 variant.")(func)
+
+
+def platform_choice(platforms: tuple[str, ...], mode: str) -> PlatformChoice | None:
+    """The platform choice of the options, or None for all platforms.
+
+    Raises:
+        click.UsageError: a platform that does not parse; ``single`` with other than
+        one platform; ``all`` with a platform.
+    """
+    if not platforms or platforms == ("all",):
+        return None
+    if "all" in platforms:
+        raise click.UsageError("--platform all keeps every platform; give it alone")
+    parsed = []
+    for text in platforms:
+        try:
+            parsed.append(parse_platform(text))
+        except ValueError as exc:
+            raise click.UsageError(f"--platform: {escape(exc)}") from exc
+    if mode == "single" and len(parsed) != 1:
+        raise click.UsageError(f"--platform-mode single keeps exactly one platform; "
+                               f"{len(parsed)} given")
+    return PlatformChoice(tuple(dict.fromkeys(parsed)), mode)
+
+
+def say_changed(changes: list[DigestChange]) -> None:
+    """One stdout line per reference stored under another digest than the registry's."""
+    for change in changes:
+        what = ("index stripped to the chosen platforms" if change.mode == "strip" else
+                "stored as its platform's manifest")
+        click.echo(f"changed digest: {escape(change.reference)}: {what}: {change.digest} "
+                   f"(registry: {change.original})")
 
 
 def image_set_from_options(references: tuple[str, ...], images_file: str | None,

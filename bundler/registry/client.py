@@ -244,12 +244,19 @@ class RegistryClient(RegistrySession, BlobUploads):
 
     def _paged(self, path: str, key: str, page_size: int, what: str) -> list[str]:
         """GET ``path?n=page_size`` and the pages after it: the ``Link`` header's next
-        URL when given, else ``last=<last item>`` while full pages come back."""
+        URL when given, else ``last=<last item>`` while full pages come back. A registry
+        that refuses ``n`` as too large (400) is asked again without it."""
         items: list[str] = []
         seen: set[str] = set()
         url: str | None = f"{path}?n={page_size}"
         while url:
-            response = self.request("GET", url, what=what)
+            response = self.request("GET", url, what=what, ok=(200, 400))
+            if response.status_code == 400:
+                if url != f"{path}?n={page_size}":
+                    self.request("GET", url, what=what)  # raises the registry's error
+                url = path  # n above the registry's most (PAGINATION_NUMBER_INVALID):
+                page_size = 0  # its own page size, and only its Link header, then
+                continue
             try:
                 page = response.json().get(key) or []
                 if not isinstance(page, list) or not all(isinstance(i, str) for i in page):
@@ -265,7 +272,7 @@ class RegistryClient(RegistrySession, BlobUploads):
             link = response.links.get("next", {}).get("url")
             if link:
                 url = str(response.url.join(link))
-            elif len(page) >= page_size and fresh:  # full page, no Link: ask past it
+            elif page_size and len(page) >= page_size and fresh:  # full page, no Link
                 url = f"{path}?{urlencode({'n': page_size, 'last': page[-1]})}"
             else:
                 url = None
