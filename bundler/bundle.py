@@ -37,6 +37,7 @@ from .events import Reporter
 from .oci.content import Descriptor, Index, entry_name, is_non_distributable
 from .oci.digest import Digest
 from .oci.graph import check_reachable, walk
+from .oci.platforms import PlatformChoice
 from .registry.client import TransportOptions
 from .stores.archive import is_archive
 from .stores.layout import LayoutStore
@@ -54,6 +55,7 @@ __all__ = [
     "ImageSetError",
     "ImportPlan",
     "ImportResult",
+    "PlatformChoice",
     "Resolution",
     "Selected",
     "TagFilter",

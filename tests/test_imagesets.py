@@ -275,3 +275,14 @@ def test_cli_image_set_refuses_a_tagged_argument() -> None:
     with pytest.raises(ValueError, match="give REGISTRY/REPOSITORY without a tag"):
         cli_image_set(["127.0.0.1:5000/app:1"], tags=TagFilter())
     assert ImageSet().entries == []
+
+
+def test_a_registry_that_refuses_the_page_size_is_asked_without_it(
+        reg: tuple[LocalRegistry, dict], fault_proxy) -> None:
+    proxy = fault_proxy(reg[0].url)
+    proxy.status(r"^/v2/_catalog\?n=1000$", 400, times=1, body=(
+        b'{"errors":[{"code":"PAGINATION_NUMBER_INVALID","message":"invalid number"}]}'))
+    with RegistryClient(proxy.host, PLAIN) as client:
+        assert client.catalog() == sorted(CATALOG + ["apps/many", "multi/arch"])
+    assert [p for m, p, _ in proxy.headers if "_catalog" in p] == [
+        "/v2/_catalog?n=1000", "/v2/_catalog"]

@@ -137,3 +137,46 @@ def test_single_stores_the_platform_manifest_with_its_digest(
     assert missing.exit_code == 1
     assert f"index {index.digest} has no manifest for windows/amd64 (it has linux/amd64, " \
            "linux/arm64/v8, linux/s390x)" in missing.stderr
+
+
+def test_an_image_set_entry_keeps_its_own_platforms(registry: LocalRegistry,
+                                                    tmp_path: Path) -> None:
+    index, images = three_platforms()
+    push(registry, "multi/arch", index, tag="1")
+    push(registry, "whole/arch", index, tag="1")
+    config = tmp_path / "set.yaml"
+    config.write_text(f"""\
+{registry.host}:
+  tls-verify: false
+  images:
+    multi/arch:
+      all-tags: true
+      platforms: [linux/arm64/v8]
+      platform-mode: single
+    whole/arch: ["1"]
+""")
+    bundle = tmp_path / "b"
+    result = run_cli("export", "-c", str(config), "-o", str(bundle), "-q")
+    assert result.exit_code == 0, result.output
+    entries = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+               for m in json.loads((bundle / "index.json").read_text())["manifests"]}
+    assert entries == {f"{registry.host}/multi/arch:1": images[1].digest,
+                       f"{registry.host}/whole/arch:1": index.digest}
+    dry = run_cli("export", "-c", str(config), "-o", str(tmp_path / "c"), "--dry-run",
+                  "--json")
+    assert json.loads(dry.stdout)["selection"]["selected"][0] == {
+        "reference": f"{registry.host}/multi/arch:1", "entry": f"{config}:4",
+        "selectedBy": "all tags", "listed": True, "platforms": ["linux/arm64/v8"],
+        "platformMode": "single"}
+
+
+def test_bad_platforms_in_a_file_name_their_line(tmp_path: Path) -> None:
+    config = tmp_path / "set.yaml"
+    config.write_text("127.0.0.1:1:\n  images:\n    app:\n      all-tags: true\n"
+                      "      platforms: [linux]\n      platform-mode: sparse\n")
+    result = run_cli("export", "-c", str(config), "-o", str(tmp_path / "b"))
+    assert result.exit_code == 2
+    assert result.stderr.endswith(
+        f"Error: invalid image set:\n{config}:5: platforms: 'linux' is not "
+        "OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm64/v8) or all\n"
+        f"{config}:6: platform-mode 'sparse' is not one of strip, single\n")

@@ -109,6 +109,9 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
         options = api.transport_for(image_set, options)
         resolution = resolve(image_set, options, jobs)
         refs = resolution.references
+        if resolution.platforms and include_foreign_layers:
+            raise click.UsageError("--include-foreign-layers does not go with platforms "
+                                   "yet")
         if not dry_run:
             require_images(resolution)
     else:
@@ -133,8 +136,10 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     changed: list[api.DigestChange] = []
 
     def export(stop: threading.Event, keep: bool) -> api.ExportResult:
-        if choice is not None:
-            return api.export_platforms(refs, output, choice, format=fmt, split_size=split,
+        per_image = resolution.platforms if resolution is not None else {}
+        if choice is not None or per_image:
+            return api.export_platforms(refs, output, choice or api.PlatformChoice(),
+                                        choices=per_image, format=fmt, split_size=split,
                                         compression_level=compression_level,
                                         options=options, jobs=jobs, reporter=reporter,
                                         stop=stop, keep_going=keep, wait=not no_wait,

@@ -190,7 +190,10 @@ def print_resolution(resolution: api.Resolution) -> None:
                f"{_repositories(resolution.repositories)}"
                + (f"; {len(resolution.blocked)} blocked" if resolution.blocked else ""))
     for s in resolution.selected:
-        click.echo(f"  {escape(s.reference)}  [{escape(s.origin)}: {escape(s.selected_by)}]")
+        keep = (f"; platforms {s.platforms} ({s.platforms.mode})" if s.platforms is not None
+                else "")
+        click.echo(f"  {escape(s.reference)}  [{escape(s.origin)}: {escape(s.selected_by)}"
+                   f"{keep}]")
     for s, pattern in resolution.blocked:
         click.echo(f"  blocked: {escape(s.reference)}  [{escape(s.origin)}: "
                    f"{escape(s.selected_by)}; blocked by {escape(shlex.quote(pattern))}]")

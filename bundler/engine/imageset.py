@@ -11,6 +11,8 @@ applied last. :func:`read_image_set` reads skopeo's sync YAML as it is, plus our
         app:                              # ours: a mapping
           tags: {include: ['1\\..*'], exclude: ['.*-debug'], semver: '>=1.2.0 <2', latest: 5}
           all-tags: true                  # every tag (no filter needed)
+          platforms: [linux/amd64, linux/arm64]
+          platform-mode: strip            # or single (one platform)
       images-by-tag-regex:
         nginx: ^1\\.13\\.[12]-alpine-perl$  # Go-style: matches anywhere unless anchored
       images-by-semver:
@@ -41,7 +43,9 @@ from typing import Any
 import yaml
 
 from ..errors import BundlerError, InvalidReferenceError
+from ..oci.content import Platform
 from ..oci.digest import Digest
+from ..oci.platforms import PLATFORM_MODES, PlatformChoice, parse_platform
 from ..oci.reference import Reference
 from .tagfilter import FilterError, TagFilter, compile_regex, parse_range
 
@@ -49,10 +53,10 @@ __all__ = ["Entry", "ImageSet", "ImageSetError", "RegistrySettings", "read_image
 
 _REGISTRY_KEYS = {"images", "images-by-tag-regex", "images-by-semver", "repositories",
                   "tls-verify", "cert-dir", "credentials"}
-_ENTRY_KEYS = {"tags", "all-tags"}
+_PLATFORM_KEYS = {"platforms", "platform-mode"}
+_ENTRY_KEYS = {"tags", "all-tags"} | _PLATFORM_KEYS
 _TAG_KEYS = {"include", "exclude", "semver", "latest"}
-_REPOSITORY_KEYS = {"include", "exclude", "tags", "all-tags"}
-_LATER = {"platforms", "platform-mode"}
+_REPOSITORY_KEYS = {"include", "exclude", "tags", "all-tags"} | _PLATFORM_KEYS
 
 
 class ImageSetError(BundlerError, ValueError):
@@ -75,6 +79,8 @@ class Entry:
         references: explicit tags and digests (``images: repo: [...]``).
         tags: the filter over the listed tags, or None when only ``references`` count.
         include_repositories, exclude_repositories: regexes over catalog names (full match).
+        platforms: the platforms to keep of its indexes, or None (all, or the command
+            line's ``--platform``).
     """
 
     registry: str
@@ -84,6 +90,7 @@ class Entry:
     tags: TagFilter | None = None
     include_repositories: tuple[str, ...] = ()
     exclude_repositories: tuple[str, ...] = ()
+    platforms: PlatformChoice | None = None
 
     @property
     def name(self) -> str:
@@ -182,11 +189,8 @@ class _Checker:
         return tuple(out)
 
     def unknown(self, key: yaml.Node, name: str, known: set[str], what: str) -> None:
-        if name in _LATER:
-            self.error(key, f"{name!r}: platform selection is not available yet")
-        else:
-            self.error(key, f"unknown key {name!r} in {what} (known: "
-                            f"{', '.join(sorted(known))})")
+        self.error(key, f"unknown key {name!r} in {what} (known: "
+                        f"{', '.join(sorted(known))})")
 
 
 def read_image_set(path: str | os.PathLike[str]) -> ImageSet:
@@ -289,8 +293,9 @@ def _repository(check: _Checker, host: str, section: str, key: yaml.Node, value:
                 check.errors.append(str(exc))
     elif isinstance(value, yaml.MappingNode):
         tags = _entry_tags(check, value, f"{host}/{repo}", _ENTRY_KEYS)
+        platforms = _entry_platforms(check, value)
         if tags is not None:
-            out.entries.append(Entry(host, repo, origin, tags=tags))
+            out.entries.append(Entry(host, repo, origin, tags=tags, platforms=platforms))
     elif isinstance(value, yaml.SequenceNode) and not value.value:
         out.entries.append(Entry(host, repo, origin, tags=TagFilter()))
     else:
@@ -323,8 +328,8 @@ def _entry_tags(check: _Checker, node: yaml.Node, what: str,
         if name not in known:
             check.unknown(key, name, known, what)
             ok = False
-        elif name in ("include", "exclude"):
-            continue  # the catalog's regexes: read by the caller
+        elif name in ("include", "exclude") or name in _PLATFORM_KEYS:
+            continue  # read by the caller
         elif name == "all-tags":
             all_tags = bool(check.boolean(value, "all-tags"))
         elif name == "tags":
@@ -377,6 +382,37 @@ def _catalog_entry(check: _Checker, host: str, node: yaml.Node, out: ImageSet) -
         elif key.value == "exclude":
             exclude = check.regexes(value, "repositories.exclude")
     tags = _entry_tags(check, node, f"repositories of {host!r}", _REPOSITORY_KEYS)
+    platforms = _entry_platforms(check, node)
     if tags is not None:
         out.entries.append(Entry(host, None, check.at(node), tags=tags,
-                                 include_repositories=include, exclude_repositories=exclude))
+                                 include_repositories=include, exclude_repositories=exclude,
+                                 platforms=platforms))
+
+
+def _entry_platforms(check: _Checker, node: yaml.Node) -> PlatformChoice | None:
+    """``platforms: [OS/ARCH[/VARIANT], ...]`` and ``platform-mode`` of an entry."""
+    platforms: list[Platform] = []
+    mode, mode_node, every = "strip", node, False
+    for key, value in node.value if isinstance(node, yaml.MappingNode) else []:
+        if key.value == "platforms":
+            for text in check.strings(value, "a platform"):
+                if text == "all":
+                    every = True
+                    continue
+                try:
+                    platforms.append(parse_platform(text))
+                except ValueError as exc:
+                    check.error(value, f"platforms: {exc}")
+        elif key.value == "platform-mode":
+            mode_node = value
+            text = check.string(value, "platform-mode")
+            if text is not None and text not in PLATFORM_MODES:
+                check.error(value, f"platform-mode {text!r} is not one of "
+                                   f"{', '.join(PLATFORM_MODES)}")
+            mode = text or mode
+    if every and platforms:
+        check.error(node, "platforms: 'all' keeps every platform; give it alone")
+    if mode == "single" and len(platforms) != 1:
+        check.error(mode_node, "platform-mode single keeps exactly one platform; "
+                               f"{len(platforms)} given")
+    return PlatformChoice(tuple(dict.fromkeys(platforms)), mode) if platforms else None

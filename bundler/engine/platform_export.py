@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..events import Reporter
 from ..oci.platforms import PlatformChoice
@@ -31,6 +31,7 @@ def export_platforms(
     output: str | os.PathLike[str],
     choice: PlatformChoice,
     *,
+    choices: Mapping[str, PlatformChoice] | None = None,
     format: str | None = None,
     split_size: int | None = None,
     compression_level: int = 3,
@@ -46,7 +47,9 @@ def export_platforms(
     """Export as :func:`bundler.export_bundle`, each index narrowed to ``choice``.
 
     Args:
-        choice: the platforms and the mode; the others as :func:`bundler.export_bundle`.
+        choice: the platforms and the mode (no platforms: indexes kept whole).
+        choices: reference (``str``) -> its own choice (an image-set entry's
+            ``platforms``). The others as :func:`bundler.export_bundle`.
         changed: receives a :class:`DigestChange` for each reference stored under
             another digest than the registry's (each narrowed index), even when the
             export fails for other images.
@@ -60,7 +63,7 @@ def export_platforms(
     """
     images = [StoreImage.of(ref) for ref in unique_references(references)]
     with ClientPool(options) as clients:
-        source = PlatformSource(clients, choice)
+        source = PlatformSource(clients, choice, choices)
         try:
             return export_from_store(source, images, output, format=format,
                                      split_size=split_size,

@@ -29,6 +29,7 @@ from ..errors import (
     TransferError,
 )
 from ..oci.digest import Digest
+from ..oci.platforms import PlatformChoice
 from ..oci.reference import Reference
 from ..registry.client import TransportOptions
 from ..registry.credentials import Credentials, Keychain
@@ -56,12 +57,14 @@ class Selected:
         selected_by: the filter that kept it: ``given``, ``all tags``, or the filter in
             the command line's words (``--semver '>=1 <2' --latest 5``).
         listed: it came from a tags list (it may vanish before it is fetched).
+        platforms: the platforms its entry keeps of an index, or None.
     """
 
     reference: Reference
     origin: str
     selected_by: str
     listed: bool
+    platforms: PlatformChoice | None = None
 
 
 @dataclass
@@ -85,11 +88,21 @@ class Resolution:
         """The selected references, for the engines."""
         return [s.reference for s in self.selected]
 
+    @property
+    def platforms(self) -> dict[str, PlatformChoice]:
+        """Reference -> the platforms its entry keeps, for those whose entry says."""
+        return {str(s.reference): s.platforms for s in self.selected
+                if s.platforms is not None}
+
     def to_json(self) -> dict[str, Any]:
         """``{"selected": [{reference, entry, selectedBy, listed}], "blocked": [...]}``."""
         def item(s: Selected) -> dict[str, Any]:
-            return {"reference": str(s.reference), "entry": s.origin,
-                    "selectedBy": s.selected_by, "listed": s.listed}
+            out = {"reference": str(s.reference), "entry": s.origin,
+                   "selectedBy": s.selected_by, "listed": s.listed}
+            if s.platforms is not None:
+                out.update(platforms=[str(p) for p in s.platforms.platforms],
+                           platformMode=s.platforms.mode)
+            return out
         return {"selected": [item(s) for s in self.selected],
                 "blocked": [dict(item(s), blockedBy=p) for s, p in self.blocked],
                 "repositories": self.repositories, "tagsListed": self.tags_listed}
@@ -237,7 +250,7 @@ def _select(entry: Entry, repo: str, listed: list[str]) -> list[Selected]:
             ref = Reference(entry.registry, repo, None, Digest.parse(text))
         else:
             ref = Reference(entry.registry, repo).with_tag(text)
-        out.append(Selected(ref, entry.origin, "given", False))
+        out.append(Selected(ref, entry.origin, "given", False, entry.platforms))
     if entry.tags is not None:
         by = entry.tags.describe()
         for tag in entry.tags.apply(listed):
@@ -245,7 +258,7 @@ def _select(entry: Entry, repo: str, listed: list[str]) -> list[Selected]:
                 ref = Reference(entry.registry, repo).with_tag(tag)
             except InvalidReferenceError:
                 continue  # a registry that lists a malformed tag: it cannot be fetched
-            out.append(Selected(ref, entry.origin, by, True))
+            out.append(Selected(ref, entry.origin, by, True, entry.platforms))
     return out
 
 

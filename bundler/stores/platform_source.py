@@ -18,6 +18,7 @@ Spec: image-spec ``image-index.md``; distribution-spec "Pulling manifests".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ManifestError
@@ -51,12 +52,15 @@ class PlatformSource(RegistrySource):
 
     Args:
         clients: the source side's clients.
-        choice: the platforms and the mode.
+        choice: the platforms and the mode (no platforms: every index kept whole).
+        choices: reference (``str``) -> its own choice instead of ``choice``.
     """
 
-    def __init__(self, clients: ClientPool, choice: PlatformChoice) -> None:
+    def __init__(self, clients: ClientPool, choice: PlatformChoice,
+                 choices: Mapping[str, PlatformChoice] | None = None) -> None:
         super().__init__(clients)
         self.choice = choice
+        self.choices = dict(choices or {})
         self.changed: list[DigestChange] = []
 
     def resolve_one(self, reference: Reference) -> Descriptor:
@@ -67,22 +71,23 @@ class PlatformSource(RegistrySource):
             ``single`` mode, with several). What ``resolve_one`` raises.
         """
         entry = super().resolve_one(reference)
-        if not self.choice.platforms or entry.media_type not in (
+        name = str(reference)
+        choice = self.choices.get(name, self.choice)
+        if not choice.platforms or entry.media_type not in (
                 "application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json"):
             return entry
         index = self.get_manifest(entry)
         if not isinstance(index, Index):
             return entry
-        name = str(reference)
         try:
-            if self.choice.mode == "single":
-                child = single_child(index, self.choice)
+            if choice.mode == "single":
+                child = single_child(index, choice)
                 narrowed = Descriptor(media_type=child.media_type, digest=child.digest,
                                       size=child.size, artifact_type=child.artifact_type,
                                       annotations={REF_NAME: name, CONTAINERD_NAME: name})
             else:
-                raw = strip_index(index, self.choice)
+                raw = strip_index(index, choice)
                 digest = Digest.of(raw)
                 parsed = parse_manifest(raw, index.media_type, digest=digest)
                 narrowed = Descriptor(media_type=parsed.media_type, digest=digest,
@@ -96,5 +101,5 @@ class PlatformSource(RegistrySource):
         with self._lock:
             self._entries[name] = narrowed
             self.changed.append(DigestChange(name, entry.digest, narrowed.digest,
-                                             self.choice.mode))
+                                             choice.mode))
         return narrowed
