@@ -286,3 +286,12 @@ def test_a_registry_that_refuses_the_page_size_is_asked_without_it(
         assert client.catalog() == sorted(CATALOG + ["apps/many", "multi/arch"])
     assert [p for m, p, _ in proxy.headers if "_catalog" in p] == [
         "/v2/_catalog?n=1000", "/v2/_catalog"]
+
+
+def test_latest_orders_by_semver_precedence() -> None:
+    # semver.org 2.0.0 section 11's example, highest first, with a v-tag and a non-semver
+    tags = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta",
+            "1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "v0.9.0", "edge"]
+    assert TagFilter.build(latest=10).apply(tags) == [
+        "1.0.0", "1.0.0-rc.1", "1.0.0-beta.11", "1.0.0-beta.2", "1.0.0-beta",
+        "1.0.0-alpha.beta", "1.0.0-alpha.1", "1.0.0-alpha", "v0.9.0", "edge"]

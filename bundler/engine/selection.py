@@ -217,19 +217,28 @@ def _resolve(image_set: ImageSet, pool: ClientPool, jobs: int) -> Resolution:
             if (not inc or any(r.fullmatch(name) for r in inc)) and \
                     not any(r.fullmatch(name) for r in exc):
                 plan.append((entry, name))
-    wanted = list(dict.fromkeys((e.registry, repo) for e, repo in plan if e.tags is not None))
-    tags: dict[tuple[str, str], list[str]] = {}
+    # each repository listed once; its entries' filters applied in the same task, so
+    # that filtering overlaps with the other tasks' requests
+    users: dict[tuple[str, str], list[int]] = {}
+    for number, (entry, repo) in enumerate(plan):
+        if entry.tags is not None:
+            users.setdefault((entry.registry, repo), []).append(number)
+    wanted = list(users)
+    listed: dict[tuple[str, str], int] = {}
+    kept: dict[int, list[str]] = {}
 
     def list_tags(key: tuple[str, str]) -> None:
-        tags[key] = pool.get(key[0]).list_tags(key[1])
+        tags = pool.get(key[0]).list_tags(key[1])
+        listed[key] = len(tags)
+        for number in users[key]:
+            kept[number] = plan[number][0].tags.apply(tags)  # type: ignore[union-attr]
 
     raise_first(run_parallel(wanted, list_tags, jobs=jobs), wanted)
-    result = Resolution(repositories=len(wanted),
-                        tags_listed=sum(len(t) for t in tags.values()))
+    result = Resolution(repositories=len(wanted), tags_listed=sum(listed.values()))
     seen: set[str] = set()
     blocked = [(p, re.compile(p)) for p in image_set.blocked]
-    for entry, repo in plan:
-        for selected in _select(entry, repo, tags.get((entry.registry, repo), [])):
+    for number, (entry, repo) in enumerate(plan):
+        for selected in _select(entry, repo, kept.get(number, [])):
             key = str(selected.reference)
             if key in seen:
                 continue
@@ -242,8 +251,9 @@ def _resolve(image_set: ImageSet, pool: ClientPool, jobs: int) -> Resolution:
     return result
 
 
-def _select(entry: Entry, repo: str, listed: list[str]) -> list[Selected]:
-    """The references one entry selects in one repository."""
+def _select(entry: Entry, repo: str, kept: list[str]) -> list[Selected]:
+    """The references one entry selects in one repository (``kept``: the listed tags its
+    filter kept)."""
     out = []
     for text in entry.references:
         if text.startswith("sha") and ":" in text:
@@ -253,7 +263,7 @@ def _select(entry: Entry, repo: str, listed: list[str]) -> list[Selected]:
         out.append(Selected(ref, entry.origin, "given", False, entry.platforms))
     if entry.tags is not None:
         by = entry.tags.describe()
-        for tag in entry.tags.apply(listed):
+        for tag in kept:
             try:
                 ref = Reference(entry.registry, repo).with_tag(tag)
             except InvalidReferenceError:

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cmp_to_key
 
 import nodesemver
 
 from ..errors import BundlerError
 
-__all__ = ["FilterError", "TagFilter", "compile_regex", "natural_key", "parse_range",
-           "parse_semver"]
+__all__ = ["FilterError", "TagFilter", "compile_regex", "highest", "natural_key",
+           "parse_range", "parse_semver", "precedence"]
 
 
 class FilterError(BundlerError, ValueError):
@@ -165,27 +165,41 @@ class TagFilter:
             kept = [t for t in kept if any(match(r, t) for r in self._include)]
         if self._exclude:
             kept = [t for t in kept if not any(r.fullmatch(t) for r in self._exclude)]
+        versions: dict[str, nodesemver.SemVer | None] = {}
+        if self._range is not None or self.latest is not None:
+            versions = {t: parse_semver(t) for t in kept}  # each tag parsed once
         if self._range is not None:
             rng = self._range
-            kept = [t for t in kept
-                    if (v := parse_semver(t)) is not None and rng.test(v)]  # type: ignore[attr-defined]
+            kept = [t for t in kept if (v := versions[t]) is not None
+                    and rng.test(v)]  # type: ignore[attr-defined]
         if self.latest is not None:
-            kept = highest(kept)[: self.latest]
+            kept = highest(kept, versions)[: self.latest]
         return kept
 
 
-def highest(tags: list[str]) -> list[str]:
-    """``tags`` highest first: semver tags by precedence (then by text, for ``v1`` and
-    ``1`` of one version), then the others in descending natural order."""
-    versions = [(t, v) for t in tags if (v := parse_semver(t)) is not None]
-    others = [t for t in tags if parse_semver(t) is None]
+def precedence(version: nodesemver.SemVer) -> tuple:
+    """A sort key in semver precedence (semver.org 2.0.0 section 11): major, minor,
+    patch, then a release above its pre-releases, whose dot-separated identifiers
+    compare numerically (digits) below alphanumerically (others), a longer list above
+    its prefix."""
+    pre = tuple((0, int(i), "") if isinstance(i, int) or str(i).isdigit() else (1, 0, str(i))
+                for i in version.prerelease)
+    return (version.major, version.minor, version.patch, 0 if pre else 1, pre)
 
-    def compare(a: tuple[str, nodesemver.SemVer], b: tuple[str, nodesemver.SemVer]) -> int:
-        order = a[1].compare(b[1])
-        if order == 0:  # 1.2.3+b1 and 1.2.3+b2, v1.2.3 and 1.2.3: a stable, total order
-            order = (natural_key(a[0]) > natural_key(b[0])) - (natural_key(a[0]) < natural_key(b[0]))
-        return order
 
-    versions.sort(key=cmp_to_key(compare), reverse=True)
+def highest(tags: list[str],
+            versions: Mapping[str, nodesemver.SemVer | None] | None = None) -> list[str]:
+    """``tags`` highest first: semver tags by precedence (then by text, for ``v1.2.3``
+    and ``1.2.3``), then the others in descending natural order.
+
+    Args:
+        tags: the tags. versions: their parsed versions, if already known.
+    """
+    known = versions or {}
+    parsed = {t: known[t] if t in known else parse_semver(t) for t in tags}
+    semver = [t for t in tags if parsed[t] is not None]
+    others = [t for t in tags if parsed[t] is None]
+    semver.sort(key=lambda t: (precedence(parsed[t]), natural_key(t)),  # type: ignore[arg-type]
+                reverse=True)
     others.sort(key=natural_key, reverse=True)
-    return [t for t, _ in versions] + others
+    return semver + others
