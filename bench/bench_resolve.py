@@ -11,7 +11,8 @@ work directory. Each round times, in an order that rotates from round to round:
   ``latest 5`` applied per repository), in this process.
 
 Prints the medians, the ratio resolve/baseline and PASS/FAIL against issue 12's
-target (at most 2x). Seconds are wall time.
+target (at most 2x), with the CPU seconds each way costs this process (the client
+side) and the load average. Seconds are wall time.
 
 Usage:
     python bench/bench_resolve.py --runs 5                      # about a minute once seeded
@@ -118,16 +119,19 @@ def main() -> None:
         with RegistryClient(registry.host, TransportOptions(tls_verify=False)) as client:
             repositories = client.catalog()
         times: dict[str, list[float]] = {"baseline": [], "resolve": []}
+        cpu: dict[str, list[float]] = {"baseline": [], "resolve": []}
         selected = 0
         for index in range(args.warmup + args.runs):
             order = ["baseline", "resolve"] if index % 2 == 0 else ["resolve", "baseline"]
             for way in order:
+                started_cpu = time.process_time()
                 if way == "baseline":
                     seconds = baseline(registry.url, repositories)
                 else:
                     seconds, selected = resolve(registry.host, args.jobs)
                 if index >= args.warmup:
                     times[way].append(seconds)
+                    cpu[way].append(time.process_time() - started_cpu)
         base, res = median(times["baseline"]), median(times["resolve"])
         ratio = res / base
         figures = {
@@ -139,12 +143,15 @@ def main() -> None:
             "baselineS": round(base, 3), "resolveS": round(res, 3),
             "ratio": round(ratio, 2), "target": TARGET, "pass": ratio <= TARGET,
             "samples": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
+            "cpuS": {k: round(median(vs), 3) for k, vs in cpu.items()},
+            "loadAverage": os.getloadavg()[0],
         }
         print(f"{len(repositories)} repositories x {len(tag_names(args.tags))} tags: "
               f"baseline (tags/list, 8 at a time) {base:.3f} s; resolve (catalog + tags "
               f"lists + filters, --jobs {args.jobs}) {res:.3f} s; ratio {ratio:.2f} "
               f"(target <= {TARGET}): {'PASS' if ratio <= TARGET else 'FAIL'}; "
-              f"{selected} references selected")
+              f"{selected} references selected; client CPU {median(cpu['baseline']):.3f} s "
+              f"vs {median(cpu['resolve']):.3f} s; load average {os.getloadavg()[0]:.1f}")
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
