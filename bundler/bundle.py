@@ -16,15 +16,28 @@ from .engine.archive_check import ArchiveHead, VerifyReport, read_head, verify_a
 from .engine.archive_import import import_archive
 from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
 from .engine.exporting import ExportResult, export_bundle, read_images_file
+from .engine.imageset import ImageSet, ImageSetError, read_image_set
 from .engine.importing import ImportResult, not_distributed, push_images
+from .engine.inspecting import ImageInfo, inspect_image, list_repository_tags
 from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping, resolve_targets
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
+from .engine.platform_export import DigestChange, export_platforms
+from .engine.selection import (
+    Resolution,
+    Selected,
+    cli_image_set,
+    resolve_image_set,
+    tolerate_vanished,
+    transport_for,
+)
+from .engine.tagfilter import FilterError, TagFilter
 from .errors import BundleError, BundlerError, IntegrityError
 from .events import Reporter
 from .oci.content import Descriptor, Index, entry_name, is_non_distributable
 from .oci.digest import Digest
 from .oci.graph import check_reachable, walk
+from .oci.platforms import PlatformChoice
 from .registry.client import TransportOptions
 from .stores.archive import is_archive
 from .stores.layout import LayoutStore
@@ -33,22 +46,39 @@ __all__ = [
     "BundleImage",
     "BundleListing",
     "CopyResult",
+    "DigestChange",
     "ExportPlan",
     "ExportResult",
+    "FilterError",
+    "ImageInfo",
+    "ImageSet",
+    "ImageSetError",
     "ImportPlan",
     "ImportResult",
+    "PlatformChoice",
+    "Resolution",
+    "Selected",
+    "TagFilter",
     "VerifyReport",
     "check_locations",
+    "cli_image_set",
     "copy_image",
     "export_bundle",
+    "export_platforms",
     "import_bundle",
+    "inspect_image",
+    "list_repository_tags",
     "list_bundle",
     "mirror_images",
     "open_bundle",
     "plan_copy",
     "plan_export",
     "plan_import",
+    "read_image_set",
     "read_images_file",
+    "resolve_image_set",
+    "tolerate_vanished",
+    "transport_for",
     "verify_bundle",
 ]
 

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import click
 
 from .. import bundle as api
-from ..engine.exporting import parse_references
 from ..engine.naming import check_to, parse_mapping
 from ..errors import BundlerError, InvalidReferenceError
 from ..events import Tally
@@ -28,20 +27,20 @@ from ..oci.reference import Reference
 from ..registry.authfile import default_authfile, login, logout
 from ..registry.credentials import Credentials, normalize_key
 from ..registry.journal import UploadJournal
-from ..stores.archive import output_format
 from ..termsafe import escape
 from .copy import copy_cmd
+from .export import export_cmd
+from .inspect import inspect_cmd
+from .list_tags import list_tags_cmd
 from .mirror import mirror_cmd
 from .options import (
     MIN_CHUNK_SIZE,
-    MIN_SPLIT_SIZE,
     check_output_options,
     check_shared_blob_dir,
     once,
     parse_bool,
     print_dry_run,
     progress_options,
-    say_waiting,
     shared_blob_dir_option,
     side_options,
     size_option,
@@ -50,7 +49,6 @@ from .options import (
 )
 from .reporters import make_reporter
 from .summary import (
-    export_summary,
     human,
     import_summary,
     plural,
@@ -92,77 +90,11 @@ def main(debug: bool) -> None:
     _configure_debug(debug)
 
 
+main.add_command(export_cmd)
 main.add_command(copy_cmd)
 main.add_command(mirror_cmd)
-
-
-@main.command("export")
-@click.argument("references", nargs=-1)
-@click.option("-f", "--images-file", type=click.Path(dir_okay=False, allow_dash=True),
-              help="File with one reference per line (# comments allowed); - for stdin.")
-@click.option("-o", "--output", required=True, type=click.Path(),
-              help="Bundle to write: a directory (extended if it exists), NAME.tar or "
-                   "NAME.tar.zst (a new single-file bundle).")
-@click.option("--format", "fmt", type=click.Choice(["dir", "tar", "tar.zst"]),
-              help="Bundle format (default: from the output name).")
-@click.option("--split-size", metavar="SIZE", callback=size_option(MIN_SPLIT_SIZE),
-              help="Cut an archive into volumes NAME.000, NAME.001, ... of SIZE (e.g. 4GiB; "
-                   "at least 1KiB).")
-@click.option("--compression-level", default=3, show_default=True, type=click.IntRange(1, 22),
-              help="zstd level of a .tar.zst bundle.")
-@click.option("--no-wait", is_flag=True,
-              help="Fail at once (exit 1) if another bundler is writing the same bundle, "
-                   "instead of waiting for it.")
-@click.option("--include-foreign-layers", is_flag=True,
-              help="Store non-distributable (foreign) layers too: from the registry, else "
-                   "from the URLs their descriptors list (https; no credentials sent).")
-@transport_options("src")
-@progress_options
-def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
-               fmt: str | None, split_size: int | None, compression_level: int,
-               no_wait: bool, include_foreign_layers: bool,
-               jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
-               as_json: bool, **kw: Any) -> None:
-    """Export images from registries into one deduplicated OCI layout bundle.
-
-    \b
-    Examples:
-      bundler export docker.io/library/alpine:3.20 -o ./bundle
-      bundler export --images-file images.txt -o ./bundle
-      bundler export --images-file images.txt -o bundle.tar.zst --split-size 4GiB
-      bundler export --images-file images.txt -o ./bundle --dry-run
-    """
-    check_output_options(quiet, progress, dry_run, as_json)
-    split = split_size
-    try:
-        archive = output if output_format(output, fmt, split) != "dir" else None
-    except BundlerError as exc:
-        raise click.UsageError(escape(exc)) from exc
-    options = side_options("src", kw)
-    texts: list[tuple[str, str]] = [(text, "") for text in references]
-    try:
-        if images_file:
-            texts += api.read_images_file(images_file, numbered=True)
-        refs = parse_references(texts)
-    except BundlerError as exc:
-        raise click.UsageError(escape(exc)) from exc
-    if dry_run:
-        print_dry_run(lambda: api.plan_export(refs, output, format=fmt, split_size=split,
-                                         options=options, jobs=jobs), output, as_json)
-        return
-    tally = Tally()
-    reporter = make_reporter("none" if quiet else progress, tally)
-    options = dataclasses.replace(options, reporter=reporter)  # shows long waits
-    run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
-                                       compression_level=compression_level, options=options,
-                                       jobs=jobs, reporter=reporter, stop=stop,
-                                       keep_going=keep_going, wait=not no_wait,
-                                       on_wait=say_waiting,
-                                       include_foreign_layers=include_foreign_layers),
-        tally, lambda result, seconds: export_summary(result, output, seconds), reporter,
-        archive=archive)
-
-
+main.add_command(list_tags_cmd)
+main.add_command(inspect_cmd)
 
 
 @main.command("import")

@@ -33,6 +33,14 @@ from .options import (
     transport_options,
 )
 from .reporters import make_reporter
+from .selecting import (
+    image_set_from_options,
+    print_resolution,
+    require_images,
+    resolve,
+    say_vanished,
+    selection_options,
+)
 from .summary import human, import_summary, plural, run, stdout_may_close
 
 __all__ = ["mirror_cmd"]
@@ -72,6 +80,7 @@ def _both_sides(func: Callable) -> Callable:
               callback=size_option(MIN_CHUNK_SIZE),
               help="Blobs larger than this are uploaded in PATCH chunks of this size "
                    "(at least 1KiB).")
+@selection_options
 @_both_sides
 @progress_options
 def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | None,
@@ -93,6 +102,13 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     check_output_options(quiet, progress, dry_run, as_json)
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
+    image_set = image_set_from_options(references, images_file, kw)
+    if image_set is not None:
+        if to is None:
+            raise click.UsageError("an image set goes with --to REGISTRY[/PREFIX]")
+        _mirror_set(image_set, to, chunk_size, jobs, quiet, progress, keep_going, dry_run,
+                    as_json, kw)
+        return
     texts = list(references)
     try:  # everything the command line tells is checked before any request
         if to is not None:
@@ -124,28 +140,78 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
         tally, mirror_summary, reporter, importing=True)
 
 
+def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, quiet: bool,
+                progress: str, keep_going: bool, dry_run: bool, as_json: bool,
+                kw: dict[str, Any]) -> None:
+    """A mirror of an image set: check ``--to``, resolve the set, then mirror its
+    references (listed tags gone by then are skipped and named)."""
+    try:
+        check_to(to)
+    except BundlerError as exc:
+        raise click.UsageError(escape(exc)) from exc
+    shared = {name: kw[name] for name in _SHARED}
+    src_options = side_options("src", kw)
+    kw.update(shared)
+    dest_options = side_options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
+    src_options = api.transport_for(image_set, src_options)
+    resolution = resolve(image_set, src_options, jobs)
+    refs, pairs = [], None
+    if resolution.selected:
+        try:  # a destination equal to its source
+            refs, pairs = check_mirror(resolution.references, to=to, mapping=None)
+        except BundlerError as exc:
+            raise click.UsageError(escape(exc)) from exc
+    if dry_run:
+        if not as_json:
+            print_resolution(resolution)
+        print_dry_run(lambda: plan_mirror(refs, to=to, mapping=pairs, src_options=src_options,
+                                          dest_options=dest_options, jobs=jobs), as_json,
+                      {"selection": resolution.to_json()})
+        return
+    require_images(resolution)
+    tally = Tally()
+    reporter = make_reporter("none" if quiet else progress, tally)
+    src_options = dataclasses.replace(src_options, reporter=reporter)
+    dest_options = dataclasses.replace(dest_options, reporter=reporter)
+    gone: list[str] = []
+
+    def summary(result: api.ImportResult, seconds: float) -> None:
+        say_vanished(gone)
+        mirror_summary(result, seconds)
+
+    run(lambda stop: api.tolerate_vanished(
+        lambda keep: api.mirror_images(refs, to=to, mapping=pairs, src_options=src_options,
+                                       dest_options=dest_options, jobs=jobs,
+                                       reporter=reporter, stop=stop, keep_going=keep),
+        resolution, keep_going=keep_going, on_vanished=gone.append),
+        tally, summary, reporter, importing=True)
+
+
 def mirror_summary(result: api.ImportResult, seconds: float) -> None:
     """Print the summary of a mirror and one ``SOURCE -> DESTINATION`` line per image."""
     import_summary(result, seconds, done="mirrored", moved="copied",
                    missing="is not served by its source")
 
 
-def print_dry_run(plan: Callable[[], ImportPlan], as_json: bool) -> None:
-    """Print what a mirror would move; exit 1 (message on stderr) if the plan fails."""
+def print_dry_run(plan: Callable[[], ImportPlan], as_json: bool,
+                  extra: dict[str, Any] | None = None) -> None:
+    """Print what a mirror would move; exit 1 (message on stderr) if the plan fails.
+    ``extra``: more keys of the JSON document."""
     try:
         result = plan()
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
     with stdout_may_close():
-        print_mirror_plan(result, as_json)
+        print_mirror_plan(result, as_json, extra)
 
 
-def print_mirror_plan(plan: ImportPlan, as_json: bool) -> None:
+def print_mirror_plan(plan: ImportPlan, as_json: bool,
+                      extra: dict[str, Any] | None = None) -> None:
     """A mirror's dry run: each image, its destination and whether it is there; then
     the blobs after dedup, those to copy (once per registry) and to mount."""
     if as_json:
-        click.echo(json.dumps({
+        click.echo(json.dumps({**(extra or {}),
             "dryRun": "mirror",
             "images": [{"reference": i.name, "digest": str(i.digest), "size": i.size,
                         "destination": i.destination, "present": i.present}

@@ -212,12 +212,13 @@ def say_waiting(message: str) -> None:
 
 
 def print_dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: str,
-             as_json: bool) -> None:
+             as_json: bool, extra: dict[str, Any] | None = None) -> None:
     """Print the plan ``plan()`` works out; exit 1 (message on stderr) if it fails, 2 on
-    a usage error (bad ``--to``, ``--mapping`` or reference)."""
+    a usage error (bad ``--to``, ``--mapping`` or reference). ``extra``: more keys of
+    the JSON document."""
     try:
         with stdout_may_close():  # --dry-run | head: a reader may stop early
-            print_plan(plan(), where, as_json)
+            print_plan(plan(), where, as_json, extra)
     except (MappingError, InvalidReferenceError) as exc:
         raise click.UsageError(escape(exc)) from exc
     except BundlerError as exc:

@@ -210,13 +210,15 @@ def import_summary(result: ImportResult, seconds: float, *, done: str = "importe
                    err=True)
 
 
-def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None:
+def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool,
+               extra: dict[str, Any] | None = None) -> None:
     """Print a dry run's plan: images, then blobs and bytes after dedup and what is there.
 
     Args:
         plan: from :func:`bundler.plan_export` or :func:`bundler.plan_import`.
         where: the bundle (output of an export, input of an import).
         as_json: one JSON document instead of text.
+        extra: more keys of the JSON document (an image set's ``selection``).
     """
     export = isinstance(plan, ExportPlan)
     if as_json:
@@ -234,6 +236,7 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool) -> None
             doc.update(toUpload=plan.to_upload, uploadBytes=plan.upload_bytes,
                        toMount=plan.to_mount, mountBytes=plan.mount_bytes,
                        present=plan.present, presentBytes=plan.present_bytes)
+        doc.update(extra or {})
         click.echo(json.dumps(doc, indent=2))
         return
     images = plural(len(plan.images), "image")

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Generator
+from urllib.parse import urlencode
 
 import httpx
 
@@ -43,11 +44,15 @@ from .auth import redact_url
 from .transport import MANIFEST_LIMIT, RETRY_STATUSES, RegistrySession, TransportOptions
 from .uploads import BlobUploads
 
-__all__ = ["RETRY_STATUSES", "RegistryClient", "TransportOptions"]
+__all__ = ["CATALOG_PAGE", "RETRY_STATUSES", "TAGS_PAGE", "RegistryClient", "TransportOptions"]
 
 _http_log = logging.getLogger("bundler.http")
 #: Manifests fetched by :meth:`RegistryClient.resolve` kept for the GET that follows.
 _PREFETCHED_MAX = 8
+#: ``n`` of a tags list request: tags asked for per page.
+TAGS_PAGE = 1000
+#: ``n`` of a catalog request: repositories asked for per page.
+CATALOG_PAGE = 1000
 
 
 class RegistryClient(RegistrySession, BlobUploads):
@@ -204,19 +209,74 @@ class RegistryClient(RegistrySession, BlobUploads):
             raise DigestMismatchError(expected=str(digest), actual=served, where=what)
         return digest
 
-    def list_tags(self, repository: str) -> list[str]:
-        """All tags of a repository, following ``Link`` pagination.
+    def list_tags(self, repository: str, *, page_size: int = TAGS_PAGE) -> list[str]:
+        """All tags of a repository, page by page.
 
-        Spec: distribution-spec "Listing tags".
+        Args:
+            repository: the repository name (``team-a/app``).
+            page_size: ``n``, the most tags asked for per request.
+
+        Returns:
+            The tags in the order served (lexical on distribution registries); empty for
+            a repository that has manifests but no tag.
+
+        Raises:
+            NotFoundError: no such repository. RegistryError: an error answer, or a body
+            that is no tag list.
+
+        Spec: distribution-spec "Listing Tags" (``n``, ``last``, the ``Link`` header).
         """
-        tags: list[str] = []
-        path: str | None = f"/v2/{repository}/tags/list"
-        while path:
-            response = self.request("GET", path, what=f"tags of {self.registry}/{repository}")
-            tags.extend(response.json().get("tags") or [])
+        return self._paged(f"/v2/{repository}/tags/list", "tags", page_size,
+                           f"tags of {self.registry}/{repository}")
+
+    def catalog(self, *, page_size: int = CATALOG_PAGE) -> list[str]:
+        """Every repository name the registry lists, page by page.
+
+        Raises:
+            RegistryError: an error answer (Docker Hub and GHCR serve no catalog: 401 or
+            404), or a body that is no repository list.
+
+        Spec: Docker Registry HTTP API V2 "Catalog" (``n``, ``last``, ``Link``); the
+        catalog is not part of the OCI distribution-spec.
+        """
+        return self._paged("/v2/_catalog", "repositories", page_size,
+                           f"catalog of {self.registry}")
+
+    def _paged(self, path: str, key: str, page_size: int, what: str) -> list[str]:
+        """GET ``path?n=page_size`` and the pages after it: the ``Link`` header's next
+        URL when given, else ``last=<last item>`` while full pages come back. A registry
+        that refuses ``n`` as too large (400) is asked again without it."""
+        items: list[str] = []
+        seen: set[str] = set()
+        url: str | None = f"{path}?n={page_size}"
+        while url:
+            response = self.request("GET", url, what=what, ok=(200, 400))
+            if response.status_code == 400:
+                if url != f"{path}?n={page_size}":
+                    self.request("GET", url, what=what)  # raises the registry's error
+                url = path  # n above the registry's most (PAGINATION_NUMBER_INVALID):
+                page_size = 0  # its own page size, and only its Link header, then
+                continue
+            try:
+                page = response.json().get(key) or []
+                if not isinstance(page, list) or not all(isinstance(i, str) for i in page):
+                    raise ValueError(f"{key!r} is no list of strings")
+            except ValueError as exc:  # JSONDecodeError too
+                raise RegistryError(f"{what}: not a {key} list ({exc})",
+                                    status=response.status_code, registry=self.registry,
+                                    url=str(response.request.url.copy_with(query=None))
+                                    ) from exc
+            fresh = [i for i in page if i not in seen]
+            items.extend(fresh)
+            seen.update(fresh)
             link = response.links.get("next", {}).get("url")
-            path = str(response.url.join(link)) if link else None
-        return tags
+            if link:
+                url = str(response.url.join(link))
+            elif page_size and len(page) >= page_size and fresh:  # full page, no Link
+                url = f"{path}?{urlencode({'n': page_size, 'last': page[-1]})}"
+            else:
+                url = None
+        return items
 
     # -- blobs ----------------------------------------------------------------------
     def has_blob(self, repository: str, digest: Digest) -> bool:

@@ -7,6 +7,7 @@ mirror's both sides); each side keeps one pool, so every host gets one client (o
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from .client import RegistryClient, TransportOptions
@@ -18,7 +19,8 @@ class ClientPool:
     """One :class:`RegistryClient` per registry host, created on first use (thread-safe).
 
     Args:
-        options: the transport options of this side (credentials, TLS, retries).
+        options: the transport options of this side (credentials, TLS, retries); a
+            registry named in ``options.registries`` gets the options given there.
     """
 
     def __init__(self, options: TransportOptions | None = None) -> None:
@@ -31,7 +33,12 @@ class ClientPool:
         with self._lock:
             client = self._clients.get(registry)
             if client is None:
-                client = self._clients[registry] = RegistryClient(registry, self.options)
+                options = self.options.registries.get(registry)
+                if options is None:
+                    options = self.options
+                elif self.options.reporter is not None and options.reporter is None:
+                    options = dataclasses.replace(options, reporter=self.options.reporter)
+                client = self._clients[registry] = RegistryClient(registry, options)
             return client
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,9 @@ class TransportOptions:
             (:class:`bundler.journal.UploadJournal`), or None.
         reporter: receives a ``wait`` event before every wait of a second or more, or
             None.
+        registries: ``host[:port]`` -> the options of that registry instead of these (an
+            image set's per-registry ``tls-verify``, ``cert-dir`` and ``credentials``);
+            :class:`bundler.registry.pool.ClientPool` picks them.
     """
 
     credentials: Credentials | None = None
@@ -110,6 +113,7 @@ class TransportOptions:
     max_connections: int = 16
     journal: UploadJournal | None = None
     reporter: Reporter | None = field(default=None, repr=False, compare=False)
+    registries: Mapping[str, TransportOptions] = field(default_factory=dict, compare=False)
 
 
 def _retryable(exc: BaseException) -> bool:
