@@ -49,6 +49,7 @@ from .options import (
     zstd_ratio_option,
 )
 from .reporters import make_reporter
+from .serve import serve_cmd
 from .summary import (
     export_summary,
     human,
@@ -94,6 +95,7 @@ def main(debug: bool) -> None:
 
 main.add_command(copy_cmd)
 main.add_command(mirror_cmd)
+main.add_command(serve_cmd)
 
 
 @main.command("export")
