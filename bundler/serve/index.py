@@ -176,10 +176,10 @@ def _names(entries: list[Descriptor], prefix: str | None,
         targets = resolve_targets(entries, to=to, mapping=mapping)
     except MappingError as exc:
         text = str(exc)
-        if to is not None:
+        if to is not None:  # import's words, said of serve's options and names
             text = text.replace(f"--to {to!r}", f"--prefix {prefix!r}").replace(
                 "give --to with the full repository (REGISTRY/REPOSITORY)",
-                "give --prefix with the full repository")
+                "give --prefix with the full repository").replace(" go to localhost/", " go to ")
         raise MappingError(text) from None
     return [(t.descriptor, t.destination.repository, t.destination.tag) for t in targets]
 

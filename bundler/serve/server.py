@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import time
@@ -217,8 +218,8 @@ async def serve(bundles: Bundles, config: ServeConfig,
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise BundlerError(f"cannot listen on {config.host}:{config.port}: "
-                           f"{exc.strerror or exc}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise BundlerError(f"cannot listen on {config.host}:{config.port}: {reason}") from None
     loop = asyncio.get_running_loop()
     stopped = loop.create_future()
     for signum in (signal.SIGINT, signal.SIGTERM):
