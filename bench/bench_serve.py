@@ -223,7 +223,7 @@ def big_blob(cli: list[str], args: argparse.Namespace) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bundler-bench-serve"))
     parser.add_argument("--scale", type=float, default=0.25)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)

@@ -323,3 +323,23 @@ def test_a_symlink_in_a_bundle_directory_is_never_followed(
         f"error: {blob}: cannot read blob {layer.digest}: Is a symbolic link; refused: the "
         "files of a bundle directory must be regular files inside it (no symbolic links, "
         "FIFOs or devices)\n")
+
+
+def test_a_refused_bundle_stays_out_while_another_is_read_again(
+        serve, seeded: SeededSet, tmp_path: Path) -> None:
+    from bundler import export_bundle
+
+    api, base1, base2 = (seeded.get("apps/api", "1.0"), seeded.get("base/os", "1"),
+                         seeded.get("base/os", "2"))
+    export_bundle([api.reference], tmp_path / "api.tar")
+    export_bundle([base1.reference], tmp_path / "base")
+    served = serve(tmp_path / "api.tar", tmp_path / "base", "-q")
+    catalog = f"{served.url}/v2/_catalog"
+    assert httpx.get(catalog).json() == {"repositories": ["apps/api", "base/os"]}
+    with open(tmp_path / "api.tar", "r+b") as f:
+        f.truncate(1000)
+    wait_for(lambda: httpx.get(catalog).json() == {"repositories": ["base/os"]})
+    export_bundle([base2.reference], tmp_path / "base")
+    wait_for(lambda: httpx.get(f"{served.url}/v2/base/os/tags/list").json()["tags"] == ["1", "2"])
+    assert httpx.get(catalog).json() == {"repositories": ["base/os"]}
+    assert f"read again: {tmp_path / 'base'}: 2 images in 1 repositories" in served.stderr

@@ -76,6 +76,7 @@ class Bundles:
         self._seen = {p: _fingerprint(p) for p in self.paths}
         self.namespace = build_namespace(self.paths, prefix=prefix, mapping=mapping)
         self._last_message = ""
+        self._refused: set[Path] = set()
 
     def changed(self) -> list[Path]:
         """The bundles whose files changed since they were last read."""
@@ -93,17 +94,25 @@ class Bundles:
         for p in changed:
             self._seen[p] = _fingerprint(p)
         refused: list[str] = []
-        kept = list(self.paths)
-        while True:
+        for p in changed:  # each changed bundle must read whole on its own first
             try:
-                namespace = (build_namespace(kept, prefix=self.prefix, mapping=self.mapping)
-                             if kept else Namespace())
-                break
+                build_namespace([p], prefix="check").close()
             except BundlerError as exc:
-                bad = next((p for p in kept if str(p) in str(exc)), None)
-                bad = bad or next((p for p in changed if p in kept), kept[-1])
-                kept.remove(bad)
-                refused.append(f"{bad} ({exc})")
+                refused.append(f"{p} ({exc})")
+        bad = {p for p in changed if any(r.startswith(f"{p} (") for r in refused)}
+        # a bundle refused earlier stays out until it changes (and then reads whole)
+        self._refused = (self._refused - set(changed)) | bad
+        kept = [p for p in self.paths if p not in self._refused]
+        try:
+            namespace = build_namespace(kept, prefix=self.prefix, mapping=self.mapping)
+        except BundlerError as exc:  # together they clash (two images, one name)
+            refused += [f"{p} ({exc})" for p in changed if p in kept]
+            self._refused |= {p for p in changed if p in kept}
+            kept = [p for p in kept if p not in changed]
+            try:
+                namespace = build_namespace(kept, prefix=self.prefix, mapping=self.mapping)
+            except BundlerError:
+                namespace = Namespace()
         if refused:
             message = ("refused until it reads whole again, its images are not served: "
                        + "; ".join(refused))
