@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a machine for bundler's demo, tests and benchmarks (Debian, Python >= 3.11):
-# the Debian packages docker-registry, skopeo and umoci, and a virtualenv .venv with
-# bundler installed in editable mode with its test extra. Safe to run again.
+# the Debian packages docker-registry, skopeo, umoci, containerd and buildah, a virtualenv
+# .venv with bundler installed in editable mode with its test extra, and the Go programs
+# of the serve tests (scripts/build-tools.sh, where Go is installed). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
+command -v ctr >/dev/null || need+=(containerd)
+command -v buildah >/dev/null || need+=(buildah)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -26,3 +29,4 @@ fi
 # byte-compile the package as a regular pip install would (an editable install leaves it
 # to the first import, which PYTHONDONTWRITEBYTECODE=1 turns into a compile on every run)
 .venv/bin/python -m compileall -q bundler >/dev/null
+bash scripts/build-tools.sh

@@ -96,3 +96,100 @@ def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
     monkeypatch.setenv("BUNDLER_STATE_DIR", str(state))
     return state
+
+
+class Served:
+    """A running ``bundler serve`` process (see the ``serve`` fixture).
+
+    Attributes:
+        url: ``http://127.0.0.1:PORT`` (``https://`` with TLS).
+        host: ``127.0.0.1:PORT``.
+        process: the Popen; its stdout (the access log) goes to ``log_path``.
+    """
+
+    def __init__(self, process: Any, url: str, log_path: Path, err_path: Path) -> None:
+        self.process, self.url, self.log_path, self.err_path = process, url, log_path, err_path
+        self.host = url.split("://", 1)[1]
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def stop(self, signum: int = 15, timeout_s: float = 20.0) -> int:
+        """Send ``signum`` and wait; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout=timeout_s)
+
+
+def start_serve(args: list[str], workdir: Path, *, timeout_s: float = 30.0) -> Served:
+    """Start ``bundler serve ARGS --listen 127.0.0.1:0`` and wait for its URL.
+
+    Raises:
+        AssertionError: it exited or said nothing in ``timeout_s`` (its stderr quoted).
+    """
+    import subprocess
+    import sys
+    import time
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    n = len(list(workdir.glob("serve-*.out")))
+    out, err = workdir / f"serve-{n}.out", workdir / f"serve-{n}.err"
+    listen = [] if any(a == "--listen" for a in args) else ["--listen", "127.0.0.1:0"]
+    with open(out, "wb") as o, open(err, "wb") as e:
+        process = subprocess.Popen([sys.executable, "-m", "bundler", "serve", *args, *listen],
+                                   stdout=o, stderr=e, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = err.read_text()
+        for word in text.split():
+            if word.startswith(("http://", "https://")):
+                return Served(process, word.rstrip(","), out, err)
+        if process.poll() is not None:
+            raise AssertionError(f"bundler serve exited {process.returncode}: {text}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"bundler serve said no URL in {timeout_s} s: {err.read_text()}")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """Call with ``bundler serve`` arguments to start one (stopped after the test)."""
+    started: list[Served] = []
+
+    def factory(*args: str) -> Served:
+        served = start_serve([str(a) for a in args], tmp_path / "serve")
+        started.append(served)
+        return served
+
+    try:
+        yield factory
+    finally:
+        for served in started:
+            if served.process.poll() is None:
+                served.process.kill()
+                served.process.wait()
+
+
+@pytest.fixture(scope="session")
+def seeded_bundles(
+    seeded_registry: tuple[LocalRegistry, SeededSet],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    """The seeded set exported once as a directory, a .tar, split .tar volumes and a
+    .tar.zst (read-only: never write to them)."""
+    from bundler import export_bundle
+
+    _, seeded = seeded_registry
+    root = tmp_path_factory.mktemp("seeded-bundles")
+    out = {"dir": root / "dir", "tar": root / "bundle.tar", "split": root / "split.tar",
+           "zst": root / "bundle.tar.zst"}
+    export_bundle(seeded.references, out["dir"])
+    export_bundle(seeded.references, out["tar"])
+    export_bundle(seeded.references, out["split"], split_size=256 * 1024)
+    export_bundle(seeded.references, out["zst"])
+    return out

@@ -20,8 +20,9 @@ RANKS = {
     "bundler.registry": 2,
     "bundler.stores": 3,
     "bundler.engine": 4,
-    "bundler.bundle": 5, "bundler": 5, "bundler.__main__": 6,
-    "bundler.cli": 6,
+    "bundler.serve": 5,
+    "bundler.bundle": 6, "bundler": 6, "bundler.__main__": 7,
+    "bundler.cli": 7,
 }
 
 
@@ -96,7 +97,7 @@ def test_no_import_circles() -> None:
 
 def test_the_layers_are_folders() -> None:
     assert {p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
-        "oci", "registry", "stores", "engine", "cli", "sandbox"}
+        "oci", "registry", "stores", "engine", "serve", "cli", "sandbox"}
 
 
 def test_the_architecture_page_names_modules_that_exist() -> None:
@@ -108,5 +109,5 @@ def test_the_architecture_page_names_modules_that_exist() -> None:
     missing += [path for path in re.findall(r"(bundler/[\w/.]*\w)", page)
                 if not (ROOT.parent / path).exists()]
     assert missing == []
-    for module in ("oci", "registry", "stores", "engine", "cli"):
+    for module in ("oci", "registry", "stores", "engine", "serve", "cli"):
         assert f"`{module}/`" in page

@@ -48,6 +48,7 @@ from .options import (
     zstd_ratio_option,
 )
 from .reporters import make_reporter
+from .serve import serve_cmd
 from .summary import (
     human,
     import_summary,
@@ -95,6 +96,7 @@ main.add_command(copy_cmd)
 main.add_command(mirror_cmd)
 main.add_command(list_tags_cmd)
 main.add_command(inspect_cmd)
+main.add_command(serve_cmd)
 
 
 @main.command("import")

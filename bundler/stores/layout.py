@@ -358,6 +358,11 @@ class LayoutStore:
             return self.blob_root, f"{digest.algorithm}/{digest.hex}"
         return self.root, f"blobs/{digest.algorithm}/{digest.hex}"
 
+    def blob_location(self, digest: Digest) -> tuple[Path, str]:
+        """(the directory a blob must not leave, its ``/``-separated path under it): for
+        :func:`bundler.stores.contained.open_inside` and ``stat_inside``."""
+        return self._blob_location(digest)
+
     def has_blob(self, digest: Digest, size: int | None = None) -> bool:
         """True if the blob file exists (and has ``size`` bytes when given).
 

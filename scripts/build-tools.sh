@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Build the Go programs the serve tests use into .tools/bin (gitignored; their code is
+# never committed): crane and oras (real clients pulling from `bundler serve`) and the
+# OCI distribution-spec conformance suite (`go test -c`). Versions are pinned; a program
+# already built is kept. Without a Go toolchain nothing is built and those tests skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+CRANE_VERSION=v0.22.1
+ORAS_VERSION=v1.3.6
+CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+if ! command -v go >/dev/null; then
+  echo "no Go toolchain: crane, oras and the conformance suite are not built (their tests skip)"
+  exit 0
+fi
+bin="$PWD/.tools/bin"
+mkdir -p "$bin"
+build() {  # NAME PACKAGE@VERSION
+  [ -x "$bin/$1" ] && return 0
+  GOBIN="$bin" go install "$2" || echo "warning: $1 could not be built (its tests skip)"
+}
+build crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+build oras "oras.land/oras/cmd/oras@$ORAS_VERSION"
+if [ ! -x "$bin/oci-conformance.test" ]; then
+  module="github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
+  if dir=$(cd /tmp && go mod download -json "$module" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') \
+      && [ -n "$dir" ] && (cd "$dir" && go test -c -o "$bin/oci-conformance.test" .); then
+    :
+  else
+    echo "warning: the OCI conformance suite could not be built (its test skips)"
+  fi
+fi
