@@ -3,7 +3,7 @@
 The source is the benchmark set of ``bench_vs_skopeo.py`` (26 tags in 6 repositories,
 shared base layers, two multi-arch indexes; about 700 MiB of distinct blobs at
 ``--scale 1``, cached under the work directory). The peers are skopeo (Debian) and, when
-``scripts/go-peers.sh`` built them into ``.tools/bin``, crane, oras and regctl. For each
+``scripts/build-tools.sh`` built them into ``.tools/bin``, crane, oras and regctl. For each
 of ``--runs`` rounds (after ``--warmup`` uncounted ones), with the tools' order rotated
 from round to round, every tool runs three steps:
 
@@ -24,7 +24,7 @@ bundler's, CPU-ms per MB of unique bytes, and PASS/FAIL against the targets of i
 0.8x ``crane copy``. MB is 10**6 bytes.
 
 Usage:
-    bash scripts/go-peers.sh                              # build crane, oras, regctl
+    bash scripts/build-tools.sh                              # build crane, oras, regctl
     python bench/bench_peers.py --scale 0.1 --runs 1      # a quick check
     python bench/bench_peers.py --runs 3 --json peers.json
 """
@@ -237,7 +237,7 @@ def available_tools(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
         elif os.access(TOOLS_BIN / tool, os.X_OK):
             tools.append(tool)
         else:
-            missing[tool] = f"not built: run bash scripts/go-peers.sh ({TOOLS_BIN / tool})"
+            missing[tool] = f"not built: run bash scripts/build-tools.sh ({TOOLS_BIN / tool})"
     return tools, missing
 
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Build the Go programs the serve tests use into .tools/bin (gitignored; their code is
-# never committed): crane and oras (real clients pulling from `bundler serve`) and the
-# OCI distribution-spec conformance suite (`go test -c`). Versions are pinned; a program
+# Build the Go programs the tests and benchmarks use into .tools/bin (gitignored; their
+# code is never committed): crane and oras (real clients pulling from `bundler serve`,
+# and peers in bench/bench_peers.py, with regctl) and the OCI distribution-spec
+# conformance suite (`go test -c`). Versions are pinned; a program
 # already built is kept. Without a Go toolchain nothing is built and those tests skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 CRANE_VERSION=v0.22.1
 ORAS_VERSION=v1.3.6
+REGCTL_VERSION=v0.11.7
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 if ! command -v go >/dev/null; then
   echo "no Go toolchain: crane, oras and the conformance suite are not built (their tests skip)"
@@ -21,6 +23,7 @@ build() {  # NAME PACKAGE@VERSION
 }
 build crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
 build oras "oras.land/oras/cmd/oras@$ORAS_VERSION"
+build regctl "github.com/regclient/regclient/cmd/regctl@$REGCTL_VERSION"
 if [ ! -x "$bin/oci-conformance.test" ]; then
   module="github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
   if dir=$(cd /tmp && go mod download -json "$module" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') \
