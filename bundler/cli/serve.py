@@ -2,7 +2,8 @@
 
 Exit status: 0 stopped by SIGINT (Ctrl-C) or SIGTERM, 1 an error (a bundle that cannot
 be served, an address that cannot be listened on, an unreadable certificate or htpasswd
-file), 2 bad usage (found before anything is read).
+file), 2 bad usage (found before anything is read), 130 interrupted while the bundles
+were being read (before anything was served).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import click
 
 from ..engine.naming import parse_mapping
 from ..errors import BundlerError, InvalidReferenceError, MappingError
-from ..serve.auth import Htpasswd, read_htpasswd
-from ..serve.server import Bundles, ServeConfig, serve
 from ..termsafe import escape
 
 __all__ = ["serve_cmd"]
@@ -92,6 +91,10 @@ def serve_cmd(bundles: tuple[str, ...], listen: tuple[str, int], prefix: str | N
     """
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("give both --tls-cert and --tls-key, or neither")
+    # the server (aiohttp, bcrypt) is imported here: the other commands do not pay for it
+    from ..serve.auth import Htpasswd, read_htpasswd
+    from ..serve.server import Bundles, ServeConfig, serve
+
     if prefix is not None and mapping is not None:
         raise click.UsageError("give --prefix or --mapping, not both")
     host, port = listen
@@ -110,6 +113,9 @@ def serve_cmd(bundles: tuple[str, ...], listen: tuple[str, int], prefix: str | N
                                    f"{tls_key}: {exc}") from None
         check_auth = Htpasswd(read_htpasswd(htpasswd)) if htpasswd is not None else None
         served = Bundles(bundles, prefix=prefix, mapping=pairs, say=_say)
+    except KeyboardInterrupt:  # Ctrl-C while the bundles are read
+        click.echo("interrupted: nothing was served", err=True)
+        sys.exit(130)
     except (MappingError, InvalidReferenceError) as exc:
         raise click.UsageError(escape(exc)) from exc
     except BundlerError as exc:
@@ -130,6 +136,10 @@ def serve_cmd(bundles: tuple[str, ...], listen: tuple[str, int], prefix: str | N
                          log=None if quiet else _log)
     try:
         signum = asyncio.run(serve(served, config, on_ready=ready))
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        served.namespace.close()
+        _say("stopped (SIGINT)")
+        return
     except BundlerError as exc:
         served.namespace.close()
         click.echo(f"error: {escape(exc)}", err=True)
