@@ -22,7 +22,7 @@ from .engine.inspecting import ImageInfo, inspect_image, list_repository_tags
 from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping, resolve_targets
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
-from .engine.platform_export import DigestChange, export_platforms
+from .engine.platform_export import DigestChange, PlatformSources, export_platforms
 from .engine.selection import (
     Resolution,
     Selected,
@@ -56,6 +56,7 @@ __all__ = [
     "ImportPlan",
     "ImportResult",
     "PlatformChoice",
+    "PlatformSources",
     "Resolution",
     "Selected",
     "TagFilter",
