@@ -322,3 +322,23 @@ def test_inspect_a_layout_and_an_archive(reg: tuple[LocalRegistry, dict],
     assert bad.stderr.endswith("docker-archive: cannot be inspected yet; expected "
                                "docker://REFERENCE, oci:DIR[:NAME] or "
                                "oci-archive:FILE[:NAME]\n")
+
+
+def test_export_all_tags_writes_every_tag(reg: tuple[LocalRegistry, dict],
+                                          tmp_path: Path) -> None:
+    host = reg[0].host
+    result = run_cli("export", f"{host}/team-a/svc-00", "--all-tags", "-o",
+                     str(tmp_path / "b"), "-q", "--src-tls-verify", "false")
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "b" / "index.json").read_text())
+    assert [m["annotations"]["org.opencontainers.image.ref.name"]
+            for m in index["manifests"]] == [f"{host}/team-a/svc-00:{t}"
+                                             for t in ("1.0.0", "1.1.0", "latest")]
+
+
+def test_repository_filters_need_all_repositories(tmp_path: Path) -> None:
+    result = run_cli("export", "127.0.0.1:1/app", "--include-repositories", "a.*", "-o",
+                     str(tmp_path / "b"))
+    assert result.exit_code == 2
+    assert result.stderr.endswith("Error: --include-repositories and --exclude-repositories "
+                                  "go with --all-repositories\n")
