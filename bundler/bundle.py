@@ -18,11 +18,16 @@ from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.imageset import ImageSet, ImageSetError, read_image_set
 from .engine.importing import ImportResult, not_distributed, push_images
-from .engine.inspecting import ImageInfo, inspect_image, list_repository_tags
+from .engine.inspecting import (
+    ImageInfo,
+    inspect_image,
+    inspect_location,
+    list_repository_tags,
+)
 from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping, resolve_targets
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
-from .engine.platform_export import DigestChange, export_platforms
+from .engine.platform_export import DigestChange, PlatformSources, export_platforms
 from .engine.selection import (
     Resolution,
     Selected,
@@ -56,6 +61,7 @@ __all__ = [
     "ImportPlan",
     "ImportResult",
     "PlatformChoice",
+    "PlatformSources",
     "Resolution",
     "Selected",
     "TagFilter",
@@ -67,6 +73,7 @@ __all__ = [
     "export_platforms",
     "import_bundle",
     "inspect_image",
+    "inspect_location",
     "list_repository_tags",
     "list_bundle",
     "mirror_images",

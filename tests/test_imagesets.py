@@ -295,3 +295,50 @@ def test_latest_orders_by_semver_precedence() -> None:
     assert TagFilter.build(latest=10).apply(tags) == [
         "1.0.0", "1.0.0-rc.1", "1.0.0-beta.11", "1.0.0-beta.2", "1.0.0-beta",
         "1.0.0-alpha.beta", "1.0.0-alpha.1", "1.0.0-alpha", "v0.9.0", "edge"]
+
+
+def test_inspect_a_layout_and_an_archive(reg: tuple[LocalRegistry, dict],
+                                         tmp_path: Path) -> None:
+    registry, seeded = reg
+    index, amd = seeded["index"], seeded["amd"]
+    host = registry.host
+    refs = [f"{host}/multi/arch:1", f"{host}/multi/arch@{amd.digest}"]
+    for out in ("b", "b.tar"):
+        result = run_cli("export", *refs, "-o", str(tmp_path / out), "-q",
+                         "--src-tls-verify", "false")
+        assert result.exit_code == 0, result.output
+    for transport, path in (("oci", tmp_path / "b"), ("oci-archive", tmp_path / "b.tar")):
+        doc = json.loads(run_cli("inspect", f"{transport}:{path}:{refs[0]}", "--json").stdout)
+        assert (doc["digest"], len(doc["platforms"])) == (index.digest, 4)
+        doc = json.loads(run_cli("inspect", f"{transport}:{path}:{refs[1]}", "--json").stdout)
+        assert (doc["architecture"], doc["digest"]) == ("amd64", amd.digest)
+        config = run_cli("inspect", f"{transport}:{path}:{refs[1]}", "--raw", "--config")
+        assert config.stdout_bytes == amd.config.data
+        several = run_cli("inspect", f"{transport}:{path}")
+        assert several.exit_code == 1
+        assert "holds 2 images" in several.stderr
+    bad = run_cli("inspect", "docker-archive:/x.tar")
+    assert bad.exit_code == 2
+    assert bad.stderr.endswith("docker-archive: cannot be inspected yet; expected "
+                               "docker://REFERENCE, oci:DIR[:NAME] or "
+                               "oci-archive:FILE[:NAME]\n")
+
+
+def test_export_all_tags_writes_every_tag(reg: tuple[LocalRegistry, dict],
+                                          tmp_path: Path) -> None:
+    host = reg[0].host
+    result = run_cli("export", f"{host}/team-a/svc-00", "--all-tags", "-o",
+                     str(tmp_path / "b"), "-q", "--src-tls-verify", "false")
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "b" / "index.json").read_text())
+    assert [m["annotations"]["org.opencontainers.image.ref.name"]
+            for m in index["manifests"]] == [f"{host}/team-a/svc-00:{t}"
+                                             for t in ("1.0.0", "1.1.0", "latest")]
+
+
+def test_repository_filters_need_all_repositories(tmp_path: Path) -> None:
+    result = run_cli("export", "127.0.0.1:1/app", "--include-repositories", "a.*", "-o",
+                     str(tmp_path / "b"))
+    assert result.exit_code == 2
+    assert result.stderr.endswith("Error: --include-repositories and --exclude-repositories "
+                                  "go with --all-repositories\n")

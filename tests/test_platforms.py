@@ -180,3 +180,30 @@ def test_bad_platforms_in_a_file_name_their_line(tmp_path: Path) -> None:
         f"Error: invalid image set:\n{config}:5: platforms: 'linux' is not "
         "OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm64/v8) or all\n"
         f"{config}:6: platform-mode 'sparse' is not one of strip, single\n")
+
+
+def test_mirror_strips_and_singles_like_export(registry_factory) -> None:
+    import httpx
+
+    src, dest = registry_factory(), registry_factory()
+    index, images = three_platforms()
+    push(src, "multi/arch", index, tag="1")
+    result = run_cli("mirror", f"{src.host}/multi/arch:1", "--platform", "linux/s390x",
+                     "--to", f"{dest.host}/strip", "-q", "--src-tls-verify", "false",
+                     "--dest-tls-verify", "false")
+    assert result.exit_code == 0, result.output
+    want = strip_index(parse_manifest(index.manifest_bytes, index.media_type),
+                       PlatformChoice((parse_platform("linux/s390x"),)))
+    accept = {"Accept": index.media_type}
+    served = httpx.get(f"{dest.url}/v2/strip/multi/arch/manifests/1", headers=accept)
+    assert served.content == want
+    assert result.stdout.splitlines()[-1].startswith(
+        f"changed digest: {src.host}/multi/arch:1: index stripped to the chosen platforms: ")
+    result = run_cli("mirror", f"{src.host}/multi/arch:1", "--platform", "linux/arm64",
+                     "--platform-mode", "single", "--to", f"{dest.host}/single", "-q",
+                     "--src-tls-verify", "false", "--dest-tls-verify", "false")
+    assert result.exit_code == 0, result.output
+    served = httpx.get(f"{dest.url}/v2/single/multi/arch/manifests/1",
+                       headers={"Accept": images[1].media_type})
+    assert served.headers["Docker-Content-Digest"] == images[1].digest
+    assert served.content == images[1].manifest_bytes

@@ -1,7 +1,9 @@
-"""``bundler inspect REFERENCE``: what a registry holds for one image.
+"""``bundler inspect LOCATION``: one image of a registry (``REFERENCE`` or
+``docker://REFERENCE``), a layout (``oci:DIR[:NAME]``) or an archive
+(``oci-archive:FILE[:NAME]``).
 
 Exit status: 0 shown, 1 an error (the registry refused, no such image, ``--config`` of
-an index), 2 bad usage (a reference that does not parse, ``--raw`` with ``--json``).
+an index), 2 bad usage (a location that does not parse, ``--raw`` with ``--json``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any
 import click
 
 from .. import bundle as api
-from ..errors import BundlerError, InvalidReferenceError
-from ..oci.reference import Reference
+from ..errors import BundlerError, InvalidReferenceError, LocationError
+from ..oci.reference import parse_location
 from ..termsafe import escape
 from .options import side_options, transport_options
 from .summary import human, stdout_may_close
@@ -23,7 +25,7 @@ __all__ = ["inspect_cmd"]
 
 
 @click.command("inspect")
-@click.argument("reference")
+@click.argument("reference", metavar="LOCATION")
 @click.option("--raw", is_flag=True,
               help="The manifest's exact bytes (to a terminal: control characters shown "
                    "escaped).")
@@ -35,21 +37,34 @@ def inspect_cmd(reference: str, raw: bool, config: bool, as_json: bool, **kw: An
     """Show an image: digest, media type, the platforms of an index, created,
     architecture/os, layers with sizes, labels.
 
+    LOCATION is a reference (or docker://REFERENCE), oci:DIR[:NAME] or
+    oci-archive:FILE[:NAME].
+
     \b
     Examples:
       bundler inspect docker.io/library/alpine:3.20
       bundler inspect registry.internal:5000/app@sha256:... --raw > manifest.json
       bundler inspect registry.internal:5000/app:1.0 --config --json
+      bundler inspect oci:./bundle:registry.internal:5000/app:1.0
+      bundler inspect oci-archive:bundle.tar.zst:registry.internal:5000/app:1.0 --raw
     """
     if raw and as_json:
         raise click.UsageError("--raw prints the exact bytes; it contradicts --json")
     try:
-        ref = Reference.parse(reference)
-    except InvalidReferenceError as exc:
+        location = parse_location(reference)
+        if location.transport == "docker-archive":
+            raise LocationError(reference, "docker-archive: cannot be inspected yet; "
+                                           "expected docker://REFERENCE, oci:DIR[:NAME] or "
+                                           "oci-archive:FILE[:NAME]")
+    except InvalidReferenceError as exc:  # LocationError too
         raise click.UsageError(escape(exc)) from exc
+    ref = location.reference or location
     options = side_options("src", kw)
     try:
-        info = api.inspect_image(ref, options=options, config=True)
+        info = api.inspect_location(reference, options=options, config=True)
+    except InvalidReferenceError as exc:  # a layout with several images and no :NAME
+        click.echo(f"error: {escape(exc)}", err=True)
+        sys.exit(1)
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)

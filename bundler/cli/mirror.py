@@ -35,9 +35,12 @@ from .options import (
 from .reporters import make_reporter
 from .selecting import (
     image_set_from_options,
+    platform_choice,
+    platform_options,
     print_resolution,
     require_images,
     resolve,
+    say_changed,
     say_vanished,
     selection_options,
 )
@@ -81,11 +84,13 @@ def _both_sides(func: Callable) -> Callable:
               help="Blobs larger than this are uploaded in PATCH chunks of this size "
                    "(at least 1KiB).")
 @selection_options
+@platform_options
 @_both_sides
 @progress_options
 def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | None,
                mapping: str | None, chunk_size: int, jobs: int, quiet: bool, progress: str,
-               keep_going: bool, dry_run: bool, as_json: bool, **kw: Any) -> None:
+               keep_going: bool, dry_run: bool, as_json: bool, platforms: tuple[str, ...],
+               platform_mode: str, **kw: Any) -> None:
     """Copy images from registries into another registry, every digest preserved.
 
     Blobs stream from the source into the destination (nothing on disk); images and
@@ -102,13 +107,15 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     check_output_options(quiet, progress, dry_run, as_json)
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
+    choice = platform_choice(platforms, platform_mode)
     image_set = image_set_from_options(references, images_file, kw)
     if image_set is not None:
         if to is None:
             raise click.UsageError("an image set goes with --to REGISTRY[/PREFIX]")
         _mirror_set(image_set, to, chunk_size, jobs, quiet, progress, keep_going, dry_run,
-                    as_json, kw)
+                    as_json, kw, choice)
         return
+    sources = api.PlatformSources(choice)
     texts = list(references)
     try:  # everything the command line tells is checked before any request
         if to is not None:
@@ -128,21 +135,28 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     dest_options = side_options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
     if dry_run:
         print_dry_run(lambda: plan_mirror(refs, to=to, mapping=pairs, src_options=src_options,
-                                     dest_options=dest_options, jobs=jobs), as_json)
+                                     dest_options=dest_options, jobs=jobs,
+                                     make_source=sources), as_json)
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
     src_options = dataclasses.replace(src_options, reporter=reporter)  # long waits
     dest_options = dataclasses.replace(dest_options, reporter=reporter)
+
+    def summary(result: api.ImportResult, seconds: float) -> None:
+        mirror_summary(result, seconds)
+        say_changed(sources.changed)
+
     run(lambda stop: api.mirror_images(refs, to=to, mapping=pairs, src_options=src_options,
                                        dest_options=dest_options, jobs=jobs,
-                                       reporter=reporter, stop=stop, keep_going=keep_going),
-        tally, mirror_summary, reporter, importing=True)
+                                       reporter=reporter, stop=stop, keep_going=keep_going,
+                                       make_source=sources),
+        tally, summary, reporter, importing=True)
 
 
 def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, quiet: bool,
                 progress: str, keep_going: bool, dry_run: bool, as_json: bool,
-                kw: dict[str, Any]) -> None:
+                kw: dict[str, Any], choice: api.PlatformChoice | None) -> None:
     """A mirror of an image set: check ``--to``, resolve the set, then mirror its
     references (listed tags gone by then are skipped and named)."""
     try:
@@ -161,11 +175,13 @@ def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, qu
             refs, pairs = check_mirror(resolution.references, to=to, mapping=None)
         except BundlerError as exc:
             raise click.UsageError(escape(exc)) from exc
+    sources = api.PlatformSources(choice, resolution.platforms)
     if dry_run:
         if not as_json:
             print_resolution(resolution)
         print_dry_run(lambda: plan_mirror(refs, to=to, mapping=pairs, src_options=src_options,
-                                          dest_options=dest_options, jobs=jobs), as_json,
+                                          dest_options=dest_options, jobs=jobs,
+                                          make_source=sources), as_json,
                       {"selection": resolution.to_json()})
         return
     require_images(resolution)
@@ -178,11 +194,13 @@ def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, qu
     def summary(result: api.ImportResult, seconds: float) -> None:
         say_vanished(gone)
         mirror_summary(result, seconds)
+        say_changed(sources.changed)
 
     run(lambda stop: api.tolerate_vanished(
         lambda keep: api.mirror_images(refs, to=to, mapping=pairs, src_options=src_options,
                                        dest_options=dest_options, jobs=jobs,
-                                       reporter=reporter, stop=stop, keep_going=keep),
+                                       reporter=reporter, stop=stop, keep_going=keep,
+                                       make_source=sources),
         resolution, keep_going=keep_going, on_vanished=gone.append),
         tally, summary, reporter, importing=True)
 

@@ -47,7 +47,8 @@ from ..oci.content import Platform
 from ..oci.digest import Digest
 from ..oci.platforms import PLATFORM_MODES, PlatformChoice, parse_platform
 from ..oci.reference import Reference
-from .tagfilter import FilterError, TagFilter, compile_regex, parse_range
+from .tagfilter import FilterError, TagFilter, parse_range
+from .yamlcheck import NodeChecker
 
 __all__ = ["Entry", "ImageSet", "ImageSetError", "RegistrySettings", "read_image_set"]
 
@@ -125,74 +126,6 @@ class ImageSet:
     settings: dict[str, RegistrySettings] = field(default_factory=dict)
 
 
-class _Checker:
-    """Walks the YAML node tree, collecting every error with its line."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.errors: list[str] = []
-
-    def at(self, node: yaml.Node) -> str:
-        return f"{self.path}:{node.start_mark.line + 1}"
-
-    def error(self, node: yaml.Node, message: str) -> None:
-        self.errors.append(f"{self.at(node)}: {message}")
-
-    def mapping(self, node: yaml.Node, what: str) -> list[tuple[yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, f"{what} must be a mapping")
-            return []
-        seen: set[str] = set()
-        pairs = []
-        for key, value in node.value:
-            name = self.string(key, f"a key of {what}")
-            if name is None:
-                continue
-            if name in seen:
-                self.error(key, f"{name!r} given twice in {what}")
-                continue
-            seen.add(name)
-            pairs.append((key, value))
-        return pairs
-
-    def string(self, node: yaml.Node, what: str, *, allow_number: bool = False) -> str | None:
-        if isinstance(node, yaml.ScalarNode) and (node.tag.endswith(":str") or (
-                allow_number and node.tag.endswith((":int", ":float")))):
-            return str(node.value)
-        self.error(node, f"{what} must be a string")
-        return None
-
-    def strings(self, node: yaml.Node, what: str) -> list[str]:
-        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        out = []
-        for item in items:
-            text = self.string(item, what, allow_number=True)
-            if text is not None:
-                out.append(text)
-        return out
-
-    def boolean(self, node: yaml.Node, what: str) -> bool | None:
-        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":bool"):
-            return node.value.lower() in ("true", "yes", "on", "y")
-        self.error(node, f"{what} must be true or false")
-        return None
-
-    def regexes(self, node: yaml.Node, what: str) -> tuple[str, ...]:
-        out = []
-        for text in self.strings(node, what):
-            try:
-                compile_regex(text, what)
-            except FilterError as exc:
-                self.error(node, str(exc))
-                continue
-            out.append(text)
-        return tuple(out)
-
-    def unknown(self, key: yaml.Node, name: str, known: set[str], what: str) -> None:
-        self.error(key, f"unknown key {name!r} in {what} (known: "
-                        f"{', '.join(sorted(known))})")
-
-
 def read_image_set(path: str | os.PathLike[str]) -> ImageSet:
     """Read and check an image-set YAML file (skopeo sync's format plus our keys).
 
@@ -218,7 +151,7 @@ def read_image_set(path: str | os.PathLike[str]) -> ImageSet:
         at = f"{name}:{mark.line + 1}" if mark is not None else name
         problem = getattr(exc, "problem", None) or str(exc)
         raise ImageSetError([f"{at}: not YAML: {problem}"]) from exc
-    check = _Checker(name)
+    check = NodeChecker(name)
     result = ImageSet()
     if root is None:
         raise ImageSetError([f"{name}: the image set is empty"])
@@ -242,7 +175,7 @@ def read_image_set(path: str | os.PathLike[str]) -> ImageSet:
     return result
 
 
-def _registry(check: _Checker, host: str, node: yaml.Node, out: ImageSet) -> None:
+def _registry(check: NodeChecker, host: str, node: yaml.Node, out: ImageSet) -> None:
     """One registry's section: its images, settings and catalog entry."""
     settings: dict[str, Any] = {}
     for key, value in check.mapping(node, f"registry {host!r}"):
@@ -267,7 +200,7 @@ def _registry(check: _Checker, host: str, node: yaml.Node, out: ImageSet) -> Non
     out.settings[host] = RegistrySettings(**settings)
 
 
-def _repository(check: _Checker, host: str, section: str, key: yaml.Node, value: yaml.Node,
+def _repository(check: NodeChecker, host: str, section: str, key: yaml.Node, value: yaml.Node,
                 out: ImageSet) -> None:
     """One repository of ``images``, ``images-by-tag-regex`` or ``images-by-semver``."""
     repo = key.value
@@ -317,7 +250,7 @@ def _repository(check: _Checker, host: str, section: str, key: yaml.Node, value:
             out.entries.append(Entry(host, repo, origin, references=tuple(refs)))
 
 
-def _entry_tags(check: _Checker, node: yaml.Node, what: str,
+def _entry_tags(check: NodeChecker, node: yaml.Node, what: str,
                 known: set[str]) -> TagFilter | None:
     """The ``tags``/``all-tags`` keys of a mapping: the filter, or None after an error."""
     filter_: TagFilter | None = None
@@ -344,7 +277,7 @@ def _entry_tags(check: _Checker, node: yaml.Node, what: str,
     return filter_ or TagFilter()
 
 
-def _tag_filter(check: _Checker, node: yaml.Node, what: str) -> TagFilter | None:
+def _tag_filter(check: NodeChecker, node: yaml.Node, what: str) -> TagFilter | None:
     """``tags: {include, exclude, semver, latest}``; each key checked on its own."""
     values: dict[str, Any] = {}
     before = len(check.errors)
@@ -372,7 +305,7 @@ def _tag_filter(check: _Checker, node: yaml.Node, what: str) -> TagFilter | None
     return TagFilter.build(**values)
 
 
-def _catalog_entry(check: _Checker, host: str, node: yaml.Node, out: ImageSet) -> None:
+def _catalog_entry(check: NodeChecker, host: str, node: yaml.Node, out: ImageSet) -> None:
     """``repositories: {include, exclude, tags | all-tags}``: the catalog's repositories."""
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -389,7 +322,7 @@ def _catalog_entry(check: _Checker, host: str, node: yaml.Node, out: ImageSet) -
                                  platforms=platforms))
 
 
-def _entry_platforms(check: _Checker, node: yaml.Node) -> PlatformChoice | None:
+def _entry_platforms(check: NodeChecker, node: yaml.Node) -> PlatformChoice | None:
     """``platforms: [OS/ARCH[/VARIANT], ...]`` and ``platform-mode`` of an entry."""
     platforms: list[Platform] = []
     mode, mode_node, every = "strip", node, False

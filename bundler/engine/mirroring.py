@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import BundlerError, MappingError, PartialFailureError, TransferError
 from ..events import Event, NullReporter, Reporter
@@ -95,6 +95,7 @@ def mirror_images(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     keep_going: bool = False,
+    make_source: Callable[[ClientPool], RegistrySource] = RegistrySource,
 ) -> ImportResult:
     """Copy images from their registries into destination registries, digests kept.
 
@@ -112,6 +113,8 @@ def mirror_images(
         reporter: receives progress events (as an import's).
         stop: set to cancel (Ctrl-C); a rerun skips what landed.
         keep_going: mirror every image that can be; fail at the end for the others.
+        make_source: makes the source store from the source clients (a
+            :class:`~bundler.stores.platform_source.PlatformSource` for ``--platform``).
 
     Returns:
         An :class:`~bundler.engine.importing.ImportResult` (``targets``: each image and
@@ -129,7 +132,7 @@ def mirror_images(
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     with ClientPool(src_options) as clients:
-        source = RegistrySource(clients)
+        source = make_source(clients)
         failures = source.resolve(refs, jobs=jobs, stop=stop, keep_going=keep_going)
         errors: list[TransferError] = []
         for ref, exc in failures.items():
@@ -165,11 +168,13 @@ def plan_mirror(
     src_options: TransportOptions | None = None,
     dest_options: TransportOptions | None = None,
     jobs: int = 8,
+    make_source: Callable[[ClientPool], RegistrySource] = RegistrySource,
 ) -> ImportPlan:
     """Work out what :func:`mirror_images` would move; move nothing.
 
     The sources' manifests are read (GET) and the destinations asked (HEAD) which
     images and blobs they hold; no blob is downloaded or uploaded, no manifest pushed.
+    ``make_source``: as for :func:`mirror_images`.
 
     Returns:
         An :class:`~bundler.engine.planning.ImportPlan` (image names are the source
@@ -182,7 +187,7 @@ def plan_mirror(
     """
     refs, pairs = check_mirror(references, to=to, mapping=mapping)
     with ClientPool(src_options) as clients:
-        source = RegistrySource(clients)
+        source = make_source(clients)
         for ref, exc in source.resolve(refs, jobs=jobs).items():
             raise TransferError(str(ref), exc) from exc
         targets = resolve_targets(source.read_index(), to=to, mapping=pairs)

@@ -19,11 +19,43 @@ from ..oci.platforms import PlatformChoice
 from ..oci.reference import Reference
 from ..registry.client import TransportOptions
 from ..stores.platform_source import DigestChange, PlatformSource
+from ..stores.registry import RegistrySource
 from .export_sources import StoreImage
 from .exporting import ExportResult, export_from_store, unique_references
 from .parallel import ClientPool
 
-__all__ = ["DigestChange", "export_platforms"]
+__all__ = ["DigestChange", "PlatformSources", "export_platforms"]
+
+
+class PlatformSources:
+    """Makes a mirror's source store (``make_source`` of
+    :func:`bundler.engine.mirroring.mirror_images`): a plain
+    :class:`~bundler.stores.registry.RegistrySource` when no platform is chosen, else a
+    :class:`~bundler.stores.platform_source.PlatformSource`, whose digest changes it
+    keeps.
+
+    Args:
+        choice: the platforms for every image, or None (all).
+        choices: reference (``str``) -> its own choice.
+    """
+
+    def __init__(self, choice: PlatformChoice | None,
+                 choices: Mapping[str, PlatformChoice] | None = None) -> None:
+        self.choice = choice
+        self.choices = dict(choices or {})
+        self._made: list[PlatformSource] = []
+
+    def __call__(self, clients: ClientPool) -> RegistrySource:
+        if self.choice is None and not self.choices:
+            return RegistrySource(clients)
+        source = PlatformSource(clients, self.choice or PlatformChoice(), self.choices)
+        self._made.append(source)
+        return source
+
+    @property
+    def changed(self) -> list[DigestChange]:
+        """The references stored under another digest than the registry's, sorted."""
+        return sorted((c for s in self._made for c in s.changed), key=lambda c: c.reference)
 
 
 def export_platforms(
