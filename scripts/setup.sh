@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a machine for bundler's demo, tests and benchmarks (Debian, Python >= 3.11):
-# the Debian packages docker-registry, skopeo and umoci, and a virtualenv .venv with
+# the Debian packages docker-registry, skopeo and umoci, the peers whose archives the
+# tests read and write (docker.io with its containerd, podman), and a virtualenv .venv with
 # bundler installed in editable mode with its test extra. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,9 @@ need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v ctr >/dev/null || need+=(containerd)
+command -v podman >/dev/null || need+=(podman)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

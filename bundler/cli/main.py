@@ -50,6 +50,7 @@ from .options import (
 )
 from .reporters import make_reporter
 from .summary import (
+    docker_archive_summary,
     export_summary,
     human,
     import_summary,
@@ -103,8 +104,12 @@ main.add_command(mirror_cmd)
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Bundle to write: a directory (extended if it exists), NAME.tar or "
                    "NAME.tar.zst (a new single-file bundle).")
-@click.option("--format", "fmt", type=click.Choice(["dir", "tar", "tar.zst"]),
-              help="Bundle format (default: from the output name).")
+@click.option("--format", "fmt", type=click.Choice(["dir", "tar", "tar.zst", "docker-archive"]),
+              help="Bundle format (default: from the output name). docker-archive: a file "
+                   "docker load, podman load and bundler read, one platform per image.")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+              help="With --format docker-archive: the platform taken from an index "
+                   "(default linux/amd64).")
 @click.option("--split-size", metavar="SIZE", callback=size_option(MIN_SPLIT_SIZE),
               help="Cut an archive into volumes NAME.000, NAME.001, ... of SIZE (e.g. 4GiB; "
                    "at least 1KiB).")
@@ -119,7 +124,7 @@ main.add_command(mirror_cmd)
 @transport_options("src")
 @progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
-               fmt: str | None, split_size: int | None, compression_level: int,
+               fmt: str | None, platform: str | None, split_size: int | None, compression_level: int,
                no_wait: bool, include_foreign_layers: bool,
                jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
                as_json: bool, **kw: Any) -> None:
@@ -131,11 +136,19 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export --images-file images.txt -o ./bundle
       bundler export --images-file images.txt -o bundle.tar.zst --split-size 4GiB
       bundler export --images-file images.txt -o ./bundle --dry-run
+      bundler export registry.internal:5000/team/app:1.4 -o app.tar --format docker-archive
     """
     check_output_options(quiet, progress, dry_run, as_json)
     split = split_size
+    if fmt == "docker-archive" and (split is not None or dry_run):
+        raise click.UsageError("--format docker-archive writes one file: no --split-size "
+                               "or --dry-run")
+    if platform is not None and fmt != "docker-archive":
+        raise click.UsageError("--platform is for --format docker-archive (a bundle keeps "
+                               "every platform of an index)")
     try:
-        archive = output if output_format(output, fmt, split) != "dir" else None
+        archive = (None if fmt == "docker-archive" else
+                   output if output_format(output, fmt, split) != "dir" else None)
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
     options = side_options("src", kw)
@@ -153,6 +166,13 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
     options = dataclasses.replace(options, reporter=reporter)  # shows long waits
+    if fmt == "docker-archive":
+        run(lambda stop: api.export_docker_archive(refs, output, options=options,
+                                                   platform=platform, jobs=jobs,
+                                                   reporter=reporter, stop=stop),
+            tally, lambda result, seconds: docker_archive_summary(result, output, seconds),
+            reporter)
+        return
     run(lambda stop: api.export_bundle(refs, output, format=fmt, split_size=split,
                                        compression_level=compression_level, options=options,
                                        jobs=jobs, reporter=reporter, stop=stop,

@@ -1,0 +1,202 @@
+"""The members of a seekable tar file by name: offsets and sizes found in one pass over
+the headers, no member unpacked; then any member is read at its offset, in any order.
+
+The pass reads each header and seeks past the data (a few KiB read per member,
+whatever the members' sizes). Every header is checked as the one-pass reader checks it
+(:func:`bundler.stores.archive.check_header`: no absolute path, no ``..``, no device,
+FIFO or sparse file). Links are kept only where ``links_allowed`` says (``docker save``
+writes a layer shared by two layer ids as a symbolic link to the first), and are
+resolved only to a regular member of the same archive, never to a path outside it.
+
+Reads go through ``os.pread`` on one file descriptor, so any number of threads read
+members at once without sharing a file position.
+
+Spec: POSIX.1-2001 pax interchange format (ustar headers, pax extended headers).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BundleError, UnsafeArchiveError
+from .archive import check_header, normalize_name
+from .volumes import find_volumes
+from .zstd import ZSTD_MAGIC, is_skippable
+
+__all__ = ["MemberReader", "TarEntry", "TarIndex", "is_plain_tar_file"]
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class TarEntry:
+    """One regular-file member: ``size`` bytes of content at byte ``offset`` of the file.
+
+    Attributes:
+        name: the normalized member name (no leading ``./``).
+        offset: where its content starts in the tar file (bytes).
+        size: its content in bytes.
+        via: for a link resolved to this content, the link's own name (else None).
+    """
+
+    name: str
+    offset: int
+    size: int
+    via: str | None = None
+
+
+class MemberReader:
+    """A read-only file over one member's bytes (``os.pread``: no shared position).
+
+    Raises (while reading):
+        BundleError: the file ends before the member does (a truncated archive).
+    """
+
+    def __init__(self, fd: int, entry: TarEntry, where: str) -> None:
+        self._fd, self._entry, self._where = fd, entry, where
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._entry.size - self._pos
+        if n is None or n < 0 or n > left:
+            n = left
+        if n == 0:
+            return b""
+        try:
+            data = os.pread(self._fd, min(n, _CHUNK), self._entry.offset + self._pos)
+        except OSError as exc:
+            raise BundleError(f"{self._where}: cannot read {self._entry.name}: "
+                              f"{exc.strerror or exc}") from exc
+        if not data:
+            raise BundleError(f"{self._where}: the archive is truncated or damaged "
+                              f"({self._entry.name} ends early)")
+        self._pos += len(data)
+        return data
+
+
+class TarIndex:
+    """Index a tar file's members in one pass over its headers (see the module docstring).
+
+    Args:
+        path: a plain (uncompressed) tar file.
+        where: the archive's name for messages.
+        links_allowed: whether a link member of this (normalized) name may be kept and
+            resolved inside the archive; None refuses every link.
+
+    Attributes:
+        entries: name -> :class:`TarEntry`, regular files and resolved links, in archive
+            order.
+        directories: the names of directory members.
+
+    Raises:
+        BundleError: not a tar file; a member that ends past the end of the file.
+        UnsafeArchiveError: an unsafe header (see :func:`check_header`), a name seen
+            twice, a link that is refused or does not resolve to a regular member.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], where: str,
+                 links_allowed: Callable[[str], bool] | None = None) -> None:
+        self.where = where
+        self.entries: dict[str, TarEntry] = {}
+        self.directories: set[str] = set()
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot open the bundle: {exc.strerror or exc}") from exc
+        try:
+            self._scan(links_allowed)
+        except BaseException:
+            self.close()
+            raise
+
+    def _scan(self, links_allowed: Callable[[str], bool] | None) -> None:
+        size = os.fstat(self.fd).st_size
+        links: dict[str, tuple[str, str]] = {}  # name -> (raw name, target)
+        with os.fdopen(os.dup(self.fd), "rb") as f:
+            try:
+                tar = tarfile.open(fileobj=f, mode="r:")  # noqa: SIM115 - closed below
+            except tarfile.TarError as exc:
+                raise BundleError(f"{self.where}: not a tar archive ({exc})") from exc
+            with tar:
+                while True:
+                    try:
+                        info = tar.next()
+                    except tarfile.TarError as exc:
+                        raise BundleError(f"{self.where}: the archive is truncated or "
+                                          f"damaged ({exc})") from exc
+                    if info is None:
+                        break
+                    tar.members.clear()  # offsets are all we keep
+                    allowed = (links_allowed is not None and (info.issym() or info.islnk())
+                               and links_allowed(normalize_name(info.name)))
+                    name = check_header(info, self.where, links=allowed)
+                    if name in self.entries or name in links:
+                        raise UnsafeArchiveError(f"{self.where}: unsafe archive member "
+                                                 f"{info.name!r}: duplicate entry")
+                    if info.isdir():
+                        self.directories.add(name)
+                    elif info.issym():
+                        target = posixpath.normpath(posixpath.join(posixpath.dirname(name),
+                                                                   info.linkname))
+                        links[name] = (info.name, target)
+                    elif info.islnk():
+                        links[name] = (info.name, posixpath.normpath(info.linkname))
+                    else:
+                        if info.offset_data + info.size > size:
+                            raise BundleError(f"{self.where}: the archive is truncated or "
+                                              f"damaged ({info.name!r} ends past the end "
+                                              "of the file)")
+                        self.entries[name] = TarEntry(name, info.offset_data, info.size)
+        for name, (raw, target) in links.items():
+            entry = self.entries.get(target.removeprefix("./"))
+            if entry is None or target.startswith(("/", "../")) or target == "..":
+                raise UnsafeArchiveError(f"{self.where}: unsafe archive member {raw!r}: a "
+                                         f"link to {target!r}, which is no regular file "
+                                         "of the archive")
+            self.entries[name] = TarEntry(entry.name, entry.offset, entry.size, via=name)
+
+    def get(self, name: str) -> TarEntry | None:
+        """The entry of a member name (``./`` prefixes ignored), or None."""
+        return self.entries.get(posixpath.normpath(name).removeprefix("./")
+                                if name not in self.entries else name)
+
+    def open(self, entry: TarEntry) -> MemberReader:
+        """A reader of one member's content."""
+        return MemberReader(self.fd, entry, self.where)
+
+    def read(self, entry: TarEntry) -> bytes:
+        """A small member's whole content (callers check the size first)."""
+        reader, parts = self.open(entry), []
+        while chunk := reader.read(_CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> TarIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def is_plain_tar_file(path: str | os.PathLike[str]) -> bool:
+    """True for a regular file that is not zstd-compressed (read by offsets); False for
+    ``-``, volumes and ``.tar.zst`` (read in one pass)."""
+    if os.fspath(path) == "-" or not Path(path).is_file() \
+            or find_volumes(Path(path)) is not None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return not (head == ZSTD_MAGIC or is_skippable(head))
