@@ -140,7 +140,10 @@ def test_a_docker_save_round_trips_through_bundler_and_docker_load(
     saved = tmp_path / "saved.tar"
     dockerd.run("save", "-o", str(saved), f"{source}/team/single:2")
     again = tmp_path / "again.tar"
-    copy_image(f"docker-archive:{saved}", f"docker-archive:{again}:example.com/again/single:3")
+    copied = copy_image(f"docker-archive:{saved}",
+                        f"docker-archive:{again}:example.com/again/single:3")
+    assert [n.split(": a legacy")[0] for n in copied.notes] == [  # docker 20.10: legacy
+        f"{saved}: image #0 ({source}/team/single:2)"]
     dockerd.run("load", "-i", str(again))
     inspect = json.loads(dockerd.run("image", "inspect", "example.com/again/single:3").stdout)[0]
     assert inspect["Id"] == AMD64.config.digest

@@ -180,6 +180,7 @@ def copy_image(
         with open_archive(src.path) as archive:  # read by offsets, in any member order
             entry = select_entry(src, archive.read_index(), source)
             result.digest = entry.digest
+            result.notes.extend(getattr(archive, "notes", ()))  # a manifest built
             if dst.transport == "docker":
                 targets = resolve_targets([entry], mapping=_mapping(entry, dst))
                 return _imported(result, push_images(

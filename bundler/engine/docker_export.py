@@ -112,9 +112,11 @@ def copy_to_docker_archive(
                                   "offsets: give an uncompressed .tar file (zstd -d)")
     try:
         entry = select_entry(src, store.read_index(), text)
-        return write_docker_archive(store, [(dst.ref_name or entry_name(entry), entry)],
-                                    dst.path, platform=platform, reporter=reporter,
-                                    stop=stop)
+        written = write_docker_archive(store, [(dst.ref_name or entry_name(entry), entry)],
+                                       dst.path, platform=platform, reporter=reporter,
+                                       stop=stop)
+        written.notes[:0] = getattr(store, "notes", ())  # a manifest built on the way
+        return written
     finally:
         if not isinstance(store, LayoutStore):
             store.close()
