@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bundler import BundleError, MappingError, import_bundle, list_bundle, verify_bundle
+from bundler.errors import UnsafeArchiveError
 from bundler.sandbox import LocalRegistry
 from bundler.sandbox.engines import (
     Dockerd,
@@ -306,3 +307,28 @@ def test_a_bad_docker_archive_is_refused_naming_the_member(
     with pytest.raises(BundleError) as listed:
         list_bundle(path)
     assert str(listed.value) == expected
+
+
+def test_a_layer_link_out_of_the_archive_is_refused(registry: LocalRegistry,
+                                                    tmp_path: Path) -> None:
+    path = tmp_path / "link.tar"
+    config = legacy_archive(path, [GREETING], ["example.com/bad/x:1"])
+    layer = f"{hashlib.sha256(b'0').hexdigest()}/layer.tar"
+    with tarfile.open(path) as tar:
+        kept = [(m, tar.extractfile(m).read()) for m in tar.getmembers()  # type: ignore[union-attr]
+                if m.name != layer]
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in kept:
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo(layer)
+        link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+        tar.addfile(link)
+    expected = (f"{path}: unsafe archive member {layer!r}: a link to '../../etc/passwd', "
+                "which is no regular file of the archive")
+    since = registry.mark()
+    with pytest.raises(UnsafeArchiveError) as info:
+        import_bundle(path, to=f"{registry.host}/bad")
+    assert str(info.value) == expected
+    assert verify_bundle(path).problems == [expected]
+    assert registry.requests(since) == []
+    assert config.startswith("sha256:")

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +194,17 @@ def test_a_docker_archive_destination_must_be_a_new_file(source: str, tmp_path: 
     assert out.read_bytes() == b"keep me"
     with pytest.raises(LocationError):
         copy_image(f"docker://{source}/team/single:2", "docker-archive:-")
+
+
+def test_bundlers_docker_archive_imports_from_a_pipe(source: str, registry: LocalRegistry,
+                                                      tmp_path: Path) -> None:
+    """The dual form is in bundler's one-pass order: ``bundler import -`` reads it."""
+    out = tmp_path / "piped.tar"
+    copy_image(f"docker://{source}/team/app:1", f"docker-archive:{out}:example.com/p/app:1")
+    with open(out, "rb") as f:
+        proc = subprocess.run([str(Path(sys.executable).with_name("bundler")), "import", "-",
+                               "--to", f"{registry.host}/piped", "-q"], stdin=f,
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1] == (
+        f"  example.com/p/app:1 -> {registry.host}/piped/p/app:1@{AMD64.digest}")
