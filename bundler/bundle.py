@@ -29,7 +29,7 @@ from .oci.digest import Digest
 from .oci.graph import check_reachable, walk
 from .registry.client import TransportOptions
 from .stores.archive import is_archive
-from .stores.archive_files import ArchiveStore, is_plain_tar_file, open_archive
+from .stores.archive_files import ArchiveStore, open_archive, reads_by_offsets
 from .stores.layout import LayoutStore
 
 __all__ = [
@@ -144,7 +144,7 @@ def import_bundle(
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
-    if is_plain_tar_file(bundle):  # a .tar file: read by offsets, in any member order
+    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
         return import_file(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
                            reporter=reporter, stop=stop, keep_going=keep_going)
     if is_archive(bundle):  # .tar.zst, volumes or "-": one pass, never unpacked
@@ -220,7 +220,7 @@ def list_bundle(bundle: str | os.PathLike[str], *,
     """
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
-    if is_plain_tar_file(bundle):  # a .tar file: read by offsets, in any member order
+    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
         with open_archive(bundle) as archive:
             return _list_store(archive)
     return _list_store(read_head(bundle, max_zstd_ratio=max_zstd_ratio) if is_archive(bundle)
@@ -289,7 +289,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
     report = VerifyReport()
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
-    if is_plain_tar_file(bundle):  # a .tar file: read by offsets, in any member order
+    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
         return verify_file(bundle, report)
     if is_archive(bundle):
         return verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)

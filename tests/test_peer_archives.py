@@ -222,10 +222,10 @@ def test_from_a_pipe_the_order_matters_and_the_error_says_to_give_the_file(
     assert proc.returncode == 1
     assert proc.stderr == (
         f"error: stdin: blobs/sha256/{layer.digest[7:]} ({layer.size} bytes) arrived before "
-        "the manifests that name it; read once (from a pipe, a .tar.zst or volumes), an "
-        "archive must be in bundle order (oci-layout, index.json, manifests, configs, "
-        "layers): give it as a .tar file instead (decompressed, volumes joined with cat), "
-        "which is read in any order\n")
+        "the manifests that name it; read once (from a pipe or zstd-compressed), an archive "
+        "must be in bundle order (oci-layout, index.json, manifests, configs, layers): give "
+        "it as an uncompressed .tar file (or its volumes) instead, which is read in any "
+        "order\n")
     assert [r for r in registry.requests(since) if r[0] not in ("GET", "HEAD")] == []
 
 
@@ -268,3 +268,68 @@ def test_a_tar_that_is_neither_a_layout_nor_a_docker_archive_is_refused(
     with pytest.raises(BundleError):
         list_bundle(path)
     assert registry.requests(since) == []
+
+
+def split_volumes(path: Path, size: int, checksums: bool) -> Path:
+    """Cut ``path`` into ``NAME.000``, ``NAME.001``, ... (and ``NAME.sha256``); returns
+    the base name (which then does not exist)."""
+    data = path.read_bytes()
+    lines = []
+    for number, start in enumerate(range(0, len(data), size)):
+        volume = path.with_name(f"{path.name}.{number:03d}")
+        volume.write_bytes(data[start:start + size])
+        lines.append(f"{hashlib.sha256(data[start:start + size]).hexdigest()}  {volume.name}")
+        lines.append(f"# {volume.name} {len(data[start:start + size])}")
+    path.unlink()
+    if checksums:
+        path.with_name(path.name + ".sha256").write_text(
+            "\n".join(lines[0::2] + lines[1::2]) + "\n")
+    return path
+
+
+def test_volumes_of_an_archive_in_any_order_are_read_by_offsets(
+        registry: LocalRegistry, tmp_path: Path) -> None:
+    image, members = blobs_first()
+    path = tmp_path / "vol.tar"
+    write_archive(path, members)
+    base = split_volumes(path, 4 << 20, checksums=True)
+    assert len(list(tmp_path.glob("vol.tar.0*"))) == 3
+    assert [i.name for i in list_bundle(base).images] == ["example.com/team/app:1"]
+    report = verify_bundle(tmp_path / "vol.tar.001")
+    assert (report.problems, report.warnings, report.blobs) == ([], [], 3)
+    result = import_bundle(base, to=f"{registry.host}/vol")
+    assert [str(t.destination) for t in result.targets] == [
+        f"{registry.host}/vol/team/app:1@{image.digest}"]
+    # a damaged volume is found before anything is pushed
+    volume = tmp_path / "vol.tar.001"
+    sound = hashlib.sha256(volume.read_bytes()).hexdigest()
+    damaged = bytearray(volume.read_bytes())
+    damaged[100] ^= 1  # inside the 9 MiB layer, the first member
+    volume.write_bytes(bytes(damaged))
+    expected = (f"volume vol.tar.001: sha256 {hashlib.sha256(bytes(damaged)).hexdigest()} "
+                f"does not match the checksum file ({sound}); it is damaged or belongs to "
+                "another bundle")
+    since = registry.mark()
+    with pytest.raises(BundleError) as info:
+        import_bundle(base, to=f"{registry.host}/vol2")
+    assert str(info.value) == expected
+    assert registry.requests(since) == []
+    joined = b"".join(p.read_bytes() for p in sorted(tmp_path.glob("vol.tar.0*")))
+    with tarfile.open(fileobj=io.BytesIO(joined)) as tar:
+        layer = image.layers[0]
+        got = hashlib.sha256(tar.extractfile(  # type: ignore[union-attr]
+            f"blobs/sha256/{layer.digest[7:]}").read()).hexdigest()
+    assert verify_bundle(base).problems == [
+        expected, f"example.com/team/app:1: digest mismatch (blobs/sha256/{layer.digest[7:]}): "
+                  f"expected {layer.digest}, got sha256:{got}"]
+
+
+def test_volumes_without_a_checksum_file_verify_with_a_warning(tmp_path: Path) -> None:
+    _, members = blobs_first()
+    path = tmp_path / "bare.tar"
+    write_archive(path, members)
+    base = split_volumes(path, 4 << 20, checksums=False)
+    report = verify_bundle(base)
+    assert (report.problems, report.images, report.blobs) == ([], 1, 3)
+    assert report.warnings == [f"{base}: no checksum file bare.tar.sha256; the volumes were "
+                               "checked through the digests of the blobs they hold"]

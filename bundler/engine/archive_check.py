@@ -38,12 +38,12 @@ __all__ = ["MAX_HELD", "ONE_PASS_ORDER", "VerifyReport", "ArchiveHead", "HeadMan
 
 #: Cap, in bytes, on index.json and manifests held in memory while reading an archive.
 MAX_HELD = HELD_LIMIT
-#: What to do with an archive read once (a pipe, a .tar.zst, volumes) that is not in
-#: bundler's order.
-ONE_PASS_ORDER = ("read once (from a pipe, a .tar.zst or volumes), an archive must be in "
-                  "bundle order (oci-layout, index.json, manifests, configs, layers): give "
-                  "it as a .tar file instead (decompressed, volumes joined with cat), which "
-                  "is read in any order")
+#: What to do with an archive read once (a pipe, a .tar.zst or its volumes) that is not
+#: in bundler's order.
+ONE_PASS_ORDER = ("read once (from a pipe or zstd-compressed), an archive must be in bundle "
+                  "order (oci-layout, index.json, manifests, configs, layers): give it as "
+                  "an uncompressed .tar file (or its volumes) instead, which is read in any "
+                  "order")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 from ..errors import BundleError, BundlerError
 from ..events import Reporter
@@ -17,7 +18,8 @@ from ..oci.content import Descriptor, Index, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import check_reachable, walk
 from ..registry.client import TransportOptions
-from ..stores.archive_files import open_archive
+from ..stores.archive_files import is_plain_tar_file, open_archive
+from ..stores.volumes import checksum_path, find_volumes
 from .archive_check import VerifyReport
 from .importing import ImportResult, push_images
 from .naming import resolve_targets
@@ -60,17 +62,22 @@ def verify_file(path: str | os.PathLike[str], report: VerifyReport) -> VerifyRep
     names is not checked: it is ignored, with a warning.
 
     Args:
-        path: a plain tar file.
+        path: a plain tar file, or an uncompressed volume set.
         report: the report to fill.
 
     Returns:
         ``report``, one line per problem.
     """
     try:
-        store = open_archive(path)
+        store = open_archive(path, on_volume_problem=report.problems.append)
     except BundleError as exc:
         report.problems.append(str(exc))
         return report
+    found = None if is_plain_tar_file(path) else find_volumes(Path(path))
+    if found is not None and not checksum_path(found[0]).exists():
+        report.warnings.append(
+            f"{found[0]}: no checksum file {checksum_path(found[0]).name}; the volumes "
+            "were checked through the digests of the blobs they hold")
     with store:
         report.warnings.extend(getattr(store, "notes", ()))
         bad: dict[Digest, str] = {}

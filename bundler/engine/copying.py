@@ -61,7 +61,7 @@ from ..oci.reference import Location
 from ..registry.client import TransportOptions
 from ..stores import Store
 from ..stores.archive import ArchiveReader, Member, refuse_existing
-from ..stores.archive_files import is_plain_tar_file, open_archive
+from ..stores.archive_files import open_archive, reads_by_offsets
 from ..stores.layout import LayoutStore
 from ..stores.lock import WriterLock
 from .archive_check import ArchiveHead, read_head
@@ -176,7 +176,7 @@ def copy_image(
                 keep_going=keep_going))
         return _exported(result, _from_store(store, entry, dst, jobs, report, stop,
                                              keep_going, wait, on_wait))
-    if src.transport == "docker-archive" or is_plain_tar_file(src.path):
+    if src.transport == "docker-archive" or reads_by_offsets(src.path):
         with open_archive(src.path) as archive:  # read by offsets, in any member order
             entry = select_entry(src, archive.read_index(), source)
             result.digest = entry.digest
@@ -250,7 +250,7 @@ def plan_copy(
         assert src.reference is not None
         return plan_export([src.reference], dst.path, format=_format(dst),
                            options=src_options, jobs=jobs)
-    if src.transport != "oci" and is_plain_tar_file(src.path):
+    if src.transport != "oci" and reads_by_offsets(src.path):
         with open_archive(src.path) as archive:  # read by offsets, in any member order
             return _plan_from(archive, src, dst, source, dest_options, jobs)
     head = (LayoutStore(src.path) if src.transport == "oci"

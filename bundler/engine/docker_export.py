@@ -18,7 +18,7 @@ from ..events import Reporter
 from ..oci.content import entry_name
 from ..oci.reference import Location, Reference
 from ..registry.client import TransportOptions
-from ..stores.archive_files import ArchiveStore, DockerArchive, is_plain_tar_file, open_archive
+from ..stores.archive_files import ArchiveStore, DockerArchive, open_archive, reads_by_offsets
 from ..stores.docker_archive_writer import DockerArchiveResult, write_docker_archive
 from ..stores.layout import LayoutStore
 from .copy_locations import select_entry
@@ -105,7 +105,7 @@ def copy_to_docker_archive(
     store: LayoutStore | ArchiveStore | DockerArchive
     if src.transport == "oci":
         store = LayoutStore(src.path)
-    elif is_plain_tar_file(src.path):
+    elif reads_by_offsets(src.path):
         store = open_archive(src.path)
     else:
         raise LocationError(text, "a docker-archive: destination reads its source by "

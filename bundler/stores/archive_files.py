@@ -8,21 +8,76 @@ Spec: image-spec ``image-layout.md``; the docker save format (``manifest.json``)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import BundleError, BundlerError
 from ..oci.graph import walk
 from .docker_archive import DockerArchive
 from .seekable_archive import ArchiveStore, scan_archive
-from .tar_index import is_plain_tar_file
+from .tar_index import TarIndex, is_plain_tar_file
+from .volumes import VolumeReader, find_volumes, read_checksums
+from .zstd import ZSTD_MAGIC, is_skippable
 
-__all__ = ["ArchiveStore", "DockerArchive", "is_plain_tar_file", "open_archive"]
+__all__ = ["ArchiveStore", "DockerArchive", "is_plain_tar_file", "open_archive",
+           "reads_by_offsets"]
 
 
-def open_archive(path: str | os.PathLike[str]) -> ArchiveStore | DockerArchive:
-    """Index a plain tar file in one pass and open it as a store.
+def _plain_volumes(path: str | os.PathLike[str]) -> tuple[Path, list[Path]] | None:
+    """(base, volumes) of an uncompressed volume set, else None."""
+    if os.fspath(path) == "-":
+        return None
+    try:
+        found = find_volumes(Path(path))
+    except BundleError:
+        return None  # reported by the reader that takes the set
+    if found is None or not found[1]:
+        return None
+    try:
+        with open(found[1][0], "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return None if head == ZSTD_MAGIC or is_skippable(head) else found
+
+
+def reads_by_offsets(path: str | os.PathLike[str]) -> bool:
+    """Whether ``import``, ``list`` and ``verify`` read ``path`` as a random-access store
+    (:func:`open_archive`) rather than once, in order
+    (:class:`~bundler.stores.archive.ArchiveReader`).
+
+    True for a plain ``.tar`` file, and for an uncompressed volume set that is not in
+    bundler's order (a blob or docker member before ``index.json``): a volume set in
+    bundler's order keeps the one-pass reader. False for ``-``, ``.tar.zst``, a
+    directory.
+    """
+    if is_plain_tar_file(path):
+        return True
+    found = _plain_volumes(path)
+    if found is None:
+        return False
+    try:
+        index = TarIndex(found[1], str(found[0]))
+    except BundlerError:
+        return False  # the one-pass reader says what is wrong
+    try:
+        order = [n for n in index.order if n not in index.directories]
+        return "index.json" not in order or any(
+            n != "oci-layout" for n in order[:order.index("index.json")])
+    finally:
+        index.close()
+
+
+def open_archive(path: str | os.PathLike[str], *,
+                 on_volume_problem: Callable[[str], None] | None = None
+                 ) -> ArchiveStore | DockerArchive:
+    """Index a plain tar file (or volume set) in one pass and open it as a store.
 
     Args:
-        path: a ``.tar`` file (not compressed: see :func:`is_plain_tar_file`).
+        path: a ``.tar`` file (not compressed: see :func:`is_plain_tar_file`), or an
+            uncompressed volume set (base name or any volume). Each volume is checked
+            against ``NAME.sha256`` (read through once) before it is used.
+        on_volume_problem: receives volume problems (verify); when None they raise.
 
     Which reader (:mod:`bundler.stores.docker_archive` has the docker forms):
 
@@ -42,9 +97,20 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveStore | DockerArchive:
     Raises:
         UnsafeArchiveError: an unsafe member or one of neither format.
         BundleError: not a tar file, truncated; neither an OCI layout (``index.json``)
-        nor a docker archive (``manifest.json``).
+        nor a docker archive (``manifest.json``); a volume missing, or whose size or
+        sha256 is not the checksum file's.
     """
-    index = scan_archive(path)
+    found = None if is_plain_tar_file(path) else _plain_volumes(path)
+    if found is not None:
+        base, volumes = found
+        checking = VolumeReader(volumes, read_checksums(base), on_volume_problem)
+        try:
+            checking.drain()
+        finally:
+            checking.close()
+        index = scan_archive(volumes, str(base))
+    else:
+        index = scan_archive(path)
     try:
         docker = index.get("manifest.json") is not None
         if index.get("index.json") is None:

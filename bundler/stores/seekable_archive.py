@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from ..errors import BundleError, ManifestError, SizeMismatchError, UnsafeArchiveError
 from ..oci.content import Descriptor, Index, Manifest, parse_layout_index, parse_manifest
@@ -54,11 +55,12 @@ def _is_link_name(name: str) -> bool:
     return name.endswith("/layer.tar") and DOCKER_MEMBER.match(name) is not None
 
 
-def scan_archive(path: str | os.PathLike[str], where: str | None = None) -> TarIndex:
+def scan_archive(path: str | os.PathLike[str] | list[Path],
+                 where: str | None = None) -> TarIndex:
     """Index a tar file's members (one pass, nothing unpacked) and check their names.
 
     Args:
-        path: a plain tar file.
+        path: a plain tar file, or its volumes in order.
         where: the archive's name for messages (default: ``path``).
 
     Returns:
@@ -69,7 +71,7 @@ def scan_archive(path: str | os.PathLike[str], where: str | None = None) -> TarI
         nor a docker archive (the first one, by name). BundleError: not a tar file, or
         truncated.
     """
-    where = where or os.fspath(path)
+    where = where or os.fspath(path if not isinstance(path, list) else path[0])
     index = TarIndex(path, where, links_allowed=_is_link_name)
     try:
         for name in index.directories:

@@ -16,6 +16,7 @@ Spec: POSIX.1-2001 pax interchange format (ustar headers, pax extended headers).
 
 from __future__ import annotations
 
+import bisect
 import os
 import posixpath
 import tarfile
@@ -31,6 +32,70 @@ from .zstd import ZSTD_MAGIC, is_skippable
 __all__ = ["MemberReader", "TarEntry", "TarIndex", "is_plain_tar_file"]
 
 _CHUNK = 1 << 20
+
+
+class Concatenated:
+    """Files read as one byte sequence (split volumes ``NAME.000``, ``NAME.001``, ...):
+    ``pread`` at any offset, from any thread; :meth:`file` gives a sequential view.
+
+    Raises:
+        BundleError: a file cannot be opened.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.fds: list[int] = []
+        self.starts: list[int] = []
+        self.size = 0
+        try:
+            for path in paths:
+                self.fds.append(os.open(path, os.O_RDONLY))
+                self.starts.append(self.size)
+                self.size += os.fstat(self.fds[-1]).st_size
+        except OSError as exc:
+            self.close()
+            raise BundleError(f"{path}: cannot open the bundle: {exc.strerror or exc}") from exc
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at a file boundary; b"" at the end)."""
+        index = bisect.bisect_right(self.starts, offset) - 1
+        if index < 0 or offset >= self.size:
+            return b""
+        start = self.starts[index]
+        end = self.starts[index + 1] if index + 1 < len(self.starts) else self.size
+        return os.pread(self.fds[index], min(n, end - offset), offset - start)
+
+    def file(self) -> _Sequential:
+        return _Sequential(self)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+class _Sequential:
+    """A seekable read-only file over a :class:`Concatenated` (for :mod:`tarfile`)."""
+
+    def __init__(self, source: Concatenated) -> None:
+        self._source, self._pos = source, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._source.size - self._pos
+        parts = []
+        while n > 0 and (chunk := self._source.pread(n, self._pos)):
+            parts.append(chunk)
+            self._pos += len(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._source.size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 @dataclass(frozen=True)
@@ -57,8 +122,8 @@ class MemberReader:
         BundleError: the file ends before the member does (a truncated archive).
     """
 
-    def __init__(self, fd: int, entry: TarEntry, where: str) -> None:
-        self._fd, self._entry, self._where = fd, entry, where
+    def __init__(self, source: Concatenated, entry: TarEntry, where: str) -> None:
+        self._source, self._entry, self._where = source, entry, where
         self._pos = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -68,7 +133,7 @@ class MemberReader:
         if n == 0:
             return b""
         try:
-            data = os.pread(self._fd, min(n, _CHUNK), self._entry.offset + self._pos)
+            data = self._source.pread(min(n, _CHUNK), self._entry.offset + self._pos)
         except OSError as exc:
             raise BundleError(f"{self._where}: cannot read {self._entry.name}: "
                               f"{exc.strerror or exc}") from exc
@@ -83,7 +148,7 @@ class TarIndex:
     """Index a tar file's members in one pass over its headers (see the module docstring).
 
     Args:
-        path: a plain (uncompressed) tar file.
+        path: a plain (uncompressed) tar file, or the volumes of one in order.
         where: the archive's name for messages.
         links_allowed: whether a link member of this (normalized) name may be kept and
             resolved inside the archive; None refuses every link.
@@ -99,15 +164,13 @@ class TarIndex:
             twice, a link that is refused or does not resolve to a regular member.
     """
 
-    def __init__(self, path: str | os.PathLike[str], where: str,
+    def __init__(self, path: str | os.PathLike[str] | list[Path], where: str,
                  links_allowed: Callable[[str], bool] | None = None) -> None:
         self.where = where
         self.entries: dict[str, TarEntry] = {}
+        self.order: list[str] = []  # member names in archive order, directories too
         self.directories: set[str] = set()
-        try:
-            self.fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise BundleError(f"{path}: cannot open the bundle: {exc.strerror or exc}") from exc
+        self.source = Concatenated(path if isinstance(path, list) else [Path(path)])
         try:
             self._scan(links_allowed)
         except BaseException:
@@ -115,43 +178,44 @@ class TarIndex:
             raise
 
     def _scan(self, links_allowed: Callable[[str], bool] | None) -> None:
-        size = os.fstat(self.fd).st_size
+        size = self.source.size
         links: dict[str, tuple[str, str]] = {}  # name -> (raw name, target)
-        with os.fdopen(os.dup(self.fd), "rb") as f:
-            try:
-                tar = tarfile.open(fileobj=f, mode="r:")  # noqa: SIM115 - closed below
-            except tarfile.TarError as exc:
-                raise BundleError(f"{self.where}: not a tar archive ({exc})") from exc
-            with tar:
-                while True:
-                    try:
-                        info = tar.next()
-                    except tarfile.TarError as exc:
+        f = self.source.file()
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
+        except tarfile.TarError as exc:
+            raise BundleError(f"{self.where}: not a tar archive ({exc})") from exc
+        with tar:
+            while True:
+                try:
+                    info = tar.next()
+                except tarfile.TarError as exc:
+                    raise BundleError(f"{self.where}: the archive is truncated or "
+                                      f"damaged ({exc})") from exc
+                if info is None:
+                    break
+                tar.members.clear()  # offsets are all we keep
+                allowed = (links_allowed is not None and (info.issym() or info.islnk())
+                           and links_allowed(normalize_name(info.name)))
+                name = check_header(info, self.where, links=allowed)
+                if name in self.entries or name in links:
+                    raise UnsafeArchiveError(f"{self.where}: unsafe archive member "
+                                             f"{info.name!r}: duplicate entry")
+                self.order.append(name)
+                if info.isdir():
+                    self.directories.add(name)
+                elif info.issym():
+                    target = posixpath.normpath(posixpath.join(posixpath.dirname(name),
+                                                               info.linkname))
+                    links[name] = (info.name, target)
+                elif info.islnk():
+                    links[name] = (info.name, posixpath.normpath(info.linkname))
+                else:
+                    if info.offset_data + info.size > size:
                         raise BundleError(f"{self.where}: the archive is truncated or "
-                                          f"damaged ({exc})") from exc
-                    if info is None:
-                        break
-                    tar.members.clear()  # offsets are all we keep
-                    allowed = (links_allowed is not None and (info.issym() or info.islnk())
-                               and links_allowed(normalize_name(info.name)))
-                    name = check_header(info, self.where, links=allowed)
-                    if name in self.entries or name in links:
-                        raise UnsafeArchiveError(f"{self.where}: unsafe archive member "
-                                                 f"{info.name!r}: duplicate entry")
-                    if info.isdir():
-                        self.directories.add(name)
-                    elif info.issym():
-                        target = posixpath.normpath(posixpath.join(posixpath.dirname(name),
-                                                                   info.linkname))
-                        links[name] = (info.name, target)
-                    elif info.islnk():
-                        links[name] = (info.name, posixpath.normpath(info.linkname))
-                    else:
-                        if info.offset_data + info.size > size:
-                            raise BundleError(f"{self.where}: the archive is truncated or "
-                                              f"damaged ({info.name!r} ends past the end "
-                                              "of the file)")
-                        self.entries[name] = TarEntry(name, info.offset_data, info.size)
+                                          f"damaged ({info.name!r} ends past the end "
+                                          "of the file)")
+                    self.entries[name] = TarEntry(name, info.offset_data, info.size)
         for name, (raw, target) in links.items():
             entry = self.entries.get(target.removeprefix("./"))
             if entry is None or target.startswith(("/", "../")) or target == "..":
@@ -167,7 +231,7 @@ class TarIndex:
 
     def open(self, entry: TarEntry) -> MemberReader:
         """A reader of one member's content."""
-        return MemberReader(self.fd, entry, self.where)
+        return MemberReader(self.source, entry, self.where)
 
     def read(self, entry: TarEntry) -> bytes:
         """A small member's whole content (callers check the size first)."""
@@ -177,9 +241,7 @@ class TarIndex:
         return b"".join(parts)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.source.close()
 
     def __enter__(self) -> TarIndex:
         return self
