@@ -208,3 +208,24 @@ def test_bundlers_docker_archive_imports_from_a_pipe(source: str, registry: Loca
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1] == (
         f"  example.com/p/app:1 -> {registry.host}/piped/p/app:1@{AMD64.digest}")
+
+
+@pytest.mark.parametrize("extra", [["--split-size", "1MiB"], ["--dry-run"],
+                                   ["--include-foreign-layers"]])
+def test_export_docker_archive_refuses_what_a_single_file_cannot_do(
+        extra: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["export", "example.com/a/b:1", "-o",
+                                       str(tmp_path / "x.tar"), "--format", "docker-archive",
+                                       *extra])
+    assert result.exit_code == 2
+    assert result.stderr.endswith("Error: --format docker-archive writes one file for docker "
+                                  "load: no --split-size, --dry-run or "
+                                  "--include-foreign-layers\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_platform_needs_the_docker_archive_format(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["export", "example.com/a/b:1", "-o",
+                                       str(tmp_path / "x"), "--platform", "linux/arm64"])
+    assert result.exit_code == 2
+    assert "--platform is for --format docker-archive" in result.stderr

@@ -140,9 +140,9 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     """
     check_output_options(quiet, progress, dry_run, as_json)
     split = split_size
-    if fmt == "docker-archive" and (split is not None or dry_run):
-        raise click.UsageError("--format docker-archive writes one file: no --split-size "
-                               "or --dry-run")
+    if fmt == "docker-archive" and (split is not None or dry_run or include_foreign_layers):
+        raise click.UsageError("--format docker-archive writes one file for docker load: "
+                               "no --split-size, --dry-run or --include-foreign-layers")
     if platform is not None and fmt != "docker-archive":
         raise click.UsageError("--platform is for --format docker-archive (a bundle keeps "
                                "every platform of an index)")
