@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine.archive_check import ArchiveHead, VerifyReport, read_head, verify_archive
+from .engine.archive_files import import_file, verify_file
 from .engine.archive_import import import_archive
 from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
+from .engine.docker_export import export_docker_archive
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.imageset import ImageSet, ImageSetError, read_image_set
 from .engine.importing import ImportResult, not_distributed, push_images
@@ -45,6 +47,7 @@ from .oci.graph import check_reachable, walk
 from .oci.platforms import PlatformChoice
 from .registry.client import TransportOptions
 from .stores.archive import is_archive
+from .stores.archive_files import ArchiveStore, open_archive, reads_by_offsets
 from .stores.layout import LayoutStore
 
 __all__ = [
@@ -70,6 +73,7 @@ __all__ = [
     "cli_image_set",
     "copy_image",
     "export_bundle",
+    "export_docker_archive",
     "export_platforms",
     "import_bundle",
     "inspect_image",
@@ -175,8 +179,12 @@ def import_bundle(
         what was imported).
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
-    if is_archive(bundle):  # .tar, .tar.zst, volumes or "-": one pass, never unpacked
+    if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
+    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
+        return import_file(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
+                           reporter=reporter, stop=stop, keep_going=keep_going)
+    if is_archive(bundle):  # .tar.zst, volumes or "-": one pass, never unpacked
         return import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
                               reporter=reporter, stop=stop, keep_going=keep_going,
                               max_zstd_ratio=max_zstd_ratio)
@@ -249,8 +257,15 @@ def list_bundle(bundle: str | os.PathLike[str], *,
     """
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
-    store = (read_head(bundle, max_zstd_ratio=max_zstd_ratio) if is_archive(bundle)
-             else open_bundle(bundle, shared_blob_dir=shared_blob_dir))
+    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
+        with open_archive(bundle) as archive:
+            return _list_store(archive)
+    return _list_store(read_head(bundle, max_zstd_ratio=max_zstd_ratio) if is_archive(bundle)
+                       else open_bundle(bundle, shared_blob_dir=shared_blob_dir))
+
+
+def _list_store(store: LayoutStore | ArchiveStore | ArchiveHead) -> BundleListing:
+    """The listing of an open bundle (see :func:`list_bundle`)."""
     listing = BundleListing()
     unique: dict[Digest, int] = {}
     plans = []
@@ -276,11 +291,12 @@ def list_bundle(bundle: str | os.PathLike[str], *,
     return listing
 
 
-def _holds(store: LayoutStore | ArchiveHead, descriptor: Descriptor) -> bool:
-    """Whether the bundle holds a blob (for the sizes of ``list``): a directory is
-    asked (an unreadable blob counts as not held); in an archive's head only the
-    non-distributable layers are in doubt, and they are not counted."""
-    if not isinstance(store, LayoutStore):
+def _holds(store: LayoutStore | ArchiveStore | ArchiveHead, descriptor: Descriptor) -> bool:
+    """Whether the bundle holds a blob (for the sizes of ``list``): a directory or an
+    archive file is asked (an unreadable blob counts as not held); in the head of an
+    archive read once only the non-distributable layers are in doubt, and they are not
+    counted."""
+    if isinstance(store, ArchiveHead):
         return not is_non_distributable(descriptor)
     try:
         return store.has_blob(descriptor.digest)
@@ -310,6 +326,9 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
     report = VerifyReport()
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
+    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
+        return verify_file(bundle, report)
+    if is_archive(bundle):
         return verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
     root = Path(bundle)
     try:

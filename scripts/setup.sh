@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a machine for bundler's demo, tests and benchmarks (Debian, Python >= 3.11):
-# the Debian packages docker-registry, skopeo, umoci, containerd and buildah, a virtualenv
-# .venv with bundler installed in editable mode with its test extra, and the Go programs
-# of the serve tests (scripts/build-tools.sh, where Go is installed). Safe to run again.
+# the Debian packages docker-registry, skopeo and umoci, the peers the tests run (docker.io
+# with its containerd, podman, buildah), a virtualenv .venv with bundler installed in
+# editable mode with its test extra, and the Go programs of the tests and benchmarks
+# (scripts/build-tools.sh, where Go is installed). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,9 @@ need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
+command -v dockerd >/dev/null || need+=(docker.io)
 command -v ctr >/dev/null || need+=(containerd)
+command -v podman >/dev/null || need+=(podman)
 command -v buildah >/dev/null || need+=(buildah)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

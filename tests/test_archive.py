@@ -361,9 +361,11 @@ UNSAFE = {
     "fifo": (_member("blobs/sha256/fifo", tarfile.FIFOTYPE, None),
              "'blobs/sha256/fifo': FIFOs are refused"),
     "duplicate": (_member("./index.json", data=b"{}"), "'./index.json': duplicate entry"),
-    "outside": (_member("evil.sh"), "'evil.sh': not part of an OCI image layout (only "
-                                    "oci-layout, index.json and blobs/<algorithm>/<hex> are "
-                                    "accepted)"),
+    "outside": (_member("evil.sh"), "'evil.sh': not part of an OCI image layout or docker "
+                                    "archive (only oci-layout, index.json and "
+                                    "blobs/<algorithm>/<hex> of an OCI image layout, and "
+                                    "manifest.json, repositories, <id>.json and "
+                                    "<id>/layer.tar of docker save, are accepted)"),
     "bad-dir": (_member("etc", tarfile.DIRTYPE, None),
                 "'etc': only the directories blobs/ and blobs/<algorithm>/ belong in a bundle"),
 }

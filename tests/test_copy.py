@@ -278,11 +278,12 @@ def test_dry_run_moves_nothing(sources: dict[str, str], seeded_registry: Seeded,
 
 @pytest.mark.parametrize("src, dst, message", [
     ("dir:/tmp/x", "oci:{out}", "unknown transport 'dir'; expected docker://REFERENCE, "
-     "oci:DIR[:REFERENCE] or oci-archive:FILE[:REFERENCE]"),
+     "oci:DIR[:REFERENCE], oci-archive:FILE[:REFERENCE] or docker-archive:FILE[:REFERENCE]"),
     ("{ref}", "oci:{out}", "no transport; expected docker://REFERENCE"),
     ("docker://{ref}", "{out}", "no transport; expected docker://REFERENCE"),
-    ("docker-archive:{tmp}/image.tar", "oci:{out}", "docker-archive: is not supported yet"),
-    ("docker://{ref}", "docker-archive:{out}", "docker-archive: is not supported yet"),
+    ("docker-archive:-", "oci:{out}", "a docker-archive: source is read twice and cannot "
+     "be stdin"),
+    ("docker://{ref}", "docker-archive:-", "a docker-archive: destination is a file; name it"),
     ("{layout}", "oci:{out}", "holds 2 images ("),
     ("{layout}:nothere", "oci:{out}", "holds no image named 'nothere'; it holds "),
     ("{layout}:{ref}", "{layout}:{ref}", "the destination is the source"),

@@ -49,12 +49,15 @@ __all__ = ["copy_cmd"]
 @click.option("--no-wait", is_flag=True,
               help="Fail at once (exit 1) if another bundler is writing the destination "
                    "layout, instead of waiting for it.")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+              help="For a docker-archive: destination, the platform taken from an index "
+                   "(docker load takes one; default linux/amd64).")
 @zstd_ratio_option
 @transport_options("src")
 @transport_options("dest", retry=False)
 @progress_options
 def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait: bool,
-             max_zstd_ratio: int, jobs: int, quiet: bool, progress: str, keep_going: bool,
+             platform: str | None, max_zstd_ratio: int, jobs: int, quiet: bool, progress: str, keep_going: bool,
              dry_run: bool, as_json: bool, **kw: Any) -> None:
     """Copy one image from SRC to DST, every digest preserved; an index goes whole
     (all its platforms, as skopeo copy --all).
@@ -67,6 +70,9 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
                                   source that holds several images)
       oci-archive:FILE[:NAME]     a .tar or .tar.zst bundle file (written whole: it
                                   must not exist yet)
+      docker-archive:FILE[:NAME]  a docker save archive; as a destination, written in
+                                  the form docker load, podman load and bundler read
+                                  (one platform of an index: --platform)
 
     \b
     Examples:
@@ -74,6 +80,8 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
       bundler copy docker://docker.io/library/alpine:3.20 oci:./layout:alpine:3.20
       bundler copy oci:./layout:alpine:3.20 docker://registry.internal:5000/base/alpine:3.20
       bundler copy oci:./layout:alpine:3.20 oci-archive:alpine.tar
+      bundler copy docker-archive:saved.tar docker://registry.internal:5000/team/app:1.4
+      bundler copy docker://registry.internal:5000/team/app:1.4 docker-archive:app.tar
     """
     check_output_options(quiet, progress, dry_run, as_json)
     try:  # a bad location is a usage error, found before anything moves
@@ -84,6 +92,9 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
     src_options = side_options("src", kw)
     dest_options = side_options("dest", {**kw, **shared}, chunk_size=chunk_size,
                             journal=UploadJournal())
+    if dry_run and dst.transport == "docker-archive":
+        raise click.UsageError("--dry-run is not available for a docker-archive: "
+                               "destination")
     if dry_run:
         print_dry_run(lambda: api.plan_copy(source, destination, src_options=src_options,
                                        dest_options=dest_options, jobs=jobs,
@@ -98,7 +109,8 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
     run(lambda stop: api.copy_image(source, destination, src_options=src_options,
                                     dest_options=dest_options, jobs=jobs, reporter=reporter,
                                     stop=stop, keep_going=keep_going, wait=not no_wait,
-                                    on_wait=say_waiting, max_zstd_ratio=max_zstd_ratio),
+                                    on_wait=say_waiting, max_zstd_ratio=max_zstd_ratio,
+                                    platform=platform),
         tally, _summary, reporter, archive=archive, importing=dst.transport == "docker")
 
 
@@ -113,3 +125,5 @@ def _summary(result: Any, seconds: float) -> None:
                f"blobs copied {result.blobs_copied} ({human(result.bytes_copied)}){mounted}, "
                f"already there {result.blobs_present}; {seconds:.1f} s, "
                f"{rate(result.bytes_copied, seconds)}")
+    for note in result.notes:
+        click.echo(f"note: {escape(note)}", err=True)

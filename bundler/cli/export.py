@@ -42,7 +42,7 @@ from .selecting import (
     say_vanished,
     selection_options,
 )
-from .summary import export_summary, run
+from .summary import docker_archive_summary, export_summary, run
 
 __all__ = ["export_cmd"]
 
@@ -54,8 +54,10 @@ __all__ = ["export_cmd"]
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Bundle to write: a directory (extended if it exists), NAME.tar or "
                    "NAME.tar.zst (a new single-file bundle).")
-@click.option("--format", "fmt", type=click.Choice(["dir", "tar", "tar.zst"]),
-              help="Bundle format (default: from the output name).")
+@click.option("--format", "fmt", type=click.Choice(["dir", "tar", "tar.zst", "docker-archive"]),
+              help="Bundle format (default: from the output name). docker-archive: a file "
+                   "docker load, podman load and bundler read, one platform per image "
+                   "(--platform picks it; default linux/amd64).")
 @click.option("--split-size", metavar="SIZE", callback=size_option(MIN_SPLIT_SIZE),
               help="Cut an archive into volumes NAME.000, NAME.001, ... of SIZE (e.g. 4GiB; "
                    "at least 1KiB).")
@@ -92,14 +94,23 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export reg:5000 --all-repositories --include-repositories 'team-a/.*' --all-tags -o b
       bundler export -c imageset.yaml -o bundle.tar.zst --dry-run
       bundler export reg:5000/app:1 --platform linux/amd64 --platform linux/arm64 -o b
+      bundler export registry.internal:5000/team/app:1.4 -o app.tar --format docker-archive
     """
     check_output_options(quiet, progress, dry_run, as_json)
+    if fmt == "docker-archive":
+        if split_size is not None or dry_run or include_foreign_layers:
+            raise click.UsageError("--format docker-archive writes one file for docker load: "
+                                   "no --split-size, --dry-run or --include-foreign-layers")
+        if len(platforms) > 1 or platforms == ("all",):
+            raise click.UsageError("--format docker-archive holds one platform per image: "
+                                   "give --platform once")
     choice = platform_choice(platforms, platform_mode)
     if choice is not None and include_foreign_layers:
         raise click.UsageError("--include-foreign-layers does not go with --platform yet")
     split = split_size
     try:
-        archive = output if output_format(output, fmt, split) != "dir" else None
+        archive = (None if fmt == "docker-archive" else
+                   output if output_format(output, fmt, split) != "dir" else None)
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
     image_set = image_set_from_options(references, images_file, kw)
@@ -134,6 +145,14 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
     options = dataclasses.replace(options, reporter=reporter)  # shows long waits
     gone: list[str] = []
     changed: list[api.DigestChange] = []
+
+    if fmt == "docker-archive":
+        run(lambda stop: api.export_docker_archive(refs, output, options=options,
+                                                   platform=platforms[0] if platforms else None,
+                                                   jobs=jobs, reporter=reporter, stop=stop),
+            tally, lambda result, seconds: docker_archive_summary(result, output, seconds),
+            reporter)
+        return
 
     def export(stop: threading.Event, keep: bool) -> api.ExportResult:
         per_image = resolution.platforms if resolution is not None else {}

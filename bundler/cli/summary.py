@@ -33,7 +33,7 @@ from ..errors import (
 from ..events import Tally
 from ..termsafe import escape
 
-__all__ = ["export_summary", "human", "import_summary", "plural", "print_plan", "rate", "run",
+__all__ = ["docker_archive_summary", "export_summary", "human", "import_summary", "plural", "print_plan", "rate", "run",
            "quiet_stream", "stdout_may_close"]
 
 
@@ -208,6 +208,8 @@ def import_summary(result: ImportResult, seconds: float, *, done: str = "importe
     for digest in result.skipped_foreign:
         click.echo(f"note: non-distributable layer {digest} {missing}; it was not pushed",
                    err=True)
+    for note in result.notes:
+        click.echo(f"note: {escape(note)}", err=True)
 
 
 def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool,
@@ -258,3 +260,16 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool,
         line += (f"to upload {plan.to_upload} ({human(plan.upload_bytes)}); per "
                  f"repository: {plan.to_mount} to mount, {plan.present} already present")
     click.echo(line)
+
+
+def docker_archive_summary(result: Any, output: str, seconds: float) -> None:
+    """Print what ``export --format docker-archive`` wrote (stdout) and the platform
+    chosen from each index (stderr)."""
+    click.echo(f"exported {plural(len(result.images), 'image')} to {escape(output)} "
+               f"(docker-archive): blobs {result.blobs} ({human(result.bytes)}); "
+               f"{seconds:.1f} s, {rate(result.bytes, seconds)}")
+    for image in result.images:
+        click.echo(f"  {escape(image.name) or '(unnamed)'} {image.descriptor.digest}"
+                   + (f" {image.platform}" if image.platform else ""))
+    for note in result.notes:
+        click.echo(f"note: {escape(note)}", err=True)

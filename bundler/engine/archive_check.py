@@ -33,11 +33,17 @@ from ..stores.archive import ArchiveReader, Member
 from ..stores.layout import check_layout_file
 from ..stores.volumes import checksum_path
 
-__all__ = ["MAX_HELD", "VerifyReport", "ArchiveHead", "HeadManifests", "check_held", "read_head",
+__all__ = ["MAX_HELD", "ONE_PASS_ORDER", "VerifyReport", "ArchiveHead", "HeadManifests", "check_held", "read_head",
            "verify_archive"]
 
 #: Cap, in bytes, on index.json and manifests held in memory while reading an archive.
 MAX_HELD = HELD_LIMIT
+#: What to do with an archive read once (a pipe, a .tar.zst or its volumes) that is not
+#: in bundler's order.
+ONE_PASS_ORDER = ("read once (from a pipe or zstd-compressed), an archive must be in bundle "
+                  "order (oci-layout, index.json, manifests, configs, layers): give it as "
+                  "an uncompressed .tar file (or its volumes) instead, which is read in any "
+                  "order")
 
 
 @dataclass
@@ -86,8 +92,7 @@ def check_held(where: str, member: Member, held_bytes: int, max_held: int, *,
             f"{where}: {member.name} ({member.size} bytes) arrived before the manifests "
             f"that name it, and holding it would pass the limit of {describe(limit)} on "
             f"one manifest or of {describe(max_held)} on what a reader keeps in memory; "
-            "the archive is not in bundle order (oci-layout, index.json, manifests, "
-            "configs, layers): extract it with tar and import the directory")
+            f"{ONE_PASS_ORDER}")
     what = "index.json" if member.name == "index.json" else "a manifest"
     if member.size > limit:
         raise BundleError(f"{where}: {member.name} has {member.size} bytes, more than the "
@@ -359,9 +364,7 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport, *,
     if scan.out_of_order is not None:
         report.warnings.append(
             f"{scan.where}: {scan.out_of_order} comes before the manifests that name it; "
-            "import reads an archive in one pass and will refuse this one: extract it "
-            "with tar and import the directory, or export it again with bundler (which "
-            "writes oci-layout, index.json, manifests, configs, then layers)")
+            f"{ONE_PASS_ORDER}")
     bad: dict[Digest, str] = {}  # digest -> its problem, named below by every image
 
     def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:

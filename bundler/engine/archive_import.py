@@ -34,11 +34,12 @@ from ..errors import BundleError, BundlerError, Cancelled, SizeMismatchError
 from ..events import NullReporter, Reporter
 from ..oci.content import is_non_distributable, parse_layout_index
 from ..oci.digest import Digest, VerifyingReader
+from ..oci.limits import MANIFEST_LIMIT
 from ..registry.client import TransportOptions
 from ..stores.archive import ArchiveReader, Member
 from ..stores.blob_sources import InMemory, OneShot, Teed
 from ..stores.layout import check_layout_file
-from .archive_check import MAX_HELD, HeadManifests, check_held
+from .archive_check import MAX_HELD, ONE_PASS_ORDER, HeadManifests, check_held
 from .naming import Target, resolve_targets
 from .parallel import ClientPool
 from .push import ImportResult, PushRun
@@ -71,6 +72,7 @@ class _ArchiveFeed:
         self.held_bytes = 0
         self.planned = False
         self.work: dict[Digest, list[BlobPush]] = {}  # digest -> its pushes, one a registry
+        self.early: dict[Digest, str] = {}  # large members before the last manifest
 
     # -- members ---------------------------------------------------------------------
     def _hold(self, member: Member) -> bytes:
@@ -99,10 +101,19 @@ class _ArchiveFeed:
         elif member.digest is not None and self.planned:
             if member.digest in self.work:
                 self._arrive(member.digest, member)
+        elif member.digest is not None and self._too_early(member):
+            self.early[member.digest] = f"{member.name} ({member.size} bytes)"
         elif member.digest is not None:
             self.graph.offer(member.digest, self._verified(member.digest, member.size,
                                                            self._hold(member)))
             self._advance()
+
+    def _too_early(self, member: Member) -> bool:
+        """A large member nothing has named yet, before the last manifest: read past
+        (refused later if a manifest names it, else ignored with a note)."""
+        return (member.digest not in self.graph.missing and member.name != "index.json"
+                and (member.size > MANIFEST_LIMIT
+                     or self.held_bytes + member.size > self.max_held))
 
     def _verified(self, digest: Digest, size: int, data: bytes) -> bytes:
         VerifyingReader([data], digest, size, where=f"{self.where}: {digest}").read()
@@ -115,6 +126,14 @@ class _ArchiveFeed:
         manifests = self.graph.manifests
         self.run.plan(self.targets, lambda d: manifests[d.digest], jobs=self.jobs)
         self.planned = True
+        needed = {d for plan in self.run.plans.values() for d in plan.blobs}
+        for digest, what in self.early.items():
+            if digest in needed:  # gone by: nothing was sent yet
+                raise BundleError(f"{self.where}: {what} arrived before the manifests that "
+                                  f"name it; {ONE_PASS_ORDER}")
+            self.run.result.notes.append(f"{self.where}: {what.split(' ')[0]} is named by "
+                                         "no manifest of the images imported; it was "
+                                         "ignored")
         self.run.check_destinations(jobs=self.jobs, head_blobs=True)
         for blob in self.run.pending:
             self.work.setdefault(blob.digest, []).append(blob)

@@ -12,7 +12,7 @@ import os
 
 from ..errors import LocationError
 from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, entry_name
-from ..oci.reference import LOCATION_FORMS, Location, Reference, parse_location
+from ..oci.reference import Location, Reference, parse_location
 
 __all__ = ["check_locations", "select_entry"]
 
@@ -22,21 +22,20 @@ def check_locations(source: str, destination: str) -> tuple[Location, Location]:
     beyond resolving paths.
 
     Raises:
-        LocationError: no or an unknown transport, ``docker-archive:``, an
-            ``oci-archive:`` source on stdin (``-``), a ``docker://`` destination by
+        LocationError: no or an unknown transport, an ``oci-archive:`` or
+            ``docker-archive:`` source on stdin (``-``), a ``docker://`` destination by
             digest only, a destination equal to the source.
         InvalidReferenceError: a bad reference.
     """
     src = parse_location(source, require_transport=True)
     dst = parse_location(destination, require_transport=True)
-    for text, loc in ((source, src), (destination, dst)):
-        if loc.transport == "docker-archive":
-            raise LocationError(text, f"docker-archive: is not supported yet; expected "
-                                      f"{LOCATION_FORMS}")
-    if src.transport == "oci-archive" and src.path == "-":
-        raise LocationError(source, "an oci-archive: source is read twice and cannot be "
-                                    "stdin; save it to a file, or push it from the pipe "
+    if src.transport in ("oci-archive", "docker-archive") and src.path == "-":
+        article = "an" if src.transport == "oci-archive" else "a"
+        raise LocationError(source, f"{article} {src.transport}: source is read twice and cannot "
+                                    "be stdin; save it to a file, or push it from the pipe "
                                     "with bundler import - --to REGISTRY[/PREFIX]")
+    if dst.transport == "docker-archive" and dst.path == "-":
+        raise LocationError(destination, "a docker-archive: destination is a file; name it")
     if dst.transport == "docker" and dst.reference is not None and dst.reference.tag is None:
         raise LocationError(destination, "a docker:// destination needs a tag "
                                          "(REGISTRY/REPOSITORY:TAG); a push by digest "
@@ -54,7 +53,7 @@ def _same(src: Location, dst: Location) -> bool:
         return (src.transport == dst.transport
                 and str(src.reference).split("@")[0] == str(dst.reference).split("@")[0])
     same_path = os.path.realpath(src.path) == os.path.realpath(dst.path)
-    if dst.transport == "oci-archive" or src.transport != dst.transport:
+    if dst.transport in ("oci-archive", "docker-archive") or src.transport != dst.transport:
         return same_path
     return same_path and src.ref_name == dst.ref_name
 

@@ -2,7 +2,8 @@
 export/import engine.
 
 Locations are skopeo's (containers-transports(5)): ``docker://REFERENCE``,
-``oci:DIR[:NAME]``, ``oci-archive:FILE[:NAME]``. Which engine moves the image:
+``oci:DIR[:NAME]``, ``oci-archive:FILE[:NAME]``, ``docker-archive:FILE[:NAME]``. Which
+engine moves the image:
 
 ====================  ==========================  ========================================
 source                destination                 engine
@@ -20,14 +21,21 @@ oci-archive:          oci:                        the archive's members of the i
 oci-archive:          oci-archive:                the same through a staging layout beside
                                                   the destination file, removed after
 docker://             docker://                   :func:`bundler.engine.mirroring.mirror_images`
+a .tar file           any                         (``oci-archive:`` or ``docker-archive:``)
+                                                  the archive read by offsets as a store
+                                                  (:mod:`bundler.stores.archive_files`):
+                                                  import or export from the store
+any                   docker-archive:             :mod:`bundler.engine.docker_export`: one
+                                                  platform of an index, streamed into a
+                                                  new docker archive (dual form)
 ====================  ==========================  ========================================
 
 An index is copied whole (every child manifest and blob), every digest preserved:
 skopeo's ``--all``. What the destination already holds is not copied again.
 
 Checked before anything moves (:class:`~bundler.errors.LocationError`, exit 2 on the
-command line): a location without a known transport; ``docker-archive:`` (not
-supported yet); a layout or archive holding several images and no ``:NAME``, or no
+command line): a location without a known transport; an archive source on stdin; a
+layout or archive holding several images and no ``:NAME``, or no
 image of that name; a destination equal to the source; a ``docker://`` destination by
 digest only.
 
@@ -51,12 +59,15 @@ from ..oci.digest import Digest
 from ..oci.graph import walk
 from ..oci.reference import Location
 from ..registry.client import TransportOptions
+from ..stores import Store
 from ..stores.archive import ArchiveReader, Member, refuse_existing
+from ..stores.archive_files import open_archive, reads_by_offsets
 from ..stores.layout import LayoutStore
 from ..stores.lock import WriterLock
-from .archive_check import read_head
+from .archive_check import ArchiveHead, read_head
 from .archive_import import import_archive
 from .copy_locations import check_locations, select_entry
+from .docker_export import copy_to_docker_archive
 from .exporting import UNNAMED, ExportResult, StoreImage, export_bundle, export_from_store
 from .importing import ImportResult, push_images
 from .mirroring import mirror_images, plan_mirror
@@ -78,6 +89,8 @@ class CopyResult:
         blobs_mounted: blobs mounted from another repository of the destination registry.
         blobs_present: blobs the destination already held.
         detail: the result of the engine that ran.
+        notes: what the user should know (the platform taken from an index for a
+            docker archive; a manifest built for a legacy docker archive).
     """
 
     source: Location
@@ -88,6 +101,7 @@ class CopyResult:
     blobs_mounted: int = 0
     blobs_present: int = 0
     detail: ExportResult | ImportResult | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
 
 
 def copy_image(
@@ -103,6 +117,7 @@ def copy_image(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     max_zstd_ratio: int | None = None,
+    platform: str | None = None,
 ) -> CopyResult:
     """Copy one image (an index with all its children) from ``source`` to ``destination``.
 
@@ -120,6 +135,8 @@ def copy_image(
         wait, on_wait: wait for another bundler writing the destination layout or
             archive (see :func:`export_bundle`).
         max_zstd_ratio: see :class:`~bundler.stores.archive.ArchiveReader`.
+        platform: ``os/arch[/variant]``: for a ``docker-archive:`` destination, the
+            platform taken from an index (default linux/amd64).
 
     Returns:
         A :class:`CopyResult`.
@@ -137,6 +154,9 @@ def copy_image(
     if src.transport == "docker" and dst.transport == "docker":
         return _mirror(src, dst, result, src_options, dest_options, jobs, report, stop,
                        keep_going)
+    if dst.transport == "docker-archive":
+        return _to_docker_archive(src, dst, source, result, src_options, platform, jobs,
+                                  report, stop)
     if src.transport == "docker":
         ref = src.reference
         assert ref is not None
@@ -156,7 +176,19 @@ def copy_image(
                 keep_going=keep_going))
         return _exported(result, _from_store(store, entry, dst, jobs, report, stop,
                                              keep_going, wait, on_wait))
-    head = read_head(src.path, max_zstd_ratio=max_zstd_ratio)  # an oci-archive
+    if src.transport == "docker-archive" or reads_by_offsets(src.path):
+        with open_archive(src.path) as archive:  # read by offsets, in any member order
+            entry = select_entry(src, archive.read_index(), source)
+            result.digest = entry.digest
+            result.notes.extend(getattr(archive, "notes", ()))  # a manifest built
+            if dst.transport == "docker":
+                targets = resolve_targets([entry], mapping=_mapping(entry, dst))
+                return _imported(result, push_images(
+                    archive, targets, options=dest_options, jobs=jobs, reporter=report,
+                    stop=stop, keep_going=keep_going))
+            return _exported(result, _from_store(archive, entry, dst, jobs, report, stop,
+                                                 keep_going, wait, on_wait))
+    head = read_head(src.path, max_zstd_ratio=max_zstd_ratio)  # an oci-archive read once
     entry = select_entry(src, head.read_index(), source)
     result.digest = entry.digest
     if dst.transport == "docker":
@@ -218,8 +250,17 @@ def plan_copy(
         assert src.reference is not None
         return plan_export([src.reference], dst.path, format=_format(dst),
                            options=src_options, jobs=jobs)
+    if src.transport != "oci" and reads_by_offsets(src.path):
+        with open_archive(src.path) as archive:  # read by offsets, in any member order
+            return _plan_from(archive, src, dst, source, dest_options, jobs)
     head = (LayoutStore(src.path) if src.transport == "oci"
             else read_head(src.path, max_zstd_ratio=max_zstd_ratio))
+    return _plan_from(head, src, dst, source, dest_options, jobs)
+
+
+def _plan_from(head: Store | ArchiveHead, src: Location, dst: Location, source: str,
+               dest_options: TransportOptions | None, jobs: int) -> ExportPlan | ImportPlan:
+    """The plan of a copy from a layout or archive (see :func:`plan_copy`)."""
     entry = select_entry(src, head.read_index(), source)
     if dst.transport == "docker":
         return plan_import(src.path, mapping=_mapping(entry, dst), options=dest_options,
@@ -243,6 +284,18 @@ def plan_copy(
     return result
 
 
+def _to_docker_archive(src: Location, dst: Location, text: str, result: CopyResult,
+                       src_options: TransportOptions | None, platform: str | None,
+                       jobs: int, report: Reporter, stop: threading.Event) -> CopyResult:
+    """Any source -> ``docker-archive:FILE[:NAME]`` (one platform of an index)."""
+    written = copy_to_docker_archive(src, dst, text, options=src_options, platform=platform,
+                                     jobs=jobs, reporter=report, stop=stop)
+    result.digest = written.images[0].descriptor.digest if written.images else None
+    result.blobs_copied, result.bytes_copied = written.blobs, written.bytes
+    result.notes = written.notes
+    return result
+
+
 def _format(location: Location) -> str:
     """The bundle format a local destination is written in (an oci-archive is a plain
     tar unless its name ends in ``.tar.zst``)."""
@@ -257,7 +310,7 @@ def _mapping(entry: Descriptor, dst: Location) -> list[tuple[str, str]]:
     return [(str(entry.digest), str(dst.reference))]
 
 
-def _from_store(store: LayoutStore, entry: Descriptor, dst: Location, jobs: int,
+def _from_store(store: Store, entry: Descriptor, dst: Location, jobs: int,
                 report: Reporter, stop: threading.Event, keep_going: bool, wait: bool,
                 on_wait: Callable[[str], None] | None) -> ExportResult:
     """Export one entry of ``store`` into a local destination, named as it asks."""
@@ -338,6 +391,7 @@ def _imported(result: CopyResult, imported: ImportResult) -> CopyResult:
     result.bytes_copied += imported.bytes_uploaded
     result.blobs_mounted += imported.blobs_mounted
     result.blobs_present += imported.blobs_present
+    result.notes.extend(imported.notes)
     return result
 
 

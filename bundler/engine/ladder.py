@@ -40,6 +40,8 @@ class ImportResult:
         blobs_uploaded, blobs_mounted, blobs_present: blob counts per destination repository.
         bytes_uploaded: blob bytes sent.
         skipped_foreign: non-distributable layers not in the bundle, so not pushed.
+        notes: things the user should know about the source (a manifest bundler built
+            for a legacy docker archive, a blob no manifest names), one line each.
     """
 
     targets: list[Target] = field(default_factory=list)
@@ -49,6 +51,7 @@ class ImportResult:
     blobs_present: int = 0
     bytes_uploaded: int = 0
     skipped_foreign: list[Digest] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class BlobSource(Protocol):

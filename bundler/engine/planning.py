@@ -26,6 +26,7 @@ from ..oci.reference import Reference
 from ..registry.client import TransportOptions
 from ..stores import Store
 from ..stores.archive import is_archive, output_format, refuse_existing
+from ..stores.archive_files import open_archive, reads_by_offsets
 from ..stores.layout import LayoutStore
 from ..stores.registry import RegistrySource
 from .archive_check import read_head
@@ -189,6 +190,10 @@ def plan_import(
         TransferError: a destination cannot be asked (naming the image).
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
+    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
+        with open_archive(bundle) as archive:
+            targets = resolve_targets(archive.read_index(), to=to, mapping=pairs)
+            return plan_targets(archive, targets, options=options, jobs=jobs)
     store = read_head(bundle) if is_archive(bundle) else LayoutStore(
         bundle, blob_root=shared_blob_dir)
     targets = resolve_targets(store.read_index(), to=to, mapping=pairs)

@@ -54,7 +54,8 @@ _ALNUM = "[A-Za-z0-9]+"
 _REF_COMPONENT = rf"{_ALNUM}(?:(?:[-._:@+]|--){_ALNUM})*"
 _REF_NAME_RE = re.compile(rf"^{_REF_COMPONENT}(?:/{_REF_COMPONENT})*$")
 #: The locations ``bundler copy`` accepts, for messages.
-LOCATION_FORMS = "docker://REFERENCE, oci:DIR[:REFERENCE] or oci-archive:FILE[:REFERENCE]"
+LOCATION_FORMS = ("docker://REFERENCE, oci:DIR[:REFERENCE], oci-archive:FILE[:REFERENCE] or "
+                  "docker-archive:FILE[:REFERENCE]")
 _TRANSPORT_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)(://|:)")
 
 

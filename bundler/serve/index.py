@@ -2,7 +2,7 @@
 
 Each bundle is read in place: a directory through :class:`LayoutStore` (every file
 opened inside it, no symbolic link followed), a plain ``.tar`` or its volumes through
-:class:`TarIndex` (member offsets). Every image of every bundle is walked once at
+:class:`TarBundle` (member offsets). Every image of every bundle is walked once at
 startup: its manifests are read, digest-checked and kept in memory (exact bytes), and
 each of its blobs is checked to be in the bundle with the descriptor's size. The
 images are named as ``bundler import`` names them (:mod:`bundler.engine.naming`): under
@@ -32,7 +32,7 @@ from ..oci.digest import Digest
 from ..oci.graph import walk
 from ..stores.contained import open_inside, stat_inside
 from ..stores.layout import LayoutStore
-from ..stores.tar_index import Segment, TarIndex, file_identity
+from ..stores.tar_bundle import Segment, TarBundle, file_identity
 
 __all__ = ["BlobFile", "BundleSource", "Namespace", "Repository", "StaleBundleError",
            "build_namespace", "open_source", "referrers_index"]
@@ -57,17 +57,17 @@ class BundleSource:
         path: the bundle as the user named it.
 
     Raises:
-        BundleError: not a bundle; a ``.tar.zst`` (see :class:`TarIndex`).
+        BundleError: not a bundle; a ``.tar.zst`` (see :class:`TarBundle`).
         UnsafeArchiveError: an unsafe archive member.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.store: LayoutStore | TarIndex
+        self.store: LayoutStore | TarBundle
         if self.path.is_dir():
             self.store = LayoutStore(self.path)
         else:
-            self.store = TarIndex(self.path)
+            self.store = TarBundle(self.path)
         self._identity = self._files()
 
     def _files(self) -> list[tuple[int, int, int, int]]:
@@ -78,7 +78,7 @@ class BundleSource:
     def changed(self) -> bool:
         """Whether the bundle changed on disk since it was read (a directory's
         ``index.json`` or ``oci-layout`` replaced; any file of an archive)."""
-        if isinstance(self.store, TarIndex):
+        if isinstance(self.store, TarBundle):
             return self.store.changed()
         return self._files() != self._identity
 
@@ -88,7 +88,7 @@ class BundleSource:
         Raises:
             UnsafeBundleError: a directory bundle's blob that is no regular file inside it.
         """
-        if isinstance(self.store, TarIndex):
+        if isinstance(self.store, TarBundle):
             return self.store.size_of(digest)
         status = stat_inside(*self.store.blob_location(digest), what=f"blob {digest}")
         return None if status is None else status.st_size
@@ -101,7 +101,7 @@ class BundleSource:
             bundle. SizeMismatchError: another size than ``size``.
             StaleBundleError: an archive written over in place since it was read.
         """
-        if isinstance(self.store, TarIndex):
+        if isinstance(self.store, TarBundle):
             if self.store.written_over():
                 raise StaleBundleError(f"{self.path}: the archive was written over since "
                                        "it was read; its blobs are not served until it "
@@ -113,7 +113,7 @@ class BundleSource:
 
     def close(self) -> None:
         """Release the files an archive holds open."""
-        if isinstance(self.store, TarIndex):
+        if isinstance(self.store, TarBundle):
             self.store.close()
 
     def __str__(self) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BundlerError
-from ..stores.tar_index import file_identity
+from ..stores.tar_bundle import file_identity
 from ..stores.volumes import find_volumes
 from ..termsafe import escape
 from .app import error, make_app

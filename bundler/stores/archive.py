@@ -10,7 +10,11 @@ Reading refuses, with :class:`UnsafeArchiveError` and before the member is used,
 member that is a link (symbolic or hard), a device, a FIFO or sparse file; any name that
 is absolute, has a ``..`` component, or is not ``oci-layout``, ``index.json`` or
 ``blobs/<algorithm>/<hex>`` (the directories ``blobs`` and ``blobs/<algorithm>`` are
-accepted; so is a leading ``./``); and a name seen twice.
+accepted; so is a leading ``./``); and a name seen twice. The metadata other tools write
+beside a layout (``manifest.json``, ``repositories``: :data:`METADATA`) is read past.
+
+This one-pass reader is for a pipe and for ``.tar.zst``; a plain ``.tar`` file is read
+in any member order by :mod:`bundler.stores.seekable_archive`.
 
 Spec: image-spec ``image-layout.md``; POSIX.1-2001 pax interchange format; RFC 8878
 (Zstandard).
@@ -39,15 +43,22 @@ __all__ = [
     "FORMATS",
     "ArchiveReader",
     "Member",
+    "ACCEPTED",
+    "DOCKER_DIRECTORY",
+    "DOCKER_MEMBER",
+    "LAYOUT_DIRECTORY",
+    "METADATA",
+    "check_header",
     "check_member",
     "is_archive",
+    "normalize_name",
     "output_format",
 ]
 
 FORMATS = ("dir", "tar", "tar.zst")
 _READ_SIZE = 1 << 20
 _BLOB_RE = re.compile(r"^blobs/(?P<algorithm>[a-z0-9]+)/(?P<hex>[^/]+)$")
-_DIRECTORIES = re.compile(r"^(\.|blobs|blobs/[a-z0-9]+)$")
+_DIRECTORIES = LAYOUT_DIRECTORY = re.compile(r"^(\.|blobs|blobs/[a-z0-9]+)$")
 
 
 def output_format(output: str | os.PathLike[str], format: str | None = None,
@@ -115,28 +126,37 @@ class Member:
     file: BinaryIO
 
 
-def _normalize(name: str) -> str:
+def normalize_name(name: str) -> str:
+    """A member name without leading ``./`` and trailing ``/``."""
     while name.startswith("./"):
         name = name[2:]
     return name.rstrip("/") if name not in ("", "/") else name
 
 
-def check_member(info: tarfile.TarInfo, seen: set[str], where: str) -> str | None:
-    """Validate one member header.
+#: Metadata members other tools write beside a layout (``docker save``): accepted, unused.
+METADATA = frozenset({"manifest.json", "repositories"})
+#: The members of a legacy ``docker save`` archive and of ``podman save``'s
+#: docker-archive: ``<id>.json`` (config), ``<id>/`` with ``VERSION``, ``json`` and
+#: ``layer.tar``, and podman's ``<hex>.tar`` layers.
+DOCKER_MEMBER = re.compile(r"^[0-9a-f]{64}(\.json|\.tar|/VERSION|/json|/layer\.tar)$")
+DOCKER_DIRECTORY = re.compile(r"^[0-9a-f]{64}$")
+ACCEPTED = ("only oci-layout, index.json and blobs/<algorithm>/<hex> of an OCI image "
+            "layout, and manifest.json, repositories, <id>.json and <id>/layer.tar of "
+            "docker save, are accepted")
 
-    Args:
-        info: the member.
-        seen: names already taken (updated).
-        where: the archive's name for messages.
+
+def check_header(info: tarfile.TarInfo, where: str, *, links: bool = False) -> str:
+    """Check what one member header is, whatever its name: no absolute path, no ``..``,
+    no device, FIFO or sparse file; links only when ``links`` is true.
 
     Returns:
-        The normalized name of a regular file, or None for an accepted directory.
+        The normalized name (no leading ``./``, no trailing ``/``).
 
     Raises:
-        UnsafeArchiveError: see the module docstring.
+        UnsafeArchiveError: naming the member and the reason.
     """
     raw = info.name
-    name = _normalize(raw)
+    name = normalize_name(raw)
 
     def refuse(reason: str) -> UnsafeArchiveError:
         return UnsafeArchiveError(f"{where}: unsafe archive member {raw!r}: {reason}")
@@ -145,9 +165,9 @@ def check_member(info: tarfile.TarInfo, seen: set[str], where: str) -> str | Non
         raise refuse("absolute paths are refused")
     if ".." in re.split(r"[\\/]", raw):
         raise refuse("paths with '..' are refused")
-    if info.issym():
+    if info.issym() and not links:
         raise refuse(f"symbolic links are refused (-> {info.linkname!r})")
-    if info.islnk():
+    if info.islnk() and not links:
         raise refuse(f"hard links are refused (-> {info.linkname!r})")
     if info.ischr() or info.isblk():
         raise refuse("device files are refused")
@@ -155,18 +175,48 @@ def check_member(info: tarfile.TarInfo, seen: set[str], where: str) -> str | Non
         raise refuse("FIFOs are refused")
     if info.issparse():
         raise refuse("sparse files are refused")
+    if not (info.isdir() or info.isreg() or info.issym() or info.islnk()):
+        raise refuse(f"member type {info.type!r} is refused")
+    return name
+
+
+def check_member(info: tarfile.TarInfo, seen: set[str], where: str) -> str | None:
+    """Validate one member header of an archive read in one pass.
+
+    Args:
+        info: the member.
+        seen: names already taken (updated).
+        where: the archive's name for messages.
+
+    Returns:
+        The normalized name of a layout file, or None for an accepted directory or a
+        metadata member (:data:`METADATA`), which is read past.
+
+    Raises:
+        UnsafeArchiveError: see the module docstring; a ``docker save`` member (such an
+        archive is read from a file, which can be read in any order).
+    """
+    raw = info.name
+    name = check_header(info, where)
+
+    def refuse(reason: str) -> UnsafeArchiveError:
+        return UnsafeArchiveError(f"{where}: unsafe archive member {raw!r}: {reason}")
+
     if info.isdir():
-        if not _DIRECTORIES.match(name):
+        if not _DIRECTORIES.match(name) and not DOCKER_DIRECTORY.match(name):
             raise refuse("only the directories blobs/ and blobs/<algorithm>/ belong in a bundle")
         return None
-    if not info.isreg():
-        raise refuse(f"member type {info.type!r} is refused")
-    if name not in ("oci-layout", "index.json") and not _BLOB_RE.match(name):
-        raise refuse("not part of an OCI image layout (only oci-layout, index.json and "
-                     "blobs/<algorithm>/<hex> are accepted)")
     if name in seen:
         raise refuse("duplicate entry")
     seen.add(name)
+    if name in METADATA:
+        return None
+    if DOCKER_MEMBER.match(name):
+        raise BundleError(f"{where}: {raw!r} is a member of a docker save archive, which "
+                          "is read from a file (in any order), not from a pipe or a "
+                          ".tar.zst: give the .tar file")
+    if name not in ("oci-layout", "index.json") and not _BLOB_RE.match(name):
+        raise refuse(f"not part of an OCI image layout or docker archive ({ACCEPTED})")
     return name
 
 

@@ -1,258 +1,264 @@
-"""A plain ``.tar`` bundle (or its split volumes) read in place, by member offsets.
+"""The members of a seekable tar file by name: offsets and sizes found in one pass over
+the headers, no member unpacked; then any member is read at its offset, in any order.
 
-:class:`TarIndex` reads the tar headers once (seeking over the content, so indexing a
-bundle of gigabytes reads a few kilobytes per member) and keeps, for each member, where
-its bytes lie: one or more :class:`Segment` values (a member of split volumes may cross
-from one volume into the next). A server then sends a member, or a byte range of it,
-straight from the archive's open files (``sendfile``), with no extraction and no copy.
+The pass reads each header and seeks past the data (a few KiB read per member,
+whatever the members' sizes). Every header is checked as the one-pass reader checks it
+(:func:`bundler.stores.archive.check_header`: no absolute path, no ``..``, no device,
+FIFO or sparse file). Links are kept only where ``links_allowed`` says (``docker save``
+writes a layer shared by two layer ids as a symbolic link to the first), and are
+resolved only to a regular member of the same archive, never to a path outside it.
 
-The members are checked as :class:`bundler.stores.archive.ArchiveReader` checks them
-(no links, devices or FIFOs, no ``..``, no absolute names, only ``oci-layout``,
-``index.json`` and ``blobs/<alg>/<hex>``, no name twice). The files stay open for the
-life of the index, so a bundle replaced on disk (a new file under the same name) does
-not change what an index serves; :meth:`TarIndex.changed` tells that it was.
+Reads go through ``os.pread`` on one file descriptor, so any number of threads read
+members at once without sharing a file position.
 
-A compressed archive (``.tar.zst``) has no offsets to serve from, and is refused.
-
-Spec: image-spec ``image-layout.md``; POSIX.1-2001 pax interchange format.
+Spec: POSIX.1-2001 pax interchange format (ustar headers, pax extended headers).
 """
 
 from __future__ import annotations
 
+import bisect
 import os
+import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-from ..errors import BundleError, DigestMismatchError, SizeMismatchError
-from ..oci.content import Descriptor, Index, Manifest, parse_layout_index, parse_manifest
-from ..oci.digest import Digest
-from ..oci.limits import INDEX_LIMIT, MANIFEST_LIMIT
-from .archive import blob_digest, check_member
+from ..errors import BundleError, UnsafeArchiveError
+from .archive import check_header, normalize_name
 from .volumes import find_volumes
 from .zstd import ZSTD_MAGIC, is_skippable
 
-__all__ = ["Segment", "TarIndex", "file_identity"]
+__all__ = ["MemberReader", "TarEntry", "TarIndex", "is_plain_tar_file"]
+
+_CHUNK = 1 << 20
+
+
+class Concatenated:
+    """Files read as one byte sequence (split volumes ``NAME.000``, ``NAME.001``, ...):
+    ``pread`` at any offset, from any thread; :meth:`file` gives a sequential view.
+
+    Raises:
+        BundleError: a file cannot be opened.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.fds: list[int] = []
+        self.starts: list[int] = []
+        self.size = 0
+        try:
+            for path in paths:
+                self.fds.append(os.open(path, os.O_RDONLY))
+                self.starts.append(self.size)
+                self.size += os.fstat(self.fds[-1]).st_size
+        except OSError as exc:
+            self.close()
+            raise BundleError(f"{path}: cannot open the bundle: {exc.strerror or exc}") from exc
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at a file boundary; b"" at the end)."""
+        index = bisect.bisect_right(self.starts, offset) - 1
+        if index < 0 or offset >= self.size:
+            return b""
+        start = self.starts[index]
+        end = self.starts[index + 1] if index + 1 < len(self.starts) else self.size
+        return os.pread(self.fds[index], min(n, end - offset), offset - start)
+
+    def file(self) -> _Sequential:
+        return _Sequential(self)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+class _Sequential:
+    """A seekable read-only file over a :class:`Concatenated` (for :mod:`tarfile`)."""
+
+    def __init__(self, source: Concatenated) -> None:
+        self._source, self._pos = source, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._source.size - self._pos
+        parts = []
+        while n > 0 and (chunk := self._source.pread(n, self._pos)):
+            parts.append(chunk)
+            self._pos += len(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._source.size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 @dataclass(frozen=True)
-class Segment:
-    """Bytes of a member in one file: ``size`` bytes from byte ``offset`` of ``file``."""
+class TarEntry:
+    """One regular-file member: ``size`` bytes of content at byte ``offset`` of the file.
 
-    file: BinaryIO
+    Attributes:
+        name: the normalized member name (no leading ``./``).
+        offset: where its content starts in the tar file (bytes).
+        size: its content in bytes.
+        via: for a link resolved to this content, the link's own name (else None).
+    """
+
+    name: str
     offset: int
     size: int
+    via: str | None = None
 
 
-def file_identity(path: Path) -> tuple[int, int, int, int]:
-    """(device, inode, size in bytes, mtime in ns) of ``path``: changes when the file
-    is replaced or written; (0, 0, -1, 0) when it is gone."""
-    try:
-        status = path.stat()
-    except OSError:
-        return (0, 0, -1, 0)
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+class MemberReader:
+    """A read-only file over one member's bytes (``os.pread``: no shared position).
 
+    Raises (while reading):
+        BundleError: the file ends before the member does (a truncated archive).
+    """
 
-class _Joined:
-    """Open files read as one seekable stream (the volumes of a split archive)."""
-
-    def __init__(self, files: list[BinaryIO], sizes: list[int]) -> None:
-        self.files, self.sizes = files, sizes
-        self.starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.total = sum(sizes)
-        self.position = 0
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.position, 2: self.total}[whence]
-        self.position = base + offset
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
+    def __init__(self, source: Concatenated, entry: TarEntry, where: str) -> None:
+        self._source, self._entry, self._where = source, entry, where
+        self._pos = 0
 
     def read(self, n: int = -1) -> bytes:
-        want = self.total - self.position if n is None or n < 0 else n
-        parts = []
-        for segment in self.segments(self.position, min(want, self.total - self.position)):
-            parts.append(os.pread(segment.file.fileno(), segment.size, segment.offset))
-        data = b"".join(parts)
-        self.position += len(data)
+        left = self._entry.size - self._pos
+        if n is None or n < 0 or n > left:
+            n = left
+        if n == 0:
+            return b""
+        try:
+            data = self._source.pread(min(n, _CHUNK), self._entry.offset + self._pos)
+        except OSError as exc:
+            raise BundleError(f"{self._where}: cannot read {self._entry.name}: "
+                              f"{exc.strerror or exc}") from exc
+        if not data:
+            raise BundleError(f"{self._where}: the archive is truncated or damaged "
+                              f"({self._entry.name} ends early)")
+        self._pos += len(data)
         return data
-
-    def segments(self, offset: int, size: int) -> Iterator[Segment]:
-        """The pieces of files that hold ``size`` bytes from stream offset ``offset``."""
-        for file, start, length in zip(self.files, self.starts, self.sizes, strict=True):
-            if size <= 0:
-                return
-            if offset >= start + length:
-                continue
-            inner = offset - start
-            take = min(length - inner, size)
-            yield Segment(file, inner, take)
-            offset += take
-            size -= take
 
 
 class TarIndex:
-    """A plain tar bundle, its members located by offset; read with ``pread``.
+    """Index a tar file's members in one pass over its headers (see the module docstring).
 
     Args:
-        bundle: ``NAME.tar``, or split volumes (the base name or any volume).
+        path: a plain (uncompressed) tar file, or the volumes of one in order.
+        where: the archive's name for messages.
+        links_allowed: whether a link member of this (normalized) name may be kept and
+            resolved inside the archive; None refuses every link.
 
     Attributes:
-        where: the bundle's name for messages.
-        paths: the files read (one, or the volumes in order).
+        entries: name -> :class:`TarEntry`, regular files and resolved links, in archive
+            order.
+        directories: the names of directory members.
 
     Raises:
-        BundleError: no such file; a zstd-compressed archive (which has no offsets to
-        serve from); a truncated tar; a volume missing from the numbering.
-        UnsafeArchiveError: an unsafe member (see :mod:`bundler.stores.archive`).
+        BundleError: not a tar file; a member that ends past the end of the file.
+        UnsafeArchiveError: an unsafe header (see :func:`check_header`), a name seen
+            twice, a link that is refused or does not resolve to a regular member.
     """
 
-    def __init__(self, bundle: str | os.PathLike[str]) -> None:
-        path = Path(bundle)
-        found = None if path.is_file() and not path.name[-1:].isdigit() else find_volumes(path)
-        if found is not None:
-            base, self.paths = found
-            self.where = str(base)
-        elif path.is_file():
-            self.paths, self.where = [path], str(path)
-        else:
-            raise BundleError(f"{path}: no such bundle (no directory, archive or volumes of "
-                              "that name)")
-        self._identity = [file_identity(p) for p in self.paths]
-        files: list[BinaryIO] = []
+    def __init__(self, path: str | os.PathLike[str] | list[Path], where: str,
+                 links_allowed: Callable[[str], bool] | None = None) -> None:
+        self.where = where
+        self.entries: dict[str, TarEntry] = {}
+        self.order: list[str] = []  # member names in archive order, directories too
+        self.directories: set[str] = set()
+        self.source = Concatenated(path if isinstance(path, list) else [Path(path)])
         try:
-            for p in self.paths:
-                files.append(open(p, "rb"))  # noqa: SIM115 - closed in close()
-        except OSError as exc:
-            for f in files:
-                f.close()
-            raise BundleError(f"{self.where}: cannot open the bundle: "
-                              f"{exc.strerror or exc}") from None
-        sizes = [os.fstat(f.fileno()).st_size for f in files]
-        self._stream = _Joined(files, sizes)
-        self._members: dict[str, tuple[int, int]] = {}
-        try:
-            self._check_numbering()
-            self._read_headers()
+            self._scan(links_allowed)
         except BaseException:
             self.close()
             raise
 
-    def _check_numbering(self) -> None:
-        if len(self.paths) < 2:
-            return
-        numbers = [int(p.name.rsplit(".", 1)[1]) for p in self.paths]
-        missing = sorted(set(range(numbers[-1] + 1)) - set(numbers))
-        if missing:
-            raise BundleError(f"{self.where}: volume number {missing[0]} is missing")
-
-    def _read_headers(self) -> None:
-        head = self._stream.read(4)
-        if head[:4] == ZSTD_MAGIC or is_skippable(head):
-            raise BundleError(
-                f"{self.where}: a zstd-compressed bundle cannot be served in place (it has no "
-                "byte offsets to send blobs from); extract it once (zstd -d) into a .tar, or "
-                "export the bundle as .tar (or a directory) for serving")
-        self._stream.seek(0)
-        seen: set[str] = set()
+    def _scan(self, links_allowed: Callable[[str], bool] | None) -> None:
+        size = self.source.size
+        links: dict[str, tuple[str, str]] = {}  # name -> (raw name, target)
+        f = self.source.file()
         try:
-            with tarfile.open(fileobj=self._stream, mode="r:") as tar:  # type: ignore[call-overload]
-                while (info := tar.next()) is not None:
-                    tar.members.clear()  # offsets are kept here; keep memory flat
-                    name = check_member(info, seen, self.where)
-                    if name is None:
-                        continue
-                    if info.offset_data + info.size > self._stream.total:
-                        raise BundleError(f"{self.where}: the archive is truncated (member "
-                                          f"{name!r} ends past its end)")
-                    blob_digest(name, self.where)  # refuse a blob name that is no digest
-                    self._members[name] = (info.offset_data, info.size)
+            tar = tarfile.open(fileobj=f, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
         except tarfile.TarError as exc:
-            raise BundleError(f"{self.where}: not a tar bundle, or truncated ({exc})") from None
-        if "index.json" not in self._members or "oci-layout" not in self._members:
-            raise BundleError(f"{self.where}: not an OCI image layout archive (oci-layout or "
-                              "index.json missing)")
+            raise BundleError(f"{self.where}: not a tar archive ({exc})") from exc
+        with tar:
+            while True:
+                try:
+                    info = tar.next()
+                except tarfile.TarError as exc:
+                    raise BundleError(f"{self.where}: the archive is truncated or "
+                                      f"damaged ({exc})") from exc
+                if info is None:
+                    break
+                tar.members.clear()  # offsets are all we keep
+                allowed = (links_allowed is not None and (info.issym() or info.islnk())
+                           and links_allowed(normalize_name(info.name)))
+                name = check_header(info, self.where, links=allowed)
+                if name in self.entries or name in links:
+                    raise UnsafeArchiveError(f"{self.where}: unsafe archive member "
+                                             f"{info.name!r}: duplicate entry")
+                self.order.append(name)
+                if info.isdir():
+                    self.directories.add(name)
+                elif info.issym():
+                    target = posixpath.normpath(posixpath.join(posixpath.dirname(name),
+                                                               info.linkname))
+                    links[name] = (info.name, target)
+                elif info.islnk():
+                    links[name] = (info.name, posixpath.normpath(info.linkname))
+                else:
+                    if info.offset_data + info.size > size:
+                        raise BundleError(f"{self.where}: the archive is truncated or "
+                                          f"damaged ({info.name!r} ends past the end "
+                                          "of the file)")
+                    self.entries[name] = TarEntry(name, info.offset_data, info.size)
+        for name, (raw, target) in links.items():
+            entry = self.entries.get(target.removeprefix("./"))
+            if entry is None or target.startswith(("/", "../")) or target == "..":
+                raise UnsafeArchiveError(f"{self.where}: unsafe archive member {raw!r}: a "
+                                         f"link to {target!r}, which is no regular file "
+                                         "of the archive")
+            self.entries[name] = TarEntry(entry.name, entry.offset, entry.size, via=name)
 
-    def __str__(self) -> str:
-        return self.where
+    def get(self, name: str) -> TarEntry | None:
+        """The entry of a member name (``./`` prefixes ignored), or None."""
+        return self.entries.get(posixpath.normpath(name).removeprefix("./")
+                                if name not in self.entries else name)
 
-    def changed(self) -> bool:
-        """Whether a file of the bundle was replaced, written or removed since it was
-        indexed (its device, inode, size or modification time differ)."""
-        return [file_identity(p) for p in self.paths] != self._identity
+    def open(self, entry: TarEntry) -> MemberReader:
+        """A reader of one member's content."""
+        return MemberReader(self.source, entry, self.where)
 
-    def written_over(self) -> bool:
-        """Whether a file this index reads was written since it was indexed (its open
-        file's size or modification time differ): its offsets no longer hold."""
-        for f, (_, _, size, mtime) in zip(self._stream.files, self._identity, strict=True):
-            status = os.fstat(f.fileno())
-            if (status.st_size, status.st_mtime_ns) != (size, mtime):
-                return True
-        return False
-
-    def size_of(self, digest: Digest) -> int | None:
-        """The size in bytes of blob ``digest``, or None if the archive has no such member."""
-        member = self._members.get(f"blobs/{digest.algorithm}/{digest.hex}")
-        return None if member is None else member[1]
-
-    def segments(self, digest: Digest, offset: int = 0, size: int | None = None) -> list[Segment]:
-        """Where ``size`` bytes of blob ``digest`` from byte ``offset`` lie (all of it
-        when ``size`` is None).
-
-        Raises:
-            KeyError: no such blob member.
-        """
-        start, length = self._members[f"blobs/{digest.algorithm}/{digest.hex}"]
-        size = length - offset if size is None else size
-        return list(self._stream.segments(start + offset, size))
-
-    def _read(self, name: str, limit: int) -> bytes:
-        start, length = self._members[name]
-        if length > limit:
-            raise BundleError(f"{self.where}: {name} has {length} bytes, more than the "
-                              f"{limit}-byte limit")
-        self._stream.seek(start)
-        return self._stream.read(length)
-
-    def read_index(self) -> list[Descriptor]:
-        """The descriptors of the archive's ``index.json``, in order.
-
-        Raises:
-            BundleError: larger than the limit, or not an image index.
-        """
-        from .layout import check_layout_file
-
-        check_layout_file(self._read("oci-layout", INDEX_LIMIT), self.where)
-        return parse_layout_index(self._read("index.json", INDEX_LIMIT), self.where)
-
-    def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
-        """The manifest or index a descriptor points at, digest-checked and parsed.
-
-        Raises:
-            BundleError: no such member, or larger than ``MANIFEST_LIMIT``.
-            ManifestError: bytes that do not parse.
-            IntegrityError: bytes of another size or digest than the descriptor's.
-        """
-        name = f"blobs/{descriptor.digest.algorithm}/{descriptor.digest.hex}"
-        if name not in self._members:
-            raise BundleError(f"{self.where}: manifest {descriptor.digest} is missing")
-        data = self._read(name, MANIFEST_LIMIT)
-        if len(data) != descriptor.size:
-            raise SizeMismatchError(digest=str(descriptor.digest), expected=descriptor.size,
-                                    actual=len(data), where=f"{self.where}: {name}")
-        actual = Digest.of(data, descriptor.digest.algorithm)
-        if actual != descriptor.digest:
-            raise DigestMismatchError(expected=str(descriptor.digest), actual=str(actual),
-                                      where=f"{self.where}: {name}")
-        return parse_manifest(data, descriptor.media_type, digest=descriptor.digest)
+    def read(self, entry: TarEntry) -> bytes:
+        """A small member's whole content (callers check the size first)."""
+        reader, parts = self.open(entry), []
+        while chunk := reader.read(_CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
 
     def close(self) -> None:
-        """Close the archive's files."""
-        for f in self._stream.files:
-            f.close()
+        self.source.close()
 
+    def __enter__(self) -> TarIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def is_plain_tar_file(path: str | os.PathLike[str]) -> bool:
+    """True for a regular file that is not zstd-compressed (read by offsets); False for
+    ``-``, volumes and ``.tar.zst`` (read in one pass)."""
+    if os.fspath(path) == "-" or not Path(path).is_file() \
+            or find_volumes(Path(path)) is not None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return not (head == ZSTD_MAGIC or is_skippable(head))
