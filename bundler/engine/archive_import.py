@@ -40,6 +40,7 @@ from ..stores.archive import ArchiveReader, Member
 from ..stores.blob_sources import InMemory, OneShot, Teed
 from ..stores.layout import check_layout_file
 from .archive_check import MAX_HELD, ONE_PASS_ORDER, HeadManifests, check_held
+from .destination import RegistryDestination
 from .naming import Target, resolve_targets
 from .parallel import ClientPool
 from .push import ImportResult, PushRun
@@ -257,8 +258,8 @@ def import_archive(
     stop = stop or threading.Event()
     with ArchiveReader(bundle, max_zstd_ratio=max_zstd_ratio) as reader, \
             ClientPool(options) as clients:
-        run = PushRun(clients, report=report, stop=stop, keep_going=keep_going,
-                      tags_last=True)
+        run = PushRun(RegistryDestination(clients), report=report, stop=stop,
+                      keep_going=keep_going, tags_last=True)
         feed = _ArchiveFeed(reader.where, run, to, mapping, jobs, max_held)
         for member in reader:
             feed.take(member)

@@ -1,9 +1,10 @@
 """What an export reads images from: any :class:`~bundler.stores.Store`, seen the way
-the export engine (:mod:`bundler.engine.exporting`) asks for it.
+the export driver (:mod:`bundler.engine.exporting`) and the transfer engine ask for it.
 
-The engine asks a source two things: the plan of one image (its manifests,
-digest-checked, and its blobs), and the bytes of one blob from a byte offset.
-:class:`StoreSource` answers both from a store's read verbs: a layout directory
+They ask a source for an image's top descriptor (a reference resolved), its manifests
+(digest-checked), and the bytes of one blob from a byte offset (:class:`ImageBlobs`, for
+the bundle that checks them while writing them).
+:class:`StoreSource` answers from a store's read verbs: a layout directory
 (``get_manifest``, ``open_blob``, every blob read through the verifying reader), or
 registries through :class:`~bundler.stores.registry.RegistrySource` (references resolved
 on demand, manifests the bundle already holds read from it, a cut blob continued with
@@ -14,19 +15,20 @@ Spec: image-spec ``image-layout.md``, ``descriptor.md``; distribution-spec "Pull
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import NotFoundError
-from ..oci.content import Descriptor, is_non_distributable
-from ..oci.graph import ImagePlan, walk
+from ..oci.content import Descriptor, Index, Manifest, is_non_distributable
+from ..oci.digest import Digest, VerifyingReader
 from ..oci.reference import Reference
 from ..stores import Store
 from ..stores.layout import LayoutStore
 from ..stores.registry import RegistrySource
 
-__all__ = ["BlobOpener", "StoreImage", "StoreSource"]
+__all__ = ["BlobOpener", "ImageBlobs", "StoreImage", "StoreSource"]
 
 
 @dataclass
@@ -87,6 +89,8 @@ class StoreSource:
     def __init__(self, store: Store, *, include_foreign: bool = False) -> None:
         self.store = store
         self.include_foreign = include_foreign
+        self._openers: dict[Digest, BlobOpener] = {}
+        self._lock = threading.Lock()
 
     def reuse(self, bundle: LayoutStore | None) -> None:
         """Read manifests ``bundle`` already holds from it rather than from a registry
@@ -95,19 +99,45 @@ class StoreSource:
         if isinstance(self.store, RegistrySource):
             self.store.reuse(bundle)
 
-    def plan(self, image: StoreImage, pool: ThreadPoolExecutor) -> ImagePlan:
-        """The image's manifests, read from the store (its reference resolved first).
+    def top(self, image: StoreImage) -> Descriptor:
+        """The descriptor of the image's top manifest or index: its reference resolved
+        (a registry source; without annotations), or the one it came with.
 
         Raises:
-            RegistryError, BundleError, ManifestError, IntegrityError: a manifest is
-            missing, cannot be fetched, or is damaged.
+            RegistryError, ManifestError, IntegrityError: the reference cannot be
+            resolved.
         """
-        top = image.descriptor
-        if top is None:
-            if not isinstance(self.store, RegistrySource) or image.reference is None:
-                raise TypeError(f"{image}: no descriptor, and no registry to resolve it")
-            top = self.store.resolve_one(image.reference).with_annotations({})
-        return walk(top, self.store.get_manifest, name=image.name, pool=pool)
+        if image.descriptor is not None:
+            return image.descriptor
+        if not isinstance(self.store, RegistrySource) or image.reference is None:
+            raise TypeError(f"{image}: no descriptor, and no registry to resolve it")
+        return self.store.resolve_one(image.reference).with_annotations({})
+
+    def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
+        """The store's manifest or index (digest- and size-checked); see
+        :meth:`bundler.stores.Store.get_manifest`."""
+        return self.store.get_manifest(descriptor)
+
+    def for_image(self, image: StoreImage) -> ImageBlobs:
+        """The blobs of ``image``, as the push engine reads them (see :class:`ImageBlobs`)."""
+        return ImageBlobs(self, image)
+
+    def opener(self, image: StoreImage, descriptor: Descriptor) -> BlobOpener:
+        """The one :class:`BlobOpener` of a blob in this export (made by :meth:`blob`
+        for ``image``, the first to ask), so that a failure is explained by the source
+        that served the bytes."""
+        with self._lock:
+            opener = self._openers.get(descriptor.digest)
+            if opener is None:
+                opener = self._openers[descriptor.digest] = self.blob(image, descriptor)
+            return opener
+
+    def foreign(self, digest: Digest) -> bool:
+        """Whether the blob is a non-distributable layer fetched on purpose
+        (``include_foreign``)."""
+        with self._lock:
+            opener = self._openers.get(digest)
+        return opener is not None and opener.foreign
 
     def blob(self, image: StoreImage, descriptor: Descriptor) -> BlobOpener:
         """The blob ``descriptor`` of ``image``, from a byte offset.
@@ -143,3 +173,43 @@ class StoreSource:
                     skip = 0
 
         return BlobOpener(open_at)
+
+
+class ImageBlobs:
+    """The blobs of one image of a :class:`StoreSource`, as the push engine reads them
+    (a :class:`~bundler.engine.ladder.BlobSource` with the
+    :class:`~bundler.engine.destination.BlobStream` ability): from the image's own
+    repository, from a byte offset, the bytes checked by the bundle that writes them.
+
+    Args:
+        source: the export's source. image: the image (the first that references the
+            blobs read through this object).
+    """
+
+    def __init__(self, source: StoreSource, image: StoreImage) -> None:
+        self.source, self.image = source, image
+
+    def stream_blob(self, descriptor: Descriptor, offset: int) -> Iterator[bytes]:
+        """Chunks of the blob from byte ``offset``, unverified (see
+        :meth:`StoreSource.blob`)."""
+        return self.source.opener(self.image, descriptor).open(offset)
+
+    def explain(self, descriptor: Descriptor, exc: BaseException) -> BaseException:
+        """``exc`` as the error to report (wrong bytes of a foreign layer name the URL)."""
+        return self.source.opener(self.image, descriptor).explain(exc)
+
+    @contextmanager
+    def open_blob(self, descriptor: Descriptor) -> Generator[VerifyingReader, None, None]:
+        """The blob from its start through the verifying reader.
+
+        Raises:
+            as :meth:`stream_blob`; IntegrityError (while reading).
+        """
+        chunks = self.stream_blob(descriptor, 0)
+        try:
+            yield VerifyingReader(chunks, descriptor.digest, descriptor.size,
+                                  where=f"{self.source.store}: {descriptor.digest}")
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()

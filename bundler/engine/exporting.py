@@ -1,11 +1,15 @@
 """Export: pull images from registries (or read them from a layout: a
 :class:`~bundler.stores.Store`) into one deduplicated OCI layout bundle or archive.
 
-Order of work: parse every reference (bad input fails before any I/O), resolve and
-fetch every manifest (an index is kept whole), download each distinct blob once, write
-the manifests, and write ``index.json`` last and atomically. An interrupted or failed
-export leaves the previous ``index.json`` as it was; finished blobs stay for the next
-run and a partial blob is continued.
+This is the export driver of the one transfer engine: it parses every reference (bad
+input fails before any I/O), locks and opens the bundle, resolves each image and names
+its ``index.json`` entry, then runs a :class:`~bundler.engine.push.PushRun` into a
+:class:`~bundler.engine.bundle_destination.BundleDestination`, moving the blobs with the
+shared random-access driver (:func:`~bundler.engine.importing.transfer`). The run fetches
+every manifest (an index is kept whole), downloads each distinct blob once, and stores the
+manifests; ``index.json`` comes last and atomically. An interrupted or failed export
+leaves the previous ``index.json`` as it was; finished blobs stay for the next run and a
+partial blob is continued.
 
 With ``keep_going`` an image whose manifests or blobs fail is left out of
 ``index.json`` and the others are written; the failures come back together in one
@@ -19,22 +23,15 @@ Spec: image-spec ``image-layout.md``; annotations ``org.opencontainers.image.ref
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..errors import (
-    Cancelled,
-    IntegrityError,
-    NotFoundError,
-    PartialFailureError,
-    TransferError,
-)
-from ..events import Event, NullReporter, Reporter
-from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, is_non_distributable
+from ..errors import Cancelled, PartialFailureError, TransferError
+from ..events import NullReporter, Reporter
+from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from ..oci.reference import Reference
@@ -45,11 +42,14 @@ from ..stores.archive_export import ArchiveExport
 from ..stores.layout import LayoutStore
 from ..stores.lock import WriterLock
 from ..stores.registry import RegistrySource
+from .bundle_destination import BundleDestination
+from .destination import BundleEntry
 from .export_sources import StoreImage, StoreSource
 from .image_lists import parse_references, read_images_file, unique_references
+from .importing import transfer
+from .naming import Target
 from .parallel import ClientPool, raise_first, run_parallel
-
-_log = logging.getLogger("bundler")
+from .push import PushRun, record_failure
 
 __all__ = ["ExportResult", "StoreImage", "export_bundle", "export_from_store",
            "parse_references", "read_images_file", "unique_references"]
@@ -240,155 +240,103 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
     return result
 
 
-def _export(refs: list[StoreImage], source: StoreSource, store: BundleStore,
+def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
             jobs: int, report: Reporter, stop: threading.Event,
             failed: dict | None = None, names: dict[str, str] | None = None) -> ExportResult:
-    """Plan, download, write. ``refs`` are the images to read from ``source``;
-    ``failed`` (given: keep going) collects the failed images; ``names`` renames
-    entries (see ``entry_names``)."""
+    """Resolve the images, run the push engine into the bundle, write ``index.json``.
+
+    ``items`` are the images to read from ``source``; ``failed`` (given: keep going)
+    collects the failed images; ``names`` renames entries (see ``entry_names``).
+    """
     keep_going = failed is not None
     failed = {} if failed is None else failed
-    result = ExportResult()
-    with ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
-        # 1. resolve every reference and fetch every manifest
-        plans: dict[StoreImage, ImagePlan] = {}
-        source.reuse(store if isinstance(store, LayoutStore) and store.read_index()
-                     else None)  # a new bundle has nothing to reuse
+    names = names or {}
+    source.reuse(store if isinstance(store, LayoutStore) and store.read_index()
+                 else None)  # a new bundle has nothing to reuse
+    # 1. each image's top descriptor (a reference is resolved), then its target: the
+    #    bundle, under the name of its index.json entry
+    tops: dict[StoreImage, Descriptor] = {}
 
-        def plan(ref: StoreImage) -> None:
-            plans[ref] = source.plan(ref, manifest_pool)
-            report(Event("image", str(ref), "start", total=plans[ref].size))
+    def resolve(item: StoreImage) -> None:
+        tops[item] = source.top(item)
 
-        failures = run_parallel(refs, plan, jobs=jobs, stop=stop, keep_going=keep_going)
-        if not keep_going:
-            raise_first(failures, refs)
-        for ref in refs:
-            if ref in failures:
-                _fail(failed, ref, failures[ref], report)
-        planned = [r for r in refs if r in plans and r not in failed]
-        result.images = [plans[r] for r in planned]
-
-        # 2. each distinct blob once, from the first image that has it
-        sources: dict[Digest, tuple[Descriptor, StoreImage]] = {}
-        for ref in planned:
-            for digest, descriptor in plans[ref].blobs.items():
-                sources.setdefault(digest, (descriptor, ref))
-        todo = []
-        for digest, (descriptor, _ref) in sources.items():
-            if store.has_blob(digest, descriptor.size):
-                result.blobs_reused += 1
-                report(Event("blob", str(digest), "skipped", total=descriptor.size))
-            else:
-                todo.append(digest)
-        report(Event("plan", "export", "start",
-                     total=sum(sources[d][0].size for d in todo), images=len(planned)))
-        # largest first: the long downloads start at once and the small ones fill in
-        todo.sort(key=lambda d: sources[d][0].size, reverse=True)
-        if isinstance(store, ArchiveExport) and not keep_going:  # index.json first
-            _start_archive(store, result.images, names)
-            todo.sort(key=store.position)
-        lock = threading.Lock()
-
-        def download(digest: Digest) -> None:
-            descriptor, ref = sources[digest]
-            blob = source.blob(ref, descriptor)
-            opened: list[Iterator[bytes]] = []
-
-            def open_source(offset: int) -> Iterator[bytes]:
-                chunks = blob.open(offset)
-                opened.append(chunks)
-                return chunks
-
-            def on_bytes(n: int) -> None:
-                if stop.is_set():
-                    raise Cancelled("cancelled")
-                report(Event("blob", str(digest), "progress", n, descriptor.size))
-
-            report(Event("blob", str(digest), "start", total=descriptor.size))
-            try:
-                try:
-                    fetched = store.put_blob(digest, descriptor.size, open_source,
-                                               on_bytes=on_bytes)
-                except IntegrityError as exc:  # bytes damaged on the way: once more
-                    if not isinstance(store, LayoutStore):
-                        raise  # an archive's writer may have begun the member already
-                    _log.info("%s: %s; downloading it again", ref, exc)
-                    with lock:
-                        result.damaged.append(digest)
-                    report(Event("blob", str(digest), "start", total=descriptor.size))
-                    fetched = store.put_blob(digest, descriptor.size, open_source,
-                                               on_bytes=on_bytes)
-            except NotFoundError as exc:
-                if not is_non_distributable(descriptor):
-                    report(Event("blob", str(digest), "failed", total=descriptor.size,
-                                 detail=str(exc)))
-                    raise
-                with lock:
-                    result.skipped_foreign.append(digest)
-                report(Event("blob", str(digest), "skipped", total=descriptor.size,
-                             detail="non-distributable layer not served by the registry"))
-                return
-            except Exception as exc:
-                named = blob.explain(exc)
-                if not isinstance(exc, Cancelled):
-                    report(Event("blob", str(digest), "failed", total=descriptor.size,
-                                 detail=str(named) or type(exc).__name__))
-                if named is not exc:  # wrong bytes of a foreign layer: name it and its URL
-                    raise named from exc
-                raise
-            finally:
-                for chunks in opened:  # a failed download gives its connection back now
-                    close = getattr(chunks, "close", None)
-                    if close is not None:
-                        close()
-            with lock:
-                result.blobs_downloaded += 1
-                result.bytes_downloaded += fetched
-                if blob.foreign:
-                    result.included_foreign.append(digest)
-            report(Event("blob", str(digest), "done", descriptor.size, descriptor.size))
-
-        failures = run_parallel(todo, download, jobs=jobs, stop=stop, keep_going=keep_going)
-        if failures and not keep_going:
-            digest, exc = next(iter(failures.items()))
-            raise TransferError(str(sources[digest][1]), exc) from exc
-        for ref in planned:  # an image with a failed blob is left out
-            bad = [d for d in plans[ref].blobs if d in failures]
-            if bad:
-                _fail(failed, ref, failures[bad[0]], report)
-        result.images = [plans[r] for r in planned if r not in failed]
-        if isinstance(store, ArchiveExport) and keep_going and result.images:
-            _start_archive(store, result.images, names)
-    manifests = {d.digest: len(m.raw) for p in result.images for d, m in p.manifests}
-    blobs = {d: b.size for p in result.images for d, b in p.blobs.items()}
-    result.unique_bytes = sum(blobs.values()) + sum(manifests.values())
-    result.total_bytes = sum(p.size for p in result.images)
-    if not result.images:
+    resolved = run_parallel(items, resolve, jobs=jobs, stop=stop, keep_going=keep_going)
+    if not keep_going:
+        raise_first(resolved, items)
+    for item in items:
+        if item in resolved:
+            record_failure(failed, item, str(item), resolved[item], report, keep_going)
+    image_of = {_target(item, tops[item], names): item for item in items if item in tops}
+    targets = list(image_of)
+    bundle = BundleDestination(store, report)
+    run = PushRun(bundle, report=report, stop=stop, keep_going=keep_going, tags_last=True)
+    try:
+        # 2. the manifests (an index's children at once), then what the bundle lacks
+        with ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
+            run.plan(targets, source.get_manifest, jobs=jobs, pool=manifest_pool)
+        run.check_destinations(jobs=jobs, head_blobs=True)
+        # 3. each blob once: the largest first (the long downloads start at once and the
+        #    small ones fill in); an archive's index.json comes first in its stream, so
+        #    without keep_going it is written now and the blobs come in archive order
+        order = sorted(run.pending, key=lambda b: b.descriptor.size, reverse=True)
+        if isinstance(store, ArchiveExport) and not keep_going:
+            _start_archive(store, _kept(run, targets), names)
+            order.sort(key=lambda b: store.position(b.digest))
+        transfer(run, order, lambda blob: source.for_image(image_of[blob.owner]), jobs=jobs)
+    finally:
+        for target, error in run.failed.items():  # an image with a failed blob is left out
+            failed.setdefault(image_of[target], error)
+    if stop.is_set():
+        raise Cancelled("cancelled")
+    images = _kept(run, targets)
+    if isinstance(store, ArchiveExport) and keep_going and images:
+        _start_archive(store, images, names)
+    result = _result(images, bundle, source)
+    if not images:
         store.sync()  # the finished blobs stay for the next run
         return result  # everything failed: index.json stays as it was
 
-    # 3. manifests (each fsynced, so written side by side), then the blob directories
-    # (every rename of this run durable), then index.json last
-    raw = {d.digest: m.raw for p in result.images for d, m in p.manifests}
-
-    def put_manifest(digest: Digest) -> None:
-        store.put_manifest(digest, raw[digest])
-        report(Event("manifest", str(digest), "done", len(raw[digest]), len(raw[digest])))
-
-    raise_first(run_parallel(list(raw), put_manifest, jobs=jobs), list(raw))
-    store.sync()
+    # 4. manifests, then the blob directories (every rename of this run durable), then
+    #    the images named, index.json last
+    bundle.store_manifests(images, jobs=jobs)
     entries = {
         (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())
     }
-    for key, entry in _named_entries(result.images, names or {}).items():
+    for key, entry in _named_entries(images, names).items():
         if key.startswith("@") and any(not d.annotations and d.digest == entry.digest
                                        for d in entries.values()):
             continue  # already there without a name
         entries[key] = entry
-    for plan_ in result.images:
-        report(Event("image", plan_.name, "done", plan_.size, plan_.size))
+    for target in targets:
+        if target in run.plans and target not in run.failed:
+            run.tag(target)  # the image is done: its entry is written below
     store.write_index(entries.values())
     return result
+
+
+def _target(item: StoreImage, top: Descriptor, names: dict[str, str]) -> Target:
+    """The push target of an image: the bundle, under its entry's name."""
+    name = names.get(item.name, item.name)
+    return Target(item.name, top, BundleEntry(name or None, top.digest))
+
+
+def _kept(run: PushRun, targets: list[Target]) -> list[ImagePlan]:
+    """The plans of the images planned and not failed, in the order asked."""
+    return [run.plans[t] for t in targets if t in run.plans and t not in run.failed]
+
+
+def _result(images: list[ImagePlan], bundle: BundleDestination,
+            source: StoreSource) -> ExportResult:
+    """What the export did, from the kept images and the bundle's counts."""
+    manifests = {d.digest: len(m.raw) for p in images for d, m in p.manifests}
+    blobs = {d: b.size for p in images for d, b in p.blobs.items()}
+    return ExportResult(
+        images=images, blobs_downloaded=len(bundle.fetched), blobs_reused=bundle.reused,
+        bytes_downloaded=bundle.bytes_fetched,
+        unique_bytes=sum(blobs.values()) + sum(manifests.values()),
+        total_bytes=sum(p.size for p in images), skipped_foreign=list(bundle.skipped_foreign),
+        damaged=list(bundle.damaged),
+        included_foreign=[d for d in bundle.fetched if source.foreign(d)])
 
 
 def _named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, Descriptor]:
@@ -412,11 +360,3 @@ def _start_archive(store: ArchiveExport, images: list[ImagePlan],
                    names: dict[str, str] | None = None) -> None:
     """Write ``oci-layout``, ``index.json`` and the manifests at the archive's head."""
     store.start(list(_named_entries(images, names or {}).values()), images)
-
-
-def _fail(failed: dict, ref: object, exc: BaseException, report: Reporter) -> None:
-    """Record that ``ref`` failed (first cause kept) and report it."""
-    if ref not in failed:
-        failed[ref] = exc if isinstance(exc, TransferError) else TransferError(str(ref), exc)
-        report(Event("image", str(ref), "failed", detail=str(exc)))
-

@@ -5,7 +5,7 @@ layout (``bundler import DIR``) or images read on demand from source registries
 (:class:`~bundler.stores.registry.RegistrySource`, ``bundler mirror``); the engine is the
 same. It is the random-access driver of the push engine
 (:class:`~bundler.engine.push.PushRun`): it chooses the order of the blobs and moves
-``jobs`` of them at once. A blob from a registry source streams from the source response
+``jobs`` of them at once (:func:`transfer`, which an export runs too, into a bundle). A blob from a registry source streams from the source response
 into the destination upload, nothing written to disk.
 
 For each destination registry the blobs of all images move concurrently, the largest
@@ -31,18 +31,21 @@ Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repositor
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from ..events import Event, NullReporter, Reporter
 from ..oci.content import Descriptor, is_non_distributable
 from ..registry.client import TransportOptions
 from ..stores import Store
+from .destination import RegistryDestination
+from .ladder import BlobSource
 from .naming import Target
 from .parallel import ClientPool, run_parallel
 from .push import ImportResult, PushRun, foreign_refused, record_failure
 from .pushplan import BlobPush
 
 __all__ = ["ImportResult", "by_size_interleaved", "foreign_refused", "not_distributed",
-           "push_images", "record_failure"]
+           "push_images", "record_failure", "transfer"]
 
 
 def push_images(
@@ -82,7 +85,8 @@ def push_images(
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     with ClientPool(options) as clients:
-        run = PushRun(clients, report=report, stop=stop, keep_going=keep_going)
+        run = PushRun(RegistryDestination(clients), report=report, stop=stop,
+                      keep_going=keep_going)
         # 1. plans from the store (digests checked while reading); before a byte is
         #    sent, each blob is checked (a layout: a regular file inside it, of its size)
         run.plan(targets, store.get_manifest, check_blob=store.check_blob, jobs=jobs)
@@ -98,13 +102,32 @@ def push_images(
                          detail="non-distributable layer not in the bundle"))
         # 3. blobs in the order chosen here, ``jobs`` at once; the task that places an
         #    image's last blob pushes its manifests and tag, overlapping the transfers
-        order = by_size_interleaved(run.pending)
-        run.settle(run_parallel(order, lambda blob: run.push_blob(blob, store), jobs=jobs,
-                                stop=stop, keep_going=keep_going))
-        # 4. images with nothing to upload, and any a stopped worker left untagged
-        run.settle(run_parallel(run.ready(), run.push_manifests, jobs=jobs, stop=stop,
-                                keep_going=keep_going))
+        transfer(run, by_size_interleaved(run.pending), lambda blob: store, jobs=jobs)
     return run.finish()
+
+
+def transfer(run: PushRun, order: list[BlobPush], source_of: Callable[[BlobPush], BlobSource],
+             *, jobs: int) -> None:
+    """Move the pending blobs of a planned run from a random-access source, ``jobs`` at
+    once, then push the manifests of the images that had nothing to move (the driver of
+    import, mirror and export).
+
+    Args:
+        run: after :meth:`PushRun.check_destinations`.
+        order: the blobs of ``run.pending`` in the order to start them.
+        source_of: where a blob is read from (export: bound to the first image that
+            references it, whose repository serves it).
+        jobs: concurrent blob transfers.
+
+    Raises:
+        TransferError: the first failure, unless the run keeps going (then recorded).
+        Cancelled: the run's ``stop`` was set.
+    """
+    run.settle(run_parallel(order, lambda blob: run.push_blob(blob, source_of(blob)),
+                            jobs=jobs, stop=run.stop, keep_going=run.keep_going))
+    # images with nothing to move, and any a stopped worker left without manifests
+    run.settle(run_parallel(run.ready(), run.push_manifests, jobs=jobs, stop=run.stop,
+                            keep_going=run.keep_going))
 
 
 def by_size_interleaved(blobs: list[BlobPush]) -> list[BlobPush]:

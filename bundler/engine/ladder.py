@@ -1,9 +1,14 @@
-"""The blob ladder: place one blob in the repositories of one registry that need it.
+"""The blob ladder: place one blob in the repositories of one destination that need it
+(a registry, or a bundle: one repository, ``""``).
 
 Each repository climbs: it has the blob already (``HEAD``: skip) -> a cross-repository
-mount from a repository that holds it -> an upload streamed from the source through the
-verifying reader. A refused mount falls back to an upload; after an upload the
-repository just filled becomes the mount source of the next one.
+mount from a repository that holds it (a destination with the
+:class:`~bundler.engine.destination.BlobMount` ability) -> the blob streamed from the
+source: through the verifying reader into a registry upload, or, into a bundle that
+checks it while writing, from the byte offset its partial file reached
+(:class:`~bundler.engine.destination.BlobStream`). A refused mount falls back to an
+upload; after an upload the repository just filled becomes the mount source of the
+next one.
 
 Spec: distribution-spec "Checking if content exists", "Mounting a blob from another
 repository", "Pushing blobs".
@@ -22,7 +27,7 @@ from ..errors import BundlerError, Cancelled, RegistryError
 from ..events import Event, Reporter
 from ..oci.content import Descriptor
 from ..oci.digest import Digest, VerifyingReader
-from ..registry.client import RegistryClient
+from .destination import BlobMount, BlobStream, DestinationStore, LeftOut
 from .naming import Target
 
 _log = logging.getLogger("bundler")
@@ -90,7 +95,7 @@ def blob_culprits(exc: BaseException, targets: list[Target]) -> list[tuple[Targe
 
 
 def climb(
-    client: RegistryClient,
+    client: DestinationStore,
     source: BlobSource,
     descriptor: Descriptor,
     repositories: list[str],
@@ -105,15 +110,19 @@ def climb(
     """Climb the blob ladder in one registry: present (skip) -> mount -> upload.
 
     Args:
-        client: the destination registry.
-        source: anything with ``open_blob(descriptor)`` (a layout, a registry source, or
-            a one-shot archive member); opened once per upload.
+        client: the destination registry, or a bundle. Its ``put_blob`` gets
+            ``open_source``: ``open_source()`` gives the blob's verified chunks;
+            ``open_source(offset)`` its chunks from ``offset``, for a store that checks
+            them itself (unverified when ``source`` has the ``BlobStream`` ability).
+        source: anything with ``open_blob(descriptor)`` (a layout, a registry source, a
+            one-shot archive member, an export's image); opened once per upload.
         descriptor: the blob (digest, size in bytes).
         repositories: the repositories of ``client``'s registry that need it.
         result: counts ``blobs_present``, ``blobs_mounted``, ``blobs_uploaded``,
             ``bytes_uploaded`` (under ``lock``).
         lock: guards ``result``. report: receives ``blob`` events (``skipped``,
-            ``mounted``, ``start``, ``progress``, ``done``, ``failed``).
+            ``mounted``, ``start``, ``progress``, ``done``, ``failed``); ``skipped``
+            too for a blob the destination leaves out (:class:`LeftOut`).
         stop: set to cancel (checked between chunks).
         known_source: a repository of this registry known to hold the blob (a mount source).
         present: the repositories known to have the blob already (None: ask each with
@@ -136,15 +145,10 @@ def climb(
         report(Event("blob", name, "skipped", total=size))
         return
 
-    def open_source():  # type: ignore[no-untyped-def]
-        def chunks() -> Iterator[bytes]:
-            with source.open_blob(descriptor) as reader:
-                for chunk in reader:
-                    if stop.is_set():
-                        raise Cancelled("cancelled")
-                    report(Event("blob", name, "progress", len(chunk), size))
-                    yield chunk
-        return chunks()
+    def open_source(offset: int | None = None) -> Iterator[bytes]:
+        if offset is not None and isinstance(source, BlobStream):  # checked by the store
+            return _watched(source.stream_blob(descriptor, offset), name, size, report, stop)
+        return _verified(source, descriptor, offset or 0, report, stop)
 
     source_repo = present[0] if present else known_source
     errors: dict[str, BaseException] = {}
@@ -153,7 +157,7 @@ def climb(
             continue
         try:
             upload_url = ""
-            if source_repo is not None:
+            if source_repo is not None and isinstance(client, BlobMount):
                 try:
                     mounted = client.mount_blob(repository, digest, source_repo)
                 except RegistryError as exc:  # the bytes are at hand: upload them instead
@@ -166,20 +170,62 @@ def climb(
                     report(Event("blob", name, "mounted", total=size, detail=repository))
                     continue
                 upload_url = mounted
-            report(Event("blob", name, "start", total=size, detail=repository))
-            client.put_blob(repository, digest, size, open_source, upload_url=upload_url)
+            report(Event("blob", name, "start", total=size, detail=repository or None))
+            try:
+                client.put_blob(repository, digest, size, open_source, upload_url=upload_url)
+            except LeftOut as why:
+                report(Event("blob", name, "skipped", total=size, detail=str(why)))
+                continue
             with lock:
                 result.blobs_uploaded += 1
                 result.bytes_uploaded += size
-            report(Event("blob", name, "done", size, size, detail=repository))
+            report(Event("blob", name, "done", size, size, detail=repository or None))
             source_repo = repository  # surely holds it now
         except Cancelled:
             raise
         except Exception as exc:
+            if isinstance(source, BlobStream):  # wrong bytes of a foreign layer: its URL
+                exc = source.explain(descriptor, exc)
+            why = str(exc) or type(exc).__name__
             report(Event("blob", name, "failed", total=size,
-                         detail=f"{repository}: {str(exc) or type(exc).__name__}"))
+                         detail=f"{repository}: {why}" if repository else why))
             errors[repository] = exc
             if not keep_going or stop.is_set():
                 break
     if errors:
         raise BlobFailures(errors) from next(iter(errors.values()))
+
+
+def _verified(source: BlobSource, descriptor: Descriptor, offset: int, report: Reporter,
+              stop: threading.Event) -> Iterator[bytes]:
+    """The blob's chunks through the verifying reader from byte ``offset`` (the bytes
+    before it read and hashed too), each reported as ``progress``; ends with Cancelled
+    once ``stop`` is set."""
+    name, size, skip = str(descriptor.digest), descriptor.size, offset
+    with source.open_blob(descriptor) as reader:
+        for chunk in reader:
+            if skip:
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                chunk, skip = chunk[skip:], 0
+            if stop.is_set():
+                raise Cancelled("cancelled")
+            report(Event("blob", name, "progress", len(chunk), size))
+            yield chunk
+
+
+def _watched(chunks: Iterator[bytes], name: str, size: int, report: Reporter,
+             stop: threading.Event) -> Iterator[bytes]:
+    """``chunks``, each reported as ``progress``; ends with Cancelled once ``stop`` is set.
+    Closing it closes ``chunks`` (a transfer cut short gives its connection back now)."""
+    try:
+        for chunk in chunks:
+            if stop.is_set():
+                raise Cancelled("cancelled")
+            report(Event("blob", name, "progress", len(chunk), size))
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()

@@ -143,7 +143,9 @@ def plan_export(
         source.reuse(store)
 
         def resolve(ref: Reference) -> None:
-            plans[ref] = source.plan(StoreImage.of(ref), pool)
+            image = StoreImage.of(ref)
+            plans[ref] = walk(source.top(image), source.get_manifest, name=image.name,
+                              pool=pool)
 
         raise_first(run_parallel(refs, resolve, jobs=jobs), refs)
     result = ExportPlan()

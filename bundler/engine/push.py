@@ -1,24 +1,27 @@
-"""The push engine shared by import, mirror and the one-pass archive import.
+"""The one transfer engine: export, import, mirror, copy and the one-pass archive import.
 
-A :class:`PushRun` pushes images into registries, every digest preserved. Its driver
-tells it what to push and in which order the blobs become available:
+A :class:`PushRun` puts images into a :class:`~bundler.engine.destination.Destination`,
+every digest preserved: registries (:class:`~bundler.engine.destination.RegistryDestination`:
+import, mirror, archive import) or a bundle being written
+(:class:`~bundler.engine.bundle_destination.BundleDestination`: export). Its driver tells
+it what to move and in which order the blobs become available:
 
 1. :meth:`PushRun.plan` walks each image (index -> manifests -> config and layers) into
    an :class:`~bundler.oci.graph.ImagePlan`;
-2. :meth:`PushRun.check_destinations` asks the destinations what they have
-   (:func:`~bundler.engine.pushplan.plan_push`): complete images are skipped, the other
-   images' blobs become :attr:`PushRun.pending`, one :class:`BlobPush` per
-   (registry, digest);
+2. :meth:`PushRun.check_destinations` asks the destination what it has
+   (:meth:`Destination.plan`): complete images are skipped, the other images' blobs
+   become :attr:`PushRun.pending`, one :class:`BlobPush` per (registry, digest);
 3. the driver hands each pending blob to :meth:`PushRun.push_blob` with a source to read
-   it from, in the order the blobs arrive: a random-access store
-   (:func:`bundler.engine.importing.push_images`) chooses the order and runs ``jobs`` of
-   them at once; an archive read once (:mod:`bundler.engine.archive_import`) hands each
-   blob over as its member goes by. The blob climbs the ladder of
-   :func:`~bundler.engine.ladder.climb`;
-4. when the last blob of an image is in place its manifests are pushed, children first.
+   it from, in the order the blobs arrive: a random-access source
+   (:func:`bundler.engine.importing.transfer`: a layout, registries) runs ``jobs`` of them
+   at once in the order its driver chose; an archive read once
+   (:mod:`bundler.engine.archive_import`) hands each blob over as its member goes by.
+   The blob climbs the ladder of :func:`~bundler.engine.ladder.climb`;
+4. when the last blob of an image is in place its manifests are put, children first.
    With ``tags_last=False`` the top manifest goes at once by tag (or by digest): the
    image is done. With ``tags_last=True`` it goes by digest, and :meth:`PushRun.tag`
-   moves the tag later (an archive: once the whole archive was read and checked).
+   moves the tag later (an archive import: once the whole archive was read and checked;
+   an export: its ``index.json`` entry, written last for all images).
 
 Failures: without ``keep_going`` the first one raises a
 :class:`~bundler.errors.TransferError` naming the image; with it, each failed image is
@@ -27,13 +30,14 @@ one :class:`~bundler.errors.PartialFailureError`. An unsafe archive member
 (:class:`~bundler.errors.UnsafeArchiveError`) ends the run whatever the mode.
 
 Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repository",
-"Pushing manifests".
+"Pushing manifests"; image-spec ``image-layout.md``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import (
     BundlerError,
@@ -41,7 +45,6 @@ from ..errors import (
     PartialFailureError,
     RegistryError,
     TransferError,
-    TransportError,
     UnsafeArchiveError,
 )
 from ..events import Event, Reporter
@@ -49,19 +52,20 @@ from ..oci.content import Descriptor, Index, Manifest
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan, walk
 from ..stores import MountSource
+from .destination import BundleEntry, Destination, StagedManifests, foreign_refused
 from .ladder import BlobFailures, BlobSource, ImportResult, blob_culprits, climb
 from .naming import Target
-from .parallel import ClientPool, run_parallel
-from .pushplan import BlobPush, PushPlan, plan_push
+from .parallel import run_parallel
+from .pushplan import BlobPush, PushPlan
 
-__all__ = ["ImportResult", "PushRun", "foreign_refused", "record_failure"]
+__all__ = ["ImportResult", "PushRun", "foreign_refused", "record_failure", "shown"]
 
 
 class PushRun:
-    """One push of images into registries (see the module docstring).
+    """One transfer of images into a destination (see the module docstring).
 
     Args:
-        clients: the destination registry clients.
+        destination: registries, or a bundle.
         report: receives progress events. stop: set to cancel.
         keep_going: push every image that can be; fail at the end for the others.
         tags_last: push top manifests by digest and leave the tags to :meth:`tag`.
@@ -75,9 +79,9 @@ class PushRun:
         failed: image -> its first failure (with ``keep_going``).
     """
 
-    def __init__(self, clients: ClientPool, *, report: Reporter, stop: threading.Event,
+    def __init__(self, destination: Destination, *, report: Reporter, stop: threading.Event,
                  keep_going: bool = False, tags_last: bool = False) -> None:
-        self.clients, self.report, self.stop = clients, report, stop
+        self.destination, self.report, self.stop = destination, report, stop
         self.keep_going, self.tags_last = keep_going, tags_last
         self.result = ImportResult()
         self.lock = threading.Lock()
@@ -140,7 +144,8 @@ class PushRun:
     # -- planning --------------------------------------------------------------------
     def plan(self, targets: list[Target],
              get_manifest: Callable[[Descriptor], Manifest | Index], *,
-             check_blob: Callable[[Descriptor], object] | None = None, jobs: int) -> None:
+             check_blob: Callable[[Descriptor], object] | None = None, jobs: int,
+             pool: ThreadPoolExecutor | None = None) -> None:
         """Walk every image; an image that cannot be walked fails.
 
         Args:
@@ -149,6 +154,7 @@ class PushRun:
             check_blob: called on each blob before anything is sent (a layout's
                 :meth:`~bundler.stores.Store.check_blob`), or None.
             jobs: images walked at once (a registry source reads over the network).
+            pool: also walks the children of an index at once, when given.
 
         Raises:
             TransferError: an image failed (the first in order), unless ``keep_going``.
@@ -158,7 +164,7 @@ class PushRun:
         self.result.targets = list(targets)
 
         def load(target: Target) -> None:
-            plan = walk(target.descriptor, get_manifest, name=target.name)
+            plan = walk(target.descriptor, get_manifest, name=target.name, pool=pool)
             if check_blob is not None:
                 for blob in plan.blobs.values():
                     check_blob(blob)
@@ -194,9 +200,9 @@ class PushRun:
             TransferError: a ``HEAD`` failed, unless ``keep_going``.
         """
         planned = [t for t in self.targets if t in self.plans]
-        push = plan_push(planned, self.plans, self.clients, jobs=jobs, report=self.report,
-                         stop=self.stop, keep_going=self.keep_going, head_blobs=head_blobs,
-                         leave_out=leave_out)
+        push = self.destination.plan(planned, self.plans, jobs=jobs, report=self.report,
+                                     stop=self.stop, keep_going=self.keep_going,
+                                     head_blobs=head_blobs, leave_out=leave_out)
         self.result.skipped_images = [t.name for t in push.complete]
         for key, exc in push.failures.items():
             self.fail(push.culprits(key, self.plans), exc)
@@ -246,7 +252,7 @@ class PushRun:
         if mount_from is None and isinstance(source, MountSource):  # same registry
             mount_from = source.mount_source(blob.registry, blob.digest)
         try:
-            climb(self.clients.get(blob.registry), source, blob.descriptor, blob.repositories,
+            climb(self.destination.get(blob.registry), source, blob.descriptor, blob.repositories,
                   self.result, self.lock, self.report, self.stop, mount_from,
                   blob.present if self._headed else None, keep_going=self.keep_going)
         except Cancelled:
@@ -279,7 +285,7 @@ class PushRun:
             TransferError: a push failed, unless ``keep_going`` (else it is recorded).
         """
         dest = target.destination
-        client = self.clients.get(dest.registry)
+        client = self.destination.get(dest.registry)
         plan = self.plans[target]
         try:
             for n, (descriptor, item) in enumerate(plan.manifests, 1):
@@ -288,8 +294,9 @@ class PushRun:
                     else str(descriptor.digest)
                 client.put_manifest(dest.repository, reference, item.raw,
                                     item.media_type or descriptor.media_type)
-                self.report(Event("manifest", str(descriptor.digest), "done", len(item.raw),
-                                  len(item.raw)))
+                if not isinstance(client, StagedManifests):  # else reported when stored
+                    self.report(Event("manifest", str(descriptor.digest), "done",
+                                      len(item.raw), len(item.raw)))
         except Cancelled:
             raise
         except Exception as exc:
@@ -299,7 +306,7 @@ class PushRun:
             self.pushed.add(target)
         if not self.tags_last:
             self.report(Event("image", target.name, "done", plan.size, plan.size,
-                              detail=str(dest)))
+                              detail=shown(dest)))
 
     def tag(self, target: Target) -> None:
         """With ``tags_last``: push the top manifest by tag (if the destination has one);
@@ -311,14 +318,14 @@ class PushRun:
         dest, plan = target.destination, self.plans[target]
         try:
             if dest.tag:
-                self.clients.get(dest.registry).put_manifest(
+                self.destination.get(dest.registry).put_manifest(
                     dest.repository, dest.tag, plan.top.raw,
                     plan.top.media_type or target.descriptor.media_type)
         except BundlerError as exc:
             self.fail([target], self._refused(target, exc))
             return
         self.report(Event("image", target.name, "done", plan.size, plan.size,
-                          detail=str(dest)))
+                          detail=shown(dest)))
 
     def _refused(self, target: Target, exc: BaseException) -> BaseException:
         """A refused manifest push, told apart when the image has foreign layers."""
@@ -344,38 +351,10 @@ class PushRun:
         raise PartialFailureError([failed[t] for t in self.targets if t in failed], result)
 
 
-def foreign_refused(exc: RegistryError, foreign: list[Digest],
-                    listed: list[Digest] | None = None) -> RegistryError:
-    """``exc`` (a refused manifest push), told apart when the manifest references
-    non-distributable layers that were not pushed, or layers whose descriptors list
-    ``urls`` (pushed or not): some registries refuse those.
-
-    Args:
-        exc: the error of the manifest push.
-        foreign: the image's non-distributable layers that were not pushed.
-        listed: the image's layers that were pushed and whose descriptors list ``urls``
-            (a foreign layer the bundle holds).
-
-    Returns:
-        ``exc`` itself, or a RegistryError with the same status and codes that says why.
-
-    Spec: image-spec ``layer.md`` "Non-Distributable Layers"; distribution
-    ``validation.manifests.urls``.
-    """
-    if (not foreign and not listed) or isinstance(exc, TransportError) \
-            or exc.status in (401, 403, 404, 429):
-        return exc
-    if foreign:
-        why = (f"the manifest references non-distributable layers the bundle does not hold "
-               f"({', '.join(str(d) for d in foreign)}); this registry refuses them")
-    else:
-        why = (f"the blobs were pushed, but this registry refuses the layer URLs of "
-               f"{', '.join(str(d) for d in listed or [])}")
-    return RegistryError(
-        f"{exc} ({why}: it must accept foreign layer URLs, e.g. "
-        f"distribution's validation.manifests.urls.allow)",
-        status=exc.status, codes=exc.codes, url=exc.url, registry=exc.registry,
-    )
+def shown(destination: object) -> str | None:
+    """The ``detail`` of an image event: where the image went; None for a bundle entry
+    (the image's own name, already the event's ``name``)."""
+    return None if isinstance(destination, BundleEntry) else str(destination)
 
 
 def record_failure(failed: dict, key: object, name: str, exc: BaseException, report: Reporter,
@@ -393,4 +372,3 @@ def record_failure(failed: dict, key: object, name: str, exc: BaseException, rep
     if key not in failed:
         failed[key] = error
         report(Event("image", name, "failed", detail=str(exc)))
-

@@ -13,9 +13,10 @@ The verbs (DESIGN convention 1) are ``read_index``, ``get_manifest``, ``has_blob
 - :class:`bundler.registry.client.RegistryClient`: a registry, whose verbs also take
   the repository.
 
-The engine reads images from a :class:`Store` and writes them into a
-:class:`BundleStore` or pushes them into registries; a new kind of source or
-destination is one new module here.
+The one transfer engine (:class:`bundler.engine.push.PushRun`) reads images from a
+:class:`Store` and puts them into a destination: registries, or a :class:`BundleStore`
+(seen by the engine through :mod:`bundler.engine.bundle_destination`); a new kind of
+source or destination is one new module here.
 """
 
 from __future__ import annotations

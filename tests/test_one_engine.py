@@ -1,0 +1,105 @@
+"""export, import, mirror and copy are one engine (``PushRun``) over different stores.
+
+Read from the source: every driver starts a ``PushRun``, over registries or over a
+bundle, and no driver moves a blob itself. The behaviour of each command is asserted by
+its own end-to-end tests on real registries (test_export, test_import, test_mirror,
+test_copy, test_archive, ...).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import bundler
+from bundler.engine.bundle_destination import BundleDestination
+from bundler.engine.destination import (
+    BlobMount,
+    BlobStream,
+    RegistryDestination,
+    StagedManifests,
+)
+from bundler.engine.export_sources import ImageBlobs, StoreImage, StoreSource
+from bundler.events import NullReporter
+from bundler.registry.client import RegistryClient
+from bundler.stores.layout import LayoutStore
+
+ENGINE = Path(bundler.__file__).parent / "engine"
+
+#: the verbs that move content (a blob or a manifest) into or out of a store
+MOVING = {"put_blob", "open_blob", "iter_blob", "stream_blob", "put_manifest", "mount_blob"}
+
+
+def _calls(module: str) -> list[ast.Call]:
+    tree = ast.parse((ENGINE / f"{module}.py").read_text())
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+
+
+def _name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _runs(module: str) -> list[str]:
+    """The destination each ``PushRun(...)`` of a module is given: the class called,
+    there or in the assignment of the name it is given."""
+    tree = ast.parse((ENGINE / f"{module}.py").read_text())
+    bound = {target.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+             for target in node.targets if isinstance(target, ast.Name)}
+    found = []
+    for call in _calls(module):
+        if _name(call) == "PushRun" and call.args:
+            arg = call.args[0]
+            arg = bound.get(arg.id, arg) if isinstance(arg, ast.Name) else arg
+            found.append(_name(arg) if isinstance(arg, ast.Call) else "?")
+    return found
+
+
+def test_each_driver_starts_a_push_run_over_its_destination() -> None:
+    assert _runs("exporting") == ["BundleDestination"]
+    assert _runs("importing") == ["RegistryDestination"]
+    assert _runs("archive_import") == ["RegistryDestination"]
+    assert {_name(c) for c in _calls("mirroring")} >= {"push_images"}
+    copy_calls = {_name(c) for c in _calls("copying")}
+    assert copy_calls >= {"export_bundle", "export_from_store", "push_images",
+                          "import_archive", "mirror_images"}
+    # export and import share the random-access driver
+    assert "transfer" in {_name(c) for c in _calls("exporting")}
+    assert "transfer" in {_name(c) for c in _calls("importing")}
+
+
+def test_no_driver_moves_a_blob_itself() -> None:
+    for module in ("exporting", "importing", "mirroring", "archive_import"):
+        assert {_name(c) for c in _calls(module)} & MOVING == set(), module
+    # blobs are placed in one place per destination kind: the ladder, which calls the
+    # destination's put_blob, and the bundle destination, which calls its store's
+    movers = {path.stem for path in ENGINE.glob("*.py")
+              if "put_blob" in {_name(c) for c in _calls(path.stem)}}
+    assert movers == {"ladder", "bundle_destination", "copying"}
+    # copying's own put_blob stages the members of an archive read once into a layout,
+    # which the export engine then reads (oci-archive: -> oci:)
+    unpack = next(node for node in ast.walk(ast.parse((ENGINE / "copying.py").read_text()))
+                  if isinstance(node, ast.FunctionDef) and node.name == "_unpack")
+    assert "put_blob" in {_name(c) for c in ast.walk(unpack) if isinstance(c, ast.Call)}
+
+
+def test_a_registry_and_a_bundle_offer_the_same_destination_verbs(tmp_path) -> None:
+    layout = LayoutStore(tmp_path / "b", create=True)
+    bundle = BundleDestination(layout, NullReporter())
+    assert bundle.get("") is bundle
+    for verb in ("resolve", "has_blob", "put_blob", "put_manifest"):
+        ours = list(inspect.signature(getattr(BundleDestination, verb)).parameters)
+        theirs = list(inspect.signature(getattr(RegistryClient, verb)).parameters)
+        assert ours == theirs, verb
+    for method in ("get", "plan"):
+        assert (list(inspect.signature(getattr(BundleDestination, method)).parameters)
+                == list(inspect.signature(getattr(RegistryDestination, method)).parameters))
+    # optional abilities: a registry mounts; a bundle stores its manifests at the end
+    assert issubclass(RegistryClient, BlobMount) and not isinstance(bundle, BlobMount)
+    assert isinstance(bundle, StagedManifests)
+    assert not issubclass(RegistryClient, StagedManifests)
+    # an export's source streams a blob from an offset to the bundle, which checks it
+    source = StoreSource(layout)
+    blobs = source.for_image(StoreImage("x"))
+    assert isinstance(blobs, ImageBlobs) and isinstance(blobs, BlobStream)
