@@ -26,3 +26,8 @@ fi
 # byte-compile the package as a regular pip install would (an editable install leaves it
 # to the first import, which PYTHONDONTWRITEBYTECODE=1 turns into a compile on every run)
 .venv/bin/python -m compileall -q bundler >/dev/null
+# the Go tools the referrer tests drive (oras, and a registry with the referrers API):
+# built from the Go module proxy into .tools/bin; without Go those tests are skipped
+if command -v go >/dev/null; then
+  bash scripts/go-peers.sh >/dev/null
+fi

@@ -96,3 +96,21 @@ def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
     monkeypatch.setenv("BUNDLER_STATE_DIR", str(state))
     return state
+
+
+@pytest.fixture
+def referrers_registry(tmp_path: Path) -> Iterator[LocalRegistry]:
+    """A registry serving the OCI 1.1 referrers API (``tools/referrers-registry``, built
+    by ``scripts/go-peers.sh``), stopped after the test."""
+    from bundler.sandbox.referrers_registry import (
+        REFERRERS_REGISTRY_BINARY,
+        start_referrers_registry,
+    )
+
+    if not REFERRERS_REGISTRY_BINARY.exists():
+        pytest.skip(f"{REFERRERS_REGISTRY_BINARY} missing: bash scripts/go-peers.sh")
+    reg = start_referrers_registry(tmp_path / "referrers-registry")
+    try:
+        yield reg
+    finally:
+        reg.stop()
