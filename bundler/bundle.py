@@ -20,6 +20,8 @@ from .engine.importing import ImportResult, not_distributed, push_images
 from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping, resolve_targets
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
+from .engine.referrer_bundle import missing_subjects, referrer_owners
+from .engine.referrers import SCHEME, subject_of
 from .errors import BundleError, BundlerError, IntegrityError
 from .events import Reporter
 from .oci.content import Descriptor, Index, entry_name, is_non_distributable
@@ -168,6 +170,9 @@ class BundleImage:
         platforms: ``os/arch[/variant]`` of an index's platform children.
         size: bytes of its manifests and blobs that the bundle holds (each counted once
             within the image; a non-distributable layer left out is not counted).
+        referrers: the signatures, attestations, SBOMs that refer to it (or to one of
+            its manifests), each a ``BundleImage`` with its own referrers.
+        subject: for a referrer, the digest it refers to; scheme: how it was found.
     """
 
     name: str
@@ -175,11 +180,15 @@ class BundleImage:
     media_type: str
     platforms: list[str]
     size: int
+    referrers: list[BundleImage] = field(default_factory=list)
+    subject: Digest | None = None
+    scheme: str = ""
 
 
 @dataclass
 class BundleListing:
-    """``bundler list``: the images, and sizes with and without deduplication (bytes)."""
+    """``bundler list``: the images (referrers under their subjects), and sizes with
+    and without deduplication (bytes)."""
 
     images: list[BundleImage] = field(default_factory=list)
     unique_bytes: int = 0
@@ -230,13 +239,23 @@ def list_bundle(bundle: str | os.PathLike[str], *,
         listing.images.append(
             BundleImage(plan.name if plan.name != str(plan.descriptor.digest) else "",
                         plan.descriptor.digest, plan.descriptor.media_type,
-                        plan.platforms, size)
+                        plan.platforms, size, subject=subject_of(plan.descriptor),
+                        scheme=plan.descriptor.annotations.get(SCHEME, ""))
         )
         listing.total_bytes += size
         unique.update(held)
+    listing.images = _nest_referrers(listing.images, plans)
     listing.unique_bytes = sum(unique.values())
     listing.blob_count = len(unique)
     return listing
+
+
+def _nest_referrers(images: list[BundleImage], plans: list) -> list[BundleImage]:
+    """Move each referrer under the image that holds its subject."""
+    owners = referrer_owners(plans)
+    for position in sorted(owners):
+        images[owners[position]].referrers.append(images[position])
+    return [image for position, image in enumerate(images) if position not in owners]
 
 
 def _holds(store: LayoutStore | ArchiveHead, descriptor: Descriptor) -> bool:
@@ -255,8 +274,9 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
                   shared_blob_dir: str | os.PathLike[str] | None = None,
                   max_zstd_ratio: int | None = None) -> VerifyReport:
     """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
-    every manifest parses, every blob has its size and sha256. A non-distributable
-    (foreign) layer the bundle does not hold is listed in ``skipped``, not as a problem.
+    every manifest parses, every blob has its size and sha256, every referrer's subject
+    is in the bundle (a directory bundle). A non-distributable (foreign) layer the
+    bundle does not hold is listed in ``skipped``, not as a problem.
 
     Args:
         bundle: a bundle directory or archive.
@@ -310,4 +330,12 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
 
     report.images, problems = check_reachable(entries, visit, bad)
     report.problems.extend(problems)
+    report.problems.extend(missing_subjects(entries, lambda d: _has_blob(store, d)))
     return report
+
+
+def _has_blob(store: LayoutStore, digest: Digest) -> bool:
+    try:
+        return store.has_blob(digest)
+    except BundlerError:
+        return False

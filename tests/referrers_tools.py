@@ -58,3 +58,36 @@ def push_app(registry: LocalRegistry, repository: str = "apps/signed", tag: str 
     image = make_image([make_layer({"hello.txt": b"hello %d\n" % seed})])
     push(registry, repository, image, tag=tag)
     return image.digest
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: the real keyless cosign signature manifest (ghcr.io podinfo) and its two blobs
+COSIGN_MANIFEST = FIXTURES / "cosign-signature-manifest.keyless-ghcr.json"
+COSIGN_BLOBS = (FIXTURES / "cosign-signature-config.podinfo.json",
+                FIXTURES / "cosign-simplesigning-payload.podinfo.json")
+
+
+def push_cosign_signature(registry: LocalRegistry, repository: str, subject: str,
+                          suffix: str = ".sig") -> str:
+    """Push the real cosign signature fixture (bytes unchanged) under the cosign tag of
+    ``subject`` (``sha256-<hex>.sig``); its digest."""
+    import httpx
+
+    from bundler.sandbox.images import Blob
+    from bundler.sandbox.push import _push_blob, _put_manifest
+
+    raw = COSIGN_MANIFEST.read_bytes()
+    doc = json.loads(raw)
+    with httpx.Client(timeout=30.0) as client:
+        for path, descriptor in zip(COSIGN_BLOBS, [doc["config"], doc["layers"][0]],
+                                    strict=True):
+            _push_blob(client, registry.url, repository,
+                       Blob.of(descriptor["mediaType"], path.read_bytes()))
+        _put_manifest(client, registry.url, repository, subject.replace(":", "-") + suffix,
+                      doc["mediaType"], raw)
+    return "sha256:6162308b7421163281afe8bd1c69ae16d50e675cbe93ff8b34f8ad5efb71a866"
+
+
+def index_entries(bundle: Path) -> list[dict]:
+    """``index.json``'s manifests of a directory bundle."""
+    return json.loads((bundle / "index.json").read_text())["manifests"]

@@ -31,6 +31,7 @@ from ..registry.journal import UploadJournal
 from ..stores.archive import output_format
 from ..termsafe import escape
 from .copy import copy_cmd
+from .listing import listed_json, with_referrers
 from .mirror import mirror_cmd
 from .options import (
     MIN_CHUNK_SIZE,
@@ -41,6 +42,8 @@ from .options import (
     parse_bool,
     print_dry_run,
     progress_options,
+    referrer_options,
+    referrer_policy,
     say_waiting,
     shared_blob_dir_option,
     side_options,
@@ -116,6 +119,7 @@ main.add_command(mirror_cmd)
 @click.option("--include-foreign-layers", is_flag=True,
               help="Store non-distributable (foreign) layers too: from the registry, else "
                    "from the URLs their descriptors list (https; no credentials sent).")
+@referrer_options
 @transport_options("src")
 @progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
@@ -133,6 +137,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export --images-file images.txt -o ./bundle --dry-run
     """
     check_output_options(quiet, progress, dry_run, as_json)
+    referrers = referrer_policy(kw)
     split = split_size
     try:
         archive = output if output_format(output, fmt, split) != "dir" else None
@@ -158,7 +163,8 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
                                        jobs=jobs, reporter=reporter, stop=stop,
                                        keep_going=keep_going, wait=not no_wait,
                                        on_wait=say_waiting,
-                                       include_foreign_layers=include_foreign_layers),
+                                       include_foreign_layers=include_foreign_layers,
+                                       referrers=referrers),
         tally, lambda result, seconds: export_summary(result, output, seconds), reporter,
         archive=archive)
 
@@ -262,11 +268,7 @@ def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
     """The listing as a table and a totals line, or as JSON (``problems`` on stderr)."""
     if as_json:
         click.echo(json.dumps({
-            "images": [
-                {"reference": i.name, "digest": str(i.digest), "mediaType": i.media_type,
-                 "platforms": i.platforms, "size": i.size}
-                for i in listing.images
-            ],
+            "images": [listed_json(i) for i in listing.images],
             "uniqueBytes": listing.unique_bytes,
             "totalBytes": listing.total_bytes,
             "blobs": listing.blob_count,
@@ -276,16 +278,18 @@ def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
     for problem in listing.problems:
         click.echo(f"problem: {escape(problem)}", err=True)
     rows = [("REFERENCE", "DIGEST", "MEDIA TYPE", "PLATFORMS", "SIZE")]
-    for i in listing.images:
+    for i, indent in with_referrers(listing.images):
         kind = i.media_type.rsplit("/", 1)[-1]
-        rows.append((escape(i.name) or "(unnamed)", i.digest.short, escape(kind),
+        rows.append((indent + (escape(i.name) or "(unnamed)"), i.digest.short, escape(kind),
                      escape(",".join(i.platforms)) or "-", human(i.size)))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
     saved = listing.total_bytes - listing.unique_bytes
+    referrers = sum(1 for _i, indent in with_referrers(listing.images) if indent)
     click.echo(f"{plural(len(listing.images), 'image')}, "
-               f"{plural(listing.blob_count, 'blob')}: "
+               + (f"{plural(referrers, 'referrer')}, " if referrers else "")
+               + f"{plural(listing.blob_count, 'blob')}: "
                f"{human(listing.unique_bytes)} stored, {human(listing.total_bytes)} without "
                f"dedup ({human(saved)} saved)"
                + (f"; {plural(len(listing.problems), 'image')} unreadable (see above)"

@@ -142,7 +142,7 @@ def copy_image(
         assert ref is not None
         exported = export_bundle([ref], dst.path, format=_format(dst), options=src_options,
                                  jobs=jobs, reporter=report, stop=stop, keep_going=keep_going,
-                                 wait=wait, on_wait=on_wait,
+                                 wait=wait, on_wait=on_wait, referrers=None,  # one image
                                  entry_names={str(ref): dst.ref_name or UNNAMED})
         return _exported(result, exported)
     if src.transport == "oci":

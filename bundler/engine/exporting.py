@@ -48,6 +48,12 @@ from ..stores.registry import RegistrySource
 from .export_sources import StoreImage, StoreSource
 from .image_lists import parse_references, read_images_file, unique_references
 from .parallel import ClientPool, raise_first, run_parallel
+from .referrers import (
+    DEFAULT_REFERRERS,
+    ReferrerDiscovery,
+    ReferrerPolicy,
+    referrer_annotations,
+)
 
 _log = logging.getLogger("bundler")
 
@@ -86,6 +92,9 @@ class ExportResult:
     skipped_foreign: list[Digest] = field(default_factory=list)
     damaged: list[Digest] = field(default_factory=list)
     included_foreign: list[Digest] = field(default_factory=list)
+    #: referrers exported with their subjects (names), and those left out (one line each)
+    referrers: list[str] = field(default_factory=list)
+    referrer_warnings: list[str] = field(default_factory=list)
 
 
 def export_bundle(
@@ -104,6 +113,7 @@ def export_bundle(
     on_wait: Callable[[str], None] | None = None,
     include_foreign_layers: bool = False,
     entry_names: dict[str, str] | None = None,
+    referrers: ReferrerPolicy | None = DEFAULT_REFERRERS,
 ) -> ExportResult:
     """Export images from registries into an OCI image layout directory or archive.
 
@@ -134,6 +144,9 @@ def export_bundle(
             ``io.containerd.image.name``); :data:`UNNAMED` writes the entry without a
             name (an unnamed entry of the same digest is replaced). An entry of the same
             name is replaced, as always.
+        referrers: export the signatures, attestations and SBOMs that refer to each
+            manifest too (see :mod:`bundler.engine.referrers`); by default all of them,
+            the referrers of referrers too; None: none (``--no-referrers``).
 
     Returns:
         An :class:`ExportResult`.
@@ -151,10 +164,11 @@ def export_bundle(
     images = [StoreImage.of(ref) for ref in unique_references(references)]
     with ClientPool(options) as clients:
         source = StoreSource(RegistrySource(clients), include_foreign=include_foreign_layers)
+        discovery = ReferrerDiscovery(clients, referrers) if referrers is not None else None
         return _write_bundle(source, images, output, format=format, split_size=split_size,
                              compression_level=compression_level, jobs=jobs,
                              reporter=reporter, stop=stop, keep_going=keep_going, wait=wait,
-                             on_wait=on_wait, entry_names=entry_names)
+                             on_wait=on_wait, entry_names=entry_names, discovery=discovery)
 
 
 def export_from_store(
@@ -210,7 +224,8 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
                   split_size: int | None, compression_level: int, jobs: int,
                   reporter: Reporter | None, stop: threading.Event | None, keep_going: bool,
                   wait: bool, on_wait: Callable[[str], None] | None,
-                  entry_names: dict[str, str] | None) -> ExportResult:
+                  entry_names: dict[str, str] | None,
+                  discovery: ReferrerDiscovery | None = None) -> ExportResult:
     """Lock the output, open it as a layout or an archive, and run :func:`_export`."""
     report = reporter or NullReporter()
     stop = stop or threading.Event()
@@ -222,14 +237,16 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
     if fmt != "dir":
         with lock, ArchiveExport(output, fmt, split_size=split_size,
                                  compression_level=compression_level) as archive:
-            result = _export(items, source, archive, jobs, report, stop, collect, names)
+            result = _export(items, source, archive, jobs, report, stop, collect, names,
+                             discovery)
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in items if r in failed], result)
     else:
         with lock:
             store = LayoutStore(output, create=True)
             try:
-                result = _export(items, source, store, jobs, report, stop, collect, names)
+                result = _export(items, source, store, jobs, report, stop, collect, names,
+                                 discovery)
             except BaseException:
                 store.discard_if_empty()  # a new directory holding only oci-layout is no
                 raise  # bundle (the lock removes the directory it made, if empty)
@@ -242,7 +259,8 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
 
 def _export(refs: list[StoreImage], source: StoreSource, store: BundleStore,
             jobs: int, report: Reporter, stop: threading.Event,
-            failed: dict | None = None, names: dict[str, str] | None = None) -> ExportResult:
+            failed: dict | None = None, names: dict[str, str] | None = None,
+            discovery: ReferrerDiscovery | None = None) -> ExportResult:
     """Plan, download, write. ``refs`` are the images to read from ``source``;
     ``failed`` (given: keep going) collects the failed images; ``names`` renames
     entries (see ``entry_names``)."""
@@ -266,6 +284,9 @@ def _export(refs: list[StoreImage], source: StoreSource, store: BundleStore,
             if ref in failures:
                 _fail(failed, ref, failures[ref], report)
         planned = [r for r in refs if r in plans and r not in failed]
+        if discovery is not None:  # referrers, planned after their subjects
+            planned += discovery.extend(source, planned, plans, manifest_pool)
+            result.referrers, result.referrer_warnings = discovery.found, discovery.warnings
         result.images = [plans[r] for r in planned]
 
         # 2. each distinct blob once, from the first image that has it
@@ -403,6 +424,7 @@ def _named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, 
             annotations = {REF_NAME: name, CONTAINERD_NAME: name}
         else:
             annotations = {REF_NAME: name} if name != UNNAMED else {}
+        annotations.update(referrer_annotations(plan_.descriptor))
         entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
             annotations)
     return entries
