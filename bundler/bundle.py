@@ -18,9 +18,10 @@ from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.importing import ImportResult, not_distributed, push_images
 from .engine.mirroring import mirror_images
-from .engine.naming import parse_mapping, resolve_targets
+from .engine.naming import parse_mapping
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .engine.referrer_bundle import missing_subjects, referrer_owners
+from .engine.referrer_push import push_with_referrers
 from .engine.referrers import SCHEME, subject_of
 from .errors import BundleError, BundlerError, IntegrityError
 from .events import Reporter
@@ -130,6 +131,11 @@ def import_bundle(
         max_zstd_ratio: a ``.tar.zst`` member may decompress to this many bytes per
             compressed byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
 
+    Referrers (entries annotated as :mod:`bundler.engine.referrers` writes them) are
+    pushed after their subjects, into their subjects' repositories, and recorded in the
+    referrers tag schema where a destination has no referrers API (see
+    :mod:`bundler.engine.referrer_push`).
+
     Returns:
         An :class:`ImportResult`.
 
@@ -146,9 +152,10 @@ def import_bundle(
                               reporter=reporter, stop=stop, keep_going=keep_going,
                               max_zstd_ratio=max_zstd_ratio)
     store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
-    targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
-    return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop,
-                       keep_going=keep_going)
+    return push_with_referrers(  # referrers after their subjects (engine/referrer_push.py)
+        store, store.read_index(), to=to, mapping=pairs, options=options,
+        push=lambda targets: push_images(store, targets, options=options, jobs=jobs,
+                                         reporter=reporter, stop=stop, keep_going=keep_going))
 
 
 def _no_shared_blobs(bundle: str | os.PathLike[str],

@@ -24,6 +24,8 @@ from .options import (
     check_output_options,
     print_dry_run,
     progress_options,
+    referrer_options,
+    referrer_policy,
     say_waiting,
     side_options,
     size_option,
@@ -50,6 +52,7 @@ __all__ = ["copy_cmd"]
               help="Fail at once (exit 1) if another bundler is writing the destination "
                    "layout, instead of waiting for it.")
 @zstd_ratio_option
+@referrer_options
 @transport_options("src")
 @transport_options("dest", retry=False)
 @progress_options
@@ -76,6 +79,7 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
       bundler copy oci:./layout:alpine:3.20 oci-archive:alpine.tar
     """
     check_output_options(quiet, progress, dry_run, as_json)
+    referrers = referrer_policy(kw)
     try:  # a bad location is a usage error, found before anything moves
         src, dst = api.check_locations(source, destination)
     except BundlerError as exc:
@@ -98,7 +102,8 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
     run(lambda stop: api.copy_image(source, destination, src_options=src_options,
                                     dest_options=dest_options, jobs=jobs, reporter=reporter,
                                     stop=stop, keep_going=keep_going, wait=not no_wait,
-                                    on_wait=say_waiting, max_zstd_ratio=max_zstd_ratio),
+                                    on_wait=say_waiting, max_zstd_ratio=max_zstd_ratio,
+                                    referrers=referrers),
         tally, _summary, reporter, archive=archive, importing=dst.transport == "docker")
 
 

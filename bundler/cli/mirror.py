@@ -28,6 +28,8 @@ from .options import (
     check_output_options,
     once,
     progress_options,
+    referrer_options,
+    referrer_policy,
     side_options,
     size_option,
     transport_options,
@@ -72,6 +74,7 @@ def _both_sides(func: Callable) -> Callable:
               callback=size_option(MIN_CHUNK_SIZE),
               help="Blobs larger than this are uploaded in PATCH chunks of this size "
                    "(at least 1KiB).")
+@referrer_options
 @_both_sides
 @progress_options
 def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | None,
@@ -91,6 +94,7 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
       bundler mirror -f images.txt --to registry.internal:5000/mirror --dry-run
     """
     check_output_options(quiet, progress, dry_run, as_json)
+    referrers = referrer_policy(kw)
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
     texts = list(references)
@@ -120,7 +124,8 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     dest_options = dataclasses.replace(dest_options, reporter=reporter)
     run(lambda stop: api.mirror_images(refs, to=to, mapping=pairs, src_options=src_options,
                                        dest_options=dest_options, jobs=jobs,
-                                       reporter=reporter, stop=stop, keep_going=keep_going),
+                                       reporter=reporter, stop=stop, keep_going=keep_going,
+                                       referrers=referrers),
         tally, mirror_summary, reporter, importing=True)
 
 

@@ -62,6 +62,7 @@ from .importing import ImportResult, push_images
 from .mirroring import mirror_images, plan_mirror
 from .naming import resolve_targets
 from .planning import ExportPlan, ImportPlan, PlannedImage, plan_export, plan_import
+from .referrers import DEFAULT_REFERRERS, ReferrerPolicy
 
 __all__ = ["CopyResult", "check_locations", "copy_image", "plan_copy", "select_entry"]
 
@@ -103,6 +104,7 @@ def copy_image(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     max_zstd_ratio: int | None = None,
+    referrers: ReferrerPolicy | None = DEFAULT_REFERRERS,
 ) -> CopyResult:
     """Copy one image (an index with all its children) from ``source`` to ``destination``.
 
@@ -120,6 +122,9 @@ def copy_image(
         wait, on_wait: wait for another bundler writing the destination layout or
             archive (see :func:`export_bundle`).
         max_zstd_ratio: see :class:`~bundler.stores.archive.ArchiveReader`.
+        referrers: registry to registry, carry the image's referrers too (see
+            :mod:`bundler.engine.referrers`); None: none. A layout or archive
+            destination gets the one image it names, as skopeo writes it.
 
     Returns:
         A :class:`CopyResult`.
@@ -136,7 +141,7 @@ def copy_image(
     result = CopyResult(src, dst)
     if src.transport == "docker" and dst.transport == "docker":
         return _mirror(src, dst, result, src_options, dest_options, jobs, report, stop,
-                       keep_going)
+                       keep_going, referrers)
     if src.transport == "docker":
         ref = src.reference
         assert ref is not None
@@ -344,11 +349,12 @@ def _imported(result: CopyResult, imported: ImportResult) -> CopyResult:
 def _mirror(src: Location, dst: Location, result: CopyResult,
             src_options: TransportOptions | None, dest_options: TransportOptions | None,
             jobs: int, report: Reporter, stop: threading.Event,
-            keep_going: bool) -> CopyResult:
+            keep_going: bool, referrers: ReferrerPolicy | None = None) -> CopyResult:
     """docker:// -> docker://: the mirror engine with one mapping line."""
     mirrored = mirror_images([str(src.reference)], mapping=_pair(src, dst),
                              src_options=src_options, dest_options=dest_options, jobs=jobs,
-                             reporter=report, stop=stop, keep_going=keep_going)
+                             reporter=report, stop=stop, keep_going=keep_going,
+                             referrers=referrers)
     if mirrored.targets:
         result.digest = mirrored.targets[0].descriptor.digest
     return _imported(result, mirrored)
