@@ -21,7 +21,7 @@ from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .engine.referrer_bundle import missing_subjects, referrer_owners
-from .engine.referrer_push import push_with_referrers
+from .engine.referrer_push import maintain_fallback_indexes, push_with_referrers, referrer_targets
 from .engine.referrers import SCHEME, subject_of
 from .errors import BundleError, BundlerError, IntegrityError
 from .events import Reporter
@@ -134,7 +134,8 @@ def import_bundle(
     Referrers (entries annotated as :mod:`bundler.engine.referrers` writes them) are
     pushed after their subjects, into their subjects' repositories, and recorded in the
     referrers tag schema where a destination has no referrers API (see
-    :mod:`bundler.engine.referrer_push`).
+    :mod:`bundler.engine.referrer_push`). From an archive, read once, they are pushed in
+    the run with their subjects, and the tag schema is written after it (not for ``-``).
 
     Returns:
         An :class:`ImportResult`.
@@ -148,9 +149,13 @@ def import_bundle(
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     if is_archive(bundle):  # .tar, .tar.zst, volumes or "-": one pass, never unpacked
         _no_shared_blobs(bundle, shared_blob_dir)
-        return import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                              reporter=reporter, stop=stop, keep_going=keep_going,
-                              max_zstd_ratio=max_zstd_ratio)
+        result = import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
+                                reporter=reporter, stop=stop, keep_going=keep_going,
+                                max_zstd_ratio=max_zstd_ratio)
+        if str(bundle) != "-":  # referrers: the tag schema where a destination lacks the API
+            maintain_fallback_indexes(read_head(bundle, max_zstd_ratio=max_zstd_ratio),
+                                      referrer_targets(result.targets), options)
+        return result
     store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
     return push_with_referrers(  # referrers after their subjects (engine/referrer_push.py)
         store, store.read_index(), to=to, mapping=pairs, options=options,

@@ -176,3 +176,41 @@ def test_mirror_keeps_referrers(registry_factory, referrers_registry, tmp_path: 
                   "--no-referrers")
     assert off.exit_code == 0, off.output
     assert discover(dst, "n/apps/signed:1.0", api=True) == []
+
+
+def test_archive_bundle_keeps_referrers(registry_factory, tmp_path: Path) -> None:
+    """A .tar bundle: the referrers travel in it and the destination's referrers tag
+    schema is written after the one-pass import."""
+    src, dst = registry_factory(), registry_factory()
+    d = signed(src, tmp_path, api=False)
+    archive = tmp_path / "bundle.tar"
+    done = run_cli("export", f"{src.host}/apps/signed:1.0", "-o", str(archive), "-q")
+    assert done.exit_code == 0, done.output
+    listed = json.loads(run_cli("list", str(archive), "--json").stdout)
+    assert [r["digest"] for r in listed["images"][0]["referrers"]] == [SIGNATURE, d["sbom"]]
+    done = run_cli("import", str(archive), "--to", dst.host, "-q")
+    assert done.exit_code == 0, done.output
+    assert discover(dst, "apps/signed:1.0") == discover(src, "apps/signed:1.0")
+    same_bytes(src, dst, d)
+
+
+def test_mapping_sends_referrers_with_their_subject(registry_factory, tmp_path: Path) -> None:
+    """Import with --mapping, and copy between registries: each referrer goes to the
+    repository its subject went to."""
+    src, dst = registry_factory(), registry_factory()
+    d = signed(src, tmp_path, api=False)
+    bundle = tmp_path / "bundle"
+    assert run_cli("export", f"{src.host}/apps/signed:1.0", "-o", str(bundle),
+                   "-q").exit_code == 0
+    mapping = tmp_path / "mapping.txt"
+    mapping.write_text(f"{src.host}/apps/signed:1.0={dst.host}/prod/app:v1\n")
+    done = run_cli("import", str(bundle), "--mapping", str(mapping), "-q")
+    assert done.exit_code == 0, done.output
+    assert discover(dst, "prod/app:v1") == discover(src, "apps/signed:1.0")
+    tag = d["image"].replace(":", "-") + ".sig"
+    assert manifest(dst, "prod/app", tag) == manifest(src, "apps/signed", tag)
+    done = run_cli("copy", f"docker://{src.host}/apps/signed:1.0",
+                   f"docker://{dst.host}/copied/app:v1", "-q")
+    assert done.exit_code == 0, done.output
+    assert discover(dst, "copied/app:v1") == discover(src, "apps/signed:1.0")
+    assert manifest(dst, "copied/app", tag) == manifest(src, "apps/signed", tag)

@@ -41,7 +41,8 @@ from .ladder import ImportResult
 from .naming import Target, resolve_targets
 from .referrers import subject_of
 
-__all__ = ["push_with_referrers", "referrer_levels", "place_referrers"]
+__all__ = ["maintain_fallback_indexes", "merge_results", "place_referrers",
+           "push_with_referrers", "referrer_levels", "referrer_targets"]
 
 
 def referrer_levels(entries: Sequence[Descriptor]) -> tuple[list[Descriptor],
@@ -166,6 +167,11 @@ def merge_results(a: ImportResult, b: ImportResult) -> ImportResult:
         merged[f.name] = x + y if isinstance(x, (int, list)) else {**x, **y} \
             if isinstance(x, dict) else y
     return ImportResult(**merged)
+
+
+def referrer_targets(targets: Sequence[Target]) -> list[Target]:
+    """The targets whose entries are referrers (annotated with their subject)."""
+    return [t for t in targets if subject_of(t.descriptor) is not None]
 
 
 def maintain_fallback_indexes(store: Store, targets: Sequence[Target],
