@@ -287,7 +287,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
                   max_zstd_ratio: int | None = None) -> VerifyReport:
     """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
     every manifest parses, every blob has its size and sha256, every referrer's subject
-    is in the bundle (a directory bundle). A non-distributable (foreign) layer the
+    is in the bundle (not checked in an archive read from stdin). A non-distributable (foreign) layer the
     bundle does not hold is listed in ``skipped``, not as a problem.
 
     Args:
@@ -305,7 +305,12 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
     report = VerifyReport()
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
-        return verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
+        report = verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
+        if str(bundle) != "-" and not report.problems:  # referrers: their subjects too
+            head = read_head(bundle, max_zstd_ratio=max_zstd_ratio)
+            report.problems.extend(missing_subjects(head.entries,
+                                                    lambda d: d in head.manifests))
+        return report
     root = Path(bundle)
     try:
         store = open_bundle(root, shared_blob_dir=shared_blob_dir)

@@ -129,3 +129,32 @@ def test_verify_names_a_missing_subject(registry: LocalRegistry, tmp_path: Path)
     assert json.loads(result.stdout)["problems"] == [
         f"referrer {registry.host}/apps/signed@{d['sbom']}: its subject sha256:{'0' * 64} "
         "is not in the bundle"]
+
+
+def test_verify_checks_subjects_in_an_archive(registry: LocalRegistry, tmp_path: Path) -> None:
+    """An archive whose index.json names a referrer's subject it does not hold: verify
+    says so (the archive is written by hand from a good export)."""
+    import tarfile
+
+    d = _signed(registry, tmp_path, api=False)
+    bundle = tmp_path / "b"
+    assert run_cli("export", f"{registry.host}/apps/signed:1.0", "-o", str(bundle),
+                   "-q").exit_code == 0
+    archive = tmp_path / "b.tar"
+    assert run_cli("export", f"{registry.host}/apps/signed:1.0", "-o",
+                   str(tmp_path / "ok.tar"), "-q").exit_code == 0  # with its 3 referrers
+    index = json.loads((bundle / "index.json").read_text())
+    index["manifests"][2]["annotations"][SUBJECT] = "sha256:" + "0" * 64
+    (bundle / "index.json").write_text(json.dumps(index))
+    with tarfile.open(archive, "w") as tar:  # small things first, as an export writes them
+        for name in ("oci-layout", "index.json"):
+            tar.add(bundle / name, arcname=name)
+        blobs = sorted((bundle / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+        for blob in blobs:
+            tar.add(blob, arcname=f"blobs/sha256/{blob.name}")
+    assert run_cli("verify", str(tmp_path / "ok.tar")).exit_code == 0
+    result = run_cli("verify", str(archive), "--json")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["problems"] == [
+        f"referrer {registry.host}/apps/signed@{d['sbom']}: its subject sha256:{'0' * 64} "
+        "is not in the bundle"]
