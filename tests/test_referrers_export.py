@@ -158,3 +158,25 @@ def test_verify_checks_subjects_in_an_archive(registry: LocalRegistry, tmp_path:
     assert json.loads(result.stdout)["problems"] == [
         f"referrer {registry.host}/apps/signed@{d['sbom']}: its subject sha256:{'0' * 64} "
         "is not in the bundle"]
+
+
+def test_referrer_with_a_blob_gone_is_left_out(registry: LocalRegistry, tmp_path: Path) -> None:
+    """The cosign signature's payload blob is no longer served: the signature is left
+    out with a warning naming it and the blob (the image and the other referrers are
+    exported), or the export fails with --require-referrers."""
+    d = _signed(registry, tmp_path, api=False)
+    payload = "sha256:3e84ea487b4c52a3299cf2996f70e7e1721236a0998da33a0e30107108486b3e"
+    with registry.client() as client:
+        gone = client.delete(f"{registry.url}/v2/apps/signed/blobs/{payload}")
+        assert gone.status_code == 202
+    ref = f"{registry.host}/apps/signed:1.0"
+    result = run_cli("export", ref, "-o", str(tmp_path / "b"), "-q")
+    assert result.exit_code == 0, result.output
+    sig = f"{registry.host}/apps/signed:{d['image'].replace(':', '-')}.sig"
+    assert f"warning: referrer {sig} of {d['image']} cannot be read (left out): blob " \
+        f"{payload} of {registry.host}/apps/signed is not served" in result.stderr
+    assert [e["digest"] for e in index_entries(tmp_path / "b")] == [
+        d["image"], d["sbom"], d["sbom_sig"]]
+    strict = run_cli("export", ref, "-o", str(tmp_path / "c"), "-q", "--require-referrers")
+    assert strict.exit_code == 1
+    assert sig in strict.stderr

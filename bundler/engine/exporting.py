@@ -285,7 +285,7 @@ def _export(refs: list[StoreImage], source: StoreSource, store: BundleStore,
                 _fail(failed, ref, failures[ref], report)
         planned = [r for r in refs if r in plans and r not in failed]
         if discovery is not None:  # referrers, planned after their subjects
-            planned += discovery.extend(source, planned, plans, manifest_pool)
+            planned += discovery.extend(source, planned, plans, manifest_pool, store.has_blob)
             result.referrers, result.referrer_warnings = discovery.found, discovery.warnings
         result.images = [plans[r] for r in planned]
 

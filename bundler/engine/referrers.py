@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -146,10 +146,14 @@ class ReferrerDiscovery:
 
     # -- the export hook --------------------------------------------------------------
     def extend(self, source: StoreSource, images: Sequence[StoreImage],
-               plans: dict[StoreImage, ImagePlan], pool: ThreadPoolExecutor) -> list[StoreImage]:
+               plans: dict[StoreImage, ImagePlan], pool: ThreadPoolExecutor,
+               held: Callable[[Digest, int], bool] | None = None) -> list[StoreImage]:
         """Find the referrers of ``images`` (planned in ``plans``), plan them into
         ``plans`` with their annotations, recursively; return them in order (each after
-        its subject). A source that is not a registry adds nothing.
+        its subject). A source that is not a registry adds nothing. Each blob of a
+        referrer that ``held(digest, size)`` (the bundle) does not hold is asked for
+        with a ``HEAD``: a referrer the source cannot serve whole is left out (a
+        warning) rather than failing its image.
 
         Raises:
             TransferError: with ``required``, a referrer that cannot be read.
@@ -167,7 +171,7 @@ class ReferrerDiscovery:
                 if name in taken:
                     continue
                 taken.add(name)
-                plan = self._plan(source, found, pool)
+                plan = self._plan(source, found, pool, held)
                 if plan is None or str(plan.descriptor.digest) in taken:
                     continue
                 taken.add(str(plan.descriptor.digest))
@@ -181,8 +185,8 @@ class ReferrerDiscovery:
                 break
         return added
 
-    def _plan(self, source: StoreSource, found: _Found,
-              pool: ThreadPoolExecutor) -> ImagePlan | None:
+    def _plan(self, source: StoreSource, found: _Found, pool: ThreadPoolExecutor,
+              held: Callable[[Digest, int], bool] | None = None) -> ImagePlan | None:
         try:
             plan = source.plan(found.image, pool)
         except BundlerError as exc:
@@ -192,7 +196,29 @@ class ReferrerDiscovery:
         if found.check_type and types and \
                 referrer_descriptor(plan.top).artifact_type not in types:
             return None
+        try:  # a blob the source no longer serves: the referrer is left out, not the image
+            self._check_blobs(found, plan, held)
+        except BundlerError as exc:
+            self._problem(f"referrer {found.image} of {found.subject}", exc)
+            return None
         return plan
+
+    def _check_blobs(self, found: _Found, plan: ImagePlan,
+                     held: Callable[[Digest, int], bool] | None) -> None:
+        """``HEAD`` each blob of a referrer that the bundle does not hold yet.
+
+        Raises:
+            NotFoundError: the source does not serve one. RegistryError.
+        """
+        ref = found.image.reference
+        assert ref is not None
+        client = self.clients.get(ref.registry)
+        for digest, descriptor in plan.blobs.items():
+            if held is not None and held(digest, descriptor.size):
+                continue
+            if not client.has_blob(ref.repository, digest):
+                raise NotFoundError(f"blob {digest} of {ref.registry}/{ref.repository} is "
+                                    "not served", status=404, registry=ref.registry)
 
     def _problem(self, what: str, exc: BaseException) -> None:
         if self.policy.required:
