@@ -214,3 +214,27 @@ def test_mapping_sends_referrers_with_their_subject(registry_factory, tmp_path: 
     assert done.exit_code == 0, done.output
     assert discover(dst, "copied/app:v1") == discover(src, "apps/signed:1.0")
     assert manifest(dst, "copied/app", tag) == manifest(src, "apps/signed", tag)
+
+
+def test_referrer_of_an_index_child(referrers_registry, registry_factory, tmp_path: Path) -> None:
+    """A signature of one platform's manifest of an index: exported, listed under the
+    index, and discoverable on that child's digest at the destination."""
+    src, dst = referrers_registry, registry_factory()
+    children = [make_image([make_layer({"f": b"%d" % i})], architecture=arch)
+                for i, arch in enumerate(["amd64", "arm64"])]
+    index = make_index(children, attestations=False)
+    push(src, "apps/multi", index, tag="2.0")
+    arm = children[1].digest
+    sig = attach(src, f"apps/multi@{arm}", "example/sig", tmp_path / "sig", b"arm", api=True)
+    bundle = tmp_path / "bundle"
+    done = run_cli("export", f"{src.host}/apps/multi:2.0", "-o", str(bundle), "-q")
+    assert done.exit_code == 0, done.output
+    listed = json.loads(run_cli("list", str(bundle), "--json").stdout)["images"]
+    assert [(i["digest"], [(r["digest"], r["subject"], r["scheme"]) for r in i["referrers"]])
+            for i in listed] == [(index.digest, [(sig["digest"], arm, "api")])]
+    done = run_cli("import", str(bundle), "--to", dst.host, "-q")
+    assert done.exit_code == 0, done.output
+    found = discover(src, f"apps/multi@{arm}", api=True)
+    assert [r["digest"] for r in found] == [sig["digest"]]
+    assert discover(dst, f"apps/multi@{arm}") == found
+    assert manifest(dst, "apps/multi", sig["digest"]) == manifest(src, "apps/multi", sig["digest"])
