@@ -238,3 +238,22 @@ def test_referrer_of_an_index_child(referrers_registry, registry_factory, tmp_pa
     assert [r["digest"] for r in found] == [sig["digest"]]
     assert discover(dst, f"apps/multi@{arm}") == found
     assert manifest(dst, "apps/multi", sig["digest"]) == manifest(src, "apps/multi", sig["digest"])
+
+
+def test_same_image_in_two_repositories_keeps_both_signatures(registry_factory,
+                                                              tmp_path: Path) -> None:
+    """One image, signed in two repositories with the same signature bytes: each
+    repository gets its cosign tag at the destination."""
+    src, dst = registry_factory(), registry_factory()
+    for repository in ("team-a/app", "team-b/app"):
+        image = push_app(src, repository)
+        push_cosign_signature(src, repository, image)
+    bundle = tmp_path / "bundle"
+    done = run_cli("export", f"{src.host}/team-a/app:1.0", f"{src.host}/team-b/app:1.0",
+                   "-o", str(bundle), "-q")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith("exported 2 images and 2 referrers")
+    assert run_cli("import", str(bundle), "--to", dst.host, "-q").exit_code == 0
+    tag = image.replace(":", "-") + ".sig"
+    for repository in ("team-a/app", "team-b/app"):
+        assert manifest(dst, repository, tag) == manifest(src, repository, tag)

@@ -160,7 +160,7 @@ class ReferrerDiscovery:
         """
         if not self.policy.enabled or not isinstance(source.store, RegistrySource):
             return []
-        taken = {str(i) for i in images} | {str(p.descriptor.digest) for p in plans.values()}
+        taken = {str(i) for i in images}  # by name: a repository's referrer is its own
         level = [i for i in images if i.reference is not None and i in plans]
         added: list[StoreImage] = []
         for _depth in range(self.policy.max_depth):
@@ -172,9 +172,8 @@ class ReferrerDiscovery:
                     continue
                 taken.add(name)
                 plan = self._plan(source, found, pool, held)
-                if plan is None or str(plan.descriptor.digest) in taken:
+                if plan is None:
                     continue
-                taken.add(str(plan.descriptor.digest))
                 plan.descriptor = plan.descriptor.with_annotations(
                     {SUBJECT: str(found.subject), SCHEME: found.scheme})
                 plans[found.image] = plan
