@@ -27,9 +27,12 @@ from .engine.inspecting import (
     list_repository_tags,
 )
 from .engine.mirroring import mirror_images
-from .engine.naming import parse_mapping, resolve_targets
+from .engine.naming import parse_mapping
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .engine.platform_export import DigestChange, PlatformSources, export_platforms
+from .engine.referrer_bundle import missing_subjects, referrer_owners
+from .engine.referrer_push import maintain_fallback_indexes, push_with_referrers, referrer_targets
+from .engine.referrers import SCHEME, subject_of
 from .engine.selection import (
     Resolution,
     Selected,
@@ -169,6 +172,12 @@ def import_bundle(
         max_zstd_ratio: a ``.tar.zst`` member may decompress to this many bytes per
             compressed byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
 
+    Referrers (entries annotated as :mod:`bundler.engine.referrers` writes them) are
+    pushed after their subjects, into their subjects' repositories, and recorded in the
+    referrers tag schema where a destination has no referrers API (see
+    :mod:`bundler.engine.referrer_push`). From an archive, read once, they are pushed in
+    the run with their subjects, and the tag schema is written after it (not for ``-``).
+
     Returns:
         An :class:`ImportResult`.
 
@@ -185,13 +194,18 @@ def import_bundle(
         return import_file(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
                            reporter=reporter, stop=stop, keep_going=keep_going)
     if is_archive(bundle):  # .tar.zst, volumes or "-": one pass, never unpacked
-        return import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                              reporter=reporter, stop=stop, keep_going=keep_going,
-                              max_zstd_ratio=max_zstd_ratio)
+        result = import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
+                                reporter=reporter, stop=stop, keep_going=keep_going,
+                                max_zstd_ratio=max_zstd_ratio)
+        if str(bundle) != "-":  # referrers: the tag schema where a destination lacks the API
+            maintain_fallback_indexes(read_head(bundle, max_zstd_ratio=max_zstd_ratio),
+                                      referrer_targets(result.targets), options)
+        return result
     store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
-    targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
-    return push_images(store, targets, options=options, jobs=jobs, reporter=reporter, stop=stop,
-                       keep_going=keep_going)
+    return push_with_referrers(  # referrers after their subjects (engine/referrer_push.py)
+        store, store.read_index(), to=to, mapping=pairs, options=options,
+        push=lambda targets: push_images(store, targets, options=options, jobs=jobs,
+                                         reporter=reporter, stop=stop, keep_going=keep_going))
 
 
 def _no_shared_blobs(bundle: str | os.PathLike[str],
@@ -213,6 +227,9 @@ class BundleImage:
         platforms: ``os/arch[/variant]`` of an index's platform children.
         size: bytes of its manifests and blobs that the bundle holds (each counted once
             within the image; a non-distributable layer left out is not counted).
+        referrers: the signatures, attestations, SBOMs that refer to it (or to one of
+            its manifests), each a ``BundleImage`` with its own referrers.
+        subject: for a referrer, the digest it refers to; scheme: how it was found.
     """
 
     name: str
@@ -220,11 +237,15 @@ class BundleImage:
     media_type: str
     platforms: list[str]
     size: int
+    referrers: list[BundleImage] = field(default_factory=list)
+    subject: Digest | None = None
+    scheme: str = ""
 
 
 @dataclass
 class BundleListing:
-    """``bundler list``: the images, and sizes with and without deduplication (bytes)."""
+    """``bundler list``: the images (referrers under their subjects), and sizes with
+    and without deduplication (bytes)."""
 
     images: list[BundleImage] = field(default_factory=list)
     unique_bytes: int = 0
@@ -282,13 +303,23 @@ def _list_store(store: LayoutStore | ArchiveStore | ArchiveHead) -> BundleListin
         listing.images.append(
             BundleImage(plan.name if plan.name != str(plan.descriptor.digest) else "",
                         plan.descriptor.digest, plan.descriptor.media_type,
-                        plan.platforms, size)
+                        plan.platforms, size, subject=subject_of(plan.descriptor),
+                        scheme=plan.descriptor.annotations.get(SCHEME, ""))
         )
         listing.total_bytes += size
         unique.update(held)
+    listing.images = _nest_referrers(listing.images, plans)
     listing.unique_bytes = sum(unique.values())
     listing.blob_count = len(unique)
     return listing
+
+
+def _nest_referrers(images: list[BundleImage], plans: list) -> list[BundleImage]:
+    """Move each referrer under the image that holds its subject."""
+    owners = referrer_owners(plans)
+    for position in sorted(owners):
+        images[owners[position]].referrers.append(images[position])
+    return [image for position, image in enumerate(images) if position not in owners]
 
 
 def _holds(store: LayoutStore | ArchiveStore | ArchiveHead, descriptor: Descriptor) -> bool:
@@ -308,8 +339,9 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
                   shared_blob_dir: str | os.PathLike[str] | None = None,
                   max_zstd_ratio: int | None = None) -> VerifyReport:
     """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
-    every manifest parses, every blob has its size and sha256. A non-distributable
-    (foreign) layer the bundle does not hold is listed in ``skipped``, not as a problem.
+    every manifest parses, every blob has its size and sha256, every referrer's subject
+    is in the bundle (not checked in an archive read from stdin). A non-distributable (foreign) layer the
+    bundle does not hold is listed in ``skipped``, not as a problem.
 
     Args:
         bundle: a bundle directory or archive.
@@ -327,9 +359,19 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
     if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
-        return verify_file(bundle, report)
+        report = verify_file(bundle, report)
+        if not report.problems:  # referrers: their subjects too
+            with open_archive(bundle) as store:
+                report.problems.extend(missing_subjects(store.read_index(),
+                                                        lambda d: store.has_blob(d)))
+        return report
     if is_archive(bundle):
-        return verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
+        report = verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
+        if str(bundle) != "-" and not report.problems:  # referrers: their subjects too
+            head = read_head(bundle, max_zstd_ratio=max_zstd_ratio)
+            report.problems.extend(missing_subjects(head.entries,
+                                                    lambda d: d in head.manifests))
+        return report
     root = Path(bundle)
     try:
         store = open_bundle(root, shared_blob_dir=shared_blob_dir)
@@ -366,4 +408,12 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
 
     report.images, problems = check_reachable(entries, visit, bad)
     report.problems.extend(problems)
+    report.problems.extend(missing_subjects(entries, lambda d: _has_blob(store, d)))
     return report
+
+
+def _has_blob(store: LayoutStore, digest: Digest) -> bool:
+    try:
+        return store.has_blob(digest)
+    except BundlerError:
+        return False

@@ -2,7 +2,8 @@
 # Build the Go programs the tests and benchmarks use into .tools/bin (gitignored; their
 # code is never committed): crane and oras (real clients pulling from `bundler serve`,
 # and peers in bench/bench_peers.py, with regctl) and the OCI distribution-spec
-# conformance suite (`go test -c`). Versions are pinned; a program
+# conformance suite (`go test -c`); and tools/referrers-registry (our own test registry
+# with the OCI 1.1 referrers API, over go-containerregistry's pkg/registry). Versions are pinned; a program
 # already built is kept. Without a Go toolchain nothing is built and those tests skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,15 @@ build() {  # NAME PACKAGE@VERSION
 build crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
 build oras "oras.land/oras/cmd/oras@$ORAS_VERSION"
 build regctl "github.com/regclient/regclient/cmd/regctl@$REGCTL_VERSION"
+stamp=$(cat tools/referrers-registry/main.go tools/referrers-registry/go.mod \
+  tools/referrers-registry/go.sum | sha256sum | cut -c1-16)
+if [ ! -x "$bin/referrers-registry" ] || [ "$(cat "$bin/referrers-registry.version" 2>/dev/null)" != "$stamp" ]; then
+  if (cd tools/referrers-registry && GOFLAGS=-mod=mod go build -o "$bin/referrers-registry" .); then
+    echo "$stamp" > "$bin/referrers-registry.version"
+  else
+    echo "warning: tools/referrers-registry could not be built (its tests skip)"
+  fi
+fi
 if [ ! -x "$bin/oci-conformance.test" ]; then
   module="github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
   if dir=$(cd /tmp && go mod download -json "$module" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') \

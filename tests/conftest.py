@@ -193,3 +193,19 @@ def seeded_bundles(
     export_bundle(seeded.references, out["split"], split_size=256 * 1024)
     export_bundle(seeded.references, out["zst"])
     return out
+@pytest.fixture
+def referrers_registry(tmp_path: Path) -> Iterator[LocalRegistry]:
+    """A registry serving the OCI 1.1 referrers API (``tools/referrers-registry``, built
+    by ``scripts/build-tools.sh``), stopped after the test."""
+    from bundler.sandbox.referrers_registry import (
+        REFERRERS_REGISTRY_BINARY,
+        start_referrers_registry,
+    )
+
+    if not REFERRERS_REGISTRY_BINARY.exists():
+        pytest.skip(f"{REFERRERS_REGISTRY_BINARY} missing: bash scripts/build-tools.sh")
+    reg = start_referrers_registry(tmp_path / "referrers-registry")
+    try:
+        yield reg
+    finally:
+        reg.stop()

@@ -353,7 +353,8 @@ def test_digest_only_and_tag_at_digest_references(seeded_registry: Seeded, tmp_p
     web = seeded.get("apps/web", "1.0")
     tag_at_digest = f"{seeded.host}/apps/web:1.0@{web.digest}"
     mark = registry.mark()
-    result = run_cli("export", pinned.reference, tag_at_digest, "-o", str(tmp_path / "b"), "-q")
+    result = run_cli("export", pinned.reference, tag_at_digest, "-o", str(tmp_path / "b"), "-q",
+                     "--no-referrers")  # web:1.0's signature: tests/test_referrers_export.py
     assert result.exit_code == 0, result.output
     entries = index_entries(tmp_path / "b")
     assert [(e["annotations"][REF_NAME], e["digest"]) for e in entries] == [
@@ -404,7 +405,8 @@ def test_images_file_with_comments_blank_lines_and_duplicates(
         f"{web.reference}\n# {seeded.get('apps/api', '1.0').reference}\n{base.reference}"
     )
     mark = registry.mark()
-    result = run_cli("export", "--images-file", str(images), "-o", str(tmp_path / "b"), "-q")
+    result = run_cli("export", "--images-file", str(images), "-o", str(tmp_path / "b"), "-q",
+                     "--no-referrers")  # referrers: tests/test_referrers_export.py
     assert result.exit_code == 0, result.output
     assert [e["annotations"][REF_NAME] for e in index_entries(tmp_path / "b")] == [
         base.reference, web.reference,

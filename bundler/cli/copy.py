@@ -24,6 +24,8 @@ from .options import (
     check_output_options,
     print_dry_run,
     progress_options,
+    referrer_options,
+    referrer_policy,
     say_waiting,
     side_options,
     size_option,
@@ -53,6 +55,7 @@ __all__ = ["copy_cmd"]
               help="For a docker-archive: destination, the platform taken from an index "
                    "(docker load takes one; default linux/amd64).")
 @zstd_ratio_option
+@referrer_options
 @transport_options("src")
 @transport_options("dest", retry=False)
 @progress_options
@@ -84,6 +87,7 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
       bundler copy docker://registry.internal:5000/team/app:1.4 docker-archive:app.tar
     """
     check_output_options(quiet, progress, dry_run, as_json)
+    referrers = referrer_policy(kw)
     try:  # a bad location is a usage error, found before anything moves
         src, dst = api.check_locations(source, destination)
     except BundlerError as exc:
@@ -110,7 +114,7 @@ def copy_cmd(source: str, destination: str, all_: bool, chunk_size: int, no_wait
                                     dest_options=dest_options, jobs=jobs, reporter=reporter,
                                     stop=stop, keep_going=keep_going, wait=not no_wait,
                                     on_wait=say_waiting, max_zstd_ratio=max_zstd_ratio,
-                                    platform=platform),
+                                    platform=platform, referrers=referrers),
         tally, _summary, reporter, archive=archive, importing=dst.transport == "docker")
 
 

@@ -25,6 +25,8 @@ from .options import (
     check_output_options,
     print_dry_run,
     progress_options,
+    referrer_options,
+    referrer_policy,
     say_waiting,
     side_options,
     size_option,
@@ -71,6 +73,7 @@ __all__ = ["export_cmd"]
                    "from the URLs their descriptors list (https; no credentials sent).")
 @selection_options
 @platform_options
+@referrer_options
 @transport_options("src")
 @progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
@@ -97,6 +100,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export registry.internal:5000/team/app:1.4 -o app.tar --format docker-archive
     """
     check_output_options(quiet, progress, dry_run, as_json)
+    referrers = referrer_policy(kw)
     if fmt == "docker-archive":
         if split_size is not None or dry_run or include_foreign_layers:
             raise click.UsageError("--format docker-archive writes one file for docker load: "
@@ -167,7 +171,8 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
                                  compression_level=compression_level, options=options,
                                  jobs=jobs, reporter=reporter, stop=stop, keep_going=keep,
                                  wait=not no_wait, on_wait=say_waiting,
-                                 include_foreign_layers=include_foreign_layers)
+                                 include_foreign_layers=include_foreign_layers,
+                                 referrers=referrers)
 
     def summary(result: api.ExportResult, seconds: float) -> None:
         say_vanished(gone)

@@ -32,6 +32,7 @@ from .copy import copy_cmd
 from .export import export_cmd
 from .inspect import inspect_cmd
 from .list_tags import list_tags_cmd
+from .listing import listed_json, with_referrers
 from .mirror import mirror_cmd
 from .options import (
     MIN_CHUNK_SIZE,
@@ -196,11 +197,7 @@ def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
     """The listing as a table and a totals line, or as JSON (``problems`` on stderr)."""
     if as_json:
         click.echo(json.dumps({
-            "images": [
-                {"reference": i.name, "digest": str(i.digest), "mediaType": i.media_type,
-                 "platforms": i.platforms, "size": i.size}
-                for i in listing.images
-            ],
+            "images": [listed_json(i) for i in listing.images],
             "uniqueBytes": listing.unique_bytes,
             "totalBytes": listing.total_bytes,
             "blobs": listing.blob_count,
@@ -210,16 +207,18 @@ def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
     for problem in listing.problems:
         click.echo(f"problem: {escape(problem)}", err=True)
     rows = [("REFERENCE", "DIGEST", "MEDIA TYPE", "PLATFORMS", "SIZE")]
-    for i in listing.images:
+    for i, indent in with_referrers(listing.images):
         kind = i.media_type.rsplit("/", 1)[-1]
-        rows.append((escape(i.name) or "(unnamed)", i.digest.short, escape(kind),
+        rows.append((indent + (escape(i.name) or "(unnamed)"), i.digest.short, escape(kind),
                      escape(",".join(i.platforms)) or "-", human(i.size)))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
     saved = listing.total_bytes - listing.unique_bytes
+    referrers = sum(1 for _i, indent in with_referrers(listing.images) if indent)
     click.echo(f"{plural(len(listing.images), 'image')}, "
-               f"{plural(listing.blob_count, 'blob')}: "
+               + (f"{plural(referrers, 'referrer')}, " if referrers else "")
+               + f"{plural(listing.blob_count, 'blob')}: "
                f"{human(listing.unique_bytes)} stored, {human(listing.total_bytes)} without "
                f"dedup ({human(saved)} saved)"
                + (f"; {plural(len(listing.problems), 'image')} unreadable (see above)"

@@ -19,6 +19,7 @@ from .. import bundle as api
 from ..engine.mirroring import check_mirror, plan_mirror
 from ..engine.naming import check_to, parse_mapping
 from ..engine.planning import ImportPlan
+from ..engine.referrers import ReferrerPolicy
 from ..errors import BundlerError
 from ..events import Tally
 from ..registry.journal import UploadJournal
@@ -28,6 +29,8 @@ from .options import (
     check_output_options,
     once,
     progress_options,
+    referrer_options,
+    referrer_policy,
     side_options,
     size_option,
     transport_options,
@@ -85,6 +88,7 @@ def _both_sides(func: Callable) -> Callable:
                    "(at least 1KiB).")
 @selection_options
 @platform_options
+@referrer_options
 @_both_sides
 @progress_options
 def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | None,
@@ -105,6 +109,7 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
       bundler mirror -f images.txt --to registry.internal:5000/mirror --dry-run
     """
     check_output_options(quiet, progress, dry_run, as_json)
+    referrers = referrer_policy(kw)
     if (to is None) == (mapping is None):
         raise click.UsageError("give exactly one of --to REGISTRY[/PREFIX] or --mapping FILE")
     choice = platform_choice(platforms, platform_mode)
@@ -113,7 +118,7 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
         if to is None:
             raise click.UsageError("an image set goes with --to REGISTRY[/PREFIX]")
         _mirror_set(image_set, to, chunk_size, jobs, quiet, progress, keep_going, dry_run,
-                    as_json, kw, choice)
+                    as_json, kw, choice, referrers)
         return
     sources = api.PlatformSources(choice)
     texts = list(references)
@@ -150,13 +155,14 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     run(lambda stop: api.mirror_images(refs, to=to, mapping=pairs, src_options=src_options,
                                        dest_options=dest_options, jobs=jobs,
                                        reporter=reporter, stop=stop, keep_going=keep_going,
-                                       make_source=sources),
+                                       make_source=sources, referrers=referrers),
         tally, summary, reporter, importing=True)
 
 
 def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, quiet: bool,
                 progress: str, keep_going: bool, dry_run: bool, as_json: bool,
-                kw: dict[str, Any], choice: api.PlatformChoice | None) -> None:
+                kw: dict[str, Any], choice: api.PlatformChoice | None,
+                referrers: ReferrerPolicy | None) -> None:
     """A mirror of an image set: check ``--to``, resolve the set, then mirror its
     references (listed tags gone by then are skipped and named)."""
     try:
@@ -200,7 +206,7 @@ def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, qu
         lambda keep: api.mirror_images(refs, to=to, mapping=pairs, src_options=src_options,
                                        dest_options=dest_options, jobs=jobs,
                                        reporter=reporter, stop=stop, keep_going=keep,
-                                       make_source=sources),
+                                       make_source=sources, referrers=referrers),
         resolution, keep_going=keep_going, on_vanished=gone.append),
         tally, summary, reporter, importing=True)
 

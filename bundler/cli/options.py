@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .. import bundle as api
+from ..engine.referrers import ReferrerPolicy
 from ..errors import BundlerError, InvalidReferenceError, MappingError
 from ..oci.limits import ZSTD_RATIO_LIMIT
 from ..registry.client import TransportOptions
@@ -224,3 +225,31 @@ def print_dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: st
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
+
+
+def referrer_options(func: Callable) -> Callable:
+    """``--no-referrers``, ``--referrers-artifact-type TYPE`` (repeatable) and
+    ``--require-referrers``; the command gets them as ``referrer_policy(kw)`` reads them."""
+    func = click.option("--require-referrers", is_flag=True,
+                        help="Fail when a referrer (signature, attestation, SBOM) cannot "
+                             "be read, instead of a warning.")(func)
+    func = click.option("--referrers-artifact-type", "referrer_types", metavar="TYPE",
+                        multiple=True,
+                        help="Carry only referrers of this artifact type (repeatable).")(func)
+    return click.option("--no-referrers", is_flag=True,
+                        help="Leave out the signatures, attestations and SBOMs that refer "
+                             "to the images (carried by default).")(func)
+
+
+def referrer_policy(kw: dict[str, Any]) -> ReferrerPolicy | None:
+    """The referrer policy of ``referrer_options`` (popped from ``kw``); None with
+    ``--no-referrers``.
+
+    Raises:
+        click.UsageError: ``--no-referrers`` with another referrer option.
+    """
+    off, types, required = kw.pop("no_referrers"), kw.pop("referrer_types"), \
+        kw.pop("require_referrers")
+    if off and (types or required):
+        raise click.UsageError("--no-referrers leaves no referrers to filter or require")
+    return None if off else ReferrerPolicy(artifact_types=tuple(types), required=required)

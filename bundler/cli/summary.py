@@ -166,8 +166,11 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
     """Print the summary of an export (stdout) and its warnings (stderr)."""
     saved = result.total_bytes - result.unique_bytes
     pct = 100 * saved / result.total_bytes if result.total_bytes else 0
+    carried = len(result.referrers)  # signatures, attestations, SBOMs with their images
     click.echo(
-        f"exported {plural(len(result.images), 'image')} to {escape(output)}: "
+        f"exported {plural(len(result.images) - carried, 'image')}"
+        + (f" and {plural(carried, 'referrer')}" if carried else "")
+        + f" to {escape(output)}: "
         f"{human(result.unique_bytes)} "
         f"unique ({human(result.total_bytes)} without dedup, {pct:.0f}% saved); blobs "
         f"downloaded {result.blobs_downloaded} ({human(result.bytes_downloaded)}), "

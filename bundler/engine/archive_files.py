@@ -23,6 +23,7 @@ from ..stores.volumes import checksum_path, find_volumes
 from .archive_check import VerifyReport
 from .importing import ImportResult, push_images
 from .naming import resolve_targets
+from .referrer_push import push_with_referrers
 
 __all__ = ["import_file", "verify_file"]
 
@@ -50,8 +51,11 @@ def import_file(
         if not keep_going:  # a bad manifest is named as the archive's, nothing sent
             for target in targets:
                 walk(target.descriptor, store.get_manifest, name=target.name)
-        result = push_images(store, targets, options=options, jobs=jobs, reporter=reporter,
-                             stop=stop, keep_going=keep_going)
+        result = push_with_referrers(  # referrers after their subjects
+            store, store.read_index(), to=to, mapping=mapping, options=options,
+            push=lambda chosen: push_images(store, chosen, options=options, jobs=jobs,
+                                            reporter=reporter, stop=stop,
+                                            keep_going=keep_going))
         result.notes.extend(getattr(store, "notes", ()))
         return result
 

@@ -13,6 +13,7 @@ import os
 from ..errors import LocationError
 from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, entry_name
 from ..oci.reference import Location, Reference, parse_location
+from .referrers import subject_of
 
 __all__ = ["check_locations", "select_entry"]
 
@@ -75,7 +76,8 @@ def select_entry(location: Location, entries: list[Descriptor], text: str) -> De
     ``:NAME`` matches an entry's ``org.opencontainers.image.ref.name`` or
     ``io.containerd.image.name``, as a full reference (``docker.io/library/alpine:3.20``
     also matches ``alpine:3.20``; no tag means ``latest``) or a bare tag, or the
-    entry's digest. Without ``:NAME`` the layout must hold exactly one image.
+    entry's digest. Without ``:NAME`` the layout must hold exactly one image (its
+    referrers, see :mod:`bundler.engine.referrers`, aside).
 
     Raises:
         LocationError: no image, several and no name, or no image of that name (listing
@@ -88,6 +90,7 @@ def select_entry(location: Location, entries: list[Descriptor], text: str) -> De
         raise LocationError(text, "holds no image (its index.json is empty)")
     name = location.ref_name
     if name is None:
+        entries = [e for e in entries if subject_of(e) is None] or entries  # not referrers
         if len({e.digest for e in entries}) > 1:
             raise LocationError(text, f"holds {len(entries)} images ({listing}); name "
                                       f"one: {form}")

@@ -73,6 +73,7 @@ from .importing import ImportResult, push_images
 from .mirroring import mirror_images, plan_mirror
 from .naming import resolve_targets
 from .planning import ExportPlan, ImportPlan, PlannedImage, plan_export, plan_import
+from .referrers import DEFAULT_REFERRERS, ReferrerPolicy
 
 __all__ = ["CopyResult", "check_locations", "copy_image", "plan_copy", "select_entry"]
 
@@ -118,6 +119,7 @@ def copy_image(
     on_wait: Callable[[str], None] | None = None,
     max_zstd_ratio: int | None = None,
     platform: str | None = None,
+    referrers: ReferrerPolicy | None = DEFAULT_REFERRERS,
 ) -> CopyResult:
     """Copy one image (an index with all its children) from ``source`` to ``destination``.
 
@@ -137,6 +139,9 @@ def copy_image(
         max_zstd_ratio: see :class:`~bundler.stores.archive.ArchiveReader`.
         platform: ``os/arch[/variant]``: for a ``docker-archive:`` destination, the
             platform taken from an index (default linux/amd64).
+        referrers: registry to registry, carry the image's referrers too (see
+            :mod:`bundler.engine.referrers`); None: none. A layout or archive
+            destination gets the one image it names, as skopeo writes it.
 
     Returns:
         A :class:`CopyResult`.
@@ -153,7 +158,7 @@ def copy_image(
     result = CopyResult(src, dst)
     if src.transport == "docker" and dst.transport == "docker":
         return _mirror(src, dst, result, src_options, dest_options, jobs, report, stop,
-                       keep_going)
+                       keep_going, referrers)
     if dst.transport == "docker-archive":
         return _to_docker_archive(src, dst, source, result, src_options, platform, jobs,
                                   report, stop)
@@ -162,7 +167,7 @@ def copy_image(
         assert ref is not None
         exported = export_bundle([ref], dst.path, format=_format(dst), options=src_options,
                                  jobs=jobs, reporter=report, stop=stop, keep_going=keep_going,
-                                 wait=wait, on_wait=on_wait,
+                                 wait=wait, on_wait=on_wait, referrers=None,  # one image
                                  entry_names={str(ref): dst.ref_name or UNNAMED})
         return _exported(result, exported)
     if src.transport == "oci":
@@ -398,11 +403,12 @@ def _imported(result: CopyResult, imported: ImportResult) -> CopyResult:
 def _mirror(src: Location, dst: Location, result: CopyResult,
             src_options: TransportOptions | None, dest_options: TransportOptions | None,
             jobs: int, report: Reporter, stop: threading.Event,
-            keep_going: bool) -> CopyResult:
+            keep_going: bool, referrers: ReferrerPolicy | None = None) -> CopyResult:
     """docker:// -> docker://: the mirror engine with one mapping line."""
     mirrored = mirror_images([str(src.reference)], mapping=_pair(src, dst),
                              src_options=src_options, dest_options=dest_options, jobs=jobs,
-                             reporter=report, stop=stop, keep_going=keep_going)
+                             reporter=report, stop=stop, keep_going=keep_going,
+                             referrers=referrers)
     if mirrored.targets:
         result.digest = mirrored.targets[0].descriptor.digest
     return _imported(result, mirrored)

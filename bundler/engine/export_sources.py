@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import NotFoundError
 from ..oci.content import Descriptor, Index, Manifest, is_non_distributable
 from ..oci.digest import Digest, VerifyingReader
+from ..oci.graph import ImagePlan, walk
 from ..oci.reference import Reference
 from ..stores import Store
 from ..stores.layout import LayoutStore
@@ -112,6 +114,15 @@ class StoreSource:
         if not isinstance(self.store, RegistrySource) or image.reference is None:
             raise TypeError(f"{image}: no descriptor, and no registry to resolve it")
         return self.store.resolve_one(image.reference).with_annotations({})
+
+    def plan(self, image: StoreImage, pool: ThreadPoolExecutor | None = None) -> ImagePlan:
+        """The image's manifests, read from the store (its reference resolved first).
+
+        Raises:
+            RegistryError, BundleError, ManifestError, IntegrityError: a manifest is
+            missing, cannot be fetched, or is damaged.
+        """
+        return walk(self.top(image), self.get_manifest, name=image.name, pool=pool)
 
     def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
         """The store's manifest or index (digest- and size-checked); see

@@ -50,6 +50,12 @@ from .importing import transfer
 from .naming import Target
 from .parallel import ClientPool, raise_first, run_parallel
 from .push import PushRun, record_failure
+from .referrers import (
+    DEFAULT_REFERRERS,
+    ReferrerDiscovery,
+    ReferrerPolicy,
+    referrer_annotations,
+)
 
 __all__ = ["ExportResult", "StoreImage", "export_bundle", "export_from_store",
            "parse_references", "read_images_file", "unique_references"]
@@ -86,6 +92,9 @@ class ExportResult:
     skipped_foreign: list[Digest] = field(default_factory=list)
     damaged: list[Digest] = field(default_factory=list)
     included_foreign: list[Digest] = field(default_factory=list)
+    #: referrers exported with their subjects (names), and those left out (one line each)
+    referrers: list[str] = field(default_factory=list)
+    referrer_warnings: list[str] = field(default_factory=list)
 
 
 def export_bundle(
@@ -104,6 +113,7 @@ def export_bundle(
     on_wait: Callable[[str], None] | None = None,
     include_foreign_layers: bool = False,
     entry_names: dict[str, str] | None = None,
+    referrers: ReferrerPolicy | None = DEFAULT_REFERRERS,
 ) -> ExportResult:
     """Export images from registries into an OCI image layout directory or archive.
 
@@ -134,6 +144,9 @@ def export_bundle(
             ``io.containerd.image.name``); :data:`UNNAMED` writes the entry without a
             name (an unnamed entry of the same digest is replaced). An entry of the same
             name is replaced, as always.
+        referrers: export the signatures, attestations and SBOMs that refer to each
+            manifest too (see :mod:`bundler.engine.referrers`); by default all of them,
+            the referrers of referrers too; None: none (``--no-referrers``).
 
     Returns:
         An :class:`ExportResult`.
@@ -151,10 +164,11 @@ def export_bundle(
     images = [StoreImage.of(ref) for ref in unique_references(references)]
     with ClientPool(options) as clients:
         source = StoreSource(RegistrySource(clients), include_foreign=include_foreign_layers)
+        discovery = ReferrerDiscovery(clients, referrers) if referrers is not None else None
         return _write_bundle(source, images, output, format=format, split_size=split_size,
                              compression_level=compression_level, jobs=jobs,
                              reporter=reporter, stop=stop, keep_going=keep_going, wait=wait,
-                             on_wait=on_wait, entry_names=entry_names)
+                             on_wait=on_wait, entry_names=entry_names, discovery=discovery)
 
 
 def export_from_store(
@@ -210,7 +224,8 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
                   split_size: int | None, compression_level: int, jobs: int,
                   reporter: Reporter | None, stop: threading.Event | None, keep_going: bool,
                   wait: bool, on_wait: Callable[[str], None] | None,
-                  entry_names: dict[str, str] | None) -> ExportResult:
+                  entry_names: dict[str, str] | None,
+                  discovery: ReferrerDiscovery | None = None) -> ExportResult:
     """Lock the output, open it as a layout or an archive, and run :func:`_export`."""
     report = reporter or NullReporter()
     stop = stop or threading.Event()
@@ -222,14 +237,16 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
     if fmt != "dir":
         with lock, ArchiveExport(output, fmt, split_size=split_size,
                                  compression_level=compression_level) as archive:
-            result = _export(items, source, archive, jobs, report, stop, collect, names)
+            result = _export(items, source, archive, jobs, report, stop, collect, names,
+                             discovery)
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in items if r in failed], result)
     else:
         with lock:
             store = LayoutStore(output, create=True)
             try:
-                result = _export(items, source, store, jobs, report, stop, collect, names)
+                result = _export(items, source, store, jobs, report, stop, collect, names,
+                                 discovery)
             except BaseException:
                 store.discard_if_empty()  # a new directory holding only oci-layout is no
                 raise  # bundle (the lock removes the directory it made, if empty)
@@ -242,7 +259,8 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
 
 def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
             jobs: int, report: Reporter, stop: threading.Event,
-            failed: dict | None = None, names: dict[str, str] | None = None) -> ExportResult:
+            failed: dict | None = None, names: dict[str, str] | None = None,
+            discovery: ReferrerDiscovery | None = None) -> ExportResult:
     """Resolve the images, run the push engine into the bundle, write ``index.json``.
 
     ``items`` are the images to read from ``source``; ``failed`` (given: keep going)
@@ -274,6 +292,9 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
         # 2. the manifests (an index's children at once), then what the bundle lacks
         with ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
             run.plan(targets, source.get_manifest, jobs=jobs, pool=manifest_pool)
+            if discovery is not None:  # referrers, planned after their subjects
+                targets += _referrers(discovery, run, targets, image_of, source,
+                                      manifest_pool, store, names)
         run.check_destinations(jobs=jobs, head_blobs=True)
         # 3. each blob once: the largest first (the long downloads start at once and the
         #    small ones fill in); an archive's index.json comes first in its stream, so
@@ -292,6 +313,8 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
     if isinstance(store, ArchiveExport) and keep_going and images:
         _start_archive(store, images, names)
     result = _result(images, bundle, source)
+    if discovery is not None:
+        result.referrers, result.referrer_warnings = discovery.found, discovery.warnings
     if not images:
         store.sync()  # the finished blobs stay for the next run
         return result  # everything failed: index.json stays as it was
@@ -312,6 +335,26 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
             run.tag(target)  # the image is done: its entry is written below
     store.write_index(entries.values())
     return result
+
+
+def _referrers(discovery: ReferrerDiscovery, run: PushRun, targets: list[Target],
+               image_of: dict[Target, StoreImage], source: StoreSource,
+               pool: ThreadPoolExecutor, store: BundleStore,
+               names: dict[str, str]) -> list[Target]:
+    """Plan the referrers of the planned images into ``run`` (each after its subject,
+    with the annotations that say so); return their targets."""
+    plans = {image_of[t]: run.plans[t] for t in targets if t in run.plans}
+    planned = [image_of[t] for t in targets if t in run.plans and t not in run.failed]
+    added = []
+    for item in discovery.extend(source, planned, plans, pool, store.has_blob):
+        plan_ = plans[item]
+        target = _target(item, plan_.descriptor, names)
+        image_of[target] = item
+        run.plans[target] = plan_
+        run.targets.append(target)
+        run.result.targets.append(target)
+        added.append(target)
+    return added
 
 
 def _target(item: StoreImage, top: Descriptor, names: dict[str, str]) -> Target:
@@ -351,6 +394,7 @@ def _named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, 
             annotations = {REF_NAME: name, CONTAINERD_NAME: name}
         else:
             annotations = {REF_NAME: name} if name != UNNAMED else {}
+        annotations.update(referrer_annotations(plan_.descriptor))
         entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
             annotations)
     return entries

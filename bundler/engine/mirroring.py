@@ -34,6 +34,8 @@ from .importing import ImportResult, push_images
 from .naming import Target, resolve_targets
 from .parallel import ClientPool
 from .planning import ImportPlan, plan_targets
+from .referrer_push import push_with_referrers
+from .referrers import DEFAULT_REFERRERS, ReferrerDiscovery, ReferrerPolicy, discover_in_source
 
 __all__ = ["check_mirror", "mirror_images", "plan_mirror"]
 
@@ -96,6 +98,7 @@ def mirror_images(
     stop: threading.Event | None = None,
     keep_going: bool = False,
     make_source: Callable[[ClientPool], RegistrySource] = RegistrySource,
+    referrers: ReferrerPolicy | None = DEFAULT_REFERRERS,
 ) -> ImportResult:
     """Copy images from their registries into destination registries, digests kept.
 
@@ -115,6 +118,8 @@ def mirror_images(
         keep_going: mirror every image that can be; fail at the end for the others.
         make_source: makes the source store from the source clients (a
             :class:`~bundler.stores.platform_source.PlatformSource` for ``--platform``).
+        referrers: carry the referrers of every manifest too, pushed after their
+            subjects (see :mod:`bundler.engine.referrers`); None: none.
 
     Returns:
         An :class:`~bundler.engine.importing.ImportResult` (``targets``: each image and
@@ -146,10 +151,14 @@ def mirror_images(
             pairs = [(s, d) for s, d in pairs if _source_name(s) not in gone]
         result = ImportResult()
         if source.read_index():
-            targets = resolve_targets(source.read_index(), to=to, mapping=pairs)
+            entries = source.read_index() if referrers is None else discover_in_source(
+                ReferrerDiscovery(clients, referrers), source, jobs)  # engine/referrers.py
             try:
-                result = push_images(source, targets, options=dest_options, jobs=jobs,
-                                     reporter=report, stop=stop, keep_going=keep_going)
+                result = push_with_referrers(
+                    source, entries, to=to, mapping=pairs, options=dest_options,
+                    push=lambda targets: push_images(source, targets, options=dest_options,
+                                                     jobs=jobs, reporter=report, stop=stop,
+                                                     keep_going=keep_going))
             except PartialFailureError as exc:
                 errors.extend(exc.failures)  # type: ignore[arg-type]
                 result = exc.result  # type: ignore[assignment]
