@@ -145,7 +145,7 @@ def test_discovery_costs_at_most_two_requests_per_manifest(registry_factory, ref
         push(reg, "apps/multi", index, tag="2.0")
         refs = [f"{reg.host}/apps/one:1.0", f"{reg.host}/apps/multi:2.0"]
         extra = sorted(_extra_requests(reg, refs, tmp_path / reg.host.replace(":", "_")))
-        tags = [u for _m, u in extra if u.endswith("/tags/list")]
+        tags = [u.split("?")[0] for _m, u in extra if "/tags/list" in u]  # any page size
         asked = [u for _m, u in extra if "/referrers/" in u]
         assert all(m == "GET" for m, _u in extra)
         assert tags == ["/v2/apps/multi/tags/list", "/v2/apps/one/tags/list"]
