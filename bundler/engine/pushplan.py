@@ -7,9 +7,15 @@ One plan serves the directory import, the one-pass archive import and ``--dry-ru
    digest is already there is complete and is skipped whole.
 2. A complete image's repository holds all its blobs: it becomes the cross-repository
    mount source for those blobs in the same registry.
-3. The blobs of the other images are grouped into one :class:`BlobPush` per
+3. A destination repository that holds none of these images is asked once whether it
+   exists (``GET tags/list?n=1``): one the registry does not know (``NAME_UNKNOWN``)
+   holds none of the blobs, so none of them is asked about there (unless the upload
+   journal says an earlier run was cut while pushing into it: then it may hold blobs
+   without a tag).
+4. The blobs of the other images are grouped into one :class:`BlobPush` per
    (registry, digest), listing every repository that needs it; with ``head_blobs``
-   each repository is asked (``HEAD``) whether it already has the blob.
+   each repository not known to be new is asked (``HEAD``) whether it already has the
+   blob.
 
 Spec: distribution-spec "Checking if content exists" (manifests and blobs), "Mounting
 a blob from another repository".
@@ -42,6 +48,8 @@ class BlobPush:
         owner: the first image that needs it (for messages).
         present: the repositories that already have it (after ``HEAD``).
         mount_from: a repository holding it already (a complete image's), or None.
+        new: the repositories the registry does not know yet (they lack the blob: no
+            ``HEAD`` is needed there).
     """
 
     registry: str
@@ -50,6 +58,7 @@ class BlobPush:
     owner: Target
     present: list[str] = field(default_factory=list)
     mount_from: str | None = None
+    new: frozenset[str] = frozenset()
 
     @property
     def digest(self) -> Digest:
@@ -77,11 +86,19 @@ class PushPlan:
     todo: list[Target] = field(default_factory=list)
     blobs: list[BlobPush] = field(default_factory=list)
     failures: dict[object, BaseException] = field(default_factory=dict)
+    new_repositories: set[tuple[str, str]] = field(default_factory=set)
+    _users: dict[tuple[str, Digest], list[Target]] | None = field(default=None, repr=False)
 
     def needing(self, blob: BlobPush, plans: dict[Target, ImagePlan]) -> list[Target]:
-        """The images to push that need ``blob`` in its registry."""
-        return [t for t in self.todo if t.destination.registry == blob.registry
-                and blob.digest in plans[t].blobs]
+        """The images to push that need ``blob`` in its registry (an index built once:
+        one lookup per call, whatever the number of images)."""
+        if self._users is None:
+            self._users = {}
+            for target in self.todo:
+                for digest in plans[target].blobs:
+                    self._users.setdefault((target.destination.registry, digest),
+                                           []).append(target)
+        return list(self._users.get((blob.registry, blob.digest), ()))
 
     def culprits(self, key: object, plans: dict[Target, ImagePlan]) -> list[Target]:
         """The images a failure in :attr:`failures` fails: the image itself, or every
@@ -155,15 +172,49 @@ def plan_push(
             if dest.repository not in blob.repositories:
                 blob.repositories.append(dest.repository)
     plan.blobs = list(by_key.values())
+    plan.new_repositories = _new_repositories(plan, clients, jobs=jobs, stop=stop)
+    for blob in plan.blobs:
+        blob.new = frozenset(r for r in blob.repositories
+                             if (blob.registry, r) in plan.new_repositories)
     if head_blobs:
 
         def head(blob: BlobPush) -> None:
             client = clients.get(blob.registry)
-            blob.present = [r for r in blob.repositories if client.has_blob(r, blob.digest)]
+            blob.present = [r for r in blob.repositories
+                            if r not in blob.new and client.has_blob(r, blob.digest)]
 
         plan.failures.update(run_parallel(plan.blobs, head, jobs=jobs, stop=stop,
                                           keep_going=keep_going))
     return _announced(plan, targets, plans, report)
+
+
+def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
+                      stop: threading.Event | None) -> set[tuple[str, str]]:
+    """The (registry, repository) pairs of ``plan.todo`` that the registry does not know
+    (one ``GET tags/list?n=1`` each, for repositories that hold no complete image and
+    that the upload journal does not name as cut short by an earlier run)."""
+    known = {(t.destination.registry, t.destination.repository) for t in plan.complete}
+    asked = list(dict.fromkeys(
+        (t.destination.registry, t.destination.repository) for t in plan.todo
+        if (t.destination.registry, t.destination.repository) not in known))
+    journal = {registry: clients.get(registry).options.journal
+               for registry in {registry for registry, _ in asked}}
+    asked = [(registry, repository) for registry, repository in asked
+             if journal[registry] is not None
+             and not journal[registry].unfinished(registry, repository)]
+    new: set[tuple[str, str]] = set()
+    lock = threading.Lock()
+
+    def ask(key: tuple[str, str]) -> None:
+        registry, repository = key
+        if clients.get(registry).has_repository(repository) is False:
+            with lock:
+                new.add(key)
+
+    run_parallel(asked, ask, jobs=jobs, stop=stop, keep_going=True)  # unknown: ask as usual
+    for registry, repository in sorted(new):  # until this run ends, they are not new
+        journal[registry].begin(registry, repository)  # type: ignore[union-attr]
+    return new
 
 
 def _announced(plan: PushPlan, targets: list[Target], plans: dict[Target, ImagePlan],
