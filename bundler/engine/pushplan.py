@@ -87,6 +87,7 @@ class PushPlan:
     blobs: list[BlobPush] = field(default_factory=list)
     failures: dict[object, BaseException] = field(default_factory=dict)
     new_repositories: set[tuple[str, str]] = field(default_factory=set)
+    journaled: set[tuple[str, str]] = field(default_factory=set)
     _users: dict[tuple[str, Digest], list[Target]] | None = field(default=None, repr=False)
 
     def needing(self, blob: BlobPush, plans: dict[Target, ImagePlan]) -> list[Target]:
@@ -117,6 +118,7 @@ def plan_push(
     keep_going: bool = False,
     head_blobs: bool = True,
     leave_out: Callable[[Descriptor], bool] | None = None,
+    record_new: bool = True,
 ) -> PushPlan:
     """Ask the destinations what they have and group the blobs to push.
 
@@ -132,6 +134,8 @@ def plan_push(
             stops at the first failure (see ``PushPlan.failures``).
         head_blobs: ask each repository about each blob.
         leave_out: blobs not to push at all (non-distributable layers not held).
+        record_new: record the repositories found new in the upload journal (until the
+            run ends); False for a dry run.
 
     Returns:
         A :class:`PushPlan`.
@@ -172,7 +176,8 @@ def plan_push(
             if dest.repository not in blob.repositories:
                 blob.repositories.append(dest.repository)
     plan.blobs = list(by_key.values())
-    plan.new_repositories = _new_repositories(plan, clients, jobs=jobs, stop=stop)
+    plan.new_repositories, plan.journaled = _new_repositories(plan, clients, jobs=jobs,
+                                                              stop=stop, record=record_new)
     for blob in plan.blobs:
         blob.new = frozenset(r for r in blob.repositories
                              if (blob.registry, r) in plan.new_repositories)
@@ -189,10 +194,13 @@ def plan_push(
 
 
 def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
-                      stop: threading.Event | None) -> set[tuple[str, str]]:
+                      stop: threading.Event | None, record: bool
+                      ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """The (registry, repository) pairs of ``plan.todo`` that the registry does not know
     (one ``GET tags/list?n=1`` each, for repositories that hold no complete image and
-    that the upload journal does not name as cut short by an earlier run)."""
+    that the upload journal does not name as cut short by an earlier run); and every
+    pair the journal names once this run has begun (those found new, with ``record``,
+    and those an earlier run left), to forget when the run ends."""
     known = {(t.destination.registry, t.destination.repository) for t in plan.complete}
     asked = list(dict.fromkeys(
         (t.destination.registry, t.destination.repository) for t in plan.todo
@@ -200,8 +208,9 @@ def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
     journal = {registry: clients.get(registry).options.journal
                for registry in {registry for registry, _ in asked}}
     asked = [(registry, repository) for registry, repository in asked
-             if journal[registry] is not None
-             and not journal[registry].unfinished(registry, repository)]
+             if journal[registry] is not None]
+    left = {key for key in asked if journal[key[0]].unfinished(*key)}  # type: ignore[union-attr]
+    asked = [key for key in asked if key not in left]
     new: set[tuple[str, str]] = set()
     lock = threading.Lock()
 
@@ -212,9 +221,11 @@ def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
                 new.add(key)
 
     run_parallel(asked, ask, jobs=jobs, stop=stop, keep_going=True)  # unknown: ask as usual
-    for registry, repository in sorted(new):  # until this run ends, they are not new
+    if not record:
+        return new, set()
+    for registry, repository in sorted(new):  # not new once pushed into
         journal[registry].begin(registry, repository)  # type: ignore[union-attr]
-    return new
+    return new, new | left
 
 
 def _announced(plan: PushPlan, targets: list[Target], plans: dict[Target, ImagePlan],
