@@ -106,6 +106,7 @@ def climb(
     known_source: str | None = None,
     present: list[str] | None = None,
     keep_going: bool = False,
+    new: frozenset[str] = frozenset(),
 ) -> None:
     """Climb the blob ladder in one registry: present (skip) -> mount -> upload.
 
@@ -128,6 +129,8 @@ def climb(
         present: the repositories known to have the blob already (None: ask each with
             ``HEAD``).
         keep_going: after a failed repository, still try the others.
+        new: repositories the registry did not know when the run began (no ``HEAD``:
+            they lack the blob).
 
     Raises:
         BlobFailures: the blob could not be placed in some repositories (with
@@ -138,7 +141,7 @@ def climb(
     digest, size = descriptor.digest, descriptor.size
     name = str(digest)
     if present is None:
-        present = [r for r in repositories if client.has_blob(r, digest)]
+        present = [r for r in repositories if r not in new and client.has_blob(r, digest)]
     with lock:
         result.blobs_present += len(present)
     if len(present) == len(repositories):

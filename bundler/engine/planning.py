@@ -213,7 +213,8 @@ def plan_targets(store: Store, targets: list[Target], *,
     """
     plans = {t: walk(t.descriptor, store.get_manifest, name=t.name) for t in targets}
     with ClientPool(options) as clients:
-        push = plan_push(targets, plans, clients, jobs=jobs, report=NullReporter())
+        push = plan_push(targets, plans, clients, jobs=jobs, report=NullReporter(),
+                         record_new=False)
     for key, exc in push.failures.items():
         name = key.name if isinstance(key, Target) else key.owner.name
         raise TransferError(name, exc) from exc

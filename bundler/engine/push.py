@@ -94,6 +94,7 @@ class PushRun:
         self.pushed: set[Target] = set()  # manifests pushed (and tagged, unless tags_last)
         self._users: dict[tuple[str, Digest], list[Target]] = {}
         self._headed = False
+        self._journaled: set[tuple[str, str]] = set()  # see PushPlan.journaled
         self._first: BaseException | None = None
 
     # -- failures --------------------------------------------------------------------
@@ -208,6 +209,7 @@ class PushRun:
             self.fail(push.culprits(key, self.plans), exc)
         self.todo = [t for t in push.todo if t not in self.failed]
         self._headed = head_blobs
+        self._journaled = push.journaled
         for blob in push.blobs:
             if blob in push.failures:
                 continue
@@ -254,7 +256,8 @@ class PushRun:
         try:
             climb(self.destination.get(blob.registry), source, blob.descriptor, blob.repositories,
                   self.result, self.lock, self.report, self.stop, mount_from,
-                  blob.present if self._headed else None, keep_going=self.keep_going)
+                  blob.present if self._headed else None, keep_going=self.keep_going,
+                  new=blob.new)
         except Cancelled:
             raise
         except Exception as exc:
@@ -343,12 +346,28 @@ class PushRun:
             PartialFailureError: some images failed (``.result`` lists the others).
         """
         result, failed = self.result, self.failed
+        self._end_new()
         if not failed:
             return result
         result.targets = [t for t in result.targets if t not in failed]
         result.skipped_images = [n for n in result.skipped_images
                                  if any(t.name == n for t in result.targets)]
         raise PartialFailureError([failed[t] for t in self.targets if t in failed], result)
+
+
+    def _end_new(self) -> None:
+        """Tell the upload journal that the repositories this run found new (or an
+        earlier, cut run left) are done with: every image pushed there is tagged (one with
+        a failed image stays recorded, so a later run asks about its blobs)."""
+        if not self._journaled:
+            return
+        failed = {(t.destination.registry, t.destination.repository) for t in self.failed}
+        done = [key for key in self._journaled if key not in failed]
+        for registry in {registry for registry, _ in done}:
+            journal = getattr(getattr(self.destination.get(registry), "options", None),
+                              "journal", None)
+            if journal is not None:
+                journal.end([key for key in done if key[0] == registry])
 
 
 def shown(destination: object) -> str | None:

@@ -7,9 +7,15 @@ One plan serves the directory import, the one-pass archive import and ``--dry-ru
    digest is already there is complete and is skipped whole.
 2. A complete image's repository holds all its blobs: it becomes the cross-repository
    mount source for those blobs in the same registry.
-3. The blobs of the other images are grouped into one :class:`BlobPush` per
+3. A destination repository that holds none of these images is asked once whether it
+   exists (``GET tags/list?n=1``): one the registry does not know (``NAME_UNKNOWN``)
+   holds none of the blobs, so none of them is asked about there (unless the upload
+   journal says an earlier run was cut while pushing into it: then it may hold blobs
+   without a tag).
+4. The blobs of the other images are grouped into one :class:`BlobPush` per
    (registry, digest), listing every repository that needs it; with ``head_blobs``
-   each repository is asked (``HEAD``) whether it already has the blob.
+   each repository not known to be new is asked (``HEAD``) whether it already has the
+   blob.
 
 Spec: distribution-spec "Checking if content exists" (manifests and blobs), "Mounting
 a blob from another repository".
@@ -42,6 +48,8 @@ class BlobPush:
         owner: the first image that needs it (for messages).
         present: the repositories that already have it (after ``HEAD``).
         mount_from: a repository holding it already (a complete image's), or None.
+        new: the repositories the registry does not know yet (they lack the blob: no
+            ``HEAD`` is needed there).
     """
 
     registry: str
@@ -50,6 +58,7 @@ class BlobPush:
     owner: Target
     present: list[str] = field(default_factory=list)
     mount_from: str | None = None
+    new: frozenset[str] = frozenset()
 
     @property
     def digest(self) -> Digest:
@@ -77,11 +86,20 @@ class PushPlan:
     todo: list[Target] = field(default_factory=list)
     blobs: list[BlobPush] = field(default_factory=list)
     failures: dict[object, BaseException] = field(default_factory=dict)
+    new_repositories: set[tuple[str, str]] = field(default_factory=set)
+    journaled: set[tuple[str, str]] = field(default_factory=set)
+    _users: dict[tuple[str, Digest], list[Target]] | None = field(default=None, repr=False)
 
     def needing(self, blob: BlobPush, plans: dict[Target, ImagePlan]) -> list[Target]:
-        """The images to push that need ``blob`` in its registry."""
-        return [t for t in self.todo if t.destination.registry == blob.registry
-                and blob.digest in plans[t].blobs]
+        """The images to push that need ``blob`` in its registry (an index built once:
+        one lookup per call, whatever the number of images)."""
+        if self._users is None:
+            self._users = {}
+            for target in self.todo:
+                for digest in plans[target].blobs:
+                    self._users.setdefault((target.destination.registry, digest),
+                                           []).append(target)
+        return list(self._users.get((blob.registry, blob.digest), ()))
 
     def culprits(self, key: object, plans: dict[Target, ImagePlan]) -> list[Target]:
         """The images a failure in :attr:`failures` fails: the image itself, or every
@@ -100,6 +118,7 @@ def plan_push(
     keep_going: bool = False,
     head_blobs: bool = True,
     leave_out: Callable[[Descriptor], bool] | None = None,
+    record_new: bool = True,
 ) -> PushPlan:
     """Ask the destinations what they have and group the blobs to push.
 
@@ -115,6 +134,8 @@ def plan_push(
             stops at the first failure (see ``PushPlan.failures``).
         head_blobs: ask each repository about each blob.
         leave_out: blobs not to push at all (non-distributable layers not held).
+        record_new: record the repositories found new in the upload journal (until the
+            run ends); False for a dry run.
 
     Returns:
         A :class:`PushPlan`.
@@ -155,15 +176,56 @@ def plan_push(
             if dest.repository not in blob.repositories:
                 blob.repositories.append(dest.repository)
     plan.blobs = list(by_key.values())
+    plan.new_repositories, plan.journaled = _new_repositories(plan, clients, jobs=jobs,
+                                                              stop=stop, record=record_new)
+    for blob in plan.blobs:
+        blob.new = frozenset(r for r in blob.repositories
+                             if (blob.registry, r) in plan.new_repositories)
     if head_blobs:
 
         def head(blob: BlobPush) -> None:
             client = clients.get(blob.registry)
-            blob.present = [r for r in blob.repositories if client.has_blob(r, blob.digest)]
+            blob.present = [r for r in blob.repositories
+                            if r not in blob.new and client.has_blob(r, blob.digest)]
 
         plan.failures.update(run_parallel(plan.blobs, head, jobs=jobs, stop=stop,
                                           keep_going=keep_going))
     return _announced(plan, targets, plans, report)
+
+
+def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
+                      stop: threading.Event | None, record: bool
+                      ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """The (registry, repository) pairs of ``plan.todo`` that the registry does not know
+    (one ``GET tags/list?n=1`` each, for repositories that hold no complete image and
+    that the upload journal does not name as cut short by an earlier run); and every
+    pair the journal names once this run has begun (those found new, with ``record``,
+    and those an earlier run left), to forget when the run ends."""
+    known = {(t.destination.registry, t.destination.repository) for t in plan.complete}
+    asked = list(dict.fromkeys(
+        (t.destination.registry, t.destination.repository) for t in plan.todo
+        if (t.destination.registry, t.destination.repository) not in known))
+    journal = {registry: clients.get(registry).options.journal
+               for registry in {registry for registry, _ in asked}}
+    asked = [(registry, repository) for registry, repository in asked
+             if journal[registry] is not None]
+    left = {key for key in asked if journal[key[0]].unfinished(*key)}  # type: ignore[union-attr]
+    asked = [key for key in asked if key not in left]
+    new: set[tuple[str, str]] = set()
+    lock = threading.Lock()
+
+    def ask(key: tuple[str, str]) -> None:
+        registry, repository = key
+        if clients.get(registry).has_repository(repository) is False:
+            with lock:
+                new.add(key)
+
+    run_parallel(asked, ask, jobs=jobs, stop=stop, keep_going=True)  # unknown: ask as usual
+    if not record:
+        return new, set()
+    for registry, repository in sorted(new):  # not new once pushed into
+        journal[registry].begin(registry, repository)  # type: ignore[union-attr]
+    return new, new | left
 
 
 def _announced(plan: PushPlan, targets: list[Target], plans: dict[Target, ImagePlan],

@@ -278,6 +278,25 @@ class RegistryClient(RegistrySession, BlobUploads):
                 url = None
         return items
 
+    def has_repository(self, repository: str) -> bool | None:
+        """Whether the registry knows ``repository``, asked with one ``GET tags/list?n=1``.
+
+        Returns:
+            False when it answers 404 ``NAME_UNKNOWN`` (no tag there: none of its blobs
+            and manifests need a ``HEAD``); True when it lists tags; None when it cannot
+            say (another error: no right to list tags, say), and the caller asks as usual.
+
+        Spec: distribution-spec "Listing tags", error code ``NAME_UNKNOWN``.
+        """
+        try:
+            self.request("GET", f"/v2/{repository}/tags/list?n=1",
+                         what=f"tags of {self.registry}/{repository}")
+        except NotFoundError as exc:
+            return False if "NAME_UNKNOWN" in exc.codes else None
+        except RegistryError:
+            return None
+        return True
+
     # -- blobs ----------------------------------------------------------------------
     def has_blob(self, repository: str, digest: Digest) -> bool:
         """HEAD a blob: True if the repository has it (distribution-spec "Checking if

@@ -21,9 +21,14 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["UploadJournal"]
+
+
+def _unfinished_key(registry: str, repository: str) -> str:
+    return f"unfinished:{registry}/{repository}"
 
 
 def _default_path() -> Path:
@@ -73,6 +78,26 @@ class UploadJournal:
             entries = self._read()
             entries[key] = url
             self._write(entries)
+
+    def begin(self, registry: str, repository: str) -> None:
+        """Record that a run is pushing into ``registry/repository``, which had no tag
+        when it started: until :meth:`end`, a later run must not take the missing tag
+        for a repository without blobs."""
+        self.put(_unfinished_key(registry, repository), "")
+
+    def unfinished(self, registry: str, repository: str) -> bool:
+        """Whether a run that :meth:`begin` recorded for this repository did not end."""
+        with self._lock:
+            return _unfinished_key(registry, repository) in self._read()
+
+    def end(self, repositories: Iterable[tuple[str, str]]) -> None:
+        """Forget the :meth:`begin` records of ``(registry, repository)`` pairs: their
+        run ended, and what it pushed is tagged."""
+        keys = {_unfinished_key(r, repo) for r, repo in repositories}
+        with self._lock:
+            entries = self._read()
+            if keys & entries.keys():
+                self._write({k: v for k, v in entries.items() if k not in keys})
 
     def remove(self, key: str) -> None:
         """Forget ``key`` (its blob is complete, or its session is gone)."""
