@@ -224,8 +224,14 @@ def test_export_docker_archive_refuses_what_a_single_file_cannot_do(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_platform_needs_the_docker_archive_format(tmp_path: Path) -> None:
+def test_a_docker_archive_takes_one_platform(tmp_path: Path) -> None:
+    """``--platform`` on its own keeps platforms of indexes (image sets); a docker
+    archive holds one platform per image, so it takes ``--platform`` once."""
     result = CliRunner().invoke(main, ["export", "example.com/a/b:1", "-o",
-                                       str(tmp_path / "x"), "--platform", "linux/arm64"])
+                                       str(tmp_path / "x.tar"), "--format", "docker-archive",
+                                       "--platform", "linux/arm64", "--platform",
+                                       "linux/amd64"])
     assert result.exit_code == 2
-    assert "--platform is for --format docker-archive" in result.stderr
+    assert ("--format docker-archive holds one platform per image: give --platform once"
+            in result.stderr)
+    assert list(tmp_path.iterdir()) == []
