@@ -333,3 +333,26 @@ def test_volumes_without_a_checksum_file_verify_with_a_warning(tmp_path: Path) -
     assert (report.problems, report.images, report.blobs) == ([], 1, 3)
     assert report.warnings == [f"{base}: no checksum file bare.tar.sha256; the volumes were "
                                "checked through the digests of the blobs they hold"]
+
+
+def test_serve_reads_an_archive_in_any_order_through_the_same_index(tmp_path: Path) -> None:
+    """``bundler serve`` reads a tar through the import's one member index: blobs first,
+    docker metadata beside, split volumes; a blob's segments cross volumes, exact bytes."""
+    from bundler.oci.digest import Digest
+    from bundler.serve.index import build_namespace
+
+    image, members = blobs_first(extra=[("manifest.json", b"[]"), ("repositories", b"{}")])
+    path = tmp_path / "served.tar"
+    write_archive(path, members)
+    base = split_volumes(path, 4 << 20, checksums=False)
+    namespace = build_namespace([base])
+    try:
+        assert namespace.images == 1
+        layer = image.layers[0]
+        source, size = namespace.blobs[Digest.parse(layer.digest)]
+        blob = source.open_blob(Digest.parse(layer.digest), size)
+        assert len(blob.segments) >= 2
+        data = b"".join(os.pread(s.file.fileno(), s.size, s.offset) for s in blob.segments)
+        assert data == layer.data
+    finally:
+        namespace.close()

@@ -38,7 +38,7 @@ from aiohttp import web
 from ..errors import BundleError, IntegrityError
 from ..oci.content import OCI_INDEX
 from ..oci.digest import Digest
-from ..stores.tar_bundle import Segment
+from ..stores.tar_index import Segment
 from .index import BlobFile, Namespace, Repository, StaleBundleError, referrers_index
 
 __all__ = ["API_VERSION", "make_app"]

@@ -2,7 +2,8 @@
 
 Each bundle is read in place: a directory through :class:`LayoutStore` (every file
 opened inside it, no symbolic link followed), a plain ``.tar`` or its volumes through
-:class:`TarBundle` (member offsets). Every image of every bundle is walked once at
+:class:`~bundler.stores.seekable_archive.ArchiveStore` (member offsets, in any member
+order; a blob is sent from the archive's files where it lies). Every image of every bundle is walked once at
 startup: its manifests are read, digest-checked and kept in memory (exact bytes), and
 each of its blobs is checked to be in the bundle with the descriptor's size. The
 images are named as ``bundler import`` names them (:mod:`bundler.engine.naming`): under
@@ -32,7 +33,8 @@ from ..oci.digest import Digest
 from ..oci.graph import walk
 from ..stores.contained import open_inside, stat_inside
 from ..stores.layout import LayoutStore
-from ..stores.tar_bundle import Segment, TarBundle, file_identity
+from ..stores.seekable_archive import ArchiveStore, open_layout_archive
+from ..stores.tar_index import Segment, file_identity
 
 __all__ = ["BlobFile", "BundleSource", "Namespace", "Repository", "StaleBundleError",
            "build_namespace", "open_source", "referrers_index"]
@@ -57,17 +59,17 @@ class BundleSource:
         path: the bundle as the user named it.
 
     Raises:
-        BundleError: not a bundle; a ``.tar.zst`` (see :class:`TarBundle`).
+        BundleError: not a bundle; a ``.tar.zst`` (see :func:`open_layout_archive`).
         UnsafeArchiveError: an unsafe archive member.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.store: LayoutStore | TarBundle
+        self.store: LayoutStore | ArchiveStore
         if self.path.is_dir():
             self.store = LayoutStore(self.path)
         else:
-            self.store = TarBundle(self.path)
+            self.store = open_layout_archive(self.path)
         self._identity = self._files()
 
     def _files(self) -> list[tuple[int, int, int, int]]:
@@ -78,8 +80,8 @@ class BundleSource:
     def changed(self) -> bool:
         """Whether the bundle changed on disk since it was read (a directory's
         ``index.json`` or ``oci-layout`` replaced; any file of an archive)."""
-        if isinstance(self.store, TarBundle):
-            return self.store.changed()
+        if isinstance(self.store, ArchiveStore):
+            return self.store.index.changed()
         return self._files() != self._identity
 
     def blob_size(self, digest: Digest) -> int | None:
@@ -88,8 +90,8 @@ class BundleSource:
         Raises:
             UnsafeBundleError: a directory bundle's blob that is no regular file inside it.
         """
-        if isinstance(self.store, TarBundle):
-            return self.store.size_of(digest)
+        if isinstance(self.store, ArchiveStore):
+            return self.store.blob_size(digest)
         status = stat_inside(*self.store.blob_location(digest), what=f"blob {digest}")
         return None if status is None else status.st_size
 
@@ -101,19 +103,19 @@ class BundleSource:
             bundle. SizeMismatchError: another size than ``size``.
             StaleBundleError: an archive written over in place since it was read.
         """
-        if isinstance(self.store, TarBundle):
-            if self.store.written_over():
+        if isinstance(self.store, ArchiveStore):
+            if self.store.index.written_over():
                 raise StaleBundleError(f"{self.path}: the archive was written over since "
                                        "it was read; its blobs are not served until it "
                                        "is read again")
-            return BlobFile(self.store.segments(digest), lambda: None)
+            return BlobFile(self.store.blob_segments(digest), lambda: None)
         root, relative = self.store.blob_location(digest)
         f = open_inside(root, relative, size=size, digest=str(digest), what=f"blob {digest}")
         return BlobFile([Segment(f, 0, size)], f.close)
 
     def close(self) -> None:
         """Release the files an archive holds open."""
-        if isinstance(self.store, TarBundle):
+        if isinstance(self.store, ArchiveStore):
             self.store.close()
 
     def __str__(self) -> str:

@@ -34,8 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BundlerError
-from ..stores.tar_bundle import file_identity
-from ..stores.volumes import find_volumes
+from ..stores.tar_index import file_identity, tar_files
 from ..termsafe import escape
 from .app import error, make_app
 from .index import Namespace, build_namespace
@@ -51,8 +50,10 @@ def _fingerprint(path: Path) -> list[tuple[int, int, int, int]]:
     """What changes when a bundle changes on disk (see the module docstring)."""
     if path.is_dir():
         return [file_identity(path / name) for name in ("oci-layout", "index.json")]
-    found = None if path.is_file() else find_volumes(path)
-    files = found[1] if found is not None else [path]
+    try:
+        files = tar_files(path)[1]
+    except BundlerError:  # gone, or volumes with a gap: the name alone
+        files = [path]
     return [file_identity(p) for p in files]
 
 

@@ -40,9 +40,9 @@ from .archive import (
     blob_digest,
 )
 from .layout import check_layout_file
-from .tar_index import TarEntry, TarIndex
+from .tar_index import Segment, TarEntry, TarIndex, tar_files
 
-__all__ = ["ArchiveStore", "blob_name", "scan_archive"]
+__all__ = ["ArchiveStore", "blob_name", "open_layout_archive", "scan_archive"]
 
 
 def blob_name(digest: Digest) -> str:
@@ -91,6 +91,27 @@ def scan_archive(path: str | os.PathLike[str] | list[Path],
         index.close()
         raise
     return index
+
+
+def open_layout_archive(bundle: str | os.PathLike[str]) -> ArchiveStore:
+    """Open a plain tar bundle (or its split volumes) as an :class:`ArchiveStore`, read
+    in place by member offsets (``bundler serve``); no volume is read through first.
+
+    Args:
+        bundle: ``NAME.tar``, or split volumes (the base name or any volume).
+
+    Raises:
+        BundleError: no such file; a volume missing from the numbering; a zstd-compressed
+        archive (no member offsets); not a tar, truncated; no OCI image layout.
+        UnsafeArchiveError: an unsafe member (see :func:`scan_archive`).
+    """
+    where, files = tar_files(bundle)
+    index = scan_archive(files, where)
+    try:
+        return ArchiveStore(index)
+    except BaseException:
+        index.close()
+        raise
 
 
 def read_small(index: TarIndex, name: str, limit: int, what: str) -> bytes | None:
@@ -166,6 +187,18 @@ class ArchiveStore:
                                     actual=entry.size,
                                     where=f"{self.where}: {blob_name(descriptor.digest)}")
         return entry is not None
+
+    def blob_segments(self, digest: Digest) -> list[Segment]:
+        """Where a blob's bytes lie in the archive's files (one :class:`Segment` per
+        volume it crosses), to send them with ``sendfile``.
+
+        Raises:
+            BundleError: missing from the archive.
+        """
+        entry = self.entry(digest)
+        if entry is None:
+            raise BundleError(f"{self.where}: blob {digest} is missing from the archive")
+        return self.index.segments(entry)
 
     @contextmanager
     def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:

@@ -8,8 +8,14 @@ FIFO or sparse file). Links are kept only where ``links_allowed`` says (``docker
 writes a layer shared by two layer ids as a symbolic link to the first), and are
 resolved only to a regular member of the same archive, never to a path outside it.
 
-Reads go through ``os.pread`` on one file descriptor, so any number of threads read
-members at once without sharing a file position.
+Reads go through ``os.pread`` on the open files, so any number of threads read members
+at once without sharing a file position; :meth:`TarIndex.segments` tells where a member's
+bytes lie in those files (:class:`Segment`, one per volume it crosses), for a server
+that sends them with ``sendfile``. The files stay open while the index lives: a file
+replaced under the same name does not change what it reads (:meth:`TarIndex.changed`
+tells that it was), and a file written over in place is seen by
+:meth:`TarIndex.written_over` (its offsets no longer hold). A zstd-compressed archive
+has no member offsets, and is refused with a message that says what to do instead.
 
 Spec: POSIX.1-2001 pax interchange format (ustar headers, pax extended headers).
 """
@@ -23,54 +29,138 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import BundleError, UnsafeArchiveError
 from .archive import check_header, normalize_name
-from .volumes import find_volumes
+from .volumes import VolumeReader, find_volumes
 from .zstd import ZSTD_MAGIC, is_skippable
 
-__all__ = ["MemberReader", "TarEntry", "TarIndex", "is_plain_tar_file"]
+__all__ = ["ZSTD_REFUSED", "Concatenated", "MemberReader", "Segment", "TarEntry", "TarIndex",
+           "file_identity", "is_plain_tar_file", "tar_files"]
 
 _CHUNK = 1 << 20
+
+#: Why a zstd-compressed archive is not read by member offsets (said after its name).
+ZSTD_REFUSED = ("a zstd-compressed bundle cannot be served in place (it has no byte offsets "
+                "to send blobs from); extract it once (zstd -d) into a .tar, or export the "
+                "bundle as .tar (or a directory) for serving")
+
+#: (device, inode, size in bytes, mtime in ns) of a file: see :func:`file_identity`.
+Identity = tuple[int, int, int, int]
+
+
+def _identity(status: os.stat_result) -> Identity:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def file_identity(path: Path) -> Identity:
+    """(device, inode, size in bytes, mtime in ns) of ``path``: changes when the file
+    is replaced or written; (0, 0, -1, 0) when it is gone."""
+    try:
+        return _identity(path.stat())
+    except OSError:
+        return (0, 0, -1, 0)
+
+
+def tar_files(bundle: str | os.PathLike[str]) -> tuple[str, list[Path]]:
+    """The files of a plain tar read by offsets: the file, or its split volumes.
+
+    Args:
+        bundle: ``NAME.tar``, or split volumes (the base name or any volume).
+
+    Returns:
+        (the archive's name for messages, its files in order).
+
+    Raises:
+        BundleError: no such file or volumes; a volume missing from the numbering.
+    """
+    path = Path(bundle)
+    found = None if path.is_file() and not path.name[-1:].isdigit() else find_volumes(path)
+    if found is not None:
+        base, volumes = found
+        try:
+            VolumeReader(volumes, None).close()  # raises on a gap in the numbering
+        except BundleError as exc:
+            raise BundleError(f"{base}: {exc}") from None
+        return str(base), volumes
+    if path.is_file():
+        return str(path), [path]
+    raise BundleError(f"{path}: no such bundle (no directory, archive or volumes of that "
+                      "name)")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Bytes of a member in one file: ``size`` bytes from byte ``offset`` of ``file``."""
+
+    file: BinaryIO
+    offset: int
+    size: int
 
 
 class Concatenated:
     """Files read as one byte sequence (split volumes ``NAME.000``, ``NAME.001``, ...):
-    ``pread`` at any offset, from any thread; :meth:`file` gives a sequential view.
+    ``pread`` at any offset, from any thread; :meth:`segments` says where bytes lie;
+    :meth:`file` gives a sequential view. The files stay open until :meth:`close`.
 
     Raises:
         BundleError: a file cannot be opened.
     """
 
     def __init__(self, paths: list[Path]) -> None:
-        self.fds: list[int] = []
+        self.paths = list(paths)
+        self.files: list[BinaryIO] = []
+        self.identities: list[Identity] = []  # of the files as opened
         self.starts: list[int] = []
         self.size = 0
         try:
-            for path in paths:
-                self.fds.append(os.open(path, os.O_RDONLY))
+            for path in self.paths:
+                self.files.append(open(path, "rb"))  # noqa: SIM115 - closed in close()
+                self.identities.append(_identity(os.fstat(self.files[-1].fileno())))
                 self.starts.append(self.size)
-                self.size += os.fstat(self.fds[-1]).st_size
+                self.size += self.identities[-1][2]
         except OSError as exc:
             self.close()
             raise BundleError(f"{path}: cannot open the bundle: {exc.strerror or exc}") from exc
 
+    def segments(self, offset: int, size: int) -> list[Segment]:
+        """The pieces of files that hold ``size`` bytes from byte ``offset`` (fewer
+        bytes past the end)."""
+        out: list[Segment] = []
+        index = bisect.bisect_right(self.starts, offset) - 1
+        while size > 0 and 0 <= index < len(self.files) and offset < self.size:
+            end = self.starts[index + 1] if index + 1 < len(self.starts) else self.size
+            take = min(end - offset, size)
+            if take > 0:
+                out.append(Segment(self.files[index], offset - self.starts[index], take))
+            offset, size, index = offset + take, size - take, index + 1
+        return out
+
     def pread(self, n: int, offset: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` (fewer at a file boundary; b"" at the end)."""
-        index = bisect.bisect_right(self.starts, offset) - 1
-        if index < 0 or offset >= self.size:
-            return b""
-        start = self.starts[index]
-        end = self.starts[index + 1] if index + 1 < len(self.starts) else self.size
-        return os.pread(self.fds[index], min(n, end - offset), offset - start)
+        for segment in self.segments(offset, n)[:1]:
+            return os.pread(segment.file.fileno(), segment.size, segment.offset)
+        return b""
+
+    def changed(self) -> bool:
+        """Whether a file was replaced, written or removed since it was opened (its
+        device, inode, size or modification time under its name differ)."""
+        return [file_identity(p) for p in self.paths] != self.identities
+
+    def written_over(self) -> bool:
+        """Whether an open file was written since it was opened (its size or
+        modification time differ): offsets found before no longer hold."""
+        return any(_identity(os.fstat(f.fileno()))[2:] != identity[2:]
+                   for f, identity in zip(self.files, self.identities, strict=True))
 
     def file(self) -> _Sequential:
         return _Sequential(self)
 
     def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = []
+        for f in self.files:
+            f.close()
+        self.files = []
 
 
 class _Sequential:
@@ -180,6 +270,9 @@ class TarIndex:
     def _scan(self, links_allowed: Callable[[str], bool] | None) -> None:
         size = self.source.size
         links: dict[str, tuple[str, str]] = {}  # name -> (raw name, target)
+        head = self.source.pread(4, 0)
+        if head == ZSTD_MAGIC or is_skippable(head):
+            raise BundleError(f"{self.where}: {ZSTD_REFUSED}")
         f = self.source.file()
         try:
             tar = tarfile.open(fileobj=f, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
@@ -223,6 +316,23 @@ class TarIndex:
                                          f"link to {target!r}, which is no regular file "
                                          "of the archive")
             self.entries[name] = TarEntry(entry.name, entry.offset, entry.size, via=name)
+
+    def segments(self, entry: TarEntry, offset: int = 0,
+                 size: int | None = None) -> list[Segment]:
+        """Where ``size`` bytes of a member from byte ``offset`` lie in the archive's
+        files (all of it when ``size`` is None), one :class:`Segment` per volume."""
+        size = entry.size - offset if size is None else min(size, entry.size - offset)
+        return self.source.segments(entry.offset + offset, size)
+
+    def changed(self) -> bool:
+        """Whether a file of the archive was replaced, written or removed since it was
+        indexed (see :meth:`Concatenated.changed`)."""
+        return self.source.changed()
+
+    def written_over(self) -> bool:
+        """Whether a file of the archive was written since it was indexed: its member
+        offsets no longer hold (see :meth:`Concatenated.written_over`)."""
+        return self.source.written_over()
 
     def get(self, name: str) -> TarEntry | None:
         """The entry of a member name (``./`` prefixes ignored), or None."""
