@@ -134,8 +134,9 @@ def plan_push(
             stops at the first failure (see ``PushPlan.failures``).
         head_blobs: ask each repository about each blob.
         leave_out: blobs not to push at all (non-distributable layers not held).
-        record_new: record the repositories found new in the upload journal (until the
-            run ends); False for a dry run.
+        record_new: ask whether each destination repository is new (``GET tags/list``)
+            and record those in the upload journal until the run ends; False for a dry
+            run (which asks only ``HEAD``).
 
     Returns:
         A :class:`PushPlan`.
@@ -176,8 +177,9 @@ def plan_push(
             if dest.repository not in blob.repositories:
                 blob.repositories.append(dest.repository)
     plan.blobs = list(by_key.values())
-    plan.new_repositories, plan.journaled = _new_repositories(plan, clients, jobs=jobs,
-                                                              stop=stop, record=record_new)
+    if record_new:  # not in a dry run: it only asks HEAD
+        plan.new_repositories, plan.journaled = _new_repositories(plan, clients, jobs=jobs,
+                                                                  stop=stop)
     for blob in plan.blobs:
         blob.new = frozenset(r for r in blob.repositories
                              if (blob.registry, r) in plan.new_repositories)
@@ -194,13 +196,13 @@ def plan_push(
 
 
 def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
-                      stop: threading.Event | None, record: bool
+                      stop: threading.Event | None
                       ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """The (registry, repository) pairs of ``plan.todo`` that the registry does not know
     (one ``GET tags/list?n=1`` each, for repositories that hold no complete image and
     that the upload journal does not name as cut short by an earlier run); and every
-    pair the journal names once this run has begun (those found new, with ``record``,
-    and those an earlier run left), to forget when the run ends."""
+    pair the journal names once this run has begun (those found new, and those an
+    earlier run left), to forget when the run ends."""
     known = {(t.destination.registry, t.destination.repository) for t in plan.complete}
     asked = list(dict.fromkeys(
         (t.destination.registry, t.destination.repository) for t in plan.todo
@@ -221,8 +223,6 @@ def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
                 new.add(key)
 
     run_parallel(asked, ask, jobs=jobs, stop=stop, keep_going=True)  # unknown: ask as usual
-    if not record:
-        return new, set()
     for registry, repository in sorted(new):  # not new once pushed into
         journal[registry].begin(registry, repository)  # type: ignore[union-attr]
     return new, new | left
