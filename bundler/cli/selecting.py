@@ -85,6 +85,9 @@ def platform_choice(platforms: tuple[str, ...], mode: str) -> PlatformChoice | N
         click.UsageError: a platform that does not parse; ``single`` with other than
         one platform; ``all`` with a platform.
     """
+    if mode == "single" and (not platforms or platforms == ("all",)):
+        raise click.UsageError("--platform-mode single keeps exactly one platform; give "
+                               "it with --platform OS/ARCH[/VARIANT]")
     if not platforms or platforms == ("all",):
         return None
     if "all" in platforms:
@@ -121,8 +124,8 @@ def image_set_from_options(references: tuple[str, ...], images_file: str | None,
     """
     values = {name: kw.pop(name) for name in _NAMES}
     config = values.pop("config")
-    tag_options = any(values[n] for n in ("include_tags", "exclude_tags", "semver")) or \
-        values["latest"] is not None
+    tag_options = any(values[n] for n in ("include_tags", "exclude_tags")) or \
+        values["semver"] is not None or values["latest"] is not None
     repository_options = values["include_repositories"] or values["exclude_repositories"]
     if repository_options and not values["all_repositories"]:
         raise click.UsageError("--include-repositories and --exclude-repositories go with "
