@@ -9,6 +9,8 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from bundler.cli.main import main
+from bundler.engine.imageset import read_image_set
+from bundler.engine.tagfilter import TagFilter
 
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: any request would exit 1
 
@@ -39,3 +41,58 @@ def test_platform_mode_single_without_a_platform_is_a_usage_error(tmp_path: Path
               "--platform-mode single keeps exactly one platform; give it with "
               "--platform OS/ARCH[/VARIANT]")
     assert not (tmp_path / "b").exists()
+
+
+def test_yaml_integers_of_every_yaml_spelling_never_a_traceback(tmp_path: Path) -> None:
+    # int("0x10") raised ValueError out of the checker: a traceback, exit 1
+    config = tmp_path / "set.yaml"
+    config.write_text(f"{UNREACHABLE}:\n  images:\n    app:\n      tags: {{latest: 0x10}}\n"
+                      f"    web:\n      tags: {{latest: 1_000}}\n"
+                      f"    api:\n      tags: {{latest: 0x0}}\n")
+    result = run_cli("export", "-c", str(config), "-o", str(tmp_path / "b"), "--dry-run")
+    usage(result, f"invalid image set:\n{config}:8: tags.latest must be a whole number of 1 "
+                  "or more")
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"{UNREACHABLE}:\n  images:\n    app:\n      tags: {{latest: 0x10}}\n")
+    assert read_image_set(ok).entries[0].tags.latest == 16  # type: ignore[union-attr]
+
+
+def test_yaml_merge_keys_work_as_in_skopeo(tmp_path: Path) -> None:
+    # skopeo's YAML parser resolves '<<: *anchor'; the checker refused the '<<' key
+    config = tmp_path / "set.yaml"
+    config.write_text(f"""\
+{UNREACHABLE}:
+  images:
+    app: &common
+      tags: {{semver: '>=1 <2', latest: 3}}
+      platforms: [linux/amd64]
+    web:
+      <<: *common
+      tags: {{latest: 1}}
+    api: {{<<: [*common, {{all-tags: true}}]}}
+""")
+    entries = {e.repository: e for e in read_image_set(config).entries}
+    assert entries["web"].tags.describe() == "--latest 1"  # type: ignore[union-attr]
+    assert entries["api"].tags.describe() == "--semver '>=1 <2' --latest 3"  # type: ignore[union-attr]
+    assert str(entries["web"].platforms) == str(entries["app"].platforms)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"{UNREACHABLE}:\n  images:\n    app: {{<<: [1], all-tags: true}}\n")
+    usage(run_cli("export", "-c", str(bad), "-o", str(tmp_path / "b")),
+          f"invalid image set:\n{bad}:3: a merge key ('<<') takes a mapping or a list of "
+          "mappings")
+
+
+def test_a_deeply_nested_yaml_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "deep.yaml"
+    config.write_text(f"{UNREACHABLE}:\n  images:\n    app: " + "[" * 20000 + "]" * 20000 + "\n")
+    usage(run_cli("export", "-c", str(config), "-o", str(tmp_path / "b")),
+          f"invalid image set:\n{config}: not an image set: nested too deeply")
+
+
+def test_a_repository_without_a_value_takes_every_tag_as_in_skopeo(tmp_path: Path) -> None:
+    # skopeo reads 'busybox:' (null) as an empty list: every tag
+    config = tmp_path / "set.yaml"
+    config.write_text(f"{UNREACHABLE}:\n  images:\n    busybox:\n    redis: ['1']\n")
+    entries = read_image_set(config).entries
+    assert [(e.repository, e.tags) for e in entries] == [("busybox", TagFilter()),
+                                                        ("redis", None)]
