@@ -4,6 +4,8 @@ ends, ranges as RFC 9110 says)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -11,6 +13,7 @@ from click.testing import CliRunner, Result
 from bundler.cli.main import main
 from bundler.engine.imageset import read_image_set
 from bundler.engine.tagfilter import TagFilter
+from bundler.sandbox import LocalRegistry, SeededSet
 
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: any request would exit 1
 
@@ -96,3 +99,20 @@ def test_a_repository_without_a_value_takes_every_tag_as_in_skopeo(tmp_path: Pat
     entries = read_image_set(config).entries
     assert [(e.repository, e.tags) for e in entries] == [("busybox", TagFilter()),
                                                         ("redis", None)]
+
+
+def test_a_dry_run_of_an_image_set_whose_reader_stopped_reading_exits_0(
+        seeded_registry: tuple[LocalRegistry, SeededSet], registry: LocalRegistry,
+        tmp_path: Path) -> None:
+    # `bundler export REPO --all-tags --dry-run | head -1`: the resolution's lines hit
+    # EPIPE outside the guard of the plan's: exit 1 with nothing said
+    reg, _ = seeded_registry
+    for command in (["export", f"{reg.host}/apps/web", "--all-tags", "-o", str(tmp_path / "b")],
+                    ["mirror", f"{reg.host}/apps/web", "--all-tags", "--to", f"{registry.host}/m"]):
+        process = subprocess.Popen([sys.executable, "-m", "bundler", *command, "--dry-run"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # every write to stdout now fails with EPIPE
+        err = process.stderr.read().decode()
+        assert (process.wait(timeout=60), err) == (0, "")
+    assert not (tmp_path / "b").exists()

@@ -22,7 +22,7 @@ from ..oci.platforms import PLATFORM_MODES, PlatformChoice, parse_platform
 from ..registry.client import TransportOptions
 from ..stores.platform_source import DigestChange
 from ..termsafe import escape
-from .summary import plural
+from .summary import plural, stdout_may_close
 
 __all__ = ["image_set_from_options", "platform_choice", "platform_options", "print_resolution",
            "require_images", "resolve", "say_changed", "say_vanished", "selection_options"]
@@ -187,7 +187,12 @@ def require_images(resolution: api.Resolution) -> None:
 
 def print_resolution(resolution: api.Resolution) -> None:
     """The resolution as text: each reference with its entry and filter, then the
-    blocked ones."""
+    blocked ones (a reader may stop early: ``--dry-run | head``)."""
+    with stdout_may_close():
+        _print_resolution(resolution)
+
+
+def _print_resolution(resolution: api.Resolution) -> None:
     click.echo(f"image set: {plural(len(resolution.selected), 'reference')} from "
                f"{plural(resolution.tags_listed, 'listed tag')} in "
                f"{_repositories(resolution.repositories)}"
