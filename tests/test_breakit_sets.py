@@ -4,8 +4,10 @@ ends, ranges as RFC 9110 says)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -13,7 +15,12 @@ from click.testing import CliRunner, Result
 from bundler.cli.main import main
 from bundler.engine.imageset import read_image_set
 from bundler.engine.tagfilter import TagFilter
-from bundler.sandbox import LocalRegistry, SeededSet
+from bundler.engine.selection import cli_image_set, resolve_image_set
+from bundler.registry.client import TransportOptions
+from bundler.sandbox import FaultProxy, LocalRegistry, SeededSet
+
+PLAIN = TransportOptions(tls_verify=False, retries=0)
+JSON = {"Content-Type": "application/json"}
 
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: any request would exit 1
 
@@ -116,3 +123,41 @@ def test_a_dry_run_of_an_image_set_whose_reader_stopped_reading_exits_0(
         err = process.stderr.read().decode()
         assert (process.wait(timeout=60), err) == (0, "")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_tags_list_whose_link_repeats_a_page_ends(
+        seeded_registry: tuple[LocalRegistry, SeededSet],
+        fault_proxy: Callable[..., FaultProxy]) -> None:
+    # a registry whose Link header points back at a page already read: the listing
+    # followed it forever (list-tags never ended; export hung resolving)
+    reg, _ = seeded_registry
+    proxy = fault_proxy(reg.url)
+    proxy.status(r"/v2/apps/web/tags/list", 200,
+                 {**JSON, "Link": '</v2/apps/web/tags/list?n=2&last=b>; rel="next"'},
+                 json.dumps({"name": "apps/web", "tags": ["a", "b"]}).encode(), times=None)
+    try:
+        done = subprocess.run([sys.executable, "-m", "bundler", "list-tags",
+                               f"{proxy.host}/apps/web"], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"list-tags never ended: {proxy.count('GET', 'tags/list')} "
+                             "requests") from None
+    assert (done.returncode, done.stdout, done.stderr) == (0, "a\nb\n", "")
+    assert proxy.count("GET", "tags/list") == 2  # the repeated page shows nothing new
+
+
+def test_catalog_names_outside_the_grammar_are_left_out_not_fatal(
+        seeded_registry: tuple[LocalRegistry, SeededSet],
+        fault_proxy: Callable[..., FaultProxy]) -> None:
+    # a catalog naming 'evil\x1b[31m/x': the tags request of that name failed inside
+    # httpx and the whole resolution ended with "error: ('HOST', 'evil\x1b[31m/x'):
+    # Invalid non-printable ASCII character in URL"
+    reg, _ = seeded_registry
+    proxy = fault_proxy(reg.url)
+    names = ["apps/web", "evil\x1b[31m/x", "ok/\u202erepo", "Upper/x", "a//b", "../base/os"]
+    proxy.status(r"/v2/_catalog", 200, JSON, json.dumps({"repositories": names}).encode(),
+                 times=None)
+    image_set = cli_image_set([proxy.host], all_repositories=True)
+    resolution = resolve_image_set(image_set, options=PLAIN)
+    assert [r.repository for r in resolution.references] == ["apps/web"] * 3
+    assert resolution.repositories == 1

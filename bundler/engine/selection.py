@@ -273,9 +273,10 @@ def _select(entry: Entry, repo: str, kept: list[str]) -> list[Selected]:
 
 
 def _catalog(pool: ClientPool, host: str) -> list[str]:
-    """The catalog of ``host``, or a :class:`CatalogError` that says it serves none."""
+    """The catalog of ``host`` (names outside the spec's repository grammar left out: no
+    request could name them), or a :class:`CatalogError` that says it serves none."""
     try:
-        return pool.get(host).catalog()
+        return [name for name in pool.get(host).catalog() if _is_repository(host, name)]
     except (NotFoundError, AuthenticationError, AccessDeniedError) as exc:
         status = exc.status
         hint = ("; check the credentials, or" if isinstance(exc, AuthenticationError)
@@ -291,6 +292,14 @@ def _catalog(pool: ClientPool, host: str) -> list[str]:
                 f"{exc.status}); name its repositories instead", status=exc.status,
                 codes=exc.codes, url=exc.url, registry=host) from exc
         raise
+
+
+def _is_repository(host: str, name: str) -> bool:
+    try:
+        ref = Reference.parse(f"{host}/{name}", default_tag=None)
+    except InvalidReferenceError:
+        return False
+    return ref.tag is None and ref.digest is None
 
 
 def tolerate_vanished(action: Callable[[bool], R], resolution: Resolution, *,

@@ -270,7 +270,7 @@ class RegistryClient(RegistrySession, BlobUploads):
             items.extend(fresh)
             seen.update(fresh)
             link = response.links.get("next", {}).get("url")
-            if link:
+            if link and fresh:  # a Link after a page of nothing new would loop forever
                 url = str(response.url.join(link))
             elif page_size and len(page) >= page_size and fresh:  # full page, no Link
                 url = f"{path}?{urlencode({'n': page_size, 'last': page[-1]})}"
