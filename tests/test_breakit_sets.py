@@ -10,7 +10,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from click.testing import CliRunner, Result
+from conftest import Served
 
 from bundler.cli.main import main
 from bundler.engine.imageset import read_image_set
@@ -161,3 +163,23 @@ def test_catalog_names_outside_the_grammar_are_left_out_not_fatal(
     resolution = resolve_image_set(image_set, options=PLAIN)
     assert [r.repository for r in resolution.references] == ["apps/web"] * 3
     assert resolution.repositories == 1
+
+
+def test_serve_ranges_an_unknown_unit_and_an_empty_suffix(
+        seeded_registry: tuple[LocalRegistry, SeededSet], seeded_bundles: dict[str, Path],
+        serve: Callable[..., Served]) -> None:
+    # RFC 9110 §14.2: a Range of a unit the server does not know MUST be ignored (it was
+    # 416); §14.1.1: a suffix range is satisfiable only with a nonzero length
+    # (bytes=-0 was 206 with the whole blob)
+    _, seeded = seeded_registry
+    served = serve(seeded_bundles["dir"], "-q")
+    blob = max(seeded.get("apps/web", "1.0").item.blobs, key=lambda b: b.size)
+    url = f"{served.url}/v2/apps/web/blobs/{blob.digest}"
+    whole = httpx.get(url, headers={"Range": "items=0-1"})
+    assert (whole.status_code, whole.content) == (200, blob.data)
+    assert "Content-Range" not in whole.headers
+    empty = httpx.get(url, headers={"Range": "bytes=-0"})
+    assert empty.status_code == 416
+    assert empty.headers["Content-Range"] == f"bytes */{blob.size}"
+    one = httpx.get(url, headers={"Range": "bytes=-1"})
+    assert (one.status_code, one.content) == (206, blob.data[-1:])

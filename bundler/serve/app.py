@@ -118,9 +118,15 @@ class _BlobResponse(web.StreamResponse):
 
 
 def _range(request: web.Request, size: int) -> tuple[int, int] | None | str:
-    """(start, count) of a ``Range`` request, None for the whole blob, or ``"416"``."""
-    if "Range" not in request.headers:
+    """(start, count) of a ``Range`` request, None for the whole blob, or ``"416"``.
+
+    A range unit other than ``bytes`` is ignored (RFC 9110 §14.2: the whole blob); a
+    suffix range of 0 bytes (``bytes=-0``) is not satisfiable (§14.1.1)."""
+    header = request.headers.get("Range")
+    if header is None or not header.lower().startswith("bytes="):
         return None
+    if re.fullmatch(r"bytes=\s*-0+\s*", header, re.IGNORECASE):
+        return "416"
     try:
         rng = request.http_range
     except ValueError:
