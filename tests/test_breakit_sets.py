@@ -183,3 +183,34 @@ def test_serve_ranges_an_unknown_unit_and_an_empty_suffix(
     assert empty.headers["Content-Range"] == f"bytes */{blob.size}"
     one = httpx.get(url, headers={"Range": "bytes=-1"})
     assert (one.status_code, one.content) == (206, blob.data[-1:])
+
+
+def test_a_catastrophic_regex_is_bounded_and_named(registry: LocalRegistry,
+                                                   tmp_path: Path) -> None:
+    # Python's re backtracked without end on '(a|a)+' against a 42-character tag, deaf
+    # to Ctrl-C: export --include-tags never ended
+    from bundler.sandbox import make_image, make_layer
+    from bundler.sandbox.imagesets import tag_many
+    tag = "a" * 40 + "-x"
+    tag_many(registry, "apps/redos", make_image([make_layer({"f": b"x"})]), [tag, "ok"])
+    config = tmp_path / "set.yaml"
+    config.write_text(f"{registry.host}:\n  images:\n    apps/redos: {{all-tags: true}}\n"
+                      "blocked: ['(a|a)+x$']\n")
+    runs = {"--include-tags": ["export", f"{registry.host}/apps/redos", "--include-tags",
+                               "(a|a)+"],
+            "a blocked regex": ["export", "-c", str(config)]}
+    for what, command in runs.items():
+        try:
+            done = subprocess.run([sys.executable, "-m", "bundler", *command, "-o",
+                                   str(tmp_path / "b"), "--dry-run"],
+                                  capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{what}: the regex was never bounded") from None
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith(f"error: {what}: regex "), done.stderr
+        assert "backtracks without end" in done.stderr
+    # patterns that only look dangerous answer at once, as before
+    image_set = cli_image_set([f"{registry.host}/apps/redos"],
+                              tags=TagFilter.build(include=[r"(a+)+-x", r"(\w+\d*)+"]))
+    assert [r.tag for r in resolve_image_set(image_set, options=PLAIN).references] == \
+        [tag, "ok"]

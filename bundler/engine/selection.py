@@ -14,7 +14,6 @@ Spec: distribution-spec "Listing Tags"; Docker Registry HTTP API V2 "Catalog".
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,7 +34,7 @@ from ..registry.client import TransportOptions
 from ..registry.credentials import Credentials, Keychain
 from .imageset import Entry, ImageSet
 from .parallel import ClientPool, raise_first, run_parallel
-from .tagfilter import TagFilter, compile_regex
+from .tagfilter import FilterError, TagFilter, compile_regex
 
 __all__ = ["CatalogError", "Resolution", "Selected", "cli_image_set", "resolve_image_set",
            "tolerate_vanished", "transport_for"]
@@ -211,8 +210,10 @@ def _resolve(image_set: ImageSet, pool: ClientPool, jobs: int) -> Resolution:
         if entry.repository is not None:
             plan.append((entry, entry.repository))
             continue
-        inc = [re.compile(p) for p in entry.include_repositories]
-        exc = [re.compile(p) for p in entry.exclude_repositories]
+        inc = [compile_regex(p, f"{entry.origin}: repositories include")
+               for p in entry.include_repositories]
+        exc = [compile_regex(p, f"{entry.origin}: repositories exclude")
+               for p in entry.exclude_repositories]
         for name in catalogs[entry.registry]:
             if (not inc or any(r.fullmatch(name) for r in inc)) and \
                     not any(r.fullmatch(name) for r in exc):
@@ -233,10 +234,14 @@ def _resolve(image_set: ImageSet, pool: ClientPool, jobs: int) -> Resolution:
         for number in users[key]:
             kept[number] = plan[number][0].tags.apply(tags)  # type: ignore[union-attr]
 
-    raise_first(run_parallel(wanted, list_tags, jobs=jobs), wanted)
+    failures = run_parallel(wanted, list_tags, jobs=jobs)
+    for key in wanted:  # a regex that backtracks without end: its own words
+        if isinstance(failures.get(key), FilterError):
+            raise failures[key]
+    raise_first(failures, wanted)
     result = Resolution(repositories=len(wanted), tags_listed=sum(listed.values()))
     seen: set[str] = set()
-    blocked = [(p, re.compile(p)) for p in image_set.blocked]
+    blocked = [(p, compile_regex(p, "a blocked regex")) for p in image_set.blocked]
     for number, (entry, repo) in enumerate(plan):
         for selected in _select(entry, repo, kept.get(number, [])):
             key = str(selected.reference)
