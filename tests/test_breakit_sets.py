@@ -16,8 +16,8 @@ from conftest import Served
 
 from bundler.cli.main import main
 from bundler.engine.imageset import read_image_set
-from bundler.engine.tagfilter import TagFilter
 from bundler.engine.selection import cli_image_set, resolve_image_set
+from bundler.engine.tagfilter import TagFilter
 from bundler.registry.client import TransportOptions
 from bundler.sandbox import FaultProxy, LocalRegistry, SeededSet
 
