@@ -214,3 +214,29 @@ def test_a_catastrophic_regex_is_bounded_and_named(registry: LocalRegistry,
                               tags=TagFilter.build(include=[r"(a+)+-x", r"(\w+\d*)+"]))
     assert [r.tag for r in resolve_image_set(image_set, options=PLAIN).references] == \
         [tag, "ok"]
+
+
+def test_a_dry_run_with_platforms_plans_the_narrowed_index(
+        seeded_registry: tuple[LocalRegistry, SeededSet], tmp_path: Path) -> None:
+    # --dry-run ignored --platform: it planned the whole index (its registry digest, every
+    # platform's blobs), and said "would export" for a platform the index lacks
+    from bundler.engine.platform_export import export_platforms
+    from bundler.oci.platforms import PlatformChoice, parse_platform
+    reg, seeded = seeded_registry
+    ref = seeded.get("multi/arch", "1").reference
+    for mode in ("strip", "single"):
+        result = run_cli("export", ref, "--platform", "linux/arm64", "--platform-mode", mode,
+                         "-o", str(tmp_path / mode), "--dry-run", "--json")
+        assert result.exit_code == 0, result.output
+        plan = json.loads(result.stdout)
+        changed: list = []
+        export_platforms([ref], tmp_path / f"real-{mode}",
+                         PlatformChoice((parse_platform("linux/arm64"),), mode),
+                         changed=changed)
+        assert [i["digest"] for i in plan["images"]] == [str(changed[0].digest)]
+        whole = run_cli("export", ref, "-o", str(tmp_path / "whole"), "--dry-run", "--json")
+        assert plan["blobBytes"] < json.loads(whole.stdout)["blobBytes"]  # no amd64 layer
+    result = run_cli("export", ref, "--platform", "windows/amd64", "-o",
+                     str(tmp_path / "w"), "--dry-run")
+    assert result.exit_code == 1
+    assert "has no manifest for windows/amd64" in result.stderr

@@ -126,8 +126,10 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
         if resolution is not None and not as_json:
             print_resolution(resolution)
         extra = {"selection": resolution.to_json()} if resolution is not None else None
+        per_image = resolution.platforms if resolution is not None else {}
         print_dry_run(lambda: api.plan_export(refs, output, format=fmt, split_size=split,
-                                         options=options, jobs=jobs), output, as_json, extra)
+                                              options=options, jobs=jobs, platforms=choice,
+                                              choices=per_image), output, as_json, extra)
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
