@@ -240,3 +240,14 @@ def test_a_dry_run_with_platforms_plans_the_narrowed_index(
                      str(tmp_path / "w"), "--dry-run")
     assert result.exit_code == 1
     assert "has no manifest for windows/amd64" in result.stderr
+
+
+def test_a_repository_that_cannot_be_listed_is_named_without_a_python_tuple(
+        seeded_registry: tuple[LocalRegistry, SeededSet], tmp_path: Path) -> None:
+    # the error line began "error: ('127.0.0.1:PORT', 'no/such'): tags of ..."
+    reg, _ = seeded_registry
+    result = run_cli("export", f"{reg.host}/no/such", "--all-tags", "-o", str(tmp_path / "b"),
+                     "--dry-run")
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: tags of {reg.host}/no/such: {reg.host} answered HTTP "
+                             "404 NAME_UNKNOWN: repository name not known to registry\n")

@@ -183,8 +183,9 @@ def resolve_image_set(image_set: ImageSet, *, options: TransportOptions | None =
         A :class:`Resolution`.
 
     Raises:
-        CatalogError: a registry that serves no catalog. TransferError: a repository
-        whose tags cannot be listed (names it; wraps the RegistryError).
+        CatalogError: a registry that serves no catalog. RegistryError: a repository
+        whose tags cannot be listed (naming it). TransferError: another failure of a
+        listing (naming the repository).
     """
     pool = clients or ClientPool(transport_for(image_set, options))
     try:
@@ -235,10 +236,12 @@ def _resolve(image_set: ImageSet, pool: ClientPool, jobs: int) -> Resolution:
             kept[number] = plan[number][0].tags.apply(tags)  # type: ignore[union-attr]
 
     failures = run_parallel(wanted, list_tags, jobs=jobs)
-    for key in wanted:  # a regex that backtracks without end: its own words
-        if isinstance(failures.get(key), FilterError):
-            raise failures[key]
-    raise_first(failures, wanted)
+    for key in wanted:  # a regex that backtracks without end, or the registry's answer:
+        failure = failures.get(key)  # their own words name the repository
+        if isinstance(failure, (FilterError, RegistryError)):
+            raise failure
+    raise_first({f"{host}/{repo}": exc for (host, repo), exc in failures.items()},
+                [f"{host}/{repo}" for host, repo in wanted])
     result = Resolution(repositories=len(wanted), tags_listed=sum(listed.values()))
     seen: set[str] = set()
     blocked = [(p, compile_regex(p, "a blocked regex")) for p in image_set.blocked]
