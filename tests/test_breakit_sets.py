@@ -251,3 +251,15 @@ def test_a_repository_that_cannot_be_listed_is_named_without_a_python_tuple(
     assert result.exit_code == 1
     assert result.stderr == (f"error: tags of {reg.host}/no/such: {reg.host} answered HTTP "
                              "404 NAME_UNKNOWN: repository name not known to registry\n")
+
+
+def test_mirror_of_a_file_whose_entry_names_platforms_is_refused(tmp_path: Path) -> None:
+    # mirror has no --platform; an entry's 'platforms:' was silently ignored (the dry run
+    # even said "platforms linux/amd64 (strip)") and the whole index was mirrored
+    config = tmp_path / "set.yaml"
+    config.write_text(f"{UNREACHABLE}:\n  images:\n    app: {{all-tags: true}}\n"
+                      "    multi: {all-tags: true, platforms: [linux/amd64]}\n")
+    for extra in ([], ["--dry-run"]):
+        usage(run_cli("mirror", "-c", str(config), "--to", "127.0.0.1:2/m", *extra),
+              f"{config}:4: platforms are not available on mirror yet (indexes are mirrored "
+              "whole): use export, or leave platforms out")

@@ -149,6 +149,11 @@ def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, qu
         check_to(to)
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
+    narrowed = [e.origin for e in image_set.entries if e.platforms is not None]
+    if narrowed:  # mirror copies indexes whole: it would ignore them
+        raise click.UsageError(f"{escape(narrowed[0])}: platforms are not available on "
+                               "mirror yet (indexes are mirrored whole): use export, or "
+                               "leave platforms out")
     shared = {name: kw[name] for name in _SHARED}
     src_options = side_options("src", kw)
     kw.update(shared)
