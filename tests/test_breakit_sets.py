@@ -263,3 +263,25 @@ def test_mirror_of_a_file_whose_entry_names_platforms_is_refused(tmp_path: Path)
         usage(run_cli("mirror", "-c", str(config), "--to", "127.0.0.1:2/m", *extra),
               f"{config}:4: platforms are not available on mirror yet (indexes are mirrored "
               "whole): use export, or leave platforms out")
+
+
+def test_a_dry_run_skips_a_vanished_tag_as_the_transfer_does(
+        seeded_registry: tuple[LocalRegistry, SeededSet], registry: LocalRegistry,
+        fault_proxy: Callable[..., FaultProxy], tmp_path: Path) -> None:
+    # the export skips a listed tag gone by the transfer (exit 0, one "skipped:" line);
+    # its dry run failed on it instead (exit 1), and so did mirror's
+    reg, _ = seeded_registry
+    proxy = fault_proxy(reg.url)
+    proxy.status(r"/v2/apps/web/tags/list", 200, JSON,
+                 json.dumps({"name": "apps/web", "tags": ["1.0", "ghost"]}).encode(),
+                 times=None)
+    skipped = (f"skipped: {proxy.host}/apps/web:ghost: listed, but the registry no longer "
+               "serves it\n")
+    for command in (["export", "-o", str(tmp_path / "b")],
+                    ["mirror", "--to", f"{registry.host}/m"]):
+        result = run_cli(command[0], f"{proxy.host}/apps/web", "--all-tags", *command[1:],
+                         "--dry-run", "--json")
+        assert (result.exit_code, result.stderr) == (0, skipped), result.output
+        plan = json.loads(result.stdout)
+        assert [i["reference"] for i in plan["images"]] == [f"{proxy.host}/apps/web:1.0"]
+    assert not (tmp_path / "b").exists()

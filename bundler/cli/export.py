@@ -127,9 +127,15 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
             print_resolution(resolution)
         extra = {"selection": resolution.to_json()} if resolution is not None else None
         per_image = resolution.platforms if resolution is not None else {}
-        print_dry_run(lambda: api.plan_export(refs, output, format=fmt, split_size=split,
-                                              options=options, jobs=jobs, platforms=choice,
-                                              choices=per_image), output, as_json, extra)
+
+        def plan(chosen: list) -> api.ExportPlan:
+            return api.plan_export(chosen, output, format=fmt, split_size=split,
+                                   options=options, jobs=jobs, platforms=choice,
+                                   choices=per_image)
+
+        print_dry_run(lambda: plan(refs) if resolution is None else api.plan_without_vanished(
+            plan, resolution, on_vanished=lambda name: say_vanished([name])),
+            output, as_json, extra)
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)

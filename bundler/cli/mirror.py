@@ -169,9 +169,11 @@ def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, qu
     if dry_run:
         if not as_json:
             print_resolution(resolution)
-        print_dry_run(lambda: plan_mirror(refs, to=to, mapping=pairs, src_options=src_options,
-                                          dest_options=dest_options, jobs=jobs), as_json,
-                      {"selection": resolution.to_json()})
+        print_dry_run(lambda: api.plan_without_vanished(
+            lambda chosen: plan_mirror(chosen, to=to, mapping=pairs, src_options=src_options,
+                                       dest_options=dest_options, jobs=jobs),
+            resolution, on_vanished=lambda name: say_vanished([name])), as_json,
+            {"selection": resolution.to_json()})
         return
     require_images(resolution)
     tally = Tally()

@@ -36,8 +36,8 @@ from .imageset import Entry, ImageSet
 from .parallel import ClientPool, raise_first, run_parallel
 from .tagfilter import FilterError, TagFilter, compile_regex
 
-__all__ = ["CatalogError", "Resolution", "Selected", "cli_image_set", "resolve_image_set",
-           "tolerate_vanished", "transport_for"]
+__all__ = ["CatalogError", "Resolution", "Selected", "cli_image_set", "plan_without_vanished",
+           "resolve_image_set", "tolerate_vanished", "transport_for"]
 
 R = TypeVar("R")
 
@@ -348,6 +348,31 @@ def tolerate_vanished(action: Callable[[bool], R], resolution: Resolution, *,
         if keep_going or len(others) > 1:
             raise PartialFailureError(others, exc.result) from exc
         raise others[0] from exc
+
+
+def plan_without_vanished(plan: Callable[[list[Reference]], R], resolution: Resolution, *,
+                          on_vanished: Callable[[str], None]) -> R:
+    """Work out a dry run's plan of ``resolution``'s references as the transfer would
+    run: listed tags that the registry no longer serves are left out (each given to
+    ``on_vanished``), not fatal.
+
+    Args:
+        plan: works out the plan of the references it is given.
+
+    Raises:
+        What ``plan`` raises for another failure.
+    """
+    refs = resolution.references
+    listed = {str(s.reference) for s in resolution.selected if s.listed}
+    while True:
+        try:
+            return plan(refs)
+        except TransferError as exc:
+            if exc.image not in listed or not _is_not_found(exc):
+                raise
+            on_vanished(exc.image)
+            listed.discard(exc.image)
+            refs = [r for r in refs if str(r) != exc.image]
 
 
 def _is_not_found(error: BaseException) -> bool:
