@@ -285,3 +285,17 @@ def test_a_dry_run_skips_a_vanished_tag_as_the_transfer_does(
         plan = json.loads(result.stdout)
         assert [i["reference"] for i in plan["images"]] == [f"{proxy.host}/apps/web:1.0"]
     assert not (tmp_path / "b").exists()
+
+
+def test_docker_hub_repositories_of_a_file_get_library_as_on_the_command_line(
+        tmp_path: Path) -> None:
+    # skopeo-sync(1)'s own example, 'docker.io: images: busybox: []', listed
+    # /v2/busybox/tags/list (Docker Hub serves library/busybox) and named the images
+    # docker.io/busybox:TAG, where the command line gives docker.io/library/busybox
+    config = tmp_path / "set.yaml"
+    config.write_text("docker.io:\n  images:\n    busybox: []\n    alpine: ['3.20']\n"
+                      "  images-by-semver:\n    team/app: '>=1'\n")
+    entries = read_image_set(config).entries
+    assert [e.repository for e in entries] == ["library/busybox", "library/alpine", "team/app"]
+    assert [e.repository for e in cli_image_set(["docker.io/busybox"]).entries] == \
+        ["library/busybox"]

@@ -314,12 +314,13 @@ def _repository(check: _Checker, host: str, section: str, key: yaml.Node, value:
     repo = key.value
     origin = check.at(key)
     try:
-        Reference.parse(f"{host}/{repo}", default_tag=None)
+        parsed = Reference.parse(f"{host}/{repo}", default_tag=None)
         if ":" in repo or "@" in repo:
             raise InvalidReferenceError(repo, "a repository has no tag or digest here")
     except InvalidReferenceError as exc:
         check.error(key, f"{repo!r} is not a repository: {exc}")
         return
+    repo = parsed.repository  # docker.io's busybox is library/busybox, as skopeo reads it
     if section == "images-by-tag-regex":
         for pattern in check.regexes(value, "images-by-tag-regex"):
             out.entries.append(Entry(host, repo, origin, tags=TagFilter.build(
