@@ -299,3 +299,14 @@ def test_docker_hub_repositories_of_a_file_get_library_as_on_the_command_line(
     assert [e.repository for e in entries] == ["library/busybox", "library/alpine", "team/app"]
     assert [e.repository for e in cli_image_set(["docker.io/busybox"]).entries] == \
         ["library/busybox"]
+
+
+def test_serve_counts_one_image_and_one_repository_in_the_singular(
+        seeded_registry: tuple[LocalRegistry, SeededSet], serve: Callable[..., Served],
+        tmp_path: Path) -> None:
+    # "serving 1 images in 1 repositories from 1 bundle"
+    from bundler import export_bundle
+    _, seeded = seeded_registry
+    export_bundle([seeded.get("base/os", "1").reference], tmp_path / "one")
+    served = serve(tmp_path / "one", "-q")
+    assert "serving 1 image in 1 repository from 1 bundle on " in served.stderr

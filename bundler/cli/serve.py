@@ -122,8 +122,8 @@ def serve_cmd(bundles: tuple[str, ...], listen: tuple[str, int], prefix: str | N
     namespace = served.namespace
 
     def ready(urls: list[str]) -> None:
-        _say(f"serving {namespace.images} images in {len(namespace.repositories)} "
-             f"repositories from {len(bundles)} bundle{'s' if len(bundles) != 1 else ''} "
+        _say(f"serving {namespace.describe()} "
+             f"from {len(bundles)} bundle{'s' if len(bundles) != 1 else ''} "
              f"on {', '.join(urls)} (Ctrl-C to stop)")
 
     config = ServeConfig(host=host, port=port, ssl_context=context, check_auth=check_auth,

@@ -155,6 +155,12 @@ class Namespace:
     sources: list[BundleSource] = field(default_factory=list)
     images: int = 0
 
+    def describe(self) -> str:
+        """``N images in M repositories`` (``1 image``, ``1 repository``)."""
+        count = len(self.repositories)
+        return (f"{self.images} image{'' if self.images == 1 else 's'} in {count} "
+                f"repositor{'y' if count == 1 else 'ies'}")
+
     def close(self) -> None:
         """Release the bundles' open files."""
         for source in self.sources:
