@@ -310,3 +310,12 @@ def test_serve_counts_one_image_and_one_repository_in_the_singular(
     export_bundle([seeded.get("base/os", "1").reference], tmp_path / "one")
     served = serve(tmp_path / "one", "-q")
     assert "serving 1 image in 1 repository from 1 bundle on " in served.stderr
+
+
+def test_mirror_help_says_what_its_arguments_are_with_the_selection_options() -> None:
+    # export --help said REFERENCES become REGISTRY/REPOSITORY or REGISTRY with the
+    # selection options; mirror --help, with the same options, said nothing of it
+    text = " ".join(run_cli("mirror", "--help").stdout.split())
+    assert "with --all-tags or a tag filter, REGISTRY/REPOSITORY; with " \
+           "--all-repositories, REGISTRY" in text
+    assert "bundler mirror -c imageset.yaml" in text

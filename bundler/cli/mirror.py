@@ -92,12 +92,17 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     blobs the destination has are skipped, blobs shared by several destination
     repositories are pulled once and mounted; a rerun continues an interrupted one.
 
+    REFERENCES are images; with --all-tags or a tag filter, REGISTRY/REPOSITORY; with
+    --all-repositories, REGISTRY. Indexes are mirrored whole (no --platform).
+
     \b
     Examples:
       bundler mirror docker.io/library/alpine:3.20 --to registry.internal:5000/mirror
       bundler mirror -f images.txt --to registry.internal:5000/mirror
       bundler mirror --mapping mapping.txt
       bundler mirror -f images.txt --to registry.internal:5000/mirror --dry-run
+      bundler mirror reg:5000/app --semver '>=1.2.0 <2' --latest 3 --to mirror.internal:5000/prod
+      bundler mirror -c imageset.yaml --to mirror.internal:5000/prod --dry-run
     """
     check_output_options(quiet, progress, dry_run, as_json)
     if (to is None) == (mapping is None):
