@@ -319,3 +319,13 @@ def test_mirror_help_says_what_its_arguments_are_with_the_selection_options() ->
     assert "with --all-tags or a tag filter, REGISTRY/REPOSITORY; with " \
            "--all-repositories, REGISTRY" in text
     assert "bundler mirror -c imageset.yaml" in text
+
+
+def test_a_cert_dir_of_a_file_that_is_no_directory_is_refused_with_its_line(
+        tmp_path: Path) -> None:
+    # --src-cert-dir that is no directory exits 2; the file's cert-dir was taken as it was
+    config = tmp_path / "set.yaml"
+    config.write_text(f"{UNREACHABLE}:\n  images:\n    app: [latest]\n"
+                      f"  cert-dir: {tmp_path / 'nope'}\n")
+    usage(run_cli("export", "-c", str(config), "-o", str(tmp_path / "b")),
+          f"invalid image set:\n{config}:4: cert-dir '{tmp_path / 'nope'}' is no directory")

@@ -294,6 +294,8 @@ def _registry(check: _Checker, host: str, node: yaml.Node, out: ImageSet) -> Non
             settings["tls_verify"] = check.boolean(value, "tls-verify")
         elif name == "cert-dir":
             settings["cert_dir"] = Path(d) if (d := check.string(value, "cert-dir")) else None
+            if d and not Path(d).is_dir():  # as --src-cert-dir: exit 2
+                check.error(value, f"cert-dir {d!r} is no directory")
         elif name == "credentials":
             for k, v in check.mapping(value, "credentials"):
                 if k.value not in ("username", "password"):
