@@ -329,3 +329,25 @@ def test_a_cert_dir_of_a_file_that_is_no_directory_is_refused_with_its_line(
                       f"  cert-dir: {tmp_path / 'nope'}\n")
     usage(run_cli("export", "-c", str(config), "-o", str(tmp_path / "b")),
           f"invalid image set:\n{config}:4: cert-dir '{tmp_path / 'nope'}' is no directory")
+
+
+def test_a_link_header_that_is_no_url_or_leaves_the_registry_is_one_error_line(
+        seeded_registry: tuple[LocalRegistry, SeededSet],
+        fault_proxy: Callable[..., FaultProxy]) -> None:
+    # httpx.InvalidURL out of the Link header's URL was a traceback; a Link to another
+    # host was followed there
+    reg, _ = seeded_registry
+    cases = {'<http://[::1>; rel="next"': "no URL: 'http://[::1'",
+             '<\x1b[31m>; rel="next"': "no URL: '\\x1b[31m'",
+             '<http://127.0.0.1:1/v2/apps/web/tags/list?n=2&last=b>; rel="next"':
+                 "another host: 'http://127.0.0.1:1/v2/apps/web/tags/list?n=2&last=b'"}
+    for link, said in cases.items():
+        proxy = fault_proxy(reg.url)
+        proxy.status(r"/v2/apps/web/tags/list", 200, {**JSON, "Link": link},
+                     json.dumps({"name": "apps/web", "tags": ["a", "b"]}).encode(), times=None)
+        done = subprocess.run([sys.executable, "-m", "bundler", "list-tags",
+                               f"{proxy.host}/apps/web"], capture_output=True, text=True,
+                              timeout=60)
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        assert done.stderr == (f"error: tags of {proxy.host}/apps/web: the Link header of "
+                               f"the page names {said}\n")

@@ -271,12 +271,33 @@ class RegistryClient(RegistrySession, BlobUploads):
             seen.update(fresh)
             link = response.links.get("next", {}).get("url")
             if link and fresh:  # a Link after a page of nothing new would loop forever
-                url = str(response.url.join(link))
+                url = self._next_page(response, link, what)
             elif page_size and len(page) >= page_size and fresh:  # full page, no Link
                 url = f"{path}?{urlencode({'n': page_size, 'last': page[-1]})}"
             else:
                 url = None
         return items
+
+    def _next_page(self, response: httpx.Response, link: str, what: str) -> str:
+        """The URL a ``Link: <...>; rel="next"`` header names, on the same registry.
+
+        Raises:
+            RegistryError: a Link that is no URL, or that names another scheme or host
+            (the listing never leaves the registry asked).
+        """
+        try:
+            url = response.url.join(link)
+            same = (url.scheme, url.host, url.port) == (
+                response.url.scheme, response.url.host, response.url.port)
+        except (httpx.InvalidURL, ValueError, TypeError):
+            same, url = False, None
+        if url is None or not same:
+            where = "no URL" if url is None else "another host"
+            raise RegistryError(f"{what}: the Link header of the page names {where}: "
+                                f"{link!r}", status=response.status_code,
+                                registry=self.registry,
+                                url=str(response.request.url.copy_with(query=None)))
+        return str(url)
 
     # -- blobs ----------------------------------------------------------------------
     def has_blob(self, repository: str, digest: Digest) -> bool:
