@@ -351,3 +351,20 @@ def test_a_link_header_that_is_no_url_or_leaves_the_registry_is_one_error_line(
         assert (done.returncode, done.stdout) == (1, ""), done.stderr
         assert done.stderr == (f"error: tags of {proxy.host}/apps/web: the Link header of "
                                f"the page names {said}\n")
+
+
+def test_a_tags_list_body_that_is_no_json_object_is_one_error_line(
+        seeded_registry: tuple[LocalRegistry, SeededSet],
+        fault_proxy: Callable[..., FaultProxy]) -> None:
+    # a body of [1,2], null or "x": AttributeError ('list' object has no attribute
+    # 'get'); one nested 100000 deep: RecursionError; both tracebacks
+    reg, _ = seeded_registry
+    cases = {b"[1,2]": "JSON an array, not an object", b"null": "JSON null, not an object",
+             b'"x"': "JSON a string, not an object",
+             b'{"tags": ' + b"[" * 100000 + b"]" * 100000 + b"}": "JSON nested too deeply"}
+    for body, said in cases.items():
+        proxy = fault_proxy(reg.url)
+        proxy.status(r"/v2/apps/web/tags/list", 200, JSON, body, times=None)
+        result = run_cli("list-tags", f"{proxy.host}/apps/web")
+        assert (result.exit_code, result.stdout) == (1, ""), result.output
+        assert result.stderr == f"error: tags of {proxy.host}/apps/web: not a tags list ({said})\n"

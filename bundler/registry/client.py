@@ -258,9 +258,19 @@ class RegistryClient(RegistrySession, BlobUploads):
                 page_size = 0  # its own page size, and only its Link header, then
                 continue
             try:
-                page = response.json().get(key) or []
+                body = response.json()
+                if not isinstance(body, dict):
+                    kind = {list: "an array", str: "a string", bool: "a boolean"}.get(
+                        type(body), "null" if body is None else "a number")
+                    raise ValueError(f"JSON {kind}, not an object")
+                page = body.get(key) or []
                 if not isinstance(page, list) or not all(isinstance(i, str) for i in page):
                     raise ValueError(f"{key!r} is no list of strings")
+            except RecursionError as exc:
+                raise RegistryError(f"{what}: not a {key} list (JSON nested too deeply)",
+                                    status=response.status_code, registry=self.registry,
+                                    url=str(response.request.url.copy_with(query=None))
+                                    ) from exc
             except ValueError as exc:  # JSONDecodeError too
                 raise RegistryError(f"{what}: not a {key} list ({exc})",
                                     status=response.status_code, registry=self.registry,
