@@ -368,3 +368,27 @@ def test_a_tags_list_body_that_is_no_json_object_is_one_error_line(
         result = run_cli("list-tags", f"{proxy.host}/apps/web")
         assert (result.exit_code, result.stdout) == (1, ""), result.output
         assert result.stderr == f"error: tags of {proxy.host}/apps/web: not a tags list ({said})\n"
+
+
+def test_inspect_of_an_image_whose_config_is_json_nested_too_deeply(
+        registry: LocalRegistry) -> None:
+    # a registry may serve any config under its digest: json.loads raised RecursionError
+    # (a traceback) in inspect; --config printed a non-JSON config as b'...'
+    from bundler.sandbox import Image, make_layer, push
+    from bundler.sandbox.images import Blob, canonical_json, sha256_digest
+    config = Blob.of("application/vnd.oci.image.config.v1+json",
+                     b"[" * 100000 + b"]" * 100000)
+    layer = make_layer({"f": b"x"})
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config.descriptor(), "layers": [layer.descriptor()]}
+    data = canonical_json(manifest)
+    push(registry, "apps/deep", Image(data, manifest["mediaType"], sha256_digest(data),
+                                      len(data), config, [layer], {}), tag="1")
+    ref = f"{registry.host}/apps/deep:1"
+    for extra in ([], ["--json"]):
+        result = run_cli("inspect", ref, *extra)
+        assert (result.exit_code, result.stderr) == (0, ""), result.output
+        assert layer.digest in result.stdout
+    result = run_cli("inspect", ref, "--config")
+    assert result.exit_code == 0
+    assert result.stdout == "[" * 100000 + "]" * 100000 + "\n"

@@ -63,7 +63,7 @@ def inspect_cmd(reference: str, raw: bool, config: bool, as_json: bool, **kw: An
         elif config:
             doc = json.loads(info.config_raw or b"null") if _is_json(info.config_raw) else None
             click.echo(json.dumps(doc, indent=2) if doc is not None
-                       else escape(info.config_raw))
+                       else escape((info.config_raw or b"").decode("utf-8", "replace")))
         elif as_json:
             click.echo(json.dumps(info.to_json(), indent=2))
         else:
@@ -73,7 +73,7 @@ def inspect_cmd(reference: str, raw: bool, config: bool, as_json: bool, **kw: An
 def _is_json(data: bytes | None) -> bool:
     try:
         json.loads(data or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deeply: shown as text
         return False
     return True
 
