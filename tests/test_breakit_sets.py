@@ -392,3 +392,28 @@ def test_inspect_of_an_image_whose_config_is_json_nested_too_deeply(
     result = run_cli("inspect", ref, "--config")
     assert result.exit_code == 0
     assert result.stdout == "[" * 100000 + "]" * 100000 + "\n"
+
+
+def test_serve_names_the_bundle_and_image_of_a_manifest_that_does_not_parse(
+        seeded_bundles: dict[str, Path], tmp_path: Path) -> None:
+    # "error: manifest is JSON nested too deeply to be read": which of the bundles, and
+    # which image, was not said
+    import hashlib
+    import shutil
+    bundle = tmp_path / "bundle"
+    shutil.copytree(seeded_bundles["dir"], bundle)
+    raw = (b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+           b'"x":' + b"[" * 100000 + b"]" * 100000 + b"}")
+    digest = hashlib.sha256(raw).hexdigest()
+    (bundle / "blobs" / "sha256" / digest).write_bytes(raw)
+    index = json.loads((bundle / "index.json").read_text())
+    index["manifests"].append({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": f"sha256:{digest}", "size": len(raw),
+        "annotations": {"org.opencontainers.image.ref.name": "127.0.0.1:1/deep/img:1"}})
+    (bundle / "index.json").write_text(json.dumps(index))
+    done = subprocess.run([sys.executable, "-m", "bundler", "serve", str(bundle), "--listen",
+                           "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        1, f"error: {bundle}: image deep/img:1: manifest is JSON nested too deeply to be "
+           "read\n")
