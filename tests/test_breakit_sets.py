@@ -417,3 +417,29 @@ def test_serve_names_the_bundle_and_image_of_a_manifest_that_does_not_parse(
     assert (done.returncode, done.stderr) == (
         1, f"error: {bundle}: image deep/img:1: manifest is JSON nested too deeply to be "
            "read\n")
+
+
+def test_a_name_or_tag_ending_in_a_newline_is_no_reference(
+        seeded_registry: tuple[LocalRegistry, SeededSet],
+        fault_proxy: Callable[..., FaultProxy], tmp_path: Path) -> None:
+    # the grammar regexes were matched with '$', which matches before a final newline:
+    # 'apps/web\n' was a repository (export went on to an httpx InvalidURL, exit 1) and
+    # a listed tag 'latest\n' was selected
+    usage(run_cli("export", f"{UNREACHABLE}/apps/web\n:1.0", "-o", str(tmp_path / "b")),
+          f"invalid reference '{UNREACHABLE}/apps/web\\n:1.0': 'web\\n' is not a valid "
+          "repository path component")
+    config = tmp_path / "set.yaml"
+    config.write_text(f'{UNREACHABLE}:\n  images:\n    app: ["1.0\\n"]\n')
+    usage(run_cli("export", "-c", str(config), "-o", str(tmp_path / "b")),
+          f"invalid image set:\n{config}:3: '1.0\\n' is not a tag or digest: invalid "
+          f"reference '{UNREACHABLE}/app:1.0\\n': tag '1.0\\n' is not a valid tag")
+    reg, _ = seeded_registry
+    proxy = fault_proxy(reg.url)
+    proxy.status(r"/v2/_catalog", 200, JSON,
+                 json.dumps({"repositories": ["apps/web", "apps/web\n"]}).encode(), times=None)
+    proxy.status(r"/v2/apps/web/tags/list", 200, JSON,
+                 json.dumps({"name": "apps/web", "tags": ["1.0", "1.0\n"]}).encode(),
+                 times=None)
+    resolution = resolve_image_set(cli_image_set([proxy.host], all_repositories=True),
+                                   options=PLAIN)
+    assert [str(r) for r in resolution.references] == [f"{proxy.host}/apps/web:1.0"]

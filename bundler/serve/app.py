@@ -205,7 +205,7 @@ def make_app(current: Callable[[], Namespace], *,
         if tail.endswith("/tags/list"):
             return _tags(request, namespace, tail[: -len("/tags/list")])
         match = _ITEM.match(tail)
-        if match is None or not _NAME.match(match["name"]):
+        if match is None or not _NAME.fullmatch(match["name"]):
             return error(404, "NAME_UNKNOWN", "repository name not known to registry")
         name, kind, ref = match["name"], match["kind"], match["ref"]
         repo = namespace.repositories.get(name)
@@ -238,7 +238,7 @@ def _catalog(request: web.Request, namespace: Namespace) -> web.Response:
 
 
 def _tags(request: web.Request, namespace: Namespace, name: str) -> web.Response:
-    repo = namespace.repositories.get(name) if _NAME.match(name) else None
+    repo = namespace.repositories.get(name) if _NAME.fullmatch(name) else None
     if repo is None:
         return error(404, "NAME_UNKNOWN", "repository name not known to registry",
                      {"name": name})
@@ -251,7 +251,7 @@ def _tags(request: web.Request, namespace: Namespace, name: str) -> web.Response
 
 def _manifest(namespace: Namespace, repo: Repository, ref: str) -> web.Response:
     digest = _digest(ref) if ":" in ref else None
-    if digest is None and (not _TAG.match(ref) or ref not in repo.tags):
+    if digest is None and (not _TAG.fullmatch(ref) or ref not in repo.tags):
         return error(404, "MANIFEST_UNKNOWN", "manifest unknown", {"reference": ref})
     digest = digest or repo.tags[ref]
     if digest not in repo.manifests:
