@@ -443,3 +443,14 @@ def test_a_name_or_tag_ending_in_a_newline_is_no_reference(
     resolution = resolve_image_set(cli_image_set([proxy.host], all_repositories=True),
                                    options=PLAIN)
     assert [str(r) for r in resolution.references] == [f"{proxy.host}/apps/web:1.0"]
+
+
+def test_serve_listen_with_a_host_or_port_that_is_no_address_is_a_usage_error() -> None:
+    # '127.0.0.1:²' passed str.isdigit and int() raised (a traceback); 'bad host:1' got
+    # to the listening socket: "error: cannot listen on bad host:1: Unknown error -2"
+    for value, shown in (("127.0.0.1:²", "'127.0.0.1:²'"), ("bad host:1", "'bad host:1'"),
+                         ("127.0.0.1\n:0", "'127.0.0.1\\n:0'")):
+        result = run_cli("serve", "/nonexistent", "--listen", value)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.endswith(f"Error: Invalid value for '--listen': expected "
+                                      f"HOST:PORT (e.g. 127.0.0.1:5000), got {shown}\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import signal
 import ssl
 import sys
@@ -28,10 +29,17 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     """``HOST:PORT`` (``[::1]:5000`` for IPv6) -> (host, port)."""
     host, colon, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
+    if not colon or not _HOST.fullmatch(host) or not _PORT.fullmatch(port) \
+            or int(port) > 65535:
         raise click.BadParameter(f"expected HOST:PORT (e.g. 127.0.0.1:5000), got "
-                                 f"{escape(value)!r}")
+                                 f"{escape(repr(value))}")
     return host, int(port)
+
+
+#: A host name (RFC 1123 labels), an IPv4 address, or an IPv6 one (its brackets gone).
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*"
+                   r"[A-Za-z0-9])?)*\.?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def _is_loopback(host: str) -> bool:
