@@ -454,3 +454,25 @@ def test_serve_listen_with_a_host_or_port_that_is_no_address_is_a_usage_error() 
         assert result.exit_code == 2, result.output
         assert result.stderr.endswith(f"Error: Invalid value for '--listen': expected "
                                       f"HOST:PORT (e.g. 127.0.0.1:5000), got {shown}\n")
+
+
+def test_tags_of_other_unicode_digits_neither_crash_latest_nor_serve(
+        seeded_registry: tuple[LocalRegistry, SeededSet], seeded_bundles: dict[str, Path],
+        fault_proxy: Callable[..., FaultProxy], serve: Callable[..., Served]) -> None:
+    # str.isdigit is true of '²', which int() refuses: --latest over a listed tag '1²'
+    # failed the resolution with a ValueError, and serve answered ?n=² with 500
+    assert TagFilter.build(latest=3).apply(["1²", "2", "v10", "v9"]) == ["v10", "v9", "2"]
+    reg, _ = seeded_registry
+    proxy = fault_proxy(reg.url)
+    proxy.status(r"/v2/apps/web/tags/list", 200, JSON,
+                 json.dumps({"name": "apps/web", "tags": ["1.0", "1²", "x" * 200]}).encode(),
+                 times=None)
+    image_set = cli_image_set([f"{proxy.host}/apps/web"], tags=TagFilter.build(latest=5))
+    resolution = resolve_image_set(image_set, options=PLAIN)
+    assert [r.tag for r in resolution.references] == ["1.0"]
+    assert resolution.tags_listed == 3
+    served = serve(seeded_bundles["dir"], "-q")
+    for path in ("/v2/_catalog?n=%C2%B2", "/v2/apps/web/tags/list?n=%C2%B2"):
+        response = httpx.get(served.url + path)
+        assert response.status_code == 400, response.text
+        assert response.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"

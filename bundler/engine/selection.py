@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..oci.digest import Digest
 from ..oci.platforms import PlatformChoice
-from ..oci.reference import Reference
+from ..oci.reference import Reference, is_tag
 from ..registry.client import TransportOptions
 from ..registry.credentials import Credentials, Keychain
 from .imageset import Entry, ImageSet
@@ -232,6 +232,7 @@ def _resolve(image_set: ImageSet, pool: ClientPool, jobs: int) -> Resolution:
     def list_tags(key: tuple[str, str]) -> None:
         tags = pool.get(key[0]).list_tags(key[1])
         listed[key] = len(tags)
+        tags = [t for t in tags if is_tag(t)]  # others cannot be fetched: no filter sees them
         for number in users[key]:
             kept[number] = plan[number][0].tags.apply(tags)  # type: ignore[union-attr]
 

@@ -132,8 +132,8 @@ def parse_semver(tag: str) -> nodesemver.SemVer | None:
 
 def natural_key(text: str) -> tuple:
     """Sort key that orders digit runs by value: ``v9 < v10``, ``a2b < a10b``."""
-    return tuple((0, int(part), part) if part.isdigit() else (1, 0, part)
-                 for part in re.split(r"(\d+)", text) if part)
+    return tuple((0, int(part), part) if part.isascii() and part.isdigit() else (1, 0, part)
+                 for part in re.split(r"([0-9]+)", text) if part)
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,8 @@ def precedence(version: nodesemver.SemVer) -> tuple:
     patch, then a release above its pre-releases, whose dot-separated identifiers
     compare numerically (digits) below alphanumerically (others), a longer list above
     its prefix."""
-    pre = tuple((0, int(i), "") if isinstance(i, int) or str(i).isdigit() else (1, 0, str(i))
-                for i in version.prerelease)
+    pre = tuple((0, int(i), "") if isinstance(i, int) or re.fullmatch(r"[0-9]+", str(i))
+                else (1, 0, str(i)) for i in version.prerelease)
     return (version.major, version.minor, version.patch, 0 if pre else 1, pre)
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from ..errors import InvalidReferenceError, LocationError
 from .digest import Digest
 
-__all__ = ["DOCKER_HUB", "LOCATION_FORMS", "Location", "Reference", "parse_location"]
+__all__ = ["DOCKER_HUB", "LOCATION_FORMS", "Location", "Reference", "is_tag", "parse_location"]
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
@@ -65,6 +65,11 @@ def _split_domain(name: str) -> tuple[str, str]:
     ):
         return DOCKER_HUB, name
     return first, rest
+
+
+def is_tag(text: str) -> bool:
+    """``text`` matches the distribution-spec tag grammar (at most 128 characters)."""
+    return bool(_TAG_RE.fullmatch(text))
 
 
 def _check_tag(text: str, tag: str) -> None:

@@ -152,7 +152,7 @@ def _paginate(items: list[str], request: web.Request, path: str,
     headers: dict[str, str] = {}
     n_text = request.query.get("n")
     if n_text is not None:
-        if not n_text.isdigit():
+        if not (n_text.isascii() and n_text.isdigit()):  # int('²') raises
             return None
         n = int(n_text)
         if len(items) > n:
