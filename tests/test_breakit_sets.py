@@ -476,3 +476,16 @@ def test_tags_of_other_unicode_digits_neither_crash_latest_nor_serve(
         response = httpx.get(served.url + path)
         assert response.status_code == 400, response.text
         assert response.json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
+
+
+def test_a_posix_class_regex_prints_no_python_warning(
+        seeded_registry: tuple[LocalRegistry, SeededSet], tmp_path: Path) -> None:
+    # re.compile('[[:digit:]]+') printed "tagfilter.py:NN: FutureWarning: Possible nested
+    # set at position 1" and the source line; the class matches as in Go (skopeo)
+    reg, _ = seeded_registry
+    done = subprocess.run([sys.executable, "-m", "bundler", "export", f"{reg.host}/base/os",
+                           "--include-tags", "[[:digit:]]+", "-o", str(tmp_path / "b"),
+                           "--dry-run", "--json"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    selected = json.loads(done.stdout)["selection"]["selected"]
+    assert [s["reference"] for s in selected] == [f"{reg.host}/base/os:1", f"{reg.host}/base/os:2"]

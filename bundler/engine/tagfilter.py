@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +69,9 @@ class Regex:
         try:
             self._compiled: Any = regex.compile(pattern)
         except regex.error:  # re's syntax that regex reads otherwise: re, unbounded
-            self._compiled = re.compile(pattern)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._compiled = re.compile(pattern)
         self._bounded = isinstance(self._compiled, regex.Pattern)
 
     def fullmatch(self, text: str) -> bool:
@@ -100,7 +103,9 @@ def compile_regex(pattern: str, what: str) -> Regex:
     if not isinstance(pattern, str):
         raise FilterError(what, f"{pattern!r} is not a regex string")
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():  # re's FutureWarning on '[[:digit:]]' (a POSIX
+            warnings.simplefilter("ignore")  # class, as in Go, for regex) is no output
+            re.compile(pattern)
     except re.error as exc:
         raise FilterError(what, f"invalid regex {pattern!r}: {exc}") from exc
     return Regex(pattern, what)
