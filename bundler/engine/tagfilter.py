@@ -34,8 +34,8 @@ import regex
 
 from ..errors import BundlerError
 
-__all__ = ["MATCH_TIMEOUT_S", "FilterError", "Regex", "TagFilter", "compile_regex", "highest", "natural_key",
-           "parse_range", "parse_semver", "precedence"]
+__all__ = ["MATCH_TIMEOUT_S", "FilterError", "Regex", "TagFilter", "compile_regex", "highest",
+           "natural_key", "parse_range", "parse_semver", "precedence"]
 
 
 class FilterError(BundlerError, ValueError):
