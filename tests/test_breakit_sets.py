@@ -489,3 +489,34 @@ def test_a_posix_class_regex_prints_no_python_warning(
     assert (done.returncode, done.stderr) == (0, "")
     selected = json.loads(done.stdout)["selection"]["selected"]
     assert [s["reference"] for s in selected] == [f"{reg.host}/base/os:1", f"{reg.host}/base/os:2"]
+
+
+def test_ctrl_c_while_a_registry_stalls_the_listing_exits_130_at_once(
+        seeded_registry: tuple[LocalRegistry, SeededSet],
+        fault_proxy: Callable[..., FaultProxy], tmp_path: Path) -> None:
+    # export --all-tags: Ctrl-C waited for the stalled listing threads (the command hung);
+    # list-tags: click's "Aborted!" and exit 1 instead of the documented 130
+    import signal
+    import time
+    reg, _ = seeded_registry
+    proxy = fault_proxy(reg.url)
+    proxy.add_rule("stall", r"/tags/list", method="GET", times=None, nbytes=0, seconds=60)
+    runs = {"list-tags": (["list-tags", f"{proxy.host}/apps/web"], "interrupted\n"),
+            "export": (["export", f"{proxy.host}/apps/web", "--all-tags", "-o",
+                        str(tmp_path / "b"), "--dry-run"], "interrupted: nothing was moved\n")}
+    for name, (command, said) in runs.items():
+        process = subprocess.Popen([sys.executable, "-m", "bundler", *command],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while proxy.count("GET", "tags/list") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise AssertionError(f"{name}: Ctrl-C did not end it") from None
+        assert (process.returncode, err) == (130, said), name
+        proxy.requests.clear()

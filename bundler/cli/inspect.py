@@ -53,6 +53,9 @@ def inspect_cmd(reference: str, raw: bool, config: bool, as_json: bool, **kw: An
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # click would say "Aborted!" and exit 1
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     if config and info.config_raw is None:
         click.echo(f"error: {escape(ref)} is an index ({escape(info.media_type)}): it has "
                    "no config; inspect one of its manifests by digest", err=True)

@@ -9,8 +9,11 @@ semver range, an unknown or malformed key of the file, naming the option or
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -162,15 +165,49 @@ def image_set_from_options(references: tuple[str, ...], images_file: str | None,
 
 def resolve(image_set: api.ImageSet, options: TransportOptions,
             jobs: int) -> api.Resolution:
-    """Resolve the set (the first requests); exit 1 with ``error: ...`` if that fails."""
+    """Resolve the set (the first requests); exit 1 with ``error: ...`` if that fails.
+
+    Ctrl-C (or SIGTERM) exits at once, 130 (143): the listing moves nothing, so its
+    requests under way (a registry that stalls) are not waited for."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["resolution"] = api.resolve_image_set(image_set, options=options,
+                                                          jobs=jobs)
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    thread = threading.Thread(target=work, name="bundler-resolve", daemon=True)
     try:
-        return api.resolve_image_set(image_set, options=options, jobs=jobs)
-    except BundlerError as exc:
-        click.echo(f"error: {escape(exc)}", err=True)
-        sys.exit(1)
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was moved", err=True)
-        sys.exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143 if terminated else 130)  # the listing threads are not waited for
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    error = outcome.get("error")
+    if isinstance(error, BundlerError):
+        click.echo(f"error: {escape(error)}", err=True)
+        sys.exit(1)
+    if error is not None:
+        raise error
+    return outcome["resolution"]  # type: ignore[no-any-return]
 
 
 def require_images(resolution: api.Resolution) -> None:
