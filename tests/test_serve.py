@@ -342,4 +342,4 @@ def test_a_refused_bundle_stays_out_while_another_is_read_again(
     export_bundle([base2.reference], tmp_path / "base")
     wait_for(lambda: httpx.get(f"{served.url}/v2/base/os/tags/list").json()["tags"] == ["1", "2"])
     assert httpx.get(catalog).json() == {"repositories": ["base/os"]}
-    assert f"read again: {tmp_path / 'base'}: 2 images in 1 repositories" in served.stderr
+    assert f"read again: {tmp_path / 'base'}: 2 images in 1 repository" in served.stderr

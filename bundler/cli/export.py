@@ -141,8 +141,16 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
         if resolution is not None and not as_json:
             print_resolution(resolution)
         extra = {"selection": resolution.to_json()} if resolution is not None else None
-        print_dry_run(lambda: api.plan_export(refs, output, format=fmt, split_size=split,
-                                         options=options, jobs=jobs), output, as_json, extra)
+        per_image = resolution.platforms if resolution is not None else {}
+
+        def plan(chosen: list) -> api.ExportPlan:
+            return api.plan_export(chosen, output, format=fmt, split_size=split,
+                                   options=options, jobs=jobs, platforms=choice,
+                                   choices=per_image)
+
+        print_dry_run(lambda: plan(refs) if resolution is None else api.plan_without_vanished(
+            plan, resolution, on_vanished=lambda name: say_vanished([name])),
+            output, as_json, extra)
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)

@@ -68,6 +68,9 @@ def inspect_cmd(reference: str, raw: bool, config: bool, as_json: bool, **kw: An
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # click would say "Aborted!" and exit 1
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     if config and info.config_raw is None:
         click.echo(f"error: {escape(ref)} is an index ({escape(info.media_type)}): it has "
                    "no config; inspect one of its manifests by digest", err=True)
@@ -78,7 +81,7 @@ def inspect_cmd(reference: str, raw: bool, config: bool, as_json: bool, **kw: An
         elif config:
             doc = json.loads(info.config_raw or b"null") if _is_json(info.config_raw) else None
             click.echo(json.dumps(doc, indent=2) if doc is not None
-                       else escape(info.config_raw))
+                       else escape((info.config_raw or b"").decode("utf-8", "replace")))
         elif as_json:
             click.echo(json.dumps(info.to_json(), indent=2))
         else:
@@ -88,7 +91,7 @@ def inspect_cmd(reference: str, raw: bool, config: bool, as_json: bool, **kw: An
 def _is_json(data: bytes | None) -> bool:
     try:
         json.loads(data or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deeply: shown as text
         return False
     return True
 

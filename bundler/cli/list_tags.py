@@ -48,6 +48,9 @@ def list_tags_cmd(repository: str, as_json: bool, **kw: Any) -> None:
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # click would say "Aborted!" and exit 1
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     with stdout_may_close():
         if as_json:
             click.echo(json.dumps({"repository": ref.name, "tags": tags}, indent=2))

@@ -101,12 +101,17 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     blobs the destination has are skipped, blobs shared by several destination
     repositories are pulled once and mounted; a rerun continues an interrupted one.
 
+    REFERENCES are images; with --all-tags or a tag filter, REGISTRY/REPOSITORY; with
+    --all-repositories, REGISTRY. Indexes are mirrored whole (no --platform).
+
     \b
     Examples:
       bundler mirror docker.io/library/alpine:3.20 --to registry.internal:5000/mirror
       bundler mirror -f images.txt --to registry.internal:5000/mirror
       bundler mirror --mapping mapping.txt
       bundler mirror -f images.txt --to registry.internal:5000/mirror --dry-run
+      bundler mirror reg:5000/app --semver '>=1.2.0 <2' --latest 3 --to mirror.internal:5000/prod
+      bundler mirror -c imageset.yaml --to mirror.internal:5000/prod --dry-run
     """
     check_output_options(quiet, progress, dry_run, as_json)
     referrers = referrer_policy(kw)
@@ -185,10 +190,12 @@ def _mirror_set(image_set: api.ImageSet, to: str, chunk_size: int, jobs: int, qu
     if dry_run:
         if not as_json:
             print_resolution(resolution)
-        print_dry_run(lambda: plan_mirror(refs, to=to, mapping=pairs, src_options=src_options,
-                                          dest_options=dest_options, jobs=jobs,
-                                          make_source=sources), as_json,
-                      {"selection": resolution.to_json()})
+        print_dry_run(lambda: api.plan_without_vanished(
+            lambda chosen: plan_mirror(chosen, to=to, mapping=pairs, src_options=src_options,
+                                       dest_options=dest_options, jobs=jobs,
+                                       make_source=sources),
+            resolution, on_vanished=lambda name: say_vanished([name])), as_json,
+            {"selection": resolution.to_json()})
         return
     require_images(resolution)
     tally = Tally()

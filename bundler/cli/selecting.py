@@ -9,8 +9,11 @@ semver range, an unknown or malformed key of the file, naming the option or
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +25,7 @@ from ..oci.platforms import PLATFORM_MODES, PlatformChoice, parse_platform
 from ..registry.client import TransportOptions
 from ..stores.platform_source import DigestChange
 from ..termsafe import escape
-from .summary import plural
+from .summary import plural, stdout_may_close
 
 __all__ = ["image_set_from_options", "platform_choice", "platform_options", "print_resolution",
            "require_images", "resolve", "say_changed", "say_vanished", "selection_options"]
@@ -85,6 +88,9 @@ def platform_choice(platforms: tuple[str, ...], mode: str) -> PlatformChoice | N
         click.UsageError: a platform that does not parse; ``single`` with other than
         one platform; ``all`` with a platform.
     """
+    if mode == "single" and (not platforms or platforms == ("all",)):
+        raise click.UsageError("--platform-mode single keeps exactly one platform; give "
+                               "it with --platform OS/ARCH[/VARIANT]")
     if not platforms or platforms == ("all",):
         return None
     if "all" in platforms:
@@ -121,8 +127,8 @@ def image_set_from_options(references: tuple[str, ...], images_file: str | None,
     """
     values = {name: kw.pop(name) for name in _NAMES}
     config = values.pop("config")
-    tag_options = any(values[n] for n in ("include_tags", "exclude_tags", "semver")) or \
-        values["latest"] is not None
+    tag_options = any(values[n] for n in ("include_tags", "exclude_tags")) or \
+        values["semver"] is not None or values["latest"] is not None
     repository_options = values["include_repositories"] or values["exclude_repositories"]
     if repository_options and not values["all_repositories"]:
         raise click.UsageError("--include-repositories and --exclude-repositories go with "
@@ -159,15 +165,49 @@ def image_set_from_options(references: tuple[str, ...], images_file: str | None,
 
 def resolve(image_set: api.ImageSet, options: TransportOptions,
             jobs: int) -> api.Resolution:
-    """Resolve the set (the first requests); exit 1 with ``error: ...`` if that fails."""
+    """Resolve the set (the first requests); exit 1 with ``error: ...`` if that fails.
+
+    Ctrl-C (or SIGTERM) exits at once, 130 (143): the listing moves nothing, so its
+    requests under way (a registry that stalls) are not waited for."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["resolution"] = api.resolve_image_set(image_set, options=options,
+                                                          jobs=jobs)
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    thread = threading.Thread(target=work, name="bundler-resolve", daemon=True)
     try:
-        return api.resolve_image_set(image_set, options=options, jobs=jobs)
-    except BundlerError as exc:
-        click.echo(f"error: {escape(exc)}", err=True)
-        sys.exit(1)
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was moved", err=True)
-        sys.exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143 if terminated else 130)  # the listing threads are not waited for
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    error = outcome.get("error")
+    if isinstance(error, BundlerError):
+        click.echo(f"error: {escape(error)}", err=True)
+        sys.exit(1)
+    if error is not None:
+        raise error
+    return outcome["resolution"]  # type: ignore[no-any-return]
 
 
 def require_images(resolution: api.Resolution) -> None:
@@ -184,7 +224,12 @@ def require_images(resolution: api.Resolution) -> None:
 
 def print_resolution(resolution: api.Resolution) -> None:
     """The resolution as text: each reference with its entry and filter, then the
-    blocked ones."""
+    blocked ones (a reader may stop early: ``--dry-run | head``)."""
+    with stdout_may_close():
+        _print_resolution(resolution)
+
+
+def _print_resolution(resolution: api.Resolution) -> None:
     click.echo(f"image set: {plural(len(resolution.selected), 'reference')} from "
                f"{plural(resolution.tags_listed, 'listed tag')} in "
                f"{_repositories(resolution.repositories)}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import signal
 import ssl
 import sys
@@ -27,10 +28,17 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     """``HOST:PORT`` (``[::1]:5000`` for IPv6) -> (host, port)."""
     host, colon, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
+    if not colon or not _HOST.fullmatch(host) or not _PORT.fullmatch(port) \
+            or int(port) > 65535:
         raise click.BadParameter(f"expected HOST:PORT (e.g. 127.0.0.1:5000), got "
-                                 f"{escape(value)!r}")
+                                 f"{escape(repr(value))}")
     return host, int(port)
+
+
+#: A host name (RFC 1123 labels), an IPv4 address, or an IPv6 one (its brackets gone).
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*"
+                   r"[A-Za-z0-9])?)*\.?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -128,8 +136,8 @@ def serve_cmd(bundles: tuple[str, ...], listen: tuple[str, int], prefix: str | N
     namespace = served.namespace
 
     def ready(urls: list[str]) -> None:
-        _say(f"serving {namespace.images} images in {len(namespace.repositories)} "
-             f"repositories from {len(bundles)} bundle{'s' if len(bundles) != 1 else ''} "
+        _say(f"serving {namespace.describe()} "
+             f"from {len(bundles)} bundle{'s' if len(bundles) != 1 else ''} "
              f"on {', '.join(urls)} (Ctrl-C to stop)")
 
     config = ServeConfig(host=host, port=port, ssl_context=context, check_auth=check_auth,

@@ -58,6 +58,7 @@ _PLATFORM_KEYS = {"platforms", "platform-mode"}
 _ENTRY_KEYS = {"tags", "all-tags"} | _PLATFORM_KEYS
 _TAG_KEYS = {"include", "exclude", "semver", "latest"}
 _REPOSITORY_KEYS = {"include", "exclude", "tags", "all-tags"} | _PLATFORM_KEYS
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 class ImageSetError(BundlerError, ValueError):
@@ -151,10 +152,16 @@ def read_image_set(path: str | os.PathLike[str]) -> ImageSet:
         at = f"{name}:{mark.line + 1}" if mark is not None else name
         problem = getattr(exc, "problem", None) or str(exc)
         raise ImageSetError([f"{at}: not YAML: {problem}"]) from exc
+    except RecursionError as exc:
+        raise ImageSetError([f"{name}: not an image set: nested too deeply"]) from exc
     check = NodeChecker(name)
     result = ImageSet()
     if root is None:
         raise ImageSetError([f"{name}: the image set is empty"])
+    try:
+        _merge_keys(check, root, set())
+    except RecursionError as exc:
+        raise ImageSetError([f"{name}: not an image set: nested too deeply"]) from exc
     for key, value in check.mapping(root, "the image set"):
         host = key.value
         if host == "blocked":
@@ -175,6 +182,40 @@ def read_image_set(path: str | os.PathLike[str]) -> ImageSet:
     return result
 
 
+def _merge_keys(check: NodeChecker, node: yaml.Node, done: set[int]) -> None:
+    """Resolve YAML merge keys (``<<: *defaults``, as skopeo's YAML parser does) in place
+    throughout the tree: the merged mappings' keys join each mapping, after its own
+    keys, which win (then the first mapping merged)."""
+    if id(node) in done:
+        return
+    done.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _merge_keys(check, item, done)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    own, merged = [], []
+    for key, value in node.value:
+        if key.tag != _MERGE:
+            own.append((key, value))
+            continue
+        for source in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+            if not isinstance(source, yaml.MappingNode):
+                check.error(source, "a merge key ('<<') takes a mapping or a list of mappings")
+                continue
+            _merge_keys(check, source, done)
+            merged.extend(source.value)
+    names = {key.value for key, _ in own if isinstance(key, yaml.ScalarNode)}
+    for key, value in merged:
+        if not isinstance(key, yaml.ScalarNode) or key.value not in names:
+            names.add(key.value)
+            own.append((key, value))
+    node.value = own
+    for _, value in own:
+        _merge_keys(check, value, done)
+
+
 def _registry(check: NodeChecker, host: str, node: yaml.Node, out: ImageSet) -> None:
     """One registry's section: its images, settings and catalog entry."""
     settings: dict[str, Any] = {}
@@ -186,6 +227,8 @@ def _registry(check: NodeChecker, host: str, node: yaml.Node, out: ImageSet) -> 
             settings["tls_verify"] = check.boolean(value, "tls-verify")
         elif name == "cert-dir":
             settings["cert_dir"] = Path(d) if (d := check.string(value, "cert-dir")) else None
+            if d and not Path(d).is_dir():  # as --src-cert-dir: exit 2
+                check.error(value, f"cert-dir {d!r} is no directory")
         elif name == "credentials":
             for k, v in check.mapping(value, "credentials"):
                 if k.value not in ("username", "password"):
@@ -206,12 +249,13 @@ def _repository(check: NodeChecker, host: str, section: str, key: yaml.Node, val
     repo = key.value
     origin = check.at(key)
     try:
-        Reference.parse(f"{host}/{repo}", default_tag=None)
+        parsed = Reference.parse(f"{host}/{repo}", default_tag=None)
         if ":" in repo or "@" in repo:
             raise InvalidReferenceError(repo, "a repository has no tag or digest here")
     except InvalidReferenceError as exc:
         check.error(key, f"{repo!r} is not a repository: {exc}")
         return
+    repo = parsed.repository  # docker.io's busybox is library/busybox, as skopeo reads it
     if section == "images-by-tag-regex":
         for pattern in check.regexes(value, "images-by-tag-regex"):
             out.entries.append(Entry(host, repo, origin, tags=TagFilter.build(
@@ -229,8 +273,9 @@ def _repository(check: NodeChecker, host: str, section: str, key: yaml.Node, val
         platforms = _entry_platforms(check, value)
         if tags is not None:
             out.entries.append(Entry(host, repo, origin, tags=tags, platforms=platforms))
-    elif isinstance(value, yaml.SequenceNode) and not value.value:
-        out.entries.append(Entry(host, repo, origin, tags=TagFilter()))
+    elif (isinstance(value, yaml.SequenceNode) and not value.value) or (
+            isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null")):
+        out.entries.append(Entry(host, repo, origin, tags=TagFilter()))  # skopeo: all tags
     else:
         refs = []
         for item in value.value if isinstance(value, yaml.SequenceNode) else [value]:
@@ -295,14 +340,24 @@ def _tag_filter(check: NodeChecker, node: yaml.Node, what: str) -> TagFilter | N
                     values[name] = text
             except FilterError as exc:
                 check.errors.append(str(exc))
-        elif isinstance(value, yaml.ScalarNode) and value.tag.endswith(":int") \
-                and int(value.value) >= 1:
-            values[name] = int(value.value)
+        elif (count := _whole_number(value)) is not None and count >= 1:
+            values[name] = count
         else:
             check.error(value, "tags.latest must be a whole number of 1 or more")
     if len(check.errors) > before:
         return None
     return TagFilter.build(**values)
+
+
+def _whole_number(node: yaml.Node) -> int | None:
+    """The value of a YAML 1.1 integer scalar (``5``, ``0x10``, ``1_000``, ``1:30``), or
+    None for any other node."""
+    if not (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":int")):
+        return None
+    try:
+        return int(yaml.constructor.SafeConstructor().construct_yaml_int(node))
+    except (ValueError, yaml.YAMLError):
+        return None
 
 
 def _catalog_entry(check: NodeChecker, host: str, node: yaml.Node, out: ImageSet) -> None:

@@ -197,7 +197,7 @@ def _read_config(info: ImageInfo, blob: bytes, what: str) -> None:
     """Fill ``created``, ``architecture``, ``os``, ``variant`` and ``labels``."""
     try:
         doc = json.loads(blob)
-    except ValueError:
+    except (ValueError, RecursionError):
         return  # an artifact's config need not be JSON: shown without those fields
     if not isinstance(doc, dict):
         return

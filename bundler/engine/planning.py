@@ -13,7 +13,7 @@ Spec: distribution-spec "Checking if content exists in the registry".
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +22,14 @@ from ..errors import TransferError
 from ..events import NullReporter
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan, walk
+from ..oci.platforms import PlatformChoice
 from ..oci.reference import Reference
 from ..registry.client import TransportOptions
 from ..stores import Store
 from ..stores.archive import is_archive, output_format, refuse_existing
 from ..stores.archive_files import open_archive, reads_by_offsets
 from ..stores.layout import LayoutStore
+from ..stores.platform_source import PlatformSource
 from ..stores.registry import RegistrySource
 from .archive_check import read_head
 from .export_sources import StoreImage, StoreSource
@@ -111,6 +113,8 @@ def plan_export(
     split_size: int | None = None,
     options: TransportOptions | None = None,
     jobs: int = 8,
+    platforms: PlatformChoice | None = None,
+    choices: Mapping[str, PlatformChoice] | None = None,
 ) -> ExportPlan:
     """Work out what :func:`bundler.export_bundle` would fetch; fetch no blob, write nothing.
 
@@ -121,6 +125,9 @@ def plan_export(
         split_size: bytes per volume of an archive.
         options: transport options of the source registries.
         jobs: concurrent manifest requests.
+        platforms, choices: as :func:`~bundler.engine.platform_export.export_platforms`
+            (the platforms kept of each index; each reference's own): the plan is then
+            the narrowed indexes' (their new digests, only the chosen platforms' blobs).
 
     Returns:
         An :class:`ExportPlan`.
@@ -139,7 +146,9 @@ def plan_export(
         store = LayoutStore(output)
     plans: dict[Reference, ImagePlan] = {}
     with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as pool:
-        source = StoreSource(RegistrySource(clients))
+        registry = (PlatformSource(clients, platforms or PlatformChoice(), choices)
+                    if platforms is not None or choices else RegistrySource(clients))
+        source = StoreSource(registry)
         source.reuse(store)
 
         def resolve(ref: Reference) -> None:

@@ -14,7 +14,6 @@ Spec: distribution-spec "Listing Tags"; Docker Registry HTTP API V2 "Catalog".
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,15 +29,15 @@ from ..errors import (
 )
 from ..oci.digest import Digest
 from ..oci.platforms import PlatformChoice
-from ..oci.reference import Reference
+from ..oci.reference import Reference, is_tag
 from ..registry.client import TransportOptions
 from ..registry.credentials import Credentials, Keychain
 from .imageset import Entry, ImageSet
 from .parallel import ClientPool, raise_first, run_parallel
-from .tagfilter import TagFilter, compile_regex
+from .tagfilter import FilterError, TagFilter, compile_regex
 
-__all__ = ["CatalogError", "Resolution", "Selected", "cli_image_set", "resolve_image_set",
-           "tolerate_vanished", "transport_for"]
+__all__ = ["CatalogError", "Resolution", "Selected", "cli_image_set", "plan_without_vanished",
+           "resolve_image_set", "tolerate_vanished", "transport_for"]
 
 R = TypeVar("R")
 
@@ -184,8 +183,9 @@ def resolve_image_set(image_set: ImageSet, *, options: TransportOptions | None =
         A :class:`Resolution`.
 
     Raises:
-        CatalogError: a registry that serves no catalog. TransferError: a repository
-        whose tags cannot be listed (names it; wraps the RegistryError).
+        CatalogError: a registry that serves no catalog. RegistryError: a repository
+        whose tags cannot be listed (naming it). TransferError: another failure of a
+        listing (naming the repository).
     """
     pool = clients or ClientPool(transport_for(image_set, options))
     try:
@@ -211,8 +211,10 @@ def _resolve(image_set: ImageSet, pool: ClientPool, jobs: int) -> Resolution:
         if entry.repository is not None:
             plan.append((entry, entry.repository))
             continue
-        inc = [re.compile(p) for p in entry.include_repositories]
-        exc = [re.compile(p) for p in entry.exclude_repositories]
+        inc = [compile_regex(p, f"{entry.origin}: repositories include")
+               for p in entry.include_repositories]
+        exc = [compile_regex(p, f"{entry.origin}: repositories exclude")
+               for p in entry.exclude_repositories]
         for name in catalogs[entry.registry]:
             if (not inc or any(r.fullmatch(name) for r in inc)) and \
                     not any(r.fullmatch(name) for r in exc):
@@ -230,13 +232,20 @@ def _resolve(image_set: ImageSet, pool: ClientPool, jobs: int) -> Resolution:
     def list_tags(key: tuple[str, str]) -> None:
         tags = pool.get(key[0]).list_tags(key[1])
         listed[key] = len(tags)
+        tags = [t for t in tags if is_tag(t)]  # others cannot be fetched: no filter sees them
         for number in users[key]:
             kept[number] = plan[number][0].tags.apply(tags)  # type: ignore[union-attr]
 
-    raise_first(run_parallel(wanted, list_tags, jobs=jobs), wanted)
+    failures = run_parallel(wanted, list_tags, jobs=jobs)
+    for key in wanted:  # a regex that backtracks without end, or the registry's answer:
+        failure = failures.get(key)  # their own words name the repository
+        if isinstance(failure, (FilterError, RegistryError)):
+            raise failure
+    raise_first({f"{host}/{repo}": exc for (host, repo), exc in failures.items()},
+                [f"{host}/{repo}" for host, repo in wanted])
     result = Resolution(repositories=len(wanted), tags_listed=sum(listed.values()))
     seen: set[str] = set()
-    blocked = [(p, re.compile(p)) for p in image_set.blocked]
+    blocked = [(p, compile_regex(p, "a blocked regex")) for p in image_set.blocked]
     for number, (entry, repo) in enumerate(plan):
         for selected in _select(entry, repo, kept.get(number, [])):
             key = str(selected.reference)
@@ -273,9 +282,10 @@ def _select(entry: Entry, repo: str, kept: list[str]) -> list[Selected]:
 
 
 def _catalog(pool: ClientPool, host: str) -> list[str]:
-    """The catalog of ``host``, or a :class:`CatalogError` that says it serves none."""
+    """The catalog of ``host`` (names outside the spec's repository grammar left out: no
+    request could name them), or a :class:`CatalogError` that says it serves none."""
     try:
-        return pool.get(host).catalog()
+        return [name for name in pool.get(host).catalog() if _is_repository(host, name)]
     except (NotFoundError, AuthenticationError, AccessDeniedError) as exc:
         status = exc.status
         hint = ("; check the credentials, or" if isinstance(exc, AuthenticationError)
@@ -291,6 +301,14 @@ def _catalog(pool: ClientPool, host: str) -> list[str]:
                 f"{exc.status}); name its repositories instead", status=exc.status,
                 codes=exc.codes, url=exc.url, registry=host) from exc
         raise
+
+
+def _is_repository(host: str, name: str) -> bool:
+    try:
+        ref = Reference.parse(f"{host}/{name}", default_tag=None)
+    except InvalidReferenceError:
+        return False
+    return ref.tag is None and ref.digest is None
 
 
 def tolerate_vanished(action: Callable[[bool], R], resolution: Resolution, *,
@@ -331,6 +349,31 @@ def tolerate_vanished(action: Callable[[bool], R], resolution: Resolution, *,
         if keep_going or len(others) > 1:
             raise PartialFailureError(others, exc.result) from exc
         raise others[0] from exc
+
+
+def plan_without_vanished(plan: Callable[[list[Reference]], R], resolution: Resolution, *,
+                          on_vanished: Callable[[str], None]) -> R:
+    """Work out a dry run's plan of ``resolution``'s references as the transfer would
+    run: listed tags that the registry no longer serves are left out (each given to
+    ``on_vanished``), not fatal.
+
+    Args:
+        plan: works out the plan of the references it is given.
+
+    Raises:
+        What ``plan`` raises for another failure.
+    """
+    refs = resolution.references
+    listed = {str(s.reference) for s in resolution.selected if s.listed}
+    while True:
+        try:
+            return plan(refs)
+        except TransferError as exc:
+            if exc.image not in listed or not _is_not_found(exc):
+                raise
+            on_vanished(exc.image)
+            listed.discard(exc.image)
+            refs = [r for r in refs if str(r) != exc.image]
 
 
 def _is_not_found(error: BaseException) -> bool:

@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import nodesemver
+import regex
 
 from ..errors import BundlerError
 
-__all__ = ["FilterError", "TagFilter", "compile_regex", "highest", "natural_key",
-           "parse_range", "parse_semver", "precedence"]
+__all__ = ["MATCH_TIMEOUT_S", "FilterError", "Regex", "TagFilter", "compile_regex", "highest",
+           "natural_key", "parse_range", "parse_semver", "precedence"]
 
 
 class FilterError(BundlerError, ValueError):
@@ -47,8 +50,52 @@ class FilterError(BundlerError, ValueError):
         self.what = what
 
 
-def compile_regex(pattern: str, what: str) -> re.Pattern[str]:
-    """Compile a user's regex.
+#: The longest one regex may take to match one tag or name, in seconds.
+MATCH_TIMEOUT_S = 1.0
+
+
+class Regex:
+    """A user's regex (Python ``re`` syntax), matched with a time bound.
+
+    Python's ``re`` backtracks without end on some patterns (``(a|a)+`` against a tag of
+    40 ``a`` and a ``-``) and does not even let Ctrl-C through meanwhile. The ``regex``
+    module runs the same syntax, answers many such patterns at once, lets Ctrl-C through
+    and stops a match after :data:`MATCH_TIMEOUT_S`: a :class:`FilterError` naming the
+    regex and the text.
+    """
+
+    def __init__(self, pattern: str, what: str) -> None:
+        self.pattern, self.what = pattern, what
+        try:
+            self._compiled: Any = regex.compile(pattern)
+        except regex.error:  # re's syntax that regex reads otherwise: re, unbounded
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._compiled = re.compile(pattern)
+        self._bounded = isinstance(self._compiled, regex.Pattern)
+
+    def fullmatch(self, text: str) -> bool:
+        """The regex matches the whole of ``text``."""
+        return self._match(self._compiled.fullmatch, text)
+
+    def search(self, text: str) -> bool:
+        """The regex matches somewhere in ``text``."""
+        return self._match(self._compiled.search, text)
+
+    def _match(self, method: Callable[..., Any], text: str) -> bool:
+        if not self._bounded:
+            return method(text) is not None
+        try:
+            return method(text, timeout=MATCH_TIMEOUT_S) is not None
+        except TimeoutError:
+            raise FilterError(self.what, f"regex {self.pattern!r} takes more than "
+                              f"{MATCH_TIMEOUT_S:g} s to match {text!r}: it backtracks "
+                              "without end (nested repetition such as '(a|a)+'); simplify "
+                              "it") from None
+
+
+def compile_regex(pattern: str, what: str) -> Regex:
+    """Compile a user's regex (Python ``re`` syntax; see :class:`Regex`).
 
     Raises:
         FilterError: it does not compile (names ``what`` and the reason).
@@ -56,9 +103,12 @@ def compile_regex(pattern: str, what: str) -> re.Pattern[str]:
     if not isinstance(pattern, str):
         raise FilterError(what, f"{pattern!r} is not a regex string")
     try:
-        return re.compile(pattern)
+        with warnings.catch_warnings():  # re's FutureWarning on '[[:digit:]]' (a POSIX
+            warnings.simplefilter("ignore")  # class, as in Go, for regex) is no output
+            re.compile(pattern)
     except re.error as exc:
         raise FilterError(what, f"invalid regex {pattern!r}: {exc}") from exc
+    return Regex(pattern, what)
 
 
 def parse_range(text: str, what: str) -> nodesemver.Range:
@@ -87,8 +137,8 @@ def parse_semver(tag: str) -> nodesemver.SemVer | None:
 
 def natural_key(text: str) -> tuple:
     """Sort key that orders digit runs by value: ``v9 < v10``, ``a2b < a10b``."""
-    return tuple((0, int(part), part) if part.isdigit() else (1, 0, part)
-                 for part in re.split(r"(\d+)", text) if part)
+    return tuple((0, int(part), part) if part.isascii() and part.isdigit() else (1, 0, part)
+                 for part in re.split(r"([0-9]+)", text) if part)
 
 
 @dataclass(frozen=True)
@@ -109,8 +159,8 @@ class TagFilter:
     semver: str | None = None
     latest: int | None = None
     search: bool = False
-    _include: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
-    _exclude: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+    _include: tuple[Regex, ...] = field(default=(), repr=False, compare=False)
+    _exclude: tuple[Regex, ...] = field(default=(), repr=False, compare=False)
     _range: object = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -182,8 +232,8 @@ def precedence(version: nodesemver.SemVer) -> tuple:
     patch, then a release above its pre-releases, whose dot-separated identifiers
     compare numerically (digits) below alphanumerically (others), a longer list above
     its prefix."""
-    pre = tuple((0, int(i), "") if isinstance(i, int) or str(i).isdigit() else (1, 0, str(i))
-                for i in version.prerelease)
+    pre = tuple((0, int(i), "") if isinstance(i, int) or re.fullmatch(r"[0-9]+", str(i))
+                else (1, 0, str(i)) for i in version.prerelease)
     return (version.major, version.minor, version.patch, 0 if pre else 1, pre)
 
 

@@ -61,7 +61,7 @@ class Digest:
         Raises:
             InvalidReferenceError: the text is not a digest of a supported algorithm.
         """
-        if not isinstance(text, str) or not _GRAMMAR.match(text):
+        if not isinstance(text, str) or not _GRAMMAR.fullmatch(text):
             raise InvalidReferenceError(str(text), "a digest looks like sha256:<64 hex>")
         algorithm, _, encoded = text.partition(":")
         return cls(algorithm, encoded)

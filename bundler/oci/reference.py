@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from ..errors import InvalidReferenceError, LocationError
 from .digest import Digest
 
-__all__ = ["DOCKER_HUB", "LOCATION_FORMS", "Location", "Reference", "parse_location"]
+__all__ = ["DOCKER_HUB", "LOCATION_FORMS", "Location", "Reference", "is_tag", "parse_location"]
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
@@ -68,10 +68,15 @@ def _split_domain(name: str) -> tuple[str, str]:
     return first, rest
 
 
+def is_tag(text: str) -> bool:
+    """``text`` matches the distribution-spec tag grammar (at most 128 characters)."""
+    return bool(_TAG_RE.fullmatch(text))
+
+
 def _check_tag(text: str, tag: str) -> None:
     """Raise InvalidReferenceError (about ``text``) unless ``tag`` matches the
     distribution-spec tag grammar."""
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         why = "longer than 128 characters" if len(tag) > 128 else "not a valid tag"
         raise InvalidReferenceError(text, f"tag {tag!r} is {why}")
 
@@ -123,7 +128,7 @@ class Reference:
             name, tag = rest[:colon], rest[colon + 1 :]
             _check_tag(text, tag)
         registry, path = _split_domain(name)
-        if not _DOMAIN_RE.match(registry):
+        if not _DOMAIN_RE.fullmatch(registry):
             raise InvalidReferenceError(text, f"{registry!r} is not a valid registry host")
         registry = registry.lower()
         port = registry.rpartition("]")[2].rpartition(":")[2] if ":" in registry else ""
@@ -136,7 +141,7 @@ class Reference:
         if not path:
             raise InvalidReferenceError(text, "no repository name")
         for component in path.split("/"):
-            if not _PATH_COMPONENT_RE.match(component):
+            if not _PATH_COMPONENT_RE.fullmatch(component):
                 why = (
                     "repository name must be lowercase"
                     if component.lower() != component
@@ -240,7 +245,7 @@ def parse_location(text: str, *, require_transport: bool = False) -> Location:
             path, _, ref_name = text[len(prefix) :].partition(":")
             if not path:
                 raise InvalidReferenceError(text, f"{transport}: needs a path")
-            if ref_name and not _REF_NAME_RE.match(ref_name):
+            if ref_name and not _REF_NAME_RE.fullmatch(ref_name):
                 raise LocationError(text, f"{ref_name!r} is not a valid image name in a "
                                           "layout (letters, digits and -._:@+/ as "
                                           "image-spec annotations.md says)")

@@ -258,9 +258,19 @@ class RegistryClient(RegistrySession, BlobUploads):
                 page_size = 0  # its own page size, and only its Link header, then
                 continue
             try:
-                page = response.json().get(key) or []
+                body = response.json()
+                if not isinstance(body, dict):
+                    kind = {list: "an array", str: "a string", bool: "a boolean"}.get(
+                        type(body), "null" if body is None else "a number")
+                    raise ValueError(f"JSON {kind}, not an object")
+                page = body.get(key) or []
                 if not isinstance(page, list) or not all(isinstance(i, str) for i in page):
                     raise ValueError(f"{key!r} is no list of strings")
+            except RecursionError as exc:
+                raise RegistryError(f"{what}: not a {key} list (JSON nested too deeply)",
+                                    status=response.status_code, registry=self.registry,
+                                    url=str(response.request.url.copy_with(query=None))
+                                    ) from exc
             except ValueError as exc:  # JSONDecodeError too
                 raise RegistryError(f"{what}: not a {key} list ({exc})",
                                     status=response.status_code, registry=self.registry,
@@ -270,8 +280,8 @@ class RegistryClient(RegistrySession, BlobUploads):
             items.extend(fresh)
             seen.update(fresh)
             link = response.links.get("next", {}).get("url")
-            if link:
-                url = str(response.url.join(link))
+            if link and fresh:  # a Link after a page of nothing new would loop forever
+                url = self._next_page(response, link, what)
             elif page_size and len(page) >= page_size and fresh:  # full page, no Link
                 url = f"{path}?{urlencode({'n': page_size, 'last': page[-1]})}"
             else:
@@ -296,6 +306,27 @@ class RegistryClient(RegistrySession, BlobUploads):
         except RegistryError:
             return None
         return True
+
+    def _next_page(self, response: httpx.Response, link: str, what: str) -> str:
+        """The URL a ``Link: <...>; rel="next"`` header names, on the same registry.
+
+        Raises:
+            RegistryError: a Link that is no URL, or that names another scheme or host
+            (the listing never leaves the registry asked).
+        """
+        try:
+            url = response.url.join(link)
+            same = (url.scheme, url.host, url.port) == (
+                response.url.scheme, response.url.host, response.url.port)
+        except (httpx.InvalidURL, ValueError, TypeError):
+            same, url = False, None
+        if url is None or not same:
+            where = "no URL" if url is None else "another host"
+            raise RegistryError(f"{what}: the Link header of the page names {where}: "
+                                f"{link!r}", status=response.status_code,
+                                registry=self.registry,
+                                url=str(response.request.url.copy_with(query=None)))
+        return str(url)
 
     # -- blobs ----------------------------------------------------------------------
     def has_blob(self, repository: str, digest: Digest) -> bool:

@@ -118,9 +118,15 @@ class _BlobResponse(web.StreamResponse):
 
 
 def _range(request: web.Request, size: int) -> tuple[int, int] | None | str:
-    """(start, count) of a ``Range`` request, None for the whole blob, or ``"416"``."""
-    if "Range" not in request.headers:
+    """(start, count) of a ``Range`` request, None for the whole blob, or ``"416"``.
+
+    A range unit other than ``bytes`` is ignored (RFC 9110 §14.2: the whole blob); a
+    suffix range of 0 bytes (``bytes=-0``) is not satisfiable (§14.1.1)."""
+    header = request.headers.get("Range")
+    if header is None or not header.lower().startswith("bytes="):
         return None
+    if re.fullmatch(r"bytes=\s*-0+\s*", header, re.IGNORECASE):
+        return "416"
     try:
         rng = request.http_range
     except ValueError:
@@ -146,7 +152,7 @@ def _paginate(items: list[str], request: web.Request, path: str,
     headers: dict[str, str] = {}
     n_text = request.query.get("n")
     if n_text is not None:
-        if not n_text.isdigit():
+        if not (n_text.isascii() and n_text.isdigit()):  # int('²') raises
             return None
         n = int(n_text)
         if len(items) > n:
@@ -199,7 +205,7 @@ def make_app(current: Callable[[], Namespace], *,
         if tail.endswith("/tags/list"):
             return _tags(request, namespace, tail[: -len("/tags/list")])
         match = _ITEM.match(tail)
-        if match is None or not _NAME.match(match["name"]):
+        if match is None or not _NAME.fullmatch(match["name"]):
             return error(404, "NAME_UNKNOWN", "repository name not known to registry")
         name, kind, ref = match["name"], match["kind"], match["ref"]
         repo = namespace.repositories.get(name)
@@ -232,7 +238,7 @@ def _catalog(request: web.Request, namespace: Namespace) -> web.Response:
 
 
 def _tags(request: web.Request, namespace: Namespace, name: str) -> web.Response:
-    repo = namespace.repositories.get(name) if _NAME.match(name) else None
+    repo = namespace.repositories.get(name) if _NAME.fullmatch(name) else None
     if repo is None:
         return error(404, "NAME_UNKNOWN", "repository name not known to registry",
                      {"name": name})
@@ -245,7 +251,7 @@ def _tags(request: web.Request, namespace: Namespace, name: str) -> web.Response
 
 def _manifest(namespace: Namespace, repo: Repository, ref: str) -> web.Response:
     digest = _digest(ref) if ":" in ref else None
-    if digest is None and (not _TAG.match(ref) or ref not in repo.tags):
+    if digest is None and (not _TAG.fullmatch(ref) or ref not in repo.tags):
         return error(404, "MANIFEST_UNKNOWN", "manifest unknown", {"reference": ref})
     digest = digest or repo.tags[ref]
     if digest not in repo.manifests:

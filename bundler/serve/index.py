@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.naming import resolve_targets
-from ..errors import BundleError, MappingError
+from ..errors import BundleError, ManifestError, MappingError
 from ..oci.content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import walk
@@ -157,6 +157,12 @@ class Namespace:
     sources: list[BundleSource] = field(default_factory=list)
     images: int = 0
 
+    def describe(self) -> str:
+        """``N images in M repositories`` (``1 image``, ``1 repository``)."""
+        count = len(self.repositories)
+        return (f"{self.images} image{'' if self.images == 1 else 's'} in {count} "
+                f"repositor{'y' if count == 1 else 'ies'}")
+
     def close(self) -> None:
         """Release the bundles' open files."""
         for source in self.sources:
@@ -253,7 +259,10 @@ def _add_image(namespace: Namespace, source: BundleSource, entry: Descriptor,
                repository: str, tag: str | None) -> None:
     """Walk one image of ``source`` into ``repository`` (tagged ``tag``)."""
     name = f"{repository}:{tag}" if tag else f"{repository}@{entry.digest}"
-    plan = walk(entry, source.store.get_manifest, name=f"{source}: {name}")
+    try:
+        plan = walk(entry, source.store.get_manifest, name=f"{source}: {name}")
+    except ManifestError as exc:  # its words name neither the bundle nor the image
+        raise BundleError(f"{source}: image {name}: {exc}") from exc
     repo = namespace.repositories.setdefault(repository, Repository())
     for descriptor, item in plan.manifests:
         namespace.manifests.setdefault(descriptor.digest, (item.media_type, item.raw))

@@ -119,8 +119,7 @@ class Bundles:
                        + "; ".join(refused))
         else:
             message = (f"read again: {', '.join(str(p) for p in changed)}: "
-                       f"{namespace.images} images in {len(namespace.repositories)} "
-                       "repositories")
+                       f"{namespace.describe()}")
         if message != self._last_message:
             self.say(escape(message))
             self._last_message = message
