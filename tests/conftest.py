@@ -90,6 +90,17 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
             proxy.stop()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sigint_delivered() -> None:
+    """Child processes get SIGINT: a shell that starts the suite in the background (``&``
+    without job control) leaves it ignored, and every child would inherit that (the
+    Ctrl-C tests would then see a command that cannot be interrupted)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own upload journal (bundler.journal), never the user's."""
