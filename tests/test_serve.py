@@ -110,6 +110,19 @@ def test_access_log_one_line_per_request_and_sigterm(serve, seeded_bundles: dict
     assert served.stderr.splitlines()[-1] == "stopped (SIGTERM)"
 
 
+def test_a_token_in_the_query_string_stays_out_of_the_access_log(
+        serve, seeded_bundles: dict[str, Path]) -> None:
+    served = serve(seeded_bundles["dir"])
+    asked = "/v2/apps/web/tags/list?n=1&access_token=s3cr3t-t0ken&last=&password=hunter2"
+    answer = httpx.get(served.url + asked)
+    assert answer.status_code == 200
+    assert served.stop(signal.SIGTERM) == 0
+    line = served.log.splitlines()[0]
+    assert '"GET /v2/apps/web/tags/list?n=1&access_token=-&last=&password=- HTTP/1.1" 200' \
+        in line
+    assert "s3cr3t" not in served.log and "hunter2" not in served.log
+
+
 def test_prefix_and_mapping_name_the_images_as_import_does(
         serve, seeded_bundles: dict[str, Path], seeded: SeededSet, tmp_path: Path) -> None:
     web = seeded.get("apps/web", "1.0")

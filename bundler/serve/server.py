@@ -150,7 +150,8 @@ class ServeConfig:
 
 def _access_log(log: Callable[[str], None]) -> Any:
     """A middleware writing one line per request: client, request line, status, bytes,
-    milliseconds. No header is logged (so no credential); the path is escaped."""
+    milliseconds. No header is logged (so no credential), nor the value of a query
+    parameter the API does not define; the target is escaped."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -168,10 +169,28 @@ def _access_log(log: Callable[[str], None]) -> Any:
             millis = (time.perf_counter() - started) * 1000
             version = f"HTTP/{request.version.major}.{request.version.minor}"
             log(f'{escape(request.remote or "-")} "{escape(request.method)} '
-                f'{escape(request.rel_url.raw_path_qs)} {version}" {status} {size} '
+                f'{escape(_logged_target(request))} {version}" {status} {size} '
                 f"{millis:.1f}ms")
 
     return middleware
+
+
+#: Query parameters of the pull API, logged with their values; any other parameter is
+#: logged as ``NAME=-`` (a client may put a token in the query string).
+_LOGGED_PARAMETERS = frozenset({"n", "last", "artifactType"})
+
+
+def _logged_target(request: web.Request) -> str:
+    """The request target as logged: the raw path, and the query with the values of
+    parameters outside :data:`_LOGGED_PARAMETERS` left out."""
+    path, _, query = request.rel_url.raw_path_qs.partition("?")
+    if not query:
+        return path
+    kept = []
+    for pair in query.split("&"):
+        name, sep, _value = pair.partition("=")
+        kept.append(pair if name in _LOGGED_PARAMETERS else f"{name}{sep}{'-' if sep else ''}")
+    return f"{path}?{'&'.join(kept)}"
 
 
 @web.middleware
