@@ -32,7 +32,7 @@ from bundler.sandbox.engines import (
 from bundler.sandbox.images import make_image, make_index, random_layer
 from bundler.stores.docker_archive import gzip_chunks
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # copies of ../shared/fixtures
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 needs_docker = pytest.mark.skipif(shutil.which("dockerd") is None or docker_binary() is None,
                                   reason="docker.io missing")
@@ -206,7 +206,7 @@ def test_the_built_layers_are_gzip_that_gzip_reads_back() -> None:
     assert data == b"".join(gzip_chunks(io.BytesIO(OTHER * 50).read))  # deterministic
 
 
-# -- the layout forms (shapes of ../shared/fixtures/docker-save-*) ------------------------
+# -- the layout forms (shapes of tests/fixtures/docker-save-*) ----------------------------
 def test_a_docker_25_archive_saved_by_id_needs_a_repository(
         registry: LocalRegistry, tmp_path: Path) -> None:
     image = make_image([random_layer(3, 2048)])
