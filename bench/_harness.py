@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -302,6 +304,20 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def machine() -> dict:
+    """This machine, for a benchmark's JSON: CPUs, RAM in bytes, load averages, Python."""
+    return {"cpus": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total,
+            "loadavg": os.getloadavg(), "python": platform.python_version()}
+
+
+def machine_line() -> str:
+    """The first line of a benchmark's report: date, CPUs, RAM, load average, Python."""
+    m = machine()
+    return (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {m['cpus']} CPUs, "
+            f"{m['ram_bytes'] / 2**30:.1f} GiB RAM, load avg "
+            f"{' '.join(f'{x:.1f}' for x in m['loadavg'])}, Python {m['python']}")
 
 
 def mb(value: float) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 from datetime import UTC, datetime
@@ -43,6 +42,8 @@ from _harness import (
     Run,
     bundler_command,
     fresh_registry,
+    machine,
+    machine_line,
     mb,
     measure,
     median,
@@ -195,11 +196,8 @@ def report(bench: Bench, big: dict | None, args: argparse.Namespace) -> dict:
         "mirror <= 0.7x export + import": vs_bundle <= 0.7,
         f"mirror peak RSS < 150 MB (--jobs {args.jobs})": mirror_peak < 150 * MB,
     }
-    mem = psutil.virtual_memory().total
     print()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {mem / 2**30:.1f} GiB "
-          f"RAM, load avg {' '.join(f'{x:.1f}' for x in os.getloadavg())}, Python "
-          f"{platform.python_version()}")
+    print(machine_line())
     print(f"image set {SET_VERSION} scale {args.scale:g}: {len(source.names)} tags, "
           f"{source.blobs} distinct blobs, {mb(source.unique_bytes)} unique; runs {args.runs} "
           f"(after {args.warmup} warm-up), bundler --jobs {args.jobs}")
@@ -222,8 +220,7 @@ def report(bench: Bench, big: dict | None, args: argparse.Namespace) -> dict:
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "ram_bytes": mem, "loadavg": os.getloadavg(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "set": {"version": SET_VERSION, "scale": args.scale, "tags": len(source.names),
                 "blobs": source.blobs, "unique_bytes": source.unique_bytes},
         "runs": args.runs, "warmup_rounds": args.warmup, "jobs": args.jobs,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -43,13 +42,14 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil
 from _harness import (
     MB,
     Run,
     bundler_command,
     fresh_dir,
     fresh_registry,
+    machine,
+    machine_line,
     mb,
     measure,
     median,
@@ -258,11 +258,8 @@ def report(bench: Bench, missing: dict[str, str]) -> dict:
     med = {s: {t: median(v) for t, v in bench.times[s].items()} for s in STEPS}
     cpu = {s: {t: median(v) for t, v in bench.cpu[s].items()} for s in STEPS}
     peak = {s: {t: max(v) for t, v in bench.rss[s].items()} for s in STEPS}
-    mem = psutil.virtual_memory().total
     print()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {mem / 2**30:.1f} GiB "
-          f"RAM, load avg {' '.join(f'{x:.1f}' for x in os.getloadavg())}, Python "
-          f"{platform.python_version()}")
+    print(machine_line())
     print(f"image set {SET_VERSION} scale {args.scale:g}: {len(source.names)} tags, "
           f"{source.blobs} distinct blobs, {mb(source.unique_bytes)} unique; runs {args.runs} "
           f"(after {args.warmup} warm-up), bundler --jobs {args.jobs}")
@@ -293,8 +290,7 @@ def report(bench: Bench, missing: dict[str, str]) -> dict:
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "ram_bytes": mem, "loadavg": os.getloadavg(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "set": {"version": SET_VERSION, "scale": args.scale, "tags": len(source.names),
                 "blobs": source.blobs, "unique_bytes": source.unique_bytes},
         "runs": args.runs, "warmup_rounds": args.warmup, "jobs": args.jobs,

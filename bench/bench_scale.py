@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -38,7 +37,6 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import httpx
-import psutil
 from _harness import (
     MB,
     Heartbeat,
@@ -46,6 +44,8 @@ from _harness import (
     exit_on_sigterm,
     fresh_dir,
     fresh_registry,
+    machine,
+    machine_line,
     mb,
     measure,
     remove,
@@ -194,11 +194,8 @@ def run_size(args: argparse.Namespace, cli: list[str], images: int) -> dict:
 def report(results: dict[int, dict], args: argparse.Namespace) -> dict:
     sizes = sorted(results)
     small, large = sizes[0], sizes[-1]
-    mem = psutil.virtual_memory().total
     print()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {mem / 2**30:.1f} GiB "
-          f"RAM, load avg {' '.join(f'{x:.1f}' for x in os.getloadavg())}, Python "
-          f"{platform.python_version()}, --jobs {args.jobs}")
+    print(machine_line() + f", --jobs {args.jobs}")
     print(f"{'command':<13} " + " ".join(f"{f'{n} wall/CPU ms/img':>22}" for n in sizes)
           + f" {'CPU x':>6} {'peak RSS':>10} {'req/img':>8}")
     targets: dict[str, bool] = {}
@@ -228,8 +225,7 @@ def report(results: dict[int, dict], args: argparse.Namespace) -> dict:
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "ram_bytes": mem, "loadavg": os.getloadavg(),
-                        "python": platform.python_version()},
+            "machine": machine(),
             "set": SET_VERSION, "jobs": args.jobs,
             "results": {str(n): results[n] for n in sizes}, "targets": targets}
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -39,7 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil
 from _harness import (
     MB,
     BlobPusher,
@@ -50,6 +48,8 @@ from _harness import (
     curl_upload_rate,
     disk_write_rate,
     fresh_registry,
+    machine,
+    machine_line,
     mb,
     measure,
     median,
@@ -355,11 +355,8 @@ def report(bench: Bench, limits: dict[str, float], upload: float,
         "export >= 60% of slowest limit": export_rate >= 0.6 * slowest,
         f"peak RSS < 200 MB (--jobs {args.jobs})": bundler_peak < 200 * MB,
     }
-    mem = psutil.virtual_memory().total
     print()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {mem / 2**30:.1f} GiB "
-          f"RAM, load avg {' '.join(f'{x:.1f}' for x in os.getloadavg())}, Python "
-          f"{platform.python_version()}")
+    print(machine_line())
     print(f"image set {SET_VERSION} scale {args.scale:g}: {len(source.names)} tags, "
           f"{source.blobs} distinct blobs, {mb(source.unique_bytes)} unique; "
           f"runs {args.runs} (after {args.warmup} warm-up), bundler --jobs {args.jobs}")
@@ -382,8 +379,7 @@ def report(bench: Bench, limits: dict[str, float], upload: float,
         print(f"{_verdict(ok)}  {name}")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "ram_bytes": mem, "loadavg": os.getloadavg(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "set": {"version": SET_VERSION, "scale": args.scale, "tags": len(source.names),
                 "blobs": source.blobs, "unique_bytes": source.unique_bytes},
         "runs": args.runs,
