@@ -142,7 +142,7 @@ class _ArchiveFeed:
         for digest in [d for d in held if d in self.work]:
             self._arrive(digest, None, held.pop(digest))
         held.clear()
-        for target in self.run.ready():
+        for target in self.run.ready(referrers=False):
             self.run.push_manifests(target)
 
     # -- arrivals --------------------------------------------------------------------
@@ -259,7 +259,7 @@ def import_archive(
     with ArchiveReader(bundle, max_zstd_ratio=max_zstd_ratio) as reader, \
             ClientPool(options) as clients:
         run = PushRun(RegistryDestination(clients), report=report, stop=stop,
-                      keep_going=keep_going, tags_last=True)
+                      keep_going=keep_going, tags_last=True, referrers_last=True)
         feed = _ArchiveFeed(reader.where, run, to, mapping, jobs, max_held)
         for member in reader:
             feed.take(member)

@@ -57,6 +57,7 @@ from .ladder import BlobFailures, BlobSource, ImportResult, blob_culprits, climb
 from .naming import Target
 from .parallel import run_parallel
 from .pushplan import BlobPush, PushPlan
+from .referrers import subject_of
 
 __all__ = ["ImportResult", "PushRun", "foreign_refused", "record_failure", "shown"]
 
@@ -80,9 +81,11 @@ class PushRun:
     """
 
     def __init__(self, destination: Destination, *, report: Reporter, stop: threading.Event,
-                 keep_going: bool = False, tags_last: bool = False) -> None:
+                 keep_going: bool = False, tags_last: bool = False,
+                 referrers_last: bool = False) -> None:
         self.destination, self.report, self.stop = destination, report, stop
         self.keep_going, self.tags_last = keep_going, tags_last
+        self.referrers_last = referrers_last
         self.result = ImportResult()
         self.lock = threading.Lock()
         self.targets: list[Target] = []
@@ -231,10 +234,17 @@ class PushRun:
                     left.add(digest)
         return push
 
-    def ready(self) -> list[Target]:
+    def ready(self, *, referrers: bool = True) -> list[Target]:
         """The images of ``todo`` whose blobs are all in place but whose manifests have
-        not been pushed yet (nothing to upload, or a stopped run left them)."""
-        return [t for t in self.todo if not self.remaining[t] and t not in self.pushed]
+        not been pushed yet (nothing to upload, or a stopped run left them), in order;
+        ``referrers=False`` leaves out the referrers that :meth:`waits` holds back."""
+        return [t for t in self.todo if not self.remaining[t] and t not in self.pushed
+                and (referrers or not self.waits(t))]
+
+    def waits(self, target: Target) -> bool:
+        """Whether the image is a referrer held back until the end of the run (with
+        ``referrers_last``: its manifests go after every subject's)."""
+        return self.referrers_last and subject_of(target.descriptor) is not None
 
     # -- pushing ---------------------------------------------------------------------
     def push_blob(self, blob: BlobPush, source: BlobSource) -> None:
@@ -278,7 +288,8 @@ class PushRun:
         for target in ready:
             if self.stop.is_set():
                 return
-            self.push_manifests(target)
+            if not self.waits(target):  # a held-back referrer goes with ready() at the end
+                self.push_manifests(target)
 
     def push_manifests(self, target: Target) -> None:
         """Push an image's manifests byte for byte, children first; the top one by tag
