@@ -1,0 +1,64 @@
+"""Defects found by a hostile pass over docker archives and referrers (breakit2)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler import BundleError, import_bundle, list_bundle, verify_bundle
+from bundler.sandbox import LocalRegistry
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def layer_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("etc/greeting")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    return buffer.getvalue()
+
+
+def legacy_archive(path: Path, repo_tags: object) -> None:
+    layer = layer_tar()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [sha(layer)]}}).encode()
+    layer_name = f"{'e' * 64}/layer.tar"
+    write_tar(path, [(f"{sha(config)[7:]}.json", config), (layer_name, layer),
+                     ("manifest.json", json.dumps([{
+                         "Config": f"{sha(config)[7:]}.json", "RepoTags": repo_tags,
+                         "Layers": [layer_name]}]).encode())])
+
+
+@pytest.mark.parametrize("repo_tags", [[5], ["example.com/x:1", None], [{"a": 1}]])
+def test_repo_tags_that_are_not_strings_are_refused(repo_tags: object, registry: LocalRegistry,
+                                                    tmp_path: Path) -> None:
+    """A RepoTags entry that is no string was dropped: the image was pushed unnamed."""
+    path = tmp_path / "odd.tar"
+    legacy_archive(path, repo_tags)
+    expected = (f"{path}: manifest.json is not a docker save manifest (a list of objects "
+                "with Config, RepoTags and Layers)")
+    since = registry.mark()
+    with pytest.raises(BundleError) as info:
+        import_bundle(path, to=f"{registry.host}/odd")
+    assert str(info.value) == expected
+    assert registry.requests(since) == []
+    assert verify_bundle(path).problems == [expected]
+    with pytest.raises(BundleError):
+        list_bundle(path)
