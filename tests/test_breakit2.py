@@ -5,13 +5,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bundler import BundleError, import_bundle, list_bundle, verify_bundle
+from bundler.oci.content import OCI_INDEX
 from bundler.sandbox import LocalRegistry
+from bundler.sandbox.proxy import FaultProxy
+from tests.referrers_tools import push_app
 
 
 def sha(data: bytes) -> str:
@@ -62,3 +68,32 @@ def test_repo_tags_that_are_not_strings_are_refused(repo_tags: object, registry:
     assert verify_bundle(path).problems == [expected]
     with pytest.raises(BundleError):
         list_bundle(path)
+
+
+def _export_via(proxy_host: str, bundle: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bundler", "export",
+                           f"{proxy_host}/apps/signed:1.0", "-o", str(bundle), "-q", *extra],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("link", ["self", "other-host"])
+def test_a_referrers_api_link_that_loops_or_leaves_is_not_followed(
+        link: str, registry: LocalRegistry, fault_proxy: Callable[..., FaultProxy],
+        tmp_path: Path) -> None:
+    """The referrers API's Link header was followed as given: to itself for ever (the
+    export never ended), or to another host."""
+    image = push_app(registry)
+    proxy = fault_proxy(registry.url)
+    path = f"/v2/apps/signed/referrers/{image}"
+    target = path if link == "self" else f"http://127.0.0.2:1{path}"
+    empty = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                        "manifests": []}).encode()
+    proxy.status("/referrers/", 200, {"Content-Type": OCI_INDEX,
+                                      "Link": f'<{target}>; rel="next"'}, empty, times=None)
+    result = _export_via(proxy.host, tmp_path / "bundle")
+    assert "Traceback" not in result.stderr
+    referrer_requests = [r for r in proxy.requests if "/referrers/" in r[1]]
+    assert len(referrer_requests) <= 2
+    assert result.returncode == 0, result.stderr
+    assert "127.0.0.2" not in result.stderr, result.stderr
+    assert "warning" not in result.stderr, result.stderr
