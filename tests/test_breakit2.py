@@ -97,3 +97,38 @@ def test_a_referrers_api_link_that_loops_or_leaves_is_not_followed(
     assert result.returncode == 0, result.stderr
     assert "127.0.0.2" not in result.stderr, result.stderr
     assert "warning" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("value", ["", " ", "sbom", "a\x1b[31m/b", "example/sbom ",
+                                   "application/spdx+json; x=1"])
+@pytest.mark.parametrize("command", ["export", "mirror", "copy"])
+def test_an_artifact_type_that_is_no_media_type_is_a_usage_error(
+        value: str, command: str, registry: LocalRegistry, tmp_path: Path) -> None:
+    """An empty or odd --referrers-artifact-type matched nothing: every signature was
+    silently left out (an unset shell variable, a typo)."""
+    from click.testing import CliRunner
+
+    from bundler.cli.main import main
+    source = f"{registry.host}/apps/signed:1.0"
+    args = {"export": ["export", source, "-o", str(tmp_path / "b")],
+            "mirror": ["mirror", source, "--to", f"{registry.host}/m"],
+            "copy": ["copy", source, f"{registry.host}/c/signed:1.0"]}[command]
+    since = registry.mark()
+    result = CliRunner().invoke(main, [*args, "--referrers-artifact-type", value])
+    assert result.exit_code == 2, result.output
+    assert "--referrers-artifact-type" in result.output
+    assert "\x1b" not in result.output
+    assert registry.requests(since) == []
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_media_type_artifact_type_is_accepted(registry: LocalRegistry,
+                                                 tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler.cli.main import main
+    push_app(registry)
+    result = CliRunner().invoke(main, [
+        "export", f"{registry.host}/apps/signed:1.0", "-o", str(tmp_path / "b"), "-q",
+        "--referrers-artifact-type", "application/vnd.dev.sigstore.bundle.v0.3+json"])
+    assert result.exit_code == 0, result.output
