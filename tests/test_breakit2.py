@@ -5,17 +5,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import zstandard
 
 from bundler import BundleError, import_bundle, list_bundle, verify_bundle
 from bundler.oci.content import OCI_INDEX
-from bundler.sandbox import LocalRegistry
+from bundler.sandbox import LocalRegistry, push
+from bundler.sandbox.engines import Dockerd, docker_binary, start_dockerd, stop_dockerd
+from bundler.sandbox.images import Blob, Image, make_image, make_layer
+from bundler.sandbox.images import _tar_bytes as _layer_bytes
 from bundler.sandbox.proxy import FaultProxy
 from tests.referrers_tools import push_app
 
@@ -132,3 +138,51 @@ def test_a_media_type_artifact_type_is_accepted(registry: LocalRegistry,
         "export", f"{registry.host}/apps/signed:1.0", "-o", str(tmp_path / "b"), "-q",
         "--referrers-artifact-type", "application/vnd.dev.sigstore.bundle.v0.3+json"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    daemon = start_dockerd(tmp_path_factory.mktemp("dockerd-breakit2"))
+    try:
+        yield daemon
+    finally:
+        stop_dockerd(daemon)
+
+
+@pytest.mark.skipif(shutil.which("dockerd") is None or docker_binary() is None,
+                    reason="docker.io missing")
+def test_docker_loads_an_archive_of_an_image_with_zstd_layers(
+        dockerd: Dockerd, registry: LocalRegistry, tmp_path: Path) -> None:
+    """docker load failed (``ApplyLayer exit status 1 ... unexpected EOF``) on a zstd
+    layer: the archive's manifest.json now names the layer's tar (its diff_id), the OCI
+    side keeps the zstd blob, every digest kept."""
+    raw_zstd = _layer_bytes({"etc/zstd": b"from a zstd layer\n"})
+    raw_plain = _layer_bytes({"etc/plain": b"from a plain layer\n"})
+    zstd_layer = Blob.of("application/vnd.oci.image.layer.v1.tar+zstd",
+                         zstandard.ZstdCompressor().compress(raw_zstd), diff_id=sha(raw_zstd))
+    plain_layer = Blob.of("application/vnd.oci.image.layer.v1.tar", raw_plain,
+                          diff_id=sha(raw_plain))
+    typed = make_image([make_layer({"etc/gzip": b"gzip\n"}), zstd_layer, plain_layer])
+    layers = [typed.layers[0], zstd_layer, plain_layer]  # make_image types them all gzip
+    document = json.loads(typed.manifest_bytes)
+    document["layers"] = [layer.descriptor() for layer in layers]
+    raw = json.dumps(document, indent=3).encode()
+    image = Image(raw, typed.media_type, sha(raw), len(raw), typed.config, layers,
+                  typed.platform)
+    push(registry, "team/zstd", image, tag="1")
+    out = tmp_path / "zstd.tar"
+    result = subprocess.run([sys.executable, "-m", "bundler", "export",
+                             f"{registry.host}/team/zstd:1", "--format", "docker-archive",
+                             "-o", str(out), "-q"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    dockerd.run("load", "-i", str(out))
+    inspected = dockerd.run("image", "inspect", "-f", "{{.Id}} {{json .RootFS.Layers}}",
+                            f"{registry.host}/team/zstd:1").stdout.decode().split(" ", 1)
+    assert inspected[0] == image.config.digest
+    assert json.loads(inspected[1]) == [layer.diff_id for layer in image.layers]
+    # the OCI side: the image as pushed, digests kept; verify and import agree
+    assert verify_bundle(out).problems == []
+    import_bundle(out, to=f"{registry.host}/again")
+    pulled = httpx.get(f"{registry.url}/v2/again/team/zstd/manifests/{image.digest}",
+                       headers={"Accept": image.media_type})
+    assert pulled.content == image.manifest_bytes
