@@ -186,3 +186,38 @@ def test_docker_loads_an_archive_of_an_image_with_zstd_layers(
     pulled = httpx.get(f"{registry.url}/v2/again/team/zstd/manifests/{image.digest}",
                        headers={"Accept": image.media_type})
     assert pulled.content == image.manifest_bytes
+
+
+@pytest.mark.parametrize("name", ["FOO:1", "foo", "team/app@sha256:" + "a" * 64,
+                                  "sha256:" + "a" * 64, "team/app:1@sha256:" + "a" * 64])
+def test_a_docker_archive_destination_name_must_be_a_repository_and_tag(
+        name: str, registry: LocalRegistry, tmp_path: Path) -> None:
+    """``copy SRC docker-archive:FILE:FOO:1`` wrote ``RepoTags: null``: docker load gave
+    an untagged image, the name asked for silently lost."""
+    from click.testing import CliRunner
+
+    from bundler.cli.main import main
+    push_app(registry)
+    out = tmp_path / "out.tar"
+    since = registry.mark()
+    result = CliRunner().invoke(main, ["copy", f"docker://{registry.host}/apps/signed:1.0",
+                                       f"docker-archive:{out}:{name}"])
+    assert result.exit_code == 2, result.output
+    assert "docker load takes" in result.output or "RepoTags" in result.output
+    assert registry.requests(since) == []
+    assert not out.exists()
+
+
+def test_a_docker_archive_destination_named_repository_and_tag_is_written(
+        registry: LocalRegistry, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundler.cli.main import main
+    push_app(registry)
+    out = tmp_path / "out.tar"
+    result = CliRunner().invoke(main, ["copy", f"docker://{registry.host}/apps/signed:1.0",
+                                       f"docker-archive:{out}:example.com/team/app:1", "-q"])
+    assert result.exit_code == 0, result.output
+    with tarfile.open(out) as tar:
+        saved = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert saved[0]["RepoTags"] == ["example.com/team/app:1"]
