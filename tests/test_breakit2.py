@@ -23,7 +23,7 @@ from bundler.sandbox.engines import Dockerd, docker_binary, start_dockerd, stop_
 from bundler.sandbox.images import Blob, Image, make_image, make_layer
 from bundler.sandbox.images import _tar_bytes as _layer_bytes
 from bundler.sandbox.proxy import FaultProxy
-from tests.referrers_tools import push_app
+from tests.referrers_tools import attach, push_app
 
 
 def sha(data: bytes) -> str:
@@ -221,3 +221,35 @@ def test_a_docker_archive_destination_named_repository_and_tag_is_written(
     with tarfile.open(out) as tar:
         saved = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     assert saved[0]["RepoTags"] == ["example.com/team/app:1"]
+
+
+@pytest.mark.parametrize("form", ["dir", "tar"])
+def test_verify_names_a_referrer_whose_subject_is_no_image_of_the_bundle(
+        form: str, registry: LocalRegistry, tmp_path: Path) -> None:
+    """The subject's entry removed from index.json, its manifest blob left behind: verify
+    said OK (it asked only whether the blob was there) while import pushed nothing
+    (the referrer has no image to go with) and list showed it as an image."""
+    from click.testing import CliRunner
+
+    from bundler.cli.main import main
+    image = push_app(registry)
+    sbom = attach(registry, "apps/signed:1.0", "example/sbom", tmp_path / "sbom", b"sbom")
+    bundle = tmp_path / "b"
+    assert CliRunner().invoke(main, ["export", f"{registry.host}/apps/signed:1.0", "-o",
+                                     str(bundle), "-q"]).exit_code == 0
+    index = json.loads((bundle / "index.json").read_text())
+    index["manifests"] = [m for m in index["manifests"] if m["digest"] != image]
+    (bundle / "index.json").write_text(json.dumps(index))
+    target = bundle
+    if form == "tar":
+        target = tmp_path / "b.tar"
+        with tarfile.open(target, "w") as tar:
+            for name in ("oci-layout", "index.json"):
+                tar.add(bundle / name, arcname=name)
+            for blob in sorted((bundle / "blobs/sha256").iterdir()):
+                tar.add(blob, arcname=f"blobs/sha256/{blob.name}")
+    result = CliRunner().invoke(main, ["verify", str(target), "--json"])
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["problems"] == [
+        f"referrer {registry.host}/apps/signed@{sbom['digest']}: its subject {image} is not "
+        "in the bundle"]
