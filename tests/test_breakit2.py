@@ -253,3 +253,23 @@ def test_verify_names_a_referrer_whose_subject_is_no_image_of_the_bundle(
     assert json.loads(result.stdout)["problems"] == [
         f"referrer {registry.host}/apps/signed@{sbom['digest']}: its subject {image} is not "
         "in the bundle"]
+
+
+def test_import_names_a_referrer_it_leaves_out_for_want_of_its_subject(
+        registry: LocalRegistry, tmp_path: Path) -> None:
+    """The same bundle: import said ``imported 0 images`` and exit 0, the referrer
+    dropped without a word."""
+    image = push_app(registry)
+    sbom = attach(registry, "apps/signed:1.0", "example/sbom", tmp_path / "sbom", b"sbom")
+    bundle = tmp_path / "b"
+    assert subprocess.run([sys.executable, "-m", "bundler", "export",
+                           f"{registry.host}/apps/signed:1.0", "-o", str(bundle), "-q"],
+                          capture_output=True, timeout=120).returncode == 0
+    index = json.loads((bundle / "index.json").read_text())
+    index["manifests"] = [m for m in index["manifests"] if m["digest"] != image]
+    (bundle / "index.json").write_text(json.dumps(index))
+    result = subprocess.run([sys.executable, "-m", "bundler", "import", str(bundle), "--to",
+                             f"{registry.host}/dest", "-q"],
+                            capture_output=True, text=True, timeout=120)
+    assert (f"warning: referrer {registry.host}/apps/signed@{sbom['digest']} left out: its "
+            f"subject {image} is not in the bundle") in result.stderr, result.stderr
