@@ -364,8 +364,10 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
         report = verify_file(bundle, report)
         if not report.problems:  # referrers: their subjects too
             with open_archive(bundle) as store:
-                report.problems.extend(missing_subjects(store.read_index(),
-                                                        lambda d: store.has_blob(d)))
+                entries = store.read_index()
+                reached = {d.digest for e in entries for d, _ in walk(
+                    e, store.get_manifest, name=entry_name(e) or str(e.digest)).manifests}
+                report.problems.extend(missing_subjects(entries, reached.__contains__))
         return report
     if is_archive(bundle):
         report = verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
@@ -382,6 +384,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
         report.problems.append(str(exc))
         return report
     bad: dict[Digest, str] = {}  # digest -> its problem, named below by every image
+    reached: set[Digest] = set()  # the manifests of the images: a subject must be one
 
     def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
         under: Iterable[Descriptor] = ()
@@ -389,6 +392,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
             if descriptor.is_manifest or is_entry:
                 item = store.get_manifest(descriptor)
                 under = item.manifests if isinstance(item, Index) else item.blobs
+                reached.add(descriptor.digest)
             elif not_distributed(store, descriptor):
                 report.skipped.append(descriptor.digest)
                 return ()
@@ -410,12 +414,5 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
 
     report.images, problems = check_reachable(entries, visit, bad)
     report.problems.extend(problems)
-    report.problems.extend(missing_subjects(entries, lambda d: _has_blob(store, d)))
+    report.problems.extend(missing_subjects(entries, reached.__contains__))
     return report
-
-
-def _has_blob(store: LayoutStore, digest: Digest) -> bool:
-    try:
-        return store.has_blob(digest)
-    except BundlerError:
-        return False

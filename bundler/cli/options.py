@@ -227,6 +227,12 @@ def print_dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: st
         sys.exit(1)
 
 
+#: an RFC 6838 media type (type "/" subtype, restricted-name characters), as
+#: image-spec requires of ``artifactType``; parameters are not part of it
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+                         r"/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+
+
 def referrer_options(func: Callable) -> Callable:
     """``--no-referrers``, ``--referrers-artifact-type TYPE`` (repeatable) and
     ``--require-referrers``; the command gets them as ``referrer_policy(kw)`` reads them."""
@@ -252,4 +258,8 @@ def referrer_policy(kw: dict[str, Any]) -> ReferrerPolicy | None:
         kw.pop("require_referrers")
     if off and (types or required):
         raise click.UsageError("--no-referrers leaves no referrers to filter or require")
+    for value in types:
+        if not _MEDIA_TYPE.fullmatch(value):
+            raise click.UsageError(f"--referrers-artifact-type {escape(value)!r} is not a "
+                                   "media type (TYPE/SUBTYPE, e.g. application/spdx+json)")
     return None if off else ReferrerPolicy(artifact_types=tuple(types), required=required)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import LocationError
+from ..errors import InvalidReferenceError, LocationError
 from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, entry_name
 from ..oci.reference import Location, Reference, parse_location
 from .referrers import subject_of
@@ -37,6 +37,8 @@ def check_locations(source: str, destination: str) -> tuple[Location, Location]:
                                     "with bundler import - --to REGISTRY[/PREFIX]")
     if dst.transport == "docker-archive" and dst.path == "-":
         raise LocationError(destination, "a docker-archive: destination is a file; name it")
+    if dst.transport == "docker-archive" and dst.ref_name:
+        _check_repo_tag(destination, dst.ref_name)
     if dst.transport == "docker" and dst.reference is not None and dst.reference.tag is None:
         raise LocationError(destination, "a docker:// destination needs a tag "
                                          "(REGISTRY/REPOSITORY:TAG); a push by digest "
@@ -45,6 +47,19 @@ def check_locations(source: str, destination: str) -> tuple[Location, Location]:
         raise LocationError(destination, f"the destination is the source ({source}); "
                                          "copy to another location")
     return src, dst
+
+
+def _check_repo_tag(destination: str, name: str) -> None:
+    """A docker-archive: destination's NAME becomes its ``RepoTags`` entry: it must be
+    REPOSITORY:TAG (else docker load would load the image untagged, the name lost)."""
+    try:
+        ref = None if name.startswith("sha256:") else Reference.parse(name, default_tag=None)
+    except InvalidReferenceError as exc:
+        raise LocationError(destination, f"the name {name!r} is not a reference ({exc}); "
+                                         "docker load takes REPOSITORY:TAG") from None
+    if ref is None or ref.tag is None or ref.digest is not None:
+        raise LocationError(destination, f"the name {name!r} is not REPOSITORY:TAG, the "
+                                         "only name docker load takes (RepoTags)")
 
 
 def _same(src: Location, dst: Location) -> bool:

@@ -20,6 +20,7 @@ Spec: distribution-spec v1.1 "Pushing Manifests with Subject", "Referrers Tag Sc
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,6 +44,8 @@ from .referrers import subject_of
 
 __all__ = ["maintain_fallback_indexes", "merge_results", "place_referrers",
            "push_with_referrers", "referrer_levels", "referrer_targets"]
+
+_log = logging.getLogger("bundler")
 
 
 def referrer_levels(entries: Sequence[Descriptor]) -> tuple[list[Descriptor],
@@ -128,6 +131,10 @@ def push_with_referrers(
     targets = resolve_targets(images, to=to, mapping=mapping)
     result, errors = _round(push, targets, ImportResult(), [])
     pushed: list[Target] = []
+    held = _manifests_of(store, entries)
+    for entry in (e for level in levels for e in level if subject_of(e) not in held):
+        _log.warning("referrer %s left out: its subject %s is not in the bundle",
+                     entry_name(entry) or entry.digest, subject_of(entry))
     for level in levels:  # a referrer goes only once its subject is in place
         done = _pushed_manifests(store, result.targets)
         placed = place_referrers([e for e in level if subject_of(e) in done], targets)
@@ -146,6 +153,18 @@ def _pushed_manifests(store: Store, targets: Sequence[Target]) -> set[Digest]:
     for target in targets:
         digests.update(d.digest for d, _ in walk(target.descriptor, store.get_manifest,
                                                  name=target.name).manifests)
+    return digests
+
+
+def _manifests_of(store: Store, entries: Sequence[Descriptor]) -> set[Digest]:
+    """Digests of every manifest of ``entries`` (an index's children too)."""
+    digests: set[Digest] = set()
+    for entry in entries:
+        try:
+            digests.update(d.digest for d, _ in walk(entry, store.get_manifest,
+                                                     name=entry_name(entry)).manifests)
+        except BundlerError:  # the push names it
+            digests.add(entry.digest)
     return digests
 
 

@@ -111,7 +111,10 @@ def list_referrers(client: RegistryClient, repository: str, subject: Digest, *,
     params = [("artifactType", t) for t in artifact_types]
     path: str | None = f"/v2/{repository}/referrers/{subject}"
     found: list[Descriptor] = []
+    seen: set[Digest] = set()
+    asked: set[str] = set()
     while path:
+        asked.add(path)
         response = client.request("GET", path, what=what, ok=(200, 404),
                                   headers={"Accept": OCI_INDEX},
                                   params=params if "?" not in path else None)
@@ -121,10 +124,16 @@ def list_referrers(client: RegistryClient, repository: str, subject: Digest, *,
             return None
         item = _parse_index(response.content, what)
         filtered = "artifacttype" in response.headers.get(FILTERS_APPLIED, "").lower()
-        found.extend(d for d in item.manifests
+        fresh = [d for d in item.manifests if d.digest not in seen]
+        seen.update(d.digest for d in fresh)
+        found.extend(d for d in fresh
                      if filtered or not artifact_types or d.artifact_type in artifact_types)
         link = response.links.get("next", {}).get("url")
-        path = str(response.url.join(link)) if link else None
+        # never another host, and never a page again or after a page of nothing new
+        # (a Link to itself would loop for ever)
+        path = client._next_page(response, link, what) if link and fresh else None
+        if path in asked:
+            path = None
     return found
 
 

@@ -134,7 +134,8 @@ class DockerArchive:
                 isinstance(i, dict) and isinstance(i.get("Config"), str)
                 and isinstance(i.get("Layers"), list)
                 and all(isinstance(x, str) for x in i["Layers"])
-                and isinstance(i.get("RepoTags") or [], list) for i in doc):
+                and isinstance(i.get("RepoTags") or [], list)
+                and all(isinstance(t, str) for t in i.get("RepoTags") or []) for i in doc):
             raise BundleError(f"{self.where}: manifest.json is not a docker save manifest "
                               "(a list of objects with Config, RepoTags and Layers)")
         return doc
@@ -147,7 +148,7 @@ class DockerArchive:
         return entry
 
     def _add_image(self, position: int, item: dict[str, Any]) -> None:
-        tags = [t for t in item.get("RepoTags") or [] if isinstance(t, str)]
+        tags = list(item.get("RepoTags") or [])
         label = f"image #{position} ({', '.join(tags) or 'no RepoTags'})"
         config_entry = self._member(item["Config"], "Config")
         layers = [self._member(name, "layer") for name in item["Layers"]]

@@ -9,6 +9,10 @@ Members, in bundler's one-pass order (so ``bundler import -`` reads it from a pi
 ``blobs/sha256/``. Digests are kept: the manifest, config and layers are the source's
 bytes, streamed through the verifying reader into the tar, never whole in memory.
 
+``docker load`` reads no zstd layer: for one, ``manifest.json`` names the layer's tar
+(``blobs/sha256/<diff_id>``, checked against the config), written after the blobs; the
+OCI side keeps the zstd layer.
+
 ``docker load`` takes one platform per image: an index is written as one of its image
 manifests, the one of the platform asked for, else ``linux/amd64``, else the only one;
 the choice is reported. The archive is written under a temp name beside the output,
@@ -20,6 +24,7 @@ Image Specification v1.2.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 from ..errors import BundleError, Cancelled
 from ..events import Event, NullReporter, Reporter
@@ -202,13 +209,18 @@ def _write(tar: tarfile.TarFile, store: Store, plans: list[tuple[SavedImage, Man
         return f"blobs/{digest.algorithm}/{digest.hex}"
 
     entries, saved = [], []
+    tars: dict[Digest, Descriptor] = {}  # diff_id -> its zstd layer
     for image, manifest in plans:
         tag = _repo_tag(image.name)
         annotations = {REF_NAME: image.name, CONTAINERD_NAME: image.name} if image.name else {}
         entries.append(image.descriptor.with_annotations(annotations).to_dict())
         assert manifest.config is not None
+        layers = [blob(layer) for layer in manifest.layers]
+        for position, diff_id in _zstd_layers(store, manifest).items():
+            layers[position] = blob(diff_id)  # docker load reads no zstd: the layer's tar
+            tars.setdefault(diff_id, manifest.layers[position])
         saved.append({"Config": blob(manifest.config), "RepoTags": [tag] if tag else None,
-                      "Layers": [blob(layer) for layer in manifest.layers]})
+                      "Layers": layers})
         result.images.append(image)
     small = [(b'{"imageLayoutVersion":"1.0.0"}', "oci-layout"),
              (json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
@@ -237,6 +249,51 @@ def _write(tar: tarfile.TarFile, store: Store, plans: list[tuple[SavedImage, Man
         report(Event("blob", name, "done", descriptor.size, descriptor.size))
         result.blobs += 1
         result.bytes += descriptor.size
+    for diff_id, layer in tars.items():
+        if diff_id not in written:
+            written.add(diff_id)
+            result.bytes += _write_tar_of(tar, store, layer, diff_id, blob(diff_id), stop)
+            result.blobs += 1
+
+
+def _zstd_layers(store: Store, manifest: Manifest) -> dict[int, Digest]:
+    """The zstd layers of an image (position -> diff_id from its config): ``docker load``
+    (Docker 28's graph drivers) fails on them with ``unexpected EOF``."""
+    positions = [n for n, layer in enumerate(manifest.layers)
+                 if layer.media_type.endswith("+zstd")]
+    if not positions or manifest.config is None:
+        return {}
+    with store.open_blob(manifest.config) as reader:
+        raw = reader.read()
+    try:
+        diff_ids = json.loads(raw)["rootfs"]["diff_ids"]
+        return {n: Digest.parse(diff_ids[n]) for n in positions}
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BundleError(f"config {manifest.config.digest}: no diff_id for its zstd "
+                          f"layers ({exc}); docker load needs the layers' tars") from None
+
+
+def _write_tar_of(tar: tarfile.TarFile, store: Store, layer: Descriptor, diff_id: Digest,
+                  name: str, stop: threading.Event) -> int:
+    """Add the uncompressed tar of a zstd ``layer`` as ``name``, spooled to a temporary
+    file (its size goes first in the tar header) and checked against ``diff_id``."""
+    decompressor = zstandard.ZstdDecompressor()
+    digest = hashlib.sha256()
+    with tempfile.TemporaryFile() as spool:
+        with store.open_blob(layer) as reader, \
+                decompressor.stream_reader(reader, read_across_frames=True) as plain:
+            while chunk := plain.read(1 << 20):
+                if stop.is_set():
+                    raise Cancelled("cancelled")
+                digest.update(chunk)
+                spool.write(chunk)
+        if f"sha256:{digest.hexdigest()}" != str(diff_id):
+            raise BundleError(f"layer {layer.digest}: its tar has sha256 "
+                              f"{digest.hexdigest()}, not the diff_id {diff_id} of the config")
+        size = spool.tell()
+        spool.seek(0)
+        _member(tar, name, size, spool)
+    return size
 
 
 def _progress(report: Reporter, name: str, size: int,
