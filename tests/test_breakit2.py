@@ -273,3 +273,19 @@ def test_import_names_a_referrer_it_leaves_out_for_want_of_its_subject(
                             capture_output=True, text=True, timeout=120)
     assert (f"warning: referrer {registry.host}/apps/signed@{sbom['digest']} left out: its "
             f"subject {image} is not in the bundle") in result.stderr, result.stderr
+
+
+def test_a_referrers_answer_that_is_no_index_is_named_once(
+        registry: LocalRegistry, fault_proxy: Callable[..., FaultProxy], tmp_path: Path) -> None:
+    """The warning for an unreadable referrers answer said "referrers of R@D" twice."""
+    image = push_app(registry)
+    proxy = fault_proxy(registry.url)
+    proxy.status("/referrers/", 200, {"Content-Type": OCI_INDEX}, b"<html>no</html>",
+                 times=None)
+    result = _export_via(proxy.host, tmp_path / "bundle")
+    assert result.returncode == 0, result.stderr
+    what = f"referrers of {proxy.host}/apps/signed@{image}"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(f"warning: {what} cannot be read (left out): ")
+    assert warnings[0].count("referrers of") == 1, warnings[0]

@@ -220,9 +220,12 @@ class ReferrerDiscovery:
                                     "not served", status=404, registry=ref.registry)
 
     def _problem(self, what: str, exc: BaseException) -> None:
+        detail = str(exc)  # the registry's error may already start with ``what``
+        if detail.startswith(f"{what}: "):
+            detail = detail[len(what) + 2:]
         if self.policy.required:
-            raise TransferError(what, exc) from exc
-        line = f"{what} cannot be read (left out): {exc}"
+            raise TransferError(what, BundlerError(detail)) from exc
+        line = f"{what} cannot be read (left out): {detail}"
         with self._lock:
             self.warnings.append(line)
         _log.warning("%s", line)
