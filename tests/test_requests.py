@@ -104,3 +104,29 @@ def test_a_run_killed_in_a_new_repository_leaves_the_next_run_asking(
     assert not journal.unfinished(dest.host, "copy/cut/app")
     assert json.loads((Path(os.environ["BUNDLER_STATE_DIR"]) / "uploads.json").read_text()) \
         == {}
+
+
+def test_a_listing_longer_than_the_limit_is_refused(registry: LocalRegistry,
+                                                    monkeypatch) -> None:
+    """A registry that pages for ever (a new page of new tags each time) must not keep a
+    listing going without end: past LISTED_LIMIT entries it is an error naming it."""
+    import bundler.registry.client as client_module
+    from bundler.errors import RegistryError
+    from bundler.registry.client import RegistryClient, TransportOptions
+
+    image = make_image([random_layer(341, 1000)])
+    for n in range(7):
+        push(registry, "many/tags", image, tag=f"t{n}")
+    with RegistryClient(registry.host, TransportOptions(tls_verify=False)) as client:
+        assert sorted(client.list_tags("many/tags", page_size=2)) == [f"t{n}" for n in range(7)]
+        monkeypatch.setattr(client_module, "LISTED_LIMIT", 5)
+        mark = registry.mark()
+        try:
+            client.list_tags("many/tags", page_size=2)
+        except RegistryError as exc:
+            assert str(exc) == (f"tags of {registry.host}/many/tags: more than 5 entries, "
+                                "the most bundler reads from one listing")
+        else:
+            raise AssertionError("the listing went past the limit")
+        asked = [u for m, u, _ in registry.access_log(mark) if "/tags/list" in u]
+        assert 1 <= len(asked) <= 3  # pages of 2, or the whole list if n is not honoured

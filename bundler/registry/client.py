@@ -40,6 +40,7 @@ from ..oci.content import (
     schema1_refusal,
 )
 from ..oci.digest import Digest
+from ..oci.limits import LISTED_LIMIT
 from .auth import redact_url
 from .transport import MANIFEST_LIMIT, RETRY_STATUSES, RegistrySession, TransportOptions
 from .uploads import BlobUploads
@@ -279,6 +280,10 @@ class RegistryClient(RegistrySession, BlobUploads):
             fresh = [i for i in page if i not in seen]
             items.extend(fresh)
             seen.update(fresh)
+            if len(items) > LISTED_LIMIT:
+                raise RegistryError(f"{what}: more than {LISTED_LIMIT:,} entries, the most "
+                                    "bundler reads from one listing", registry=self.registry,
+                                    url=str(response.request.url.copy_with(query=None)))
             link = response.links.get("next", {}).get("url")
             if link and fresh:  # a Link after a page of nothing new would loop forever
                 url = self._next_page(response, link, what)

@@ -22,9 +22,10 @@ import json
 import threading
 from collections.abc import Iterable, Sequence
 
-from ..errors import ManifestError, NotFoundError
+from ..errors import ManifestError, NotFoundError, RegistryError
 from ..oci.content import OCI_INDEX, Descriptor, Index, Manifest, parse_manifest
 from ..oci.digest import Digest
+from ..oci.limits import LISTED_LIMIT
 from .client import RegistryClient
 
 __all__ = [
@@ -128,6 +129,9 @@ def list_referrers(client: RegistryClient, repository: str, subject: Digest, *,
         seen.update(d.digest for d in fresh)
         found.extend(d for d in fresh
                      if filtered or not artifact_types or d.artifact_type in artifact_types)
+        if len(seen) > LISTED_LIMIT:
+            raise RegistryError(f"{what}: more than {LISTED_LIMIT:,} referrers, the most "
+                                "bundler reads from one listing", registry=client.registry)
         link = response.links.get("next", {}).get("url")
         # never another host, and never a page again or after a page of nothing new
         # (a Link to itself would loop for ever)
