@@ -101,6 +101,19 @@ def _sigint_delivered() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Docker engine of its own (vfs storage, own containerd and socket), started once
+    for the tests that need one (``docker load``/``save``), stopped at the end."""
+    from bundler.sandbox.engines import start_dockerd, stop_dockerd
+
+    daemon = start_dockerd(tmp_path_factory.mktemp("dockerd"))
+    try:
+        yield daemon
+    finally:
+        stop_dockerd(daemon)
+
+
 @pytest.fixture(autouse=True)
 def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own upload journal (bundler.journal), never the user's."""

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,7 @@ import zstandard
 from bundler import BundleError, import_bundle, list_bundle, verify_bundle
 from bundler.oci.content import OCI_INDEX
 from bundler.sandbox import LocalRegistry, push
-from bundler.sandbox.engines import Dockerd, docker_binary, start_dockerd, stop_dockerd
+from bundler.sandbox.engines import Dockerd, docker_binary
 from bundler.sandbox.images import Blob, Image, make_image, make_layer
 from bundler.sandbox.images import _tar_bytes as _layer_bytes
 from bundler.sandbox.proxy import FaultProxy
@@ -139,14 +139,6 @@ def test_a_media_type_artifact_type_is_accepted(registry: LocalRegistry,
         "--referrers-artifact-type", "application/vnd.dev.sigstore.bundle.v0.3+json"])
     assert result.exit_code == 0, result.output
 
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
-    daemon = start_dockerd(tmp_path_factory.mktemp("dockerd-breakit2"))
-    try:
-        yield daemon
-    finally:
-        stop_dockerd(daemon)
 
 
 @pytest.mark.skipif(shutil.which("dockerd") is None or docker_binary() is None,

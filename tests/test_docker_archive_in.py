@@ -26,8 +26,6 @@ from bundler.sandbox.engines import (
     Dockerd,
     Podman,
     docker_binary,
-    start_dockerd,
-    stop_dockerd,
 )
 from bundler.sandbox.images import make_image, make_index, random_layer
 from bundler.stores.docker_archive import gzip_chunks
@@ -109,14 +107,6 @@ def layer_files(registry: LocalRegistry, repository: str, manifest: bytes) -> li
             out.append(gzip.decompress(data))
     return out
 
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
-    daemon = start_dockerd(tmp_path_factory.mktemp("dockerd"))
-    try:
-        yield daemon
-    finally:
-        stop_dockerd(daemon)
 
 
 @pytest.fixture(scope="module")

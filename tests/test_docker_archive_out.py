@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,6 @@ from bundler.sandbox.engines import (
     Dockerd,
     Podman,
     docker_binary,
-    start_dockerd,
-    stop_dockerd,
 )
 from bundler.sandbox.images import Image, make_image, make_index, make_layer, random_layer
 
@@ -45,14 +42,6 @@ AMD64 = image_of("amd64", b"hello from amd64\n")
 ARM64 = image_of("arm64", b"hello from arm64\n")
 INDEX = make_index([AMD64, ARM64])
 
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
-    daemon = start_dockerd(tmp_path_factory.mktemp("dockerd-out"))
-    try:
-        yield daemon
-    finally:
-        stop_dockerd(daemon)
 
 
 @pytest.fixture
