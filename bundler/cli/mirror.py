@@ -47,7 +47,7 @@ from .selecting import (
     say_vanished,
     selection_options,
 )
-from .summary import human, import_summary, plural, run, stdout_may_close
+from .summary import exit_now, human, import_summary, plural, run, stdout_may_close
 
 __all__ = ["mirror_cmd"]
 
@@ -233,6 +233,9 @@ def print_dry_run(plan: Callable[[], ImportPlan], as_json: bool,
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # planning threads stalled on a registry are not waited for
+        click.echo("interrupted: nothing was moved", err=True)
+        exit_now(130)
     with stdout_may_close():
         print_mirror_plan(result, as_json, extra)
 

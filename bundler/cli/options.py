@@ -23,7 +23,7 @@ from ..registry.client import TransportOptions
 from ..registry.credentials import Credentials, Keychain, load_authfile, parse_creds
 from ..stores.archive import is_archive
 from ..termsafe import escape
-from .summary import human, print_plan, stdout_may_close
+from .summary import exit_now, human, print_plan, stdout_may_close
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
@@ -225,6 +225,9 @@ def print_dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: st
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:  # planning threads stalled on a registry are not waited for
+        click.echo("interrupted: nothing was moved", err=True)
+        exit_now(130)
 
 
 #: an RFC 6838 media type (type "/" subtype, restricted-name characters), as

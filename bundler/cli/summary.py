@@ -33,8 +33,23 @@ from ..errors import (
 from ..events import Tally
 from ..termsafe import escape
 
-__all__ = ["docker_archive_summary", "export_summary", "human", "import_summary", "plural", "print_plan", "rate", "run",
+__all__ = ["docker_archive_summary", "exit_now", "export_summary", "human", "import_summary", "plural", "print_plan", "rate", "run",
            "quiet_stream", "stdout_may_close"]
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` after an interrupt, without joining worker threads.
+
+    The run has already unwound (its files are removed or kept, its lock released); a
+    thread stalled on a registry response would otherwise hold the exit until its read
+    timeout. Standard output and error are flushed first.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more to say
+            pass
+    os._exit(code)
 
 
 def human(size: float) -> str:
@@ -136,7 +151,7 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         else:
             click.echo(f"interrupted: kept {finished}; run the same command again to "
                        "continue", err=True)
-        sys.exit(143 if terminated else 130)
+        exit_now(143 if terminated else 130)
     except (MappingError, InvalidReferenceError) as exc:
         reporter.close()
         raise click.UsageError(escape(exc)) from exc

@@ -36,6 +36,7 @@ from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from ..oci.reference import Reference
 from ..registry.client import TransportOptions
+from ..registry.workers import worker_pool
 from ..stores import BundleStore, Store
 from ..stores.archive import output_format
 from ..stores.archive_export import ArchiveExport
@@ -290,7 +291,7 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
     run = PushRun(bundle, report=report, stop=stop, keep_going=keep_going, tags_last=True)
     try:
         # 2. the manifests (an index's children at once), then what the bundle lacks
-        with ThreadPoolExecutor(max(1, jobs)) as manifest_pool:
+        with worker_pool(jobs) as manifest_pool:
             run.plan(targets, source.get_manifest, jobs=jobs, pool=manifest_pool)
             if discovery is not None:  # referrers, planned after their subjects
                 targets += _referrers(discovery, run, targets, image_of, source,

@@ -65,11 +65,15 @@ def run_parallel(
                     failures[futures[future]] = exc
             if failures and not keep_going:
                 stop.set()
+    except KeyboardInterrupt:  # Ctrl-C: a stalled request is not waited for
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     except BaseException:
         stop.set()
-        raise
-    finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True, cancel_futures=True)
     return failures
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ..oci.graph import ImagePlan, walk
 from ..oci.platforms import PlatformChoice
 from ..oci.reference import Reference
 from ..registry.client import TransportOptions
+from ..registry.workers import worker_pool
 from ..stores import Store
 from ..stores.archive import is_archive, output_format, refuse_existing
 from ..stores.archive_files import open_archive, reads_by_offsets
@@ -145,7 +145,7 @@ def plan_export(
     elif Path(output).exists():
         store = LayoutStore(output)
     plans: dict[Reference, ImagePlan] = {}
-    with ClientPool(options) as clients, ThreadPoolExecutor(max(1, jobs)) as pool:
+    with ClientPool(options) as clients, worker_pool(jobs) as pool:
         registry = (PlatformSource(clients, platforms or PlatformChoice(), choices)
                     if platforms is not None or choices else RegistrySource(clients))
         source = StoreSource(registry)

@@ -53,6 +53,7 @@ from ..registry.referrers import (
     read_fallback_index,
     referrer_descriptor,
 )
+from ..registry.workers import worker_pool
 from ..stores.registry import RegistrySource
 from .export_sources import StoreImage, StoreSource
 
@@ -310,7 +311,7 @@ def discover_in_source(discovery: ReferrerDiscovery, source: RegistrySource,
     """
     entries = source.read_index()
     images = [StoreImage(entry_name(e), e, Reference.parse(entry_name(e))) for e in entries]
-    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="bundler-referrers") as pool:
+    with worker_pool(jobs, "bundler-referrers") as pool:
         plans = {i: walk(i.descriptor, source.get_manifest, name=i.name, pool=pool)
                  for i in images if i.descriptor is not None}
         added = discovery.extend(StoreSource(source), images, plans, pool)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from ..errors import SizeMismatchError
@@ -41,6 +40,7 @@ from ..oci.digest import Digest, VerifyingReader
 from ..oci.reference import Reference
 from ..registry.foreign import ForeignSource
 from ..registry.pool import ClientPool
+from ..registry.workers import worker_pool
 from .layout import LayoutStore
 
 __all__ = ["RegistrySource"]
@@ -159,7 +159,7 @@ class RegistrySource:
                 if not keep_going:
                     stop.set()
 
-        with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="bundler-resolve") as pool:
+        with worker_pool(jobs, "bundler-resolve") as pool:
             list(pool.map(one, references))
         return {r: failures[r] for r in references if r in failures}
 
