@@ -1,7 +1,8 @@
 """export, import, mirror and copy are one engine (``PushRun``) over different stores.
 
 Read from the source: every driver starts a ``PushRun``, over registries or over a
-bundle, and no driver moves a blob itself. The behaviour of each command is asserted by
+bundle (a layout, an OCI archive), and no driver moves a blob itself: not the copy of
+an archive read once into a layout. The behaviour of each command is asserted by
 its own end-to-end tests on real registries (test_export, test_import, test_mirror,
 test_copy, test_archive, ...).
 """
@@ -63,25 +64,31 @@ def test_each_driver_starts_a_push_run_over_its_destination() -> None:
     assert {_name(c) for c in _calls("mirroring")} >= {"push_images"}
     copy_calls = {_name(c) for c in _calls("copying")}
     assert copy_calls >= {"export_bundle", "export_from_store", "push_images",
-                          "import_archive", "mirror_images"}
+                          "import_archive", "mirror_images", "feed_archive",
+                          "copy_to_docker_archive"}
+    # an archive read once into a layout or archive: an export run whose blobs the
+    # archive feeds as its members go by, the same feed as the one-pass import
+    assert "move" in {k.arg for c in _calls("copying") if _name(c) == "_from_store"
+                      for k in c.keywords}
+    assert "take" in {_name(c) for c in _calls("archive_import")}
     # export and import share the random-access driver
     assert "transfer" in {_name(c) for c in _calls("exporting")}
     assert "transfer" in {_name(c) for c in _calls("importing")}
 
 
 def test_no_driver_moves_a_blob_itself() -> None:
-    for module in ("exporting", "importing", "mirroring", "archive_import"):
+    for module in ("exporting", "importing", "mirroring", "archive_import", "copying"):
         assert {_name(c) for c in _calls(module)} & MOVING == set(), module
     # blobs are placed in one place per destination kind: the ladder, which calls the
     # destination's put_blob, and the bundle destination, which calls its store's
     movers = {path.stem for path in ENGINE.glob("*.py")
               if "put_blob" in {_name(c) for c in _calls(path.stem)}}
-    assert movers == {"ladder", "bundle_destination", "copying"}
-    # copying's own put_blob stages the members of an archive read once into a layout,
-    # which the export engine then reads (oci-archive: -> oci:)
-    unpack = next(node for node in ast.walk(ast.parse((ENGINE / "copying.py").read_text()))
-                  if isinstance(node, ast.FunctionDef) and node.name == "_unpack")
-    assert "put_blob" in {_name(c) for c in ast.walk(unpack) if isinstance(c, ast.Call)}
+    assert movers == {"ladder", "bundle_destination"}
+    # an archive is read member by member only by the one-pass feed, the checks and
+    # inspect (which reads one config)
+    readers = {path.stem for path in ENGINE.glob("*.py")
+               if "ArchiveReader" in {_name(c) for c in _calls(path.stem)}}
+    assert readers == {"archive_import", "archive_check", "inspecting"}
 
 
 def test_a_registry_and_a_bundle_offer_the_same_destination_verbs(tmp_path) -> None:
@@ -103,3 +110,4 @@ def test_a_registry_and_a_bundle_offer_the_same_destination_verbs(tmp_path) -> N
     source = StoreSource(layout)
     blobs = source.for_image(StoreImage("x"))
     assert isinstance(blobs, ImageBlobs) and isinstance(blobs, BlobStream)
+
