@@ -3,7 +3,8 @@
 The archive is a streaming source of the push engine
 (:class:`bundler.engine.push.PushRun`): this module turns its members into blob
 arrivals; the planning, the ladder, the manifests, the tags and the failures are the
-engine's.
+engine's. The same arrivals feed a run another driver planned (:func:`feed_archive`:
+``copy oci-archive:F.tar.zst oci:DIR``, an export whose blobs come from the archive).
 
 The archive is read once, front to back, and never unpacked to disk. ``index.json``
 gives the images and, with ``--to``/``--mapping``, their destinations; the manifests
