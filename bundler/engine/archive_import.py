@@ -3,7 +3,8 @@
 The archive is a streaming source of the push engine
 (:class:`bundler.engine.push.PushRun`): this module turns its members into blob
 arrivals; the planning, the ladder, the manifests, the tags and the failures are the
-engine's.
+engine's. The same arrivals feed a run another driver planned (:func:`feed_archive`:
+``copy oci-archive:F.tar.zst oci:DIR``, an export whose blobs come from the archive).
 
 The archive is read once, front to back, and never unpacked to disk. ``index.json``
 gives the images and, with ``--to``/``--mapping``, their destinations; the manifests
@@ -46,7 +47,7 @@ from .parallel import ClientPool
 from .push import ImportResult, PushRun
 from .pushplan import BlobPush
 
-__all__ = ["MAX_HELD", "import_archive"]
+__all__ = ["MAX_HELD", "feed_archive", "import_archive"]
 
 #: A blob that must be uploaded more than once is read into memory up to this size,
 #: and copied to a temp file beyond it.
@@ -94,7 +95,7 @@ class _ArchiveFeed:
             raise Cancelled("cancelled")
         if member.name == "oci-layout":
             check_layout_file(self._hold(member), self.where)
-        elif member.name == "index.json":
+        elif member.name == "index.json" and not self.planned:
             entries = parse_layout_index(self._hold(member), self.where)
             self.targets = resolve_targets(entries, to=self.to, mapping=self.mapping)
             self.graph.root(t.descriptor for t in self.targets)
@@ -197,6 +198,19 @@ class _ArchiveFeed:
             descriptor = next(iter(self.graph.missing.values()))
             raise BundleError(f"{self.where}: manifest {descriptor.digest} is missing from "
                               "the archive")
+        self.complete()
+        for target in list(self.run.todo):
+            self.run.tag(target)
+        return self.run.finish()
+
+    def complete(self) -> None:
+        """After the last member of a planned run: an image whose blobs did not all
+        arrive fails (non-distributable layers left out of the archive are skipped);
+        the manifests of the others are put.
+
+        Raises:
+            TransferError: an image failed, unless the run keeps going.
+        """
         run = self.run
         for target in list(run.todo):
             left, blobs = run.remaining[target], run.plans[target].blobs
@@ -211,9 +225,6 @@ class _ArchiveFeed:
                     f"{self.where}: blob {digest} is missing from the archive"))
         for target in run.ready():
             run.push_manifests(target)
-        for target in list(run.todo):
-            run.tag(target)
-        return run.finish()
 
 
 def import_archive(
@@ -264,3 +275,32 @@ def import_archive(
         for member in reader:
             feed.take(member)
         return feed.finish()
+
+
+def feed_archive(run: PushRun, bundle: str | os.PathLike[str], *,
+                 max_zstd_ratio: int | None = None) -> None:
+    """Read an archive once and hand each pending blob of a planned run (after
+    :meth:`PushRun.check_destinations`) over as its member goes by; then put the
+    manifests of every image whose blobs all arrived. The driver that planned the run
+    (from the archive's head: :func:`~bundler.engine.archive_check.read_head`) commits
+    it: an export into a layout or archive (``copy oci-archive:F.tar.zst oci:DIR``).
+
+    Args:
+        run: the planned run; its ``index.json`` is not read again.
+        bundle: a ``.tar``/``.tar.zst`` file or split volumes (not ``-``: the head was
+            read already).
+        max_zstd_ratio: see :class:`~bundler.stores.archive.ArchiveReader`.
+
+    Raises:
+        UnsafeArchiveError, BundleError: an unsafe, damaged or truncated archive.
+        TransferError: an image failed (a blob missing from the archive, damaged),
+        unless the run keeps going. Cancelled: the run's ``stop`` was set.
+    """
+    with ArchiveReader(bundle, max_zstd_ratio=max_zstd_ratio) as reader:
+        feed = _ArchiveFeed(reader.where, run, None, None, jobs=1, max_held=MAX_HELD)
+        feed.planned = True
+        for blob in run.pending:
+            feed.work.setdefault(blob.digest, []).append(blob)
+        for member in reader:
+            feed.take(member)
+        feed.complete()

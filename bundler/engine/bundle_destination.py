@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import IntegrityError, InvalidReferenceError, NotFoundError
 from ..events import Event, Reporter
-from ..oci.content import Descriptor, is_non_distributable
+from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from ..stores import BundleStore
@@ -41,10 +41,15 @@ from .destination import DestinationStore, LeftOut
 from .naming import Target
 from .parallel import raise_first, run_parallel
 from .pushplan import BlobPush, PushPlan
+from .referrers import referrer_annotations
 
 _log = logging.getLogger("bundler")
 
-__all__ = ["BundleDestination"]
+__all__ = ["UNNAMED", "BundleDestination", "named_entries"]
+
+#: ``entry_names`` value of an image written without a name (``oci:DIR`` with no
+#: ``:NAME``, as skopeo writes it): its ``index.json`` entry has no annotations.
+UNNAMED = ""
 
 
 class BundleDestination:
@@ -55,6 +60,8 @@ class BundleDestination:
         store: the bundle being written (the caller opens, locks and closes it).
         report: receives the events of the plan, of damaged blobs fetched again, and of
             the manifests stored.
+        refetch: fetch a blob that arrived damaged in a directory once more (False: a
+            source read once cannot give it again).
 
     Attributes:
         reused: blobs the bundle held already (by size).
@@ -64,8 +71,8 @@ class BundleDestination:
         skipped_foreign: non-distributable layers the source did not serve.
     """
 
-    def __init__(self, store: BundleStore, report: Reporter) -> None:
-        self.store, self.report = store, report
+    def __init__(self, store: BundleStore, report: Reporter, *, refetch: bool = True) -> None:
+        self.store, self.report, self.refetch = store, report, refetch
         self.reused = 0
         self.fetched: list[Digest] = []
         self.bytes_fetched = 0
@@ -155,7 +162,7 @@ class BundleDestination:
             try:
                 fetched = self.store.put_blob(digest, size, open_at)
             except IntegrityError as exc:  # damaged on the way: once more
-                if not isinstance(self.store, LayoutStore):
+                if not isinstance(self.store, LayoutStore) or not self.refetch:
                     raise  # an archive's writer may have begun the member already
                 _log.info("%s: %s; downloading it again", digest, exc)
                 with self._lock:
@@ -216,3 +223,24 @@ class BundleDestination:
 
         raise_first(run_parallel(list(raw), put, jobs=jobs), list(raw))
         self.store.sync()
+
+
+def named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, Descriptor]:
+    """The ``index.json`` entries of ``images`` (an export's), keyed by name: named by
+    their reference (ref.name and containerd's name), or as ``names`` (image name ->
+    entry name) says (ref.name only, as skopeo writes it; :data:`UNNAMED`: no
+    annotations, keyed by ``@DIGEST``). A referrer's entry says which subject it refers
+    to.
+
+    Spec: image-spec ``annotations.md``."""
+    entries: dict[str, Descriptor] = {}
+    for plan_ in images:
+        name = names.get(plan_.name, plan_.name)
+        if plan_.name not in names:
+            annotations = {REF_NAME: name, CONTAINERD_NAME: name}
+        else:
+            annotations = {REF_NAME: name} if name != UNNAMED else {}
+        annotations.update(referrer_annotations(plan_.descriptor))
+        entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
+            annotations)
+    return entries

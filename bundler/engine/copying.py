@@ -15,11 +15,10 @@ oci: / oci-archive:   docker://                   import (:func:`push_images`,
                                                   mapping entry -> destination
 oci:                  oci: / oci-archive:         export from a store
                                                   (:func:`export_from_store`)
-oci-archive:          oci:                        the archive's members of the image are
-                                                  stored in the destination layout, then
-                                                  exported from it (nothing to copy twice)
-oci-archive:          oci-archive:                the same through a staging layout beside
-                                                  the destination file, removed after
+oci-archive: read     oci: / oci-archive:         export: the manifests from the
+once (.tar.zst,                                   archive's head, each blob handed to the
+volumes)                                          engine as its member goes by
+                                                  (:func:`feed_archive`)
 docker://             docker://                   :func:`bundler.engine.mirroring.mirror_images`
 a .tar file           any                         (``oci-archive:`` or ``docker-archive:``)
                                                   the archive read by offsets as a store
@@ -45,27 +44,23 @@ distribution-spec "Pull", "Push".
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import Cancelled
-from ..events import Event, NullReporter, Reporter
+from ..events import NullReporter, Reporter
 from ..oci.content import Descriptor, entry_name
 from ..oci.digest import Digest
 from ..oci.graph import walk
 from ..oci.reference import Location
 from ..registry.client import TransportOptions
 from ..stores import Store
-from ..stores.archive import ArchiveReader, Member, refuse_existing
+from ..stores.archive import refuse_existing
 from ..stores.archive_files import open_archive, reads_by_offsets
 from ..stores.layout import LayoutStore
-from ..stores.lock import WriterLock
 from .archive_check import ArchiveHead, read_head
-from .archive_import import import_archive
+from .archive_import import feed_archive, import_archive
 from .copy_locations import check_locations, select_entry
 from .docker_export import copy_to_docker_archive
 from .exporting import UNNAMED, ExportResult, StoreImage, export_bundle, export_from_store
@@ -73,6 +68,7 @@ from .importing import ImportResult, push_images
 from .mirroring import mirror_images, plan_mirror
 from .naming import resolve_targets
 from .planning import ExportPlan, ImportPlan, PlannedImage, plan_export, plan_import
+from .push import PushRun
 from .referrers import DEFAULT_REFERRERS, ReferrerPolicy
 
 __all__ = ["CopyResult", "check_locations", "copy_image", "plan_copy", "select_entry"]
@@ -200,30 +196,11 @@ def copy_image(
         return _imported(result, import_archive(
             src.path, mapping=_mapping(entry, dst), options=dest_options, jobs=jobs,
             reporter=report, stop=stop, keep_going=keep_going, max_zstd_ratio=max_zstd_ratio))
-    plan = walk(entry, head.get_manifest, name=source)
-    needed = {d.digest: d for d, _ in plan.manifests} | plan.blobs
-    if dst.transport == "oci":  # the blobs go where they belong at once
-        # under the layout's writer lock, as the export that follows takes it
-        with WriterLock.for_output(dst.path, directory=True, wait=wait, on_wait=on_wait):
-            staging = LayoutStore(dst.path, create=True)
-            try:
-                _unpack(src.path, needed, set(plan.blobs), staging, result, report, stop,
-                        max_zstd_ratio)
-            except BaseException:
-                staging.discard_if_empty()
-                raise
-        return _exported(result, _from_store(staging, entry, dst, jobs, report, stop,
-                                             keep_going, wait, on_wait), staged=True)
-    parent = Path(dst.path).absolute().parent
-    folder = Path(tempfile.mkdtemp(prefix=f".{Path(dst.path).name}.stage-", dir=parent))
-    try:
-        staging = LayoutStore(folder, create=True)  # counted by the export that follows
-        _unpack(src.path, needed, set(plan.blobs), staging, CopyResult(src, dst), report,
-                stop, max_zstd_ratio)
-        return _exported(result, _from_store(staging, entry, dst, jobs, report, stop,
-                                             keep_going, wait, on_wait))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    # the manifests from the archive's head; its blobs handed over as the archive is
+    # read once more (nothing is staged)
+    return _exported(result, _from_store(
+        head, entry, dst, jobs, report, stop, keep_going, wait, on_wait,
+        move=lambda run: feed_archive(run, src.path, max_zstd_ratio=max_zstd_ratio)))
 
 
 def plan_copy(
@@ -315,77 +292,27 @@ def _mapping(entry: Descriptor, dst: Location) -> list[tuple[str, str]]:
     return [(str(entry.digest), str(dst.reference))]
 
 
-def _from_store(store: Store, entry: Descriptor, dst: Location, jobs: int,
+def _from_store(store: Store | ArchiveHead, entry: Descriptor, dst: Location, jobs: int,
                 report: Reporter, stop: threading.Event, keep_going: bool, wait: bool,
-                on_wait: Callable[[str], None] | None) -> ExportResult:
-    """Export one entry of ``store`` into a local destination, named as it asks."""
+                on_wait: Callable[[str], None] | None,
+                move: Callable[[PushRun], None] | None = None) -> ExportResult:
+    """Export one entry of ``store`` into a local destination, named as it asks
+    (``move``: see :func:`export_from_store`)."""
     image = StoreImage(entry_name(entry) or str(entry.digest), entry)
-    return export_from_store(store, [image], dst.path, format=_format(dst), jobs=jobs,
-                             reporter=report, stop=stop, keep_going=keep_going, wait=wait,
-                             on_wait=on_wait, entry_names={image.name: dst.ref_name or UNNAMED})
+    return export_from_store(store, [image], dst.path, format=_format(dst),  # type: ignore[arg-type]
+                             jobs=jobs, reporter=report, stop=stop, keep_going=keep_going,
+                             wait=wait, on_wait=on_wait,
+                             entry_names={image.name: dst.ref_name or UNNAMED}, move=move)
 
 
-def _unpack(archive: str, needed: dict[Digest, Descriptor], blobs: set[Digest],
-            store: LayoutStore, result: CopyResult, report: Reporter,
-            stop: threading.Event, max_zstd_ratio: int | None) -> None:
-    """Store the members of ``archive`` that are in ``needed`` (one image's manifests
-    and blobs) in ``store``, read in one pass, each checked against its descriptor;
-    ``result`` counts those in ``blobs`` (config and layers, as an export counts them).
-
-    Raises:
-        BundleError, UnsafeArchiveError, IntegrityError: a damaged or unsafe archive.
-        Cancelled: ``stop`` was set.
-    """
-    with ArchiveReader(archive, max_zstd_ratio=max_zstd_ratio) as reader:
-        for member in reader:
-            if stop.is_set():
-                raise Cancelled("cancelled")
-            descriptor = needed.get(member.digest) if member.digest is not None else None
-            if descriptor is None:
-                continue
-            counted = descriptor.digest in blobs  # manifests are not counted as blobs
-            if store.has_blob(descriptor.digest, descriptor.size):
-                result.blobs_present += counted
-                report(Event("blob", str(descriptor.digest), "skipped", total=descriptor.size))
-                continue
-            name = str(descriptor.digest)
-            report(Event("blob", name, "start", total=descriptor.size))
-
-            def progress(n: int, name: str = name, size: int = descriptor.size) -> None:
-                if stop.is_set():
-                    raise Cancelled("cancelled")
-                report(Event("blob", name, "progress", n, size))
-
-            fetched = store.put_blob(descriptor.digest, descriptor.size,
-                                     lambda offset, m=member: _member_chunks(m, offset),
-                                     on_bytes=progress)
-            result.blobs_copied += counted
-            result.bytes_copied += fetched if counted else 0
-            report(Event("blob", name, "done", descriptor.size, descriptor.size))
-    store.sync()
-
-
-def _member_chunks(member: Member, offset: int) -> Iterator[bytes]:
-    """An archive member's bytes from ``offset`` (the bytes before it are read past)."""
-    skip = offset
-    while chunk := member.file.read(1 << 20):
-        if skip >= len(chunk):
-            skip -= len(chunk)
-            continue
-        yield chunk[skip:] if skip else chunk
-        skip = 0
-
-
-def _exported(result: CopyResult, exported: ExportResult, staged: bool = False) -> CopyResult:
-    """Fill ``result`` from an export (``staged``: the blobs it found were stored by
-    :func:`_unpack` in this run, and counted there)."""
+def _exported(result: CopyResult, exported: ExportResult) -> CopyResult:
+    """Fill ``result`` from an export."""
     result.detail = exported
     if exported.images:
         result.digest = exported.images[0].descriptor.digest
     result.blobs_copied += exported.blobs_downloaded
     result.bytes_copied += exported.bytes_downloaded
-    if not staged:
-        result.blobs_present += exported.blobs_reused
+    result.blobs_present += exported.blobs_reused
     return result
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Cancelled, PartialFailureError, TransferError
 from ..events import NullReporter, Reporter
-from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor
+from ..oci.content import REF_NAME, Descriptor
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from ..oci.reference import Reference
@@ -43,7 +43,7 @@ from ..stores.archive_export import ArchiveExport
 from ..stores.layout import LayoutStore
 from ..stores.lock import WriterLock
 from ..stores.registry import RegistrySource
-from .bundle_destination import BundleDestination
+from .bundle_destination import UNNAMED, BundleDestination, named_entries
 from .destination import BundleEntry
 from .export_sources import StoreImage, StoreSource
 from .image_lists import parse_references, read_images_file, unique_references
@@ -55,15 +55,11 @@ from .referrers import (
     DEFAULT_REFERRERS,
     ReferrerDiscovery,
     ReferrerPolicy,
-    referrer_annotations,
 )
 
-__all__ = ["ExportResult", "StoreImage", "export_bundle", "export_from_store",
+__all__ = ["UNNAMED", "ExportResult", "StoreImage", "export_bundle", "export_from_store",
            "parse_references", "read_images_file", "unique_references"]
 
-#: ``entry_names`` value of an image written without a name (``oci:DIR`` with no
-#: ``:NAME``, as skopeo writes it): its ``index.json`` entry has no annotations.
-UNNAMED = ""
 
 
 @dataclass
@@ -187,6 +183,7 @@ def export_from_store(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     entry_names: dict[str, str] | None = None,
+    move: Callable[[PushRun], None] | None = None,
 ) -> ExportResult:
     """Export images of a store (a layout directory) into a layout directory or archive:
     the export engine with a :class:`~bundler.engine.export_sources.StoreSource`, as
@@ -203,6 +200,10 @@ def export_from_store(
             keep_going, wait, on_wait: as :func:`export_bundle`.
         entry_names: image name -> its entry name in the output (see
             :func:`export_bundle`); an image not in it keeps its name.
+        move: hands the pending blobs of the planned run over itself, in the order the
+            source gives them (an archive read once:
+            :func:`~bundler.engine.archive_import.feed_archive`; ``store`` then serves
+            the manifests only); None: ``jobs`` blobs at once from ``store``.
 
     Returns:
         An :class:`ExportResult`.
@@ -217,7 +218,7 @@ def export_from_store(
     return _write_bundle(StoreSource(store), list(images), output, format=format,
                          split_size=split_size, compression_level=compression_level,
                          jobs=jobs, reporter=reporter, stop=stop, keep_going=keep_going,
-                         wait=wait, on_wait=on_wait, entry_names=entry_names)
+                         wait=wait, on_wait=on_wait, entry_names=entry_names, move=move)
 
 
 def _write_bundle(source: StoreSource, items: list[StoreImage],
@@ -226,7 +227,8 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
                   reporter: Reporter | None, stop: threading.Event | None, keep_going: bool,
                   wait: bool, on_wait: Callable[[str], None] | None,
                   entry_names: dict[str, str] | None,
-                  discovery: ReferrerDiscovery | None = None) -> ExportResult:
+                  discovery: ReferrerDiscovery | None = None,
+                  move: Callable[[PushRun], None] | None = None) -> ExportResult:
     """Lock the output, open it as a layout or an archive, and run :func:`_export`."""
     report = reporter or NullReporter()
     stop = stop or threading.Event()
@@ -239,7 +241,7 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
         with lock, ArchiveExport(output, fmt, split_size=split_size,
                                  compression_level=compression_level) as archive:
             result = _export(items, source, archive, jobs, report, stop, collect, names,
-                             discovery)
+                             discovery, move)
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in items if r in failed], result)
     else:
@@ -247,7 +249,7 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
             store = LayoutStore(output, create=True)
             try:
                 result = _export(items, source, store, jobs, report, stop, collect, names,
-                                 discovery)
+                                 discovery, move)
             except BaseException:
                 store.discard_if_empty()  # a new directory holding only oci-layout is no
                 raise  # bundle (the lock removes the directory it made, if empty)
@@ -261,11 +263,14 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
 def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
             jobs: int, report: Reporter, stop: threading.Event,
             failed: dict | None = None, names: dict[str, str] | None = None,
-            discovery: ReferrerDiscovery | None = None) -> ExportResult:
+            discovery: ReferrerDiscovery | None = None,
+            move: Callable[[PushRun], None] | None = None) -> ExportResult:
     """Resolve the images, run the push engine into the bundle, write ``index.json``.
 
     ``items`` are the images to read from ``source``; ``failed`` (given: keep going)
-    collects the failed images; ``names`` renames entries (see ``entry_names``).
+    collects the failed images; ``names`` renames entries (see ``entry_names``);
+    ``move`` moves the blobs instead of the random-access driver (a blob read once is
+    not fetched again when it arrives damaged).
     """
     keep_going = failed is not None
     failed = {} if failed is None else failed
@@ -287,7 +292,7 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
             record_failure(failed, item, str(item), resolved[item], report, keep_going)
     image_of = {_target(item, tops[item], names): item for item in items if item in tops}
     targets = list(image_of)
-    bundle = BundleDestination(store, report)
+    bundle = BundleDestination(store, report, refetch=move is None)
     run = PushRun(bundle, report=report, stop=stop, keep_going=keep_going, tags_last=True)
     try:
         # 2. the manifests (an index's children at once), then what the bundle lacks
@@ -304,7 +309,11 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
         if isinstance(store, ArchiveExport) and not keep_going:
             _start_archive(store, _kept(run, targets), names)
             order.sort(key=lambda b: store.position(b.digest))
-        transfer(run, order, lambda blob: source.for_image(image_of[blob.owner]), jobs=jobs)
+        if move is not None:  # the source gives the order (an archive read once)
+            move(run)
+        else:
+            transfer(run, order, lambda blob: source.for_image(image_of[blob.owner]),
+                     jobs=jobs)
     finally:
         for target, error in run.failed.items():  # an image with a failed blob is left out
             failed.setdefault(image_of[target], error)
@@ -326,7 +335,7 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
     entries = {
         (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())
     }
-    for key, entry in _named_entries(images, names).items():
+    for key, entry in named_entries(images, names).items():
         if key.startswith("@") and any(not d.annotations and d.digest == entry.digest
                                        for d in entries.values()):
             continue  # already there without a name
@@ -383,25 +392,7 @@ def _result(images: list[ImagePlan], bundle: BundleDestination,
         included_foreign=[d for d in bundle.fetched if source.foreign(d)])
 
 
-def _named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, Descriptor]:
-    """The ``index.json`` entries of ``images``, keyed as :func:`_entry_key` keys them:
-    named by their reference (ref.name and containerd's name), or as ``names`` says
-    (ref.name only, as skopeo writes it; :data:`UNNAMED`: no annotations, keyed by
-    ``@DIGEST``)."""
-    entries: dict[str, Descriptor] = {}
-    for plan_ in images:
-        name = names.get(plan_.name, plan_.name)
-        if plan_.name not in names:
-            annotations = {REF_NAME: name, CONTAINERD_NAME: name}
-        else:
-            annotations = {REF_NAME: name} if name != UNNAMED else {}
-        annotations.update(referrer_annotations(plan_.descriptor))
-        entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
-            annotations)
-    return entries
-
-
 def _start_archive(store: ArchiveExport, images: list[ImagePlan],
                    names: dict[str, str] | None = None) -> None:
     """Write ``oci-layout``, ``index.json`` and the manifests at the archive's head."""
-    store.start(list(_named_entries(images, names or {}).values()), images)
+    store.start(list(named_entries(images, names or {}).values()), images)

@@ -6,6 +6,8 @@ The verbs (DESIGN convention 1) are ``read_index``, ``get_manifest``, ``has_blob
 
 - :class:`bundler.stores.layout.LayoutStore`: an OCI image layout directory (both);
 - :class:`bundler.stores.archive_export.ArchiveExport`: an archive being written;
+- :class:`bundler.stores.docker_archive_writer.DockerArchiveExport`: a docker archive
+  being written (the dual form ``docker load`` reads);
 - :class:`bundler.stores.archive.ArchiveReader`: an archive read in one pass (its
   members come in order; :mod:`bundler.engine.archive_import` reads it);
 - :class:`bundler.stores.registry.RegistrySource`: images read on demand from source

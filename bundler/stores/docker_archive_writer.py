@@ -1,22 +1,29 @@
-"""Write images as a docker archive that ``docker load`` and ``podman load`` accept and
-that is also an OCI image layout: the Docker 25+ dual form.
+"""A docker archive being written, that ``docker load`` and ``podman load`` accept and
+that is also an OCI image layout (the Docker 25+ dual form): the
+:class:`~bundler.stores.BundleStore` the transfer engine puts images into for
+``export --format docker-archive`` and ``copy ... docker-archive:`` (driven by
+:mod:`bundler.engine.docker_export`, as :mod:`bundler.engine.bundle_destination` drives
+every bundle store).
 
 Members, in bundler's one-pass order (so ``bundler import -`` reads it from a pipe too):
 ``oci-layout``, ``index.json`` (one descriptor per image, named by
 ``org.opencontainers.image.ref.name`` and ``io.containerd.image.name``),
 ``manifest.json`` (docker's list of ``Config``, ``RepoTags``, ``Layers``, each a path
-``blobs/sha256/<hex>``), then the manifests, the configs and the layers under
-``blobs/sha256/``. Digests are kept: the manifest, config and layers are the source's
-bytes, streamed through the verifying reader into the tar, never whole in memory.
+``blobs/sha256/<hex>``), then the manifests (all written by
+:meth:`DockerArchiveExport.start`), the configs and the layers under ``blobs/sha256/``
+(:meth:`DockerArchiveExport.put_blob`, one at a time in that order). Digests are kept:
+the manifest, config and layers are the source's bytes, streamed through the verifying
+reader into the tar, never whole in memory.
 
 ``docker load`` reads no zstd layer: for one, ``manifest.json`` names the layer's tar
-(``blobs/sha256/<diff_id>``, checked against the config), written after the blobs; the
-OCI side keeps the zstd layer.
+(``blobs/sha256/<diff_id>``, from the config:
+:func:`bundler.engine.docker_export.zstd_layers`), which
+:meth:`DockerArchiveExport.commit` decompresses from the member just written, checks
+against the diff_id and appends after the blobs; the OCI side keeps the zstd layer.
 
-``docker load`` takes one platform per image: an index is written as one of its image
-manifests, the one of the platform asked for, else ``linux/amd64``, else the only one;
-the choice is reported. The archive is written under a temp name beside the output,
-fsynced, and renamed when complete.
+``docker load`` takes one platform per image: the driver gives each image as one image
+manifest (of an index, the platform chosen). The archive is written under a temp name
+beside the output, fsynced, and renamed when complete.
 
 Spec: image-spec ``image-layout.md``; the docker save format (``manifest.json``); Docker
 Image Specification v1.2.
@@ -30,33 +37,26 @@ import json
 import os
 import tarfile
 import tempfile
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
-from ..errors import BundleError, Cancelled
-from ..events import Event, NullReporter, Reporter
+from ..errors import BundleError
 from ..oci.content import (
     CONTAINERD_NAME,
     OCI_INDEX,
     REF_NAME,
     Descriptor,
-    Index,
     Manifest,
-    is_non_distributable,
 )
-from ..oci.digest import Digest
+from ..oci.digest import Digest, VerifyingReader
 from ..oci.reference import Reference
-from . import Store
 from .layout import fsync_dir
 
-__all__ = ["DockerArchiveResult", "SavedImage", "choose_platform", "write_docker_archive"]
-
-DEFAULT_PLATFORM = "linux/amd64"
+__all__ = ["DockerArchiveExport", "SavedImage", "refuse_taken"]
 
 
 @dataclass
@@ -66,49 +66,6 @@ class SavedImage:
     name: str
     descriptor: Descriptor
     platform: str | None = None
-
-
-@dataclass
-class DockerArchiveResult:
-    """What :func:`write_docker_archive` wrote.
-
-    Attributes:
-        images: one per image. blobs, bytes: blobs written (configs and layers) and
-        their bytes. notes: the platform chosen from each index, one line each.
-    """
-
-    images: list[SavedImage] = field(default_factory=list)
-    blobs: int = 0
-    bytes: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-def choose_platform(name: str, index: Index, platform: str | None) -> tuple[Descriptor, str]:
-    """The child of an index that ``docker load`` gets: ``platform`` (``os/arch[/variant]``)
-    if given, else ``linux/amd64``, else the only image manifest.
-
-    Returns:
-        (the child descriptor, its platform as text).
-
-    Raises:
-        BundleError: no child of that platform, or several and none is linux/amd64
-        (listing the platforms).
-    """
-    children = [c for c in index.manifests if c.platform is not None and c.is_manifest
-                and c.platform.os != "unknown"]  # attestation manifests are unknown/unknown
-    held = [str(c.platform) for c in children]
-    wanted = platform or DEFAULT_PLATFORM
-    matches = [c for c in children if str(c.platform) == wanted
-               or (c.platform is not None and "/".join(wanted.split("/")[:2]) == str(c.platform)
-                   and wanted.count("/") == 1)]
-    if not matches and platform is None and len(children) == 1:
-        matches = children
-    if not matches:
-        asked = f"platform {platform}" if platform else f"{DEFAULT_PLATFORM} (the default)"
-        raise BundleError(f"{name}: the index has no image for {asked}; it has "
-                          f"{', '.join(held) or 'no platform images'}: choose one with "
-                          "--platform OS/ARCH[/VARIANT]")
-    return matches[0], str(matches[0].platform)
 
 
 def _repo_tag(name: str) -> str | None:
@@ -123,77 +80,19 @@ def _repo_tag(name: str) -> str | None:
     return f"{ref.registry}/{ref.repository}:{ref.tag}" if ref.tag else None
 
 
-def write_docker_archive(
-    store: Store,
-    images: list[tuple[str, Descriptor]],
-    output: str | os.PathLike[str],
-    *,
-    platform: str | None = None,
-    reporter: Reporter | None = None,
-    stop: threading.Event | None = None,
-) -> DockerArchiveResult:
-    """Write ``images`` of ``store`` as a docker archive (see the module docstring).
-
-    Args:
-        store: where the images are read (a layout, an archive, a registry source).
-        images: (name, descriptor) pairs; the name (a full reference with a tag) becomes
-            the ``RepoTags`` entry; "" or a digest reference writes ``RepoTags: null``.
-        output: the archive file to create (it must not exist).
-        platform: ``os/arch[/variant]`` to take from an index.
-        reporter: receives blob events. stop: set to cancel.
-
-    Returns:
-        A :class:`DockerArchiveResult`.
+def refuse_taken(path: Path) -> None:
+    """Refuse a docker archive output that exists.
 
     Raises:
-        BundleError: the output exists or cannot be written; an index without the
-        platform; an image whose layer is not in the store. What the store raises
-        (IntegrityError, TransferError, ...). Cancelled.
+        BundleError: ``path`` exists (or is a dangling symbolic link).
     """
-    report = reporter or NullReporter()
-    stop = stop or threading.Event()
-    path = Path(output)
     if path.exists() or path.is_symlink():
         raise BundleError(f"{path} already exists; a docker archive is written whole: "
                           "remove it or choose another output name")
-    result = DockerArchiveResult()
-    plans: list[tuple[SavedImage, Manifest]] = []
-    for name, descriptor in images:
-        item = store.get_manifest(descriptor)
-        chosen = None
-        if isinstance(item, Index):
-            descriptor, chosen = choose_platform(name or str(descriptor.digest), item, platform)
-            result.notes.append(f"{name or descriptor.digest}: an index; docker load takes "
-                                f"one platform: {chosen} was written")
-            item = store.get_manifest(descriptor)
-        if not isinstance(item, Manifest) or item.config is None:
-            raise BundleError(f"{name or descriptor.digest}: not an image manifest with a "
-                              "config; docker load cannot take it")
-        for layer in item.layers:
-            if is_non_distributable(layer) and not store.has_blob(layer.digest):
-                raise BundleError(f"{name or descriptor.digest}: non-distributable layer "
-                                  f"{layer.digest} is not in the source; docker load needs "
-                                  "every layer")
-        plans.append((SavedImage(name, Descriptor(item.media_type, descriptor.digest,
-                                                  descriptor.size), chosen), item))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                _write(tar, store, plans, result, report, stop)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
-        raise BundleError(f"{path}: cannot write the docker archive: "
-                          f"{exc.strerror or exc}") from exc
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return result
+
+
+def _blob(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.hex}"
 
 
 def _member(tar: tarfile.TarFile, name: str, size: int, source: Any) -> None:
@@ -202,117 +101,223 @@ def _member(tar: tarfile.TarFile, name: str, size: int, source: Any) -> None:
     tar.addfile(info, source)
 
 
-def _write(tar: tarfile.TarFile, store: Store, plans: list[tuple[SavedImage, Manifest]],
-           result: DockerArchiveResult, report: Reporter, stop: threading.Event) -> None:
-    def blob(d: Descriptor | Digest) -> str:
-        digest = d if isinstance(d, Digest) else d.digest
-        return f"blobs/{digest.algorithm}/{digest.hex}"
+class DockerArchiveExport:
+    """A new docker archive, as the :class:`~bundler.stores.BundleStore` of an export
+    (see the module docstring): :meth:`start` writes the head and the manifests, then
+    :meth:`put_blob` takes the configs and layers one at a time, in :meth:`position`
+    order. Use as a context manager: the archive is committed (fsynced, renamed) on
+    success, its temp file removed on error.
 
-    entries, saved = [], []
-    tars: dict[Digest, Descriptor] = {}  # diff_id -> its zstd layer
-    for image, manifest in plans:
-        tag = _repo_tag(image.name)
-        annotations = {REF_NAME: image.name, CONTAINERD_NAME: image.name} if image.name else {}
-        entries.append(image.descriptor.with_annotations(annotations).to_dict())
-        assert manifest.config is not None
-        layers = [blob(layer) for layer in manifest.layers]
-        for position, diff_id in _zstd_layers(store, manifest).items():
-            layers[position] = blob(diff_id)  # docker load reads no zstd: the layer's tar
-            tars.setdefault(diff_id, manifest.layers[position])
-        saved.append({"Config": blob(manifest.config), "RepoTags": [tag] if tag else None,
-                      "Layers": layers})
-        result.images.append(image)
-    small = [(b'{"imageLayoutVersion":"1.0.0"}', "oci-layout"),
-             (json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                          "manifests": entries}).encode(), "index.json"),
-             (json.dumps(saved).encode() + b"\n", "manifest.json")]
-    written: set[Digest] = set()
-    for data, name in small:
-        _member(tar, name, len(data), io.BytesIO(data))
-    for image, manifest in plans:
-        if image.descriptor.digest not in written:
-            written.add(image.descriptor.digest)
-            _member(tar, blob(image.descriptor), len(manifest.raw), io.BytesIO(manifest.raw))
-    blobs = [m.config for _, m in plans if m.config is not None]
-    blobs += [layer for _, m in plans for layer in m.layers]
-    for descriptor in blobs:
-        if descriptor.digest in written:
-            continue
-        if stop.is_set():
-            raise Cancelled("cancelled")
-        written.add(descriptor.digest)
-        name = str(descriptor.digest)
-        report(Event("blob", name, "start", total=descriptor.size))
-        with store.open_blob(descriptor) as reader:
-            _member(tar, blob(descriptor), descriptor.size, _Counted(reader, _progress(
-                report, name, descriptor.size, stop)))
-        report(Event("blob", name, "done", descriptor.size, descriptor.size))
-        result.blobs += 1
-        result.bytes += descriptor.size
-    for diff_id, layer in tars.items():
-        if diff_id not in written:
-            written.add(diff_id)
-            result.bytes += _write_tar_of(tar, store, layer, diff_id, blob(diff_id), stop)
-            result.blobs += 1
+    Args:
+        output: the archive file to create (it must not exist).
+
+    Attributes:
+        tars: the tar members written for zstd layers (count, bytes), after commit.
+
+    Raises:
+        BundleError: the output exists or cannot be written.
+    """
+
+    def __init__(self, output: str | os.PathLike[str]) -> None:
+        self.path = Path(output)
+        refuse_taken(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                        dir=self.path.parent)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        self.temp = Path(temp)
+        self._file = os.fdopen(fd, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w",  # noqa: SIM115 - closed
+                                 format=tarfile.PAX_FORMAT)  # in commit() or abort()
+        self._written: set[Digest] = set()
+        self._order: dict[Digest, int] = {}  # blob -> its place among the blobs
+        self._next = 0
+        self._tars: dict[Digest, Descriptor] = {}  # diff_id -> its zstd layer
+        self._at: dict[Digest, int] = {}  # zstd layer -> offset of its bytes in the file
+        self.tars = (0, 0)
+
+    def _failed(self, exc: OSError) -> BundleError:
+        return BundleError(f"{self.path}: cannot write the docker archive: "
+                           f"{exc.strerror or exc}")
+
+    def start(self, images: list[tuple[SavedImage, Manifest, dict[int, Digest]]]) -> None:
+        """Write ``oci-layout``, ``index.json``, ``manifest.json`` and the manifests; fix
+        the order of the blobs (the configs, then the layers, each once).
+
+        Args:
+            images: each image written, its manifest, and its zstd layers (position ->
+                diff_id: :func:`zstd_layers`).
+        """
+        entries, saved = [], []
+        for image, manifest, zstd in images:
+            tag = _repo_tag(image.name)
+            annotations = ({REF_NAME: image.name, CONTAINERD_NAME: image.name}
+                           if image.name else {})
+            entries.append(image.descriptor.with_annotations(annotations).to_dict())
+            assert manifest.config is not None
+            layers = [_blob(layer.digest) for layer in manifest.layers]
+            for position, diff_id in zstd.items():
+                layers[position] = _blob(diff_id)  # docker load reads no zstd: the tar
+                self._tars.setdefault(diff_id, manifest.layers[position])
+            saved.append({"Config": _blob(manifest.config.digest),
+                          "RepoTags": [tag] if tag else None, "Layers": layers})
+        small = [(b'{"imageLayoutVersion":"1.0.0"}', "oci-layout"),
+                 (json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                              "manifests": entries}).encode(), "index.json"),
+                 (json.dumps(saved).encode() + b"\n", "manifest.json")]
+        try:
+            for data, name in small:
+                _member(self._tar, name, len(data), io.BytesIO(data))
+            for image, manifest, _ in images:
+                if image.descriptor.digest not in self._written:
+                    self._written.add(image.descriptor.digest)
+                    _member(self._tar, _blob(image.descriptor.digest), len(manifest.raw),
+                            io.BytesIO(manifest.raw))
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        blobs = [m.config for _, m, _ in images if m.config is not None]
+        blobs += [layer for _, m, _ in images for layer in m.layers]
+        order = dict.fromkeys(d.digest for d in blobs if d.digest not in self._written)
+        self._order = {digest: n for n, digest in enumerate(order)}
+
+    def position(self, digest: Digest) -> int:
+        """The blob's place in the archive: :meth:`put_blob` takes them in this order."""
+        return self._order.get(digest, len(self._order))
+
+    # -- the store verbs an export uses -----------------------------------------------
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        """True for content already in the archive."""
+        return digest in self._written
+
+    def put_blob(self, digest: Digest, size: int, open_source: Callable[[int], Iterable[bytes]],
+                 *, on_bytes: Callable[[int], None] | None = None) -> int:
+        """Append a blob, streamed from ``open_source(0)`` through the verifying reader.
+
+        Returns:
+            Bytes written.
+
+        Raises:
+            BundleError: not the blob whose turn it is, or the archive cannot be
+            written. IntegrityError: wrong size or digest (the archive is then unusable:
+            the export fails).
+        """
+        if self._order.get(digest) != self._next:
+            raise BundleError(f"{self.path}: {digest} is not the next blob of the archive")
+        chunks = open_source(0)
+        try:
+            reader = VerifyingReader(chunks, digest, size, where=f"{self.path}: {digest}")
+            _member(self._tar, _blob(digest), size, reader)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        if any(layer.digest == digest for layer in self._tars.values()):
+            self._at[digest] = self._tar.offset - -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        self._written.add(digest)
+        self._next += 1
+        if on_bytes is not None:
+            on_bytes(size)
+        return size
+
+    def put_manifest(self, digest: Digest, data: bytes) -> None:
+        """Manifests were written by :meth:`start`; anything else is refused."""
+        if digest not in self._written:
+            raise BundleError(f"{self.path}: {digest} was not planned for this archive")
+
+    def read_index(self) -> list[Descriptor]:
+        """A new archive has no earlier entries."""
+        return []
+
+    def write_index(self, descriptors: Iterable[Descriptor]) -> None:
+        """Nothing: ``index.json`` and ``manifest.json`` were written by :meth:`start`."""
+
+    def sync(self) -> None:
+        """Nothing: the archive is fsynced when committed."""
+
+    # -- end ----------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Append the tars of the zstd layers, end the archive, fsync it and give it its
+        name.
+
+        Raises:
+            BundleError: a blob was not written; a zstd layer's tar is not its diff_id;
+            the archive cannot be written.
+        """
+        missing = [d for d in self._order if d not in self._written]
+        if missing:
+            raise BundleError(f"{self.path}: blob {missing[0]} was not written to the "
+                              "docker archive")
+        try:
+            count, total = 0, 0
+            for diff_id, layer in self._tars.items():
+                if diff_id not in self._written:
+                    self._written.add(diff_id)
+                    total += self._write_tar_of(layer, diff_id)
+                    count += 1
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.temp, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        self.tars = (count, total)
+
+    def _write_tar_of(self, layer: Descriptor, diff_id: Digest) -> int:
+        """Add the uncompressed tar of a zstd ``layer`` (read back from the member just
+        written) as ``blobs/sha256/<diff_id>``, spooled to a temporary file (its size goes
+        first in the tar header) and checked against ``diff_id``."""
+        self._file.flush()
+        digest = hashlib.sha256()
+        with tempfile.TemporaryFile() as spool, open(self.temp, "rb") as written:
+            written.seek(self._at[layer.digest])
+            member = _Slice(written, layer.size)
+            with zstandard.ZstdDecompressor().stream_reader(
+                    member, read_across_frames=True) as plain:
+                while chunk := plain.read(1 << 20):
+                    digest.update(chunk)
+                    spool.write(chunk)
+            if f"sha256:{digest.hexdigest()}" != str(diff_id):
+                raise BundleError(f"layer {layer.digest}: its tar has sha256 "
+                                  f"{digest.hexdigest()}, not the diff_id {diff_id} of the "
+                                  "config")
+            size = spool.tell()
+            spool.seek(0)
+            _member(self._tar, _blob(diff_id), size, spool)
+        return size
+
+    def abort(self) -> None:
+        """Remove the temp file."""
+        self._file.close()
+        self.temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> DockerArchiveExport:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
 
 
-def _zstd_layers(store: Store, manifest: Manifest) -> dict[int, Digest]:
-    """The zstd layers of an image (position -> diff_id from its config): ``docker load``
-    (Docker 28's graph drivers) fails on them with ``unexpected EOF``."""
-    positions = [n for n, layer in enumerate(manifest.layers)
-                 if layer.media_type.endswith("+zstd")]
-    if not positions or manifest.config is None:
-        return {}
-    with store.open_blob(manifest.config) as reader:
-        raw = reader.read()
-    try:
-        diff_ids = json.loads(raw)["rootfs"]["diff_ids"]
-        return {n: Digest.parse(diff_ids[n]) for n in positions}
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise BundleError(f"config {manifest.config.digest}: no diff_id for its zstd "
-                          f"layers ({exc}); docker load needs the layers' tars") from None
+class _Slice:
+    """``size`` bytes of a file from its current position, as a file object."""
 
-
-def _write_tar_of(tar: tarfile.TarFile, store: Store, layer: Descriptor, diff_id: Digest,
-                  name: str, stop: threading.Event) -> int:
-    """Add the uncompressed tar of a zstd ``layer`` as ``name``, spooled to a temporary
-    file (its size goes first in the tar header) and checked against ``diff_id``."""
-    decompressor = zstandard.ZstdDecompressor()
-    digest = hashlib.sha256()
-    with tempfile.TemporaryFile() as spool:
-        with store.open_blob(layer) as reader, \
-                decompressor.stream_reader(reader, read_across_frames=True) as plain:
-            while chunk := plain.read(1 << 20):
-                if stop.is_set():
-                    raise Cancelled("cancelled")
-                digest.update(chunk)
-                spool.write(chunk)
-        if f"sha256:{digest.hexdigest()}" != str(diff_id):
-            raise BundleError(f"layer {layer.digest}: its tar has sha256 "
-                              f"{digest.hexdigest()}, not the diff_id {diff_id} of the config")
-        size = spool.tell()
-        spool.seek(0)
-        _member(tar, name, size, spool)
-    return size
-
-
-def _progress(report: Reporter, name: str, size: int,
-              stop: threading.Event) -> Callable[[int], None]:
-    def on_bytes(done: int) -> None:
-        if stop.is_set():
-            raise Cancelled("cancelled")
-        report(Event("blob", name, "progress", done, size))
-    return on_bytes
-
-
-class _Counted:
-    """A reader that reports the bytes read so far."""
-
-    def __init__(self, reader: Any, on_bytes: Callable[[int], None]) -> None:
-        self._reader, self._on_bytes, self._done = reader, on_bytes, 0
+    def __init__(self, file: Any, size: int) -> None:
+        self._file, self._left = file, size
 
     def read(self, n: int = -1) -> bytes:
-        data: bytes = self._reader.read(n)
-        self._done += len(data)
-        self._on_bytes(self._done)
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data: bytes = self._file.read(n)
+        self._left -= len(data)
         return data
