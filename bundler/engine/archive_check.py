@@ -29,6 +29,7 @@ from ..oci.content import (
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.graph import check_reachable
 from ..oci.limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, describe
+from ..oci.platforms import kept_children, sparse_annotations
 from ..stores.archive import ArchiveReader, Member
 from ..stores.layout import check_layout_file
 from ..stores.volumes import checksum_path
@@ -134,6 +135,7 @@ class HeadManifests:
         self.bad: set[Digest] = set()
         self.rooted = False
         self._reached: set[Digest] = set()
+        self._roots: dict[Digest, Descriptor] = {}  # the sparse indexes among the roots
         self._on_bad = on_bad
         self._check_sizes = check_sizes
         self._where = where
@@ -150,7 +152,9 @@ class HeadManifests:
             ManifestError: a held manifest does not parse (and ``on_bad`` is None).
         """
         self.rooted = True
-        self._reach(list(descriptors))
+        descriptors = list(descriptors)
+        self._roots.update((d.digest, d) for d in descriptors if sparse_annotations(d))
+        self._reach(descriptors)
 
     def offer(self, digest: Digest, data: bytes) -> None:
         """Bytes of a member (already verified against ``digest``).
@@ -193,6 +197,9 @@ class HeadManifests:
                     digest=str(digest), expected=descriptor.size, actual=len(raw),
                     where=f"{self._where}: blobs/{digest.algorithm}/{digest.hex}")
             item = parse_manifest(raw, descriptor.media_type, digest=descriptor.digest)
+            under = list(item.manifests) if isinstance(item, Index) else []
+            if under and descriptor.digest in self._roots:  # a sparse index: its kept ones
+                under = kept_children(self._roots[descriptor.digest], under)
         except (ManifestError, SizeMismatchError) as exc:
             if self._on_bad is None:
                 if isinstance(exc, ManifestError):  # name the member: import has no image yet
@@ -204,7 +211,7 @@ class HeadManifests:
             self._on_bad(descriptor.digest, exc)
             return []
         self.manifests[descriptor.digest] = item
-        return list(item.manifests) if isinstance(item, Index) else []
+        return under
 
 
 @dataclass

@@ -34,6 +34,7 @@ from ..events import NullReporter, Reporter
 from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
+from ..oci.platforms import sparse_annotations
 from ..oci.reference import Reference
 from ..registry.client import TransportOptions
 from ..stores import BundleStore, Store
@@ -395,6 +396,7 @@ def _named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, 
         else:
             annotations = {REF_NAME: name} if name != UNNAMED else {}
         annotations.update(referrer_annotations(plan_.descriptor))
+        annotations.update(sparse_annotations(plan_.descriptor))
         entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
             annotations)
     return entries

@@ -8,6 +8,9 @@ resolved images are, for an index:
   :func:`bundler.oci.platforms.strip_index`; its children keep their digests, the index
   gets a new one and records the original's in the ``dev.bundler.platforms.source-digest``
   annotation;
+* ``sparse``: the index itself, bytes and digest unchanged, its descriptor annotated
+  with ``dev.bundler.platforms.sparse`` (the chosen platforms), so that walking it
+  (:func:`bundler.oci.graph.walk`) reaches only the chosen children;
 * ``single``: the chosen platform's manifest itself, with its original digest.
 
 An image that is no index is kept as it is. :attr:`PlatformSource.changed` says which
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from ..errors import ManifestError
 from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, Index, parse_manifest
 from ..oci.digest import Digest
-from ..oci.platforms import PlatformChoice, single_child, strip_index
+from ..oci.platforms import SPARSE, PlatformChoice, choose_children, single_child, strip_index
 from ..oci.reference import Reference
 from ..registry.pool import ClientPool
 from .registry import RegistrySource
@@ -81,6 +84,13 @@ class PlatformSource(RegistrySource):
         if not isinstance(index, Index):
             return entry
         try:
+            if choice.mode == "sparse":
+                choose_children(index, choice)  # one at least, or say which there are
+                narrowed = entry.with_annotations({REF_NAME: name, CONTAINERD_NAME: name,
+                                                   SPARSE: str(choice)})
+                with self._lock:
+                    self._entries[name] = narrowed
+                return narrowed
             if choice.mode == "single":
                 child = single_child(index, choice)
                 narrowed = Descriptor(media_type=child.media_type, digest=child.digest,
