@@ -386,3 +386,34 @@ def test_copy_and_serve_take_a_sparse_bundle(
     gone = httpx.get(f"{served.url}/v2/multi/arch/manifests/{index.children[2].digest}",
                      headers={"Accept": index.children[2].media_type})
     assert gone.status_code == 404
+
+
+def test_a_platform_the_index_lacks_fails_the_export(registry: LocalRegistry,
+                                                     tmp_path: Path) -> None:
+    index, _images = three_platforms()
+    push(registry, "multi/arch", index, tag="1")
+    result = run_cli("export", f"{registry.host}/multi/arch:1", "--platform", "windows/amd64",
+                     "--platform-mode", "sparse", "-o", str(tmp_path / "b"), "-q", *TLS)
+    assert result.exit_code == 1
+    assert f"index {index.digest} has no manifest for windows/amd64 (it has linux/amd64, " \
+           "linux/arm64/v8, linux/s390x)" in result.stderr
+    assert not (tmp_path / "b" / "index.json").exists()
+
+
+def test_a_docker_archive_of_a_sparse_bundle_chooses_among_the_kept_platforms(
+        sparse_bundle: tuple[Path, Any, list[Any], str], tmp_path: Path) -> None:
+    bundle, _index, images, ref = sparse_bundle
+    out = tmp_path / "d.tar"
+    result = run_cli("copy", f"oci:{bundle}:{ref}", f"docker-archive:{out}:app:1",
+                     "--platform", "linux/arm64/v8", "-q")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: app:1: the index has no image for platform linux/arm64/v8; it has "
+        "linux/amd64: choose one with --platform OS/ARCH[/VARIANT]\n")
+    result = run_cli("copy", f"oci:{bundle}:{ref}", f"docker-archive:{out}:app:1", "-q")
+    assert result.exit_code == 0, result.output
+    import tarfile
+
+    with tarfile.open(out) as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert manifest[0]["Config"] == f"blobs/sha256/{images[0].config.digest.split(':')[1]}"

@@ -31,7 +31,7 @@ import os
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from ..oci.content import (
     is_non_distributable,
 )
 from ..oci.digest import Digest
+from ..oci.platforms import kept_children
 from ..oci.reference import Reference
 from . import Store
 from .layout import fsync_dir
@@ -83,9 +84,13 @@ class DockerArchiveResult:
     notes: list[str] = field(default_factory=list)
 
 
-def choose_platform(name: str, index: Index, platform: str | None) -> tuple[Descriptor, str]:
+def choose_platform(name: str, index: Index, platform: str | None,
+                    kept: Sequence[Descriptor] | None = None) -> tuple[Descriptor, str]:
     """The child of an index that ``docker load`` gets: ``platform`` (``os/arch[/variant]``)
     if given, else ``linux/amd64``, else the only image manifest.
+
+    Args:
+        kept: the children to choose from (a sparse index's kept ones), else all.
 
     Returns:
         (the child descriptor, its platform as text).
@@ -94,7 +99,8 @@ def choose_platform(name: str, index: Index, platform: str | None) -> tuple[Desc
         BundleError: no child of that platform, or several and none is linux/amd64
         (listing the platforms).
     """
-    children = [c for c in index.manifests if c.platform is not None and c.is_manifest
+    children = [c for c in (index.manifests if kept is None else kept)
+                if c.platform is not None and c.is_manifest
                 and c.platform.os != "unknown"]  # attestation manifests are unknown/unknown
     held = [str(c.platform) for c in children]
     wanted = platform or DEFAULT_PLATFORM
@@ -162,7 +168,9 @@ def write_docker_archive(
         item = store.get_manifest(descriptor)
         chosen = None
         if isinstance(item, Index):
-            descriptor, chosen = choose_platform(name or str(descriptor.digest), item, platform)
+            kept = kept_children(descriptor, item.manifests)  # a sparse index: its platforms
+            descriptor, chosen = choose_platform(name or str(descriptor.digest), item, platform,
+                                                 kept)
             result.notes.append(f"{name or descriptor.digest}: an index; docker load takes "
                                 f"one platform: {chosen} was written")
             item = store.get_manifest(descriptor)
