@@ -360,6 +360,18 @@ def test_an_image_set_entry_may_be_sparse(registry: LocalRegistry, accepting: Lo
     assert served_digest(accepting, "whole/arch", index.children[2].digest) == \
         index.children[2].digest
 
+    # read once: the index is a sparse root and a whole one; the whole one reads whole
+    archive = tmp_path / "b.tar.zst"
+    result = run_cli("export", "-c", str(config), "-o", str(archive), "-q")
+    assert result.exit_code == 0, result.output
+    assert run_cli("verify", str(archive)).exit_code == 0
+    result = run_cli("import", "-", "--to", f"{accepting.host}/pipe", "-q", *DEST_TLS,
+                     stdin=archive.read_bytes())
+    assert result.exit_code == 0, result.output
+    assert served_digest(accepting, "pipe/multi/arch", index.children[2].digest) is None
+    assert served_digest(accepting, "pipe/whole/arch", index.children[2].digest) == \
+        index.children[2].digest
+
 
 @needs_skopeo
 def test_copy_and_serve_take_a_sparse_bundle(
