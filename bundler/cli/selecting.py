@@ -73,8 +73,10 @@ def platform_options(func: Callable) -> Callable:
         "--platform-mode", type=click.Choice(PLATFORM_MODES), default="strip",
         show_default=True,
         help="strip: a new index of the chosen platforms (children keep their digests, "
-             "the index gets a new one); single: exactly one platform, stored as that "
-             "platform's manifest (its original digest).")(func)
+             "the index gets a new one); sparse: the original index (same digest) with "
+             "only the chosen platforms' content, for registries that accept such an "
+             "index; single: exactly one platform, stored as that platform's manifest "
+             "(its original digest).")(func)
     return click.option(
         "--platform", "platforms", multiple=True, metavar="OS/ARCH[/VARIANT]",
         help="Keep only these platforms of multi-arch indexes (repeatable; default: "
