@@ -97,6 +97,9 @@ def sparse_bundle(registry: LocalRegistry, tmp_path: Path) -> tuple[Path, Any, l
     bundle = tmp_path / "b"
     result = run_cli("export", ref, *SPARSE_ARGS, "-o", str(bundle), "-q", *TLS)
     assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        f"sparse index: {ref}: {index.digest} (the registry's digest), with the content of "
+        "linux/amd64 only")
     return bundle, index, images, ref
 
 
@@ -300,6 +303,9 @@ def test_mirror_sparse_from_registry_to_registry(registry_factory, accepting: Lo
     result = run_cli("mirror", ref, *SPARSE_ARGS, "--to", f"{accepting.host}/m", "-q", *TLS,
                      *DEST_TLS)
     assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        f"sparse index: {ref}: {index.digest} (the registry's digest), with the content of "
+        "linux/amd64 only")
     assert skopeo_raw(f"{accepting.host}/m/multi/arch:1") == index.manifest_bytes
     assert served_digest(accepting, "m/multi/arch", index.children[2].digest) is None
     assert served_digest(accepting, "m/multi/arch", index.children[0].digest) == \

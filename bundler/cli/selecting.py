@@ -110,8 +110,13 @@ def platform_choice(platforms: tuple[str, ...], mode: str) -> PlatformChoice | N
 
 
 def say_changed(changes: list[DigestChange]) -> None:
-    """One stdout line per reference stored under another digest than the registry's."""
+    """One stdout line per reference stored under another digest than the registry's,
+    or as a sparse index (the registry's digest, some platforms' content only)."""
     for change in changes:
+        if change.mode == "sparse":
+            click.echo(f"sparse index: {escape(change.reference)}: {change.digest} (the "
+                       f"registry's digest), with the content of {change.platforms} only")
+            continue
         what = ("index stripped to the chosen platforms" if change.mode == "strip" else
                 "stored as its platform's manifest")
         click.echo(f"changed digest: {escape(change.reference)}: {what}: {change.digest} "

@@ -14,7 +14,7 @@ resolved images are, for an index:
 * ``single``: the chosen platform's manifest itself, with its original digest.
 
 An image that is no index is kept as it is. :attr:`PlatformSource.changed` says which
-references changed digest.
+references changed digest, and which are sparse.
 
 Spec: image-spec ``image-index.md``; distribution-spec "Pulling manifests".
 """
@@ -37,17 +37,20 @@ __all__ = ["DigestChange", "PlatformSource"]
 
 @dataclass(frozen=True)
 class DigestChange:
-    """A reference whose exported digest is not the registry's.
+    """A reference stored otherwise than the registry serves it: under another digest
+    (``strip``, ``single``), or as a sparse index (``sparse``: the same digest).
 
     Attributes:
         reference: the reference (``str``). original: the registry's index digest.
-        digest: the digest in the bundle. mode: ``strip`` or ``single``.
+        digest: the digest in the bundle. mode: ``strip``, ``sparse`` or ``single``.
+        platforms: the platforms kept (``linux/amd64,linux/arm64``).
     """
 
     reference: str
     original: Digest
     digest: Digest
     mode: str
+    platforms: str = ""
 
 
 class PlatformSource(RegistrySource):
@@ -90,6 +93,8 @@ class PlatformSource(RegistrySource):
                                                    SPARSE: str(choice)})
                 with self._lock:
                     self._entries[name] = narrowed
+                    self.changed.append(DigestChange(name, entry.digest, entry.digest,
+                                                     choice.mode, str(choice)))
                 return narrowed
             if choice.mode == "single":
                 child = single_child(index, choice)
@@ -111,5 +116,5 @@ class PlatformSource(RegistrySource):
         with self._lock:
             self._entries[name] = narrowed
             self.changed.append(DigestChange(name, entry.digest, narrowed.digest,
-                                             choice.mode))
+                                             choice.mode, str(choice)))
         return narrowed
