@@ -226,7 +226,10 @@ class BundleImage:
         name: the recorded name (reference) or "" when unnamed.
         digest: the top-level manifest or index digest.
         media_type: its media type.
-        platforms: ``os/arch[/variant]`` of an index's platform children.
+        platforms: ``os/arch[/variant]`` of an index's platform children (of a sparse
+            index, those the bundle holds).
+        sparse: the index is sparse (``dev.bundler.platforms.sparse``): the bundle holds
+            the children of ``platforms`` only, under the original index digest.
         size: bytes of its manifests and blobs that the bundle holds (each counted once
             within the image; a non-distributable layer left out is not counted).
         referrers: the signatures, attestations, SBOMs that refer to it (or to one of
@@ -242,6 +245,7 @@ class BundleImage:
     referrers: list[BundleImage] = field(default_factory=list)
     subject: Digest | None = None
     scheme: str = ""
+    sparse: bool = False
 
 
 @dataclass
@@ -306,7 +310,8 @@ def _list_store(store: LayoutStore | ArchiveStore | ArchiveHead) -> BundleListin
             BundleImage(plan.name if plan.name != str(plan.descriptor.digest) else "",
                         plan.descriptor.digest, plan.descriptor.media_type,
                         plan.platforms, size, subject=subject_of(plan.descriptor),
-                        scheme=plan.descriptor.annotations.get(SCHEME, ""))
+                        scheme=plan.descriptor.annotations.get(SCHEME, ""),
+                        sparse=plan.sparse is not None)
         )
         listing.total_bytes += size
         unique.update(held)

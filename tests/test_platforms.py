@@ -173,13 +173,13 @@ def test_an_image_set_entry_keeps_its_own_platforms(registry: LocalRegistry,
 def test_bad_platforms_in_a_file_name_their_line(tmp_path: Path) -> None:
     config = tmp_path / "set.yaml"
     config.write_text("127.0.0.1:1:\n  images:\n    app:\n      all-tags: true\n"
-                      "      platforms: [linux]\n      platform-mode: sparse\n")
+                      "      platforms: [linux]\n      platform-mode: dense\n")
     result = run_cli("export", "-c", str(config), "-o", str(tmp_path / "b"))
     assert result.exit_code == 2
     assert result.stderr.endswith(
         f"Error: invalid image set:\n{config}:5: platforms: 'linux' is not "
         "OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm64/v8) or all\n"
-        f"{config}:6: platform-mode 'sparse' is not one of strip, single\n")
+        f"{config}:6: platform-mode 'dense' is not one of strip, sparse, single\n")
 
 
 def test_mirror_strips_and_singles_like_export(registry_factory) -> None:

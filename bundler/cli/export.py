@@ -97,6 +97,7 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export reg:5000 --all-repositories --include-repositories 'team-a/.*' --all-tags -o b
       bundler export -c imageset.yaml -o bundle.tar.zst --dry-run
       bundler export reg:5000/app:1 --platform linux/amd64 --platform linux/arm64 -o b
+      bundler export reg:5000/app:1 --platform linux/amd64 --platform-mode sparse -o b
       bundler export registry.internal:5000/team/app:1.4 -o app.tar --format docker-archive
     """
     check_output_options(quiet, progress, dry_run, as_json)

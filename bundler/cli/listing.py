@@ -22,10 +22,12 @@ def with_referrers(images: list[api.BundleImage],
 
 def listed_json(image: api.BundleImage) -> dict[str, Any]:
     """An image as ``list --json`` shows it: its referrers nested under ``referrers``
-    (each with ``subject`` and ``scheme``)."""
+    (each with ``subject`` and ``scheme``); ``"sparse": true`` for a sparse index."""
     out: dict[str, Any] = {"reference": image.name, "digest": str(image.digest),
                            "mediaType": image.media_type, "platforms": image.platforms,
                            "size": image.size}
+    if image.sparse:  # the index is the original, the bundle holds these platforms only
+        out["sparse"] = True
     if image.subject is not None:
         out["subject"], out["scheme"] = str(image.subject), image.scheme
     if image.referrers:

@@ -210,7 +210,8 @@ def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
     for i, indent in with_referrers(listing.images):
         kind = i.media_type.rsplit("/", 1)[-1]
         rows.append((indent + (escape(i.name) or "(unnamed)"), i.digest.short, escape(kind),
-                     escape(",".join(i.platforms)) or "-", human(i.size)))
+                     (escape(",".join(i.platforms)) or "-") + (" (sparse)" if i.sparse else ""),
+                     human(i.size)))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())

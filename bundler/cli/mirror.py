@@ -102,7 +102,8 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
     repositories are pulled once and mounted; a rerun continues an interrupted one.
 
     REFERENCES are images; with --all-tags or a tag filter, REGISTRY/REPOSITORY; with
-    --all-repositories, REGISTRY. Indexes are mirrored whole (no --platform).
+    --all-repositories, REGISTRY. Indexes are mirrored whole unless --platform narrows
+    them (--platform-mode strip, sparse or single).
 
     \b
     Examples:
@@ -112,6 +113,7 @@ def mirror_cmd(references: tuple[str, ...], images_file: str | None, to: str | N
       bundler mirror -f images.txt --to registry.internal:5000/mirror --dry-run
       bundler mirror reg:5000/app --semver '>=1.2.0 <2' --latest 3 --to mirror.internal:5000/prod
       bundler mirror -c imageset.yaml --to mirror.internal:5000/prod --dry-run
+      bundler mirror reg:5000/app:1 --platform linux/amd64 --platform-mode sparse --to m:5000/p
     """
     check_output_options(quiet, progress, dry_run, as_json)
     referrers = referrer_policy(kw)

@@ -73,8 +73,10 @@ def platform_options(func: Callable) -> Callable:
         "--platform-mode", type=click.Choice(PLATFORM_MODES), default="strip",
         show_default=True,
         help="strip: a new index of the chosen platforms (children keep their digests, "
-             "the index gets a new one); single: exactly one platform, stored as that "
-             "platform's manifest (its original digest).")(func)
+             "the index gets a new one); sparse: the original index (same digest) with "
+             "only the chosen platforms' content, for registries that accept such an "
+             "index; single: exactly one platform, stored as that platform's manifest "
+             "(its original digest).")(func)
     return click.option(
         "--platform", "platforms", multiple=True, metavar="OS/ARCH[/VARIANT]",
         help="Keep only these platforms of multi-arch indexes (repeatable; default: "
@@ -108,8 +110,13 @@ def platform_choice(platforms: tuple[str, ...], mode: str) -> PlatformChoice | N
 
 
 def say_changed(changes: list[DigestChange]) -> None:
-    """One stdout line per reference stored under another digest than the registry's."""
+    """One stdout line per reference stored under another digest than the registry's,
+    or as a sparse index (the registry's digest, some platforms' content only)."""
     for change in changes:
+        if change.mode == "sparse":
+            click.echo(f"sparse index: {escape(change.reference)}: {change.digest} (the "
+                       f"registry's digest), with the content of {change.platforms} only")
+            continue
         what = ("index stripped to the chosen platforms" if change.mode == "strip" else
                 "stored as its platform's manifest")
         click.echo(f"changed digest: {escape(change.reference)}: {what}: {change.digest} "

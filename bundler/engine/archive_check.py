@@ -7,15 +7,13 @@ Spec: image-spec ``image-layout.md``, ``descriptor.md`` (digests and sizes).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import (
     BundleError,
     BundlerError,
-    ManifestError,
-    SizeMismatchError,
     UnsafeArchiveError,
 )
 from ..oci.content import (
@@ -24,7 +22,6 @@ from ..oci.content import (
     Manifest,
     is_non_distributable,
     parse_layout_index,
-    parse_manifest,
 )
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.graph import check_reachable
@@ -32,6 +29,7 @@ from ..oci.limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, describe
 from ..stores.archive import ArchiveReader, Member
 from ..stores.layout import check_layout_file
 from ..stores.volumes import checksum_path
+from .head_manifests import HeadManifests
 
 __all__ = ["MAX_HELD", "ONE_PASS_ORDER", "VerifyReport", "ArchiveHead", "HeadManifests", "check_held", "read_head",
            "verify_archive"]
@@ -101,110 +99,6 @@ def check_held(where: str, member: Member, held_bytes: int, max_held: int, *,
         raise BundleError(f"{where}: {member.name} ({member.size} bytes) would pass the "
                           f"limit of {describe(max_held)} on index.json and manifests held "
                           "in memory")
-
-
-class HeadManifests:
-    """The manifests reachable from root descriptors, parsed as their members arrive.
-
-    Members may come in any order: bytes offered before anything reaches them are held
-    (:attr:`held`) and parsed once the roots or a parsed index reach them. :attr:`missing`
-    (reachable, not loaded yet) is kept up to date as manifests are parsed, so asking
-    what is still to come costs nothing, however many members there are.
-
-    Args:
-        on_bad: receives (digest, error) for a manifest that does not parse or whose size
-            differs from its descriptor's; when None, the :class:`ManifestError` or
-            :class:`SizeMismatchError` is raised.
-        check_sizes: compare each manifest's size with its descriptor's (verify does it
-            itself, for every descriptor, naming the image).
-        where: the archive's name, for messages.
-
-    Attributes:
-        manifests: the parsed manifests and indexes, by digest.
-        held: offered bytes nothing has reached yet (configs, unordered manifests).
-        missing: reachable manifests not loaded yet.
-        bad: digests known to be unusable (they are not waited for).
-    """
-
-    def __init__(self, on_bad: Callable[[Digest, BundlerError], None] | None = None, *,
-                 check_sizes: bool = True, where: str = "") -> None:
-        self.manifests: dict[Digest, Manifest | Index] = {}
-        self.held: dict[Digest, bytes] = {}
-        self.missing: dict[Digest, Descriptor] = {}
-        self.bad: set[Digest] = set()
-        self.rooted = False
-        self._reached: set[Digest] = set()
-        self._on_bad = on_bad
-        self._check_sizes = check_sizes
-        self._where = where
-
-    @property
-    def complete(self) -> bool:
-        """True once the roots are known and every manifest they reach is loaded."""
-        return self.rooted and not self.missing
-
-    def root(self, descriptors: Iterable[Descriptor]) -> None:
-        """The descriptors to start from (``index.json`` entries, or the import targets).
-
-        Raises:
-            ManifestError: a held manifest does not parse (and ``on_bad`` is None).
-        """
-        self.rooted = True
-        self._reach(list(descriptors))
-
-    def offer(self, digest: Digest, data: bytes) -> None:
-        """Bytes of a member (already verified against ``digest``).
-
-        Raises:
-            ManifestError: a wanted manifest does not parse (and ``on_bad`` is None).
-            SizeMismatchError: its size is not its descriptor's (and ``on_bad`` is None).
-        """
-        descriptor = self.missing.pop(digest, None)
-        if descriptor is None:
-            self.held[digest] = data
-        else:
-            self._reach(self._parse(descriptor, data))
-
-    def mark_bad(self, digest: Digest) -> None:
-        """``digest`` cannot be used (its member is damaged): do not wait for it."""
-        self.bad.add(digest)
-        self.missing.pop(digest, None)
-        self.held.pop(digest, None)
-
-    def _reach(self, stack: list[Descriptor]) -> None:
-        while stack:
-            descriptor = stack.pop()
-            digest = descriptor.digest
-            if digest in self._reached or digest in self.bad:
-                continue
-            self._reached.add(digest)
-            raw = self.held.pop(digest, None)
-            if raw is None:
-                self.missing[digest] = descriptor
-            else:
-                stack.extend(self._parse(descriptor, raw))
-
-    def _parse(self, descriptor: Descriptor, raw: bytes) -> list[Descriptor]:
-        """Parse a reached manifest; the children an index reaches next."""
-        try:
-            if self._check_sizes and len(raw) != descriptor.size:  # as in a directory
-                digest = descriptor.digest
-                raise SizeMismatchError(
-                    digest=str(digest), expected=descriptor.size, actual=len(raw),
-                    where=f"{self._where}: blobs/{digest.algorithm}/{digest.hex}")
-            item = parse_manifest(raw, descriptor.media_type, digest=descriptor.digest)
-        except (ManifestError, SizeMismatchError) as exc:
-            if self._on_bad is None:
-                if isinstance(exc, ManifestError):  # name the member: import has no image yet
-                    digest = descriptor.digest
-                    raise ManifestError(f"{self._where}: blobs/{digest.algorithm}/{digest.hex}"
-                                        f": {exc}") from exc
-                raise
-            self.bad.add(descriptor.digest)
-            self._on_bad(descriptor.digest, exc)
-            return []
-        self.manifests[descriptor.digest] = item
-        return list(item.manifests) if isinstance(item, Index) else []
 
 
 @dataclass

@@ -35,6 +35,7 @@ from ..events import Event, Reporter
 from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
+from ..oci.platforms import sparse_annotations
 from ..stores import BundleStore
 from ..stores.layout import LayoutStore
 from .destination import DestinationStore, LeftOut
@@ -241,6 +242,7 @@ def named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, D
         else:
             annotations = {REF_NAME: name} if name != UNNAMED else {}
         annotations.update(referrer_annotations(plan_.descriptor))
+        annotations.update(sparse_annotations(plan_.descriptor))
         entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
             annotations)
     return entries

@@ -42,7 +42,8 @@ from .parallel import ClientPool
 from .pushplan import PushPlan, plan_push
 
 __all__ = ["BlobMount", "BlobStream", "BundleEntry", "Destination", "DestinationStore",
-           "LeftOut", "RegistryDestination", "StagedManifests", "foreign_refused"]
+           "LeftOut", "RegistryDestination", "StagedManifests", "foreign_refused",
+           "sparse_refused"]
 
 
 class DestinationStore(Protocol):
@@ -233,5 +234,33 @@ def foreign_refused(exc: RegistryError, foreign: list[Digest],
     return RegistryError(
         f"{exc} ({why}: it must accept foreign layer URLs, e.g. "
         f"distribution's validation.manifests.urls.allow)",
+        status=exc.status, codes=exc.codes, url=exc.url, registry=exc.registry,
+    )
+
+
+def sparse_refused(exc: RegistryError, plan: ImagePlan) -> RegistryError:
+    """``exc`` (a refused push of a sparse index), told apart: the registry wants every
+    child of an index in the repository, and the bundle holds only the chosen platforms'.
+
+    Args:
+        exc: the error of the index's push.
+        plan: the image (its :attr:`~bundler.oci.graph.ImagePlan.omitted` children).
+
+    Returns:
+        ``exc`` itself (a whole image, or an error that is no refusal: a transport error,
+        401, 403, 429, 5xx), or a RegistryError with the same status and codes that names
+        ``--platform-mode strip``.
+
+    Spec: distribution-spec "Pushing Manifests" (a registry MAY refuse a manifest whose
+    referenced content it does not hold: MANIFEST_BLOB_UNKNOWN, MANIFEST_UNKNOWN).
+    """
+    if not plan.omitted or isinstance(exc, TransportError) or exc.status is None \
+            or exc.status in (401, 403, 429) or exc.status >= 500:
+        return exc
+    return RegistryError(
+        f"{exc} (the index is sparse: only its {plan.sparse} manifests were pushed, "
+        f"{len(plan.omitted)} of its children were not, and this registry refuses an index "
+        "whose children it does not hold; use --platform-mode strip for a new index of the "
+        "chosen platforms)",
         status=exc.status, codes=exc.codes, url=exc.url, registry=exc.registry,
     )

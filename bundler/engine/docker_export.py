@@ -26,6 +26,7 @@ from ..errors import BundleError, Cancelled, LocationError, TransferError
 from ..events import NullReporter, Reporter
 from ..oci.content import Descriptor, Index, Manifest, entry_name, is_non_distributable
 from ..oci.digest import Digest
+from ..oci.platforms import kept_children
 from ..oci.reference import Location, Reference
 from ..registry.client import TransportOptions
 from ..stores import Store
@@ -61,9 +62,13 @@ class DockerArchiveResult:
     notes: list[str] = field(default_factory=list)
 
 
-def choose_platform(name: str, index: Index, platform: str | None) -> tuple[Descriptor, str]:
+def choose_platform(name: str, index: Index, platform: str | None,
+                    kept: Sequence[Descriptor] | None = None) -> tuple[Descriptor, str]:
     """The child of an index that ``docker load`` gets: ``platform`` (``os/arch[/variant]``)
     if given, else ``linux/amd64``, else the only image manifest.
+
+    Args:
+        kept: the children to choose from (a sparse index's kept ones), else all.
 
     Returns:
         (the child descriptor, its platform as text).
@@ -72,7 +77,8 @@ def choose_platform(name: str, index: Index, platform: str | None) -> tuple[Desc
         BundleError: no child of that platform, or several and none is linux/amd64
         (listing the platforms).
     """
-    children = [c for c in index.manifests if c.platform is not None and c.is_manifest
+    children = [c for c in (index.manifests if kept is None else kept)
+                if c.platform is not None and c.is_manifest
                 and c.platform.os != "unknown"]  # attestation manifests are unknown/unknown
     held = [str(c.platform) for c in children]
     wanted = platform or DEFAULT_PLATFORM
@@ -111,8 +117,9 @@ def saved_images(store: Store, images: list[tuple[str, Descriptor]], platform: s
         item = store.get_manifest(descriptor)
         platform_of = None
         if isinstance(item, Index):
+            kept = kept_children(descriptor, item.manifests)  # a sparse index: its platforms
             descriptor, platform_of = choose_platform(name or str(descriptor.digest), item,
-                                                      platform)
+                                                      platform, kept)
             notes.append(f"{name or descriptor.digest}: an index; docker load takes "
                          f"one platform: {platform_of} was written")
             item = store.get_manifest(descriptor)

@@ -25,6 +25,7 @@ from ..errors import NotFoundError
 from ..oci.content import Descriptor, Index, Manifest, is_non_distributable
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.graph import ImagePlan, walk
+from ..oci.platforms import sparse_annotations
 from ..oci.reference import Reference
 from ..stores import Store
 from ..stores.layout import LayoutStore
@@ -103,7 +104,8 @@ class StoreSource:
 
     def top(self, image: StoreImage) -> Descriptor:
         """The descriptor of the image's top manifest or index: its reference resolved
-        (a registry source; without annotations), or the one it came with.
+        (a registry source; without annotations but a sparse index's
+        ``dev.bundler.platforms.sparse``), or the one it came with.
 
         Raises:
             RegistryError, ManifestError, IntegrityError: the reference cannot be
@@ -113,7 +115,8 @@ class StoreSource:
             return image.descriptor
         if not isinstance(self.store, RegistrySource) or image.reference is None:
             raise TypeError(f"{image}: no descriptor, and no registry to resolve it")
-        return self.store.resolve_one(image.reference).with_annotations({})
+        top = self.store.resolve_one(image.reference)
+        return top.with_annotations(sparse_annotations(top))
 
     def plan(self, image: StoreImage, pool: ThreadPoolExecutor | None = None) -> ImagePlan:
         """The image's manifests, read from the store (its reference resolved first).

@@ -12,7 +12,7 @@ applied last. :func:`read_image_set` reads skopeo's sync YAML as it is, plus our
           tags: {include: ['1\\..*'], exclude: ['.*-debug'], semver: '>=1.2.0 <2', latest: 5}
           all-tags: true                  # every tag (no filter needed)
           platforms: [linux/amd64, linux/arm64]
-          platform-mode: strip            # or single (one platform)
+          platform-mode: strip            # or sparse, or single (one platform)
       images-by-tag-regex:
         nginx: ^1\\.13\\.[12]-alpine-perl$  # Go-style: matches anywhere unless anchored
       images-by-semver:

@@ -54,7 +54,8 @@ class PlatformSources:
 
     @property
     def changed(self) -> list[DigestChange]:
-        """The references stored under another digest than the registry's, sorted."""
+        """The references stored under another digest than the registry's, or as
+        sparse indexes, sorted."""
         return sorted((c for s in self._made for c in s.changed), key=lambda c: c.reference)
 
 
@@ -83,8 +84,8 @@ def export_platforms(
         choices: reference (``str``) -> its own choice (an image-set entry's
             ``platforms``). The others as :func:`bundler.export_bundle`.
         changed: receives a :class:`DigestChange` for each reference stored under
-            another digest than the registry's (each narrowed index), even when the
-            export fails for other images.
+            another digest than the registry's (each narrowed index), or as a sparse
+            index, even when the export fails for other images.
 
     Returns:
         An :class:`ExportResult`.

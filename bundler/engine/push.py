@@ -52,7 +52,7 @@ from ..oci.content import Descriptor, Index, Manifest
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan, walk
 from ..stores import MountSource
-from .destination import BundleEntry, Destination, StagedManifests, foreign_refused
+from .destination import BundleEntry, Destination, StagedManifests, foreign_refused, sparse_refused
 from .ladder import BlobFailures, BlobSource, ImportResult, blob_culprits, climb
 from .naming import Target
 from .parallel import run_parallel
@@ -301,6 +301,7 @@ class PushRun:
         dest = target.destination
         client = self.destination.get(dest.registry)
         plan = self.plans[target]
+        last = False
         try:
             for n, (descriptor, item) in enumerate(plan.manifests, 1):
                 last = n == len(plan.manifests)
@@ -314,7 +315,7 @@ class PushRun:
         except Cancelled:
             raise
         except Exception as exc:
-            self.fail([target], self._refused(target, exc))
+            self.fail([target], self._refused(target, exc, top=last))
             return
         with self.lock:
             self.pushed.add(target)
@@ -336,15 +337,18 @@ class PushRun:
                     dest.repository, dest.tag, plan.top.raw,
                     plan.top.media_type or target.descriptor.media_type)
         except BundlerError as exc:
-            self.fail([target], self._refused(target, exc))
+            self.fail([target], self._refused(target, exc, top=True))
             return
         self.report(Event("image", target.name, "done", plan.size, plan.size,
                           detail=shown(dest)))
 
-    def _refused(self, target: Target, exc: BaseException) -> BaseException:
-        """A refused manifest push, told apart when the image has foreign layers."""
+    def _refused(self, target: Target, exc: BaseException, *, top: bool) -> BaseException:
+        """A refused manifest push, told apart when the image has foreign layers, or
+        when it was the top index of a sparse image (``top``)."""
         if not isinstance(exc, RegistryError):
             return exc
+        if top and self.plans[target].omitted:
+            return sparse_refused(exc, self.plans[target])
         blobs = self.plans[target].blobs
         foreign = [d for d in blobs if d in self.result.skipped_foreign]
         listed = [d for d, b in blobs.items() if b.urls and d not in foreign]

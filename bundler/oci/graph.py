@@ -2,21 +2,33 @@
 and layers), keyed by digest so that a blob shared by many images is counted once. No
 I/O: manifests come from a ``load`` or ``visit`` callback.
 
+Which children of an image's top index are walked is decided in one place, a child
+filter (:data:`ChildFilter`): by default
+:func:`~bundler.oci.platforms.kept_children`, which leaves out the children a sparse
+index's bundle does not hold (``dev.bundler.platforms.sparse`` on its entry).
+
 Spec: image-spec ``image-index.md`` and ``manifest.md`` (what a manifest references),
 ``image-layout.md`` (``index.json``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .content import Descriptor, Index, Manifest, entry_name
+from ..errors import ManifestError
+from .content import INDEX_MEDIA_TYPES, Descriptor, Index, Manifest, entry_name
 from .digest import Digest
+from .platforms import SPARSE, kept_children
 
-__all__ = ["MAX_NESTING", "ImagePlan", "check_reachable", "name_images", "visit_reachable",
-           "walk"]
+__all__ = ["MAX_NESTING", "ChildFilter", "ImagePlan", "check_reachable", "name_images",
+           "visit_reachable", "walk"]
+
+#: ``children(top, index_children) -> the children to walk``: called for an image's top
+#: index only (its descriptor is the ``index.json`` entry or the resolved reference).
+#: Raises ManifestError when the children cannot be chosen.
+ChildFilter = Callable[[Descriptor, Sequence[Descriptor]], list[Descriptor]]
 
 
 @dataclass
@@ -29,12 +41,21 @@ class ImagePlan:
         manifests: (descriptor, raw bytes, parsed) of every manifest and index reachable,
             children before parents; the top-level one is last.
         blobs: every config and layer descriptor, keyed by digest.
+        omitted: the children of the top index the child filter left out (a sparse
+            index: their content is not part of the image here).
     """
 
     name: str
     descriptor: Descriptor
     manifests: list[tuple[Descriptor, Manifest | Index]] = field(default_factory=list)
     blobs: dict[Digest, Descriptor] = field(default_factory=dict)
+    omitted: list[Descriptor] = field(default_factory=list)
+
+    @property
+    def sparse(self) -> str | None:
+        """The platforms a sparse index holds (its ``dev.bundler.platforms.sparse``
+        annotation), or None for a whole image."""
+        return self.descriptor.annotations.get(SPARSE)
 
     @property
     def top(self) -> Manifest | Index:
@@ -49,14 +70,17 @@ class ImagePlan:
 
     @property
     def platforms(self) -> list[str]:
-        """``os/arch[/variant]`` of the index children that name a real platform."""
+        """``os/arch[/variant]`` of the index children that name a real platform (of a
+        sparse index, those it holds)."""
         top = self.top
         if not isinstance(top, Index):
             return []
+        left_out = {id(d) for d in self.omitted}
         return [
             str(d.platform)
             for d in top.manifests
             if d.platform and d.platform.os != "unknown" and d.platform.architecture != "unknown"
+            and id(d) not in left_out
         ]
 
 
@@ -71,6 +95,7 @@ def walk(
     *,
     name: str,
     pool: ThreadPoolExecutor | None = None,
+    children: ChildFilter = kept_children,
 ) -> ImagePlan:
     """Load an image's manifests depth-first and collect its blobs.
 
@@ -79,28 +104,34 @@ def walk(
         load: returns the parsed (and digest-checked) manifest a descriptor points at.
         name: the image name for the plan and for errors.
         pool: loads the children of an index concurrently when given.
+        children: chooses the children of the top index to walk (see
+            :data:`ChildFilter`); the others are :attr:`ImagePlan.omitted`.
 
     Returns:
         The :class:`ImagePlan`, manifests in children-first order.
 
     Raises:
-        Whatever ``load`` raises; ManifestError for a reference cycle.
+        Whatever ``load`` raises; ManifestError for a reference cycle, or from
+        ``children`` (e.g. a sparse index without a child of its platforms).
     """
     plan = ImagePlan(name=name, descriptor=top)
     seen: set[Digest] = set()
 
     def visit(descriptor: Descriptor, item: Manifest | Index, depth: int) -> None:
         if depth > MAX_NESTING:
-            from ..errors import ManifestError
-
             raise ManifestError(f"{name}: indexes nested deeper than {MAX_NESTING} levels")
         if isinstance(item, Index):
-            children = [c for c in item.manifests if c.digest not in seen]
-            seen.update(c.digest for c in children)
-            loaded = list(pool.map(load, children)) if pool and len(children) > 1 else [
-                load(c) for c in children
+            under = list(item.manifests)
+            if depth == 0:
+                under = children(descriptor, under)
+                kept = {id(c) for c in under}
+                plan.omitted = [c for c in item.manifests if id(c) not in kept]
+            fresh = [c for c in under if c.digest not in seen]
+            seen.update(c.digest for c in fresh)
+            loaded = list(pool.map(load, fresh)) if pool and len(fresh) > 1 else [
+                load(c) for c in fresh
             ]
-            for child, child_item in zip(children, loaded, strict=True):
+            for child, child_item in zip(fresh, loaded, strict=True):
                 visit(child, child_item, depth + 1)
         for blob in item.blobs:
             plan.blobs.setdefault(blob.digest, blob)
@@ -116,6 +147,7 @@ def visit_reachable(
     visit: Callable[[str, Descriptor, bool], Iterable[Descriptor]],
     reached: dict[Digest, list[str]] | None = None,
     too_deep: Callable[[str, Descriptor], None] | None = None,
+    children: ChildFilter = kept_children,
 ) -> int:
     """Call ``visit`` once per digest reachable from a layout's ``index.json`` entries.
 
@@ -130,13 +162,19 @@ def visit_reachable(
         too_deep: called (instead of ``visit``) for a manifest under more than
             :data:`MAX_NESTING` levels of indexes, which :func:`walk` refuses; nothing
             under it is visited.
+        children: chooses the children of an entry that is an index, as in
+            :func:`walk` (a sparse index: those its bundle holds).
 
     Returns:
         The number of images (entries).
 
+    Raises:
+        What ``children`` raises (ManifestError).
+
     Spec: image-spec ``image-layout.md`` (``index.json``), ``image-index.md``, ``manifest.md``.
     """
     under: dict[Digest, list[Descriptor]] = {}
+    expanded: set[Digest] = set()  # digests whose whole content went on a stack
     for position, entry in enumerate(entries):
         name = entry_name(entry) or f"#{position} ({entry.digest})"
         stack: list[tuple[Descriptor, int]] = [(entry, 0)]
@@ -155,9 +193,16 @@ def visit_reachable(
                 continue
             if descriptor.digest not in under:
                 under[descriptor.digest] = list(visit(name, descriptor, descriptor is entry))
-            elif reached is None:
+            below = under[descriptor.digest]
+            if descriptor is entry and entry.media_type in INDEX_MEDIA_TYPES and below:
+                kept = children(entry, below)
+                if len(kept) < len(below):  # a sparse index: not all of it
+                    stack.extend((child, depth + 1) for child in kept)
+                    continue
+            if descriptor.digest in expanded and reached is None:
                 continue  # its content was walked for an earlier image
-            stack.extend((child, depth + 1) for child in under[descriptor.digest])
+            expanded.add(descriptor.digest)
+            stack.extend((child, depth + 1) for child in below)
     return len(entries)
 
 
@@ -184,5 +229,12 @@ def check_reachable(
         bad.setdefault(descriptor.digest, f"manifest {descriptor.digest} is under more "
                                           f"than {MAX_NESTING} levels of indexes")
 
-    images = visit_reachable(entries, visit, reached, too_deep=too_deep)
+    def children(top: Descriptor, under: Sequence[Descriptor]) -> list[Descriptor]:
+        try:
+            return kept_children(top, under)
+        except ManifestError as exc:  # an unreadable annotation, or no child it names
+            bad.setdefault(top.digest, str(exc))
+            return []
+
+    images = visit_reachable(entries, visit, reached, too_deep=too_deep, children=children)
     return images, [f"{name_images(reached[d])}: {why}" for d, why in bad.items()]

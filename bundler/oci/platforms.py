@@ -1,10 +1,15 @@
 """Platform selection in multi-arch indexes: parse ``OS/ARCH[/VARIANT]``, pick an
-index's children, and write the stripped index. No I/O.
+index's children, write the stripped index, and read the sparse index annotation. No I/O.
 
 A chosen platform without a variant matches every variant of its architecture
 (``linux/arm64`` matches ``linux/arm64/v8``); with one, only that variant. An
 attestation manifest (BuildKit: ``vnd.docker.reference.type: attestation-manifest``) is
 kept when the manifest it refers to (``vnd.docker.reference.digest``) is kept.
+
+A sparse index is the original index, bytes and digest unchanged, of which a bundle
+holds only the chosen children: its ``index.json`` entry carries :data:`SPARSE` (the
+chosen platforms), and :func:`kept_children` is the one rule that says which children
+of such an index are there (the child filter of :func:`bundler.oci.graph.walk`).
 
 Spec: image-spec ``image-index.md`` (``platform``), ``annotations.md``; BuildKit
 attestation storage (``vnd.docker.reference.*``).
@@ -14,20 +19,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import ManifestError
-from .content import Descriptor, Index, Platform
+from .content import INDEX_MEDIA_TYPES, Descriptor, Index, Platform
 
-__all__ = ["PLATFORMS", "PLATFORM_MODES", "SOURCE_DIGEST", "PlatformChoice",
-           "choose_children", "parse_platform", "single_child", "strip_index"]
+__all__ = ["PLATFORMS", "PLATFORM_MODES", "SOURCE_DIGEST", "SPARSE", "PlatformChoice",
+           "choose_children", "keep_children", "kept_children", "parse_platform",
+           "single_child", "sparse_annotations", "sparse_choice", "strip_index"]
 
 #: ``--platform-mode`` values this version implements.
-PLATFORM_MODES = ("strip", "single")
+PLATFORM_MODES = ("strip", "sparse", "single")
 #: Annotation of a stripped index: the digest of the index it was made from.
 SOURCE_DIGEST = "dev.bundler.platforms.source-digest"
 #: Annotation of a stripped index: the platforms kept, comma-separated.
 PLATFORMS = "dev.bundler.platforms"
+#: Annotation of an ``index.json`` entry whose index is sparse: the chosen platforms,
+#: comma-separated (``linux/amd64,linux/arm64``); only their children are in the bundle.
+SPARSE = "dev.bundler.platforms.sparse"
 _ATTESTATION = "attestation-manifest"
 _PART = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
@@ -52,8 +62,9 @@ class PlatformChoice:
 
     Attributes:
         platforms: the chosen platforms (none: all, the index untouched).
-        mode: ``strip`` (a new index of the chosen children) or ``single`` (the one
-            chosen child manifest instead of the index).
+        mode: ``strip`` (a new index of the chosen children), ``sparse`` (the index
+            unchanged, only the chosen children's content) or ``single`` (the one chosen
+            child manifest instead of the index).
     """
 
     platforms: tuple[Platform, ...] = ()
@@ -78,17 +89,79 @@ def choose_children(index: Index, choice: PlatformChoice) -> list[Descriptor]:
     Raises:
         ManifestError: no child is of a chosen platform (names those the index has).
     """
-    kept = [d for d in index.manifests if choice.matches(d.platform)
+    return keep_children(index.manifests, choice, f"index {index.digest}")
+
+
+def keep_children(children: Sequence[Descriptor], choice: PlatformChoice,
+                  what: str) -> list[Descriptor]:
+    """:func:`choose_children` over an index's child descriptors.
+
+    Args:
+        children: the ``manifests`` of an index, in order.
+        choice: the platforms to keep.
+        what: the index, for the error (``index sha256:...``).
+
+    Raises:
+        ManifestError: no child is of a chosen platform (names those there are).
+    """
+    kept = [d for d in children if choice.matches(d.platform)
             and d.annotations.get("vnd.docker.reference.type") != _ATTESTATION]
     if not kept:
-        has = sorted({str(d.platform) for d in index.manifests if d.platform and
+        has = sorted({str(d.platform) for d in children if d.platform and
                       d.annotations.get("vnd.docker.reference.type") != _ATTESTATION})
-        raise ManifestError(f"index {index.digest} has no manifest for {choice} (it has "
+        raise ManifestError(f"{what} has no manifest for {choice} (it has "
                             f"{', '.join(has) or 'no platforms'})")
     digests = {str(d.digest) for d in kept}
-    return [d for d in index.manifests if d in kept or (
+    return [d for d in children if d in kept or (
         d.annotations.get("vnd.docker.reference.type") == _ATTESTATION
         and d.annotations.get("vnd.docker.reference.digest") in digests)]
+
+
+def sparse_choice(top: Descriptor) -> PlatformChoice | None:
+    """The platforms a sparse index holds, from its ``index.json`` entry's
+    :data:`SPARSE` annotation; None when the entry has none (a whole index).
+
+    Raises:
+        ManifestError: the annotation is on no index, or is no list of
+        ``OS/ARCH[/VARIANT]``.
+    """
+    value = top.annotations.get(SPARSE)
+    if value is None:
+        return None
+    if top.media_type not in INDEX_MEDIA_TYPES:
+        raise ManifestError(f"{top.digest}: annotation {SPARSE} on a {top.media_type or 'descriptor'}"
+                            ", not on an index")
+    try:
+        platforms = tuple(parse_platform(p) for p in value.split(","))
+    except ValueError as exc:
+        raise ManifestError(f"index {top.digest}: annotation {SPARSE}: {exc}") from None
+    return PlatformChoice(platforms, "sparse")
+
+
+def sparse_annotations(top: Descriptor) -> dict[str, str]:
+    """The :data:`SPARSE` annotation of a descriptor, as a map (empty if none)."""
+    value = top.annotations.get(SPARSE)
+    return {} if value is None else {SPARSE: value}
+
+
+def kept_children(top: Descriptor, children: Sequence[Descriptor]) -> list[Descriptor]:
+    """The children of an image's top index that its bundle holds: those of the
+    platforms its :data:`SPARSE` annotation names (and their attestations), or every
+    child (no annotation). The child filter of :func:`bundler.oci.graph.walk` and
+    :func:`bundler.oci.graph.visit_reachable`.
+
+    Args:
+        top: the image's top descriptor (its ``index.json`` entry, or a resolved
+            reference carrying the annotation).
+        children: the index's ``manifests``.
+
+    Raises:
+        ManifestError: an unreadable annotation; no child of the platforms it names.
+    """
+    choice = sparse_choice(top)
+    if choice is None:
+        return list(children)
+    return keep_children(children, choice, f"sparse index {top.digest}")
 
 
 def strip_index(index: Index, choice: PlatformChoice) -> bytes:

@@ -30,9 +30,18 @@ if TYPE_CHECKING:
 
     from bundler.sandbox.tokenserver import TokenServer
 
-__all__ = ["REGISTRY_BINARY", "LocalRegistry", "RegistryStartError", "free_port", "start_registry"]
+__all__ = ["DISTRIBUTION_V3_BINARY", "REGISTRY_BINARY", "SPARSE_INDEX_VALIDATION",
+           "LocalRegistry", "RegistryStartError", "free_port", "start_registry"]
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
+#: CNCF distribution v3 (``cmd/registry``), built by ``scripts/build-tools.sh``: the first
+#: release with an opt-in for image indexes whose children are not all in the repository.
+DISTRIBUTION_V3_BINARY = str(Path(__file__).resolve().parents[2] /
+                             ".tools/bin/distribution-registry")
+#: ``extra_config`` for distribution v3 that accepts a sparse index: only an index's
+#: ``linux/amd64`` children must be in the repository (``validation.manifests.indexes``).
+SPARSE_INDEX_VALIDATION: dict[str, Any] = {"validation": {"manifests": {"indexes": {
+    "platforms": "list", "platformlist": [{"os": "linux", "architecture": "amd64"}]}}}}
 
 # 127.0.0.1 - - [30/Nov/2026:16:44:26 +0000] "GET /v2/ HTTP/1.1" 401 87 "" "python-httpx/0.28.1"
 _ACCESS_RE = re.compile(r'^\S+ \S+ \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ')
@@ -234,6 +243,7 @@ def start_registry(
     token: TokenServer | None = None,
     extra_config: dict[str, Any] | None = None,
     timeout_s: float = 10.0,
+    binary: str = REGISTRY_BINARY,
 ) -> LocalRegistry:
     """Start a registry on a free loopback port and wait until ``GET /v2/`` answers.
 
@@ -245,6 +255,8 @@ def start_registry(
             ``username``/``password`` become the token server's first user.
         extra_config: dict merged (shallowly per top-level key) into the YAML config.
         timeout_s: how long to wait for the registry to come up.
+        binary: the registry program (:data:`REGISTRY_BINARY`, or
+            :data:`DISTRIBUTION_V3_BINARY`, which reads the same config).
 
     Returns:
         The running :class:`LocalRegistry`.
@@ -252,14 +264,16 @@ def start_registry(
     Raises:
         RegistryStartError: the binary is missing or the registry did not come up.
     """
-    if not os.access(REGISTRY_BINARY, os.X_OK):
-        raise RegistryStartError(f"{REGISTRY_BINARY} not found (apt-get install docker-registry)")
+    if not os.access(binary, os.X_OK):
+        raise RegistryStartError(f"{binary} not found (apt-get install docker-registry; "
+                                 "bash scripts/build-tools.sh for distribution v3)")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     last_error: RegistryStartError | None = None
     for _attempt in range(3):
         try:
-            return _start_once(workdir, htpasswd, tls, token, extra_config, timeout_s)
+            return _start_once(workdir, htpasswd, tls, token, extra_config, timeout_s,
+                               binary)
         except RegistryStartError as exc:  # port race: try another port
             last_error = exc
     assert last_error is not None
@@ -273,6 +287,7 @@ def _start_once(
     token: TokenServer | None,
     extra_config: dict[str, Any] | None,
     timeout_s: float,
+    binary: str,
 ) -> LocalRegistry:
     port = free_port()
     host = f"127.0.0.1:{port}"
@@ -319,7 +334,7 @@ def _start_once(
     log_path = workdir / "registry.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [REGISTRY_BINARY, "serve", str(config_path)],
+            [binary, "serve", str(config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -8,10 +8,13 @@ resolved images are, for an index:
   :func:`bundler.oci.platforms.strip_index`; its children keep their digests, the index
   gets a new one and records the original's in the ``dev.bundler.platforms.source-digest``
   annotation;
+* ``sparse``: the index itself, bytes and digest unchanged, its descriptor annotated
+  with ``dev.bundler.platforms.sparse`` (the chosen platforms), so that walking it
+  (:func:`bundler.oci.graph.walk`) reaches only the chosen children;
 * ``single``: the chosen platform's manifest itself, with its original digest.
 
 An image that is no index is kept as it is. :attr:`PlatformSource.changed` says which
-references changed digest.
+references changed digest, and which are sparse.
 
 Spec: image-spec ``image-index.md``; distribution-spec "Pulling manifests".
 """
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from ..errors import ManifestError
 from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, Index, parse_manifest
 from ..oci.digest import Digest
-from ..oci.platforms import PlatformChoice, single_child, strip_index
+from ..oci.platforms import SPARSE, PlatformChoice, choose_children, single_child, strip_index
 from ..oci.reference import Reference
 from ..registry.pool import ClientPool
 from .registry import RegistrySource
@@ -34,17 +37,20 @@ __all__ = ["DigestChange", "PlatformSource"]
 
 @dataclass(frozen=True)
 class DigestChange:
-    """A reference whose exported digest is not the registry's.
+    """A reference stored otherwise than the registry serves it: under another digest
+    (``strip``, ``single``), or as a sparse index (``sparse``: the same digest).
 
     Attributes:
         reference: the reference (``str``). original: the registry's index digest.
-        digest: the digest in the bundle. mode: ``strip`` or ``single``.
+        digest: the digest in the bundle. mode: ``strip``, ``sparse`` or ``single``.
+        platforms: the platforms kept (``linux/amd64,linux/arm64``).
     """
 
     reference: str
     original: Digest
     digest: Digest
     mode: str
+    platforms: str = ""
 
 
 class PlatformSource(RegistrySource):
@@ -81,6 +87,15 @@ class PlatformSource(RegistrySource):
         if not isinstance(index, Index):
             return entry
         try:
+            if choice.mode == "sparse":
+                choose_children(index, choice)  # one at least, or say which there are
+                narrowed = entry.with_annotations({REF_NAME: name, CONTAINERD_NAME: name,
+                                                   SPARSE: str(choice)})
+                with self._lock:
+                    self._entries[name] = narrowed
+                    self.changed.append(DigestChange(name, entry.digest, entry.digest,
+                                                     choice.mode, str(choice)))
+                return narrowed
             if choice.mode == "single":
                 child = single_child(index, choice)
                 narrowed = Descriptor(media_type=child.media_type, digest=child.digest,
@@ -101,5 +116,5 @@ class PlatformSource(RegistrySource):
         with self._lock:
             self._entries[name] = narrowed
             self.changed.append(DigestChange(name, entry.digest, narrowed.digest,
-                                             choice.mode))
+                                             choice.mode, str(choice)))
         return narrowed
