@@ -408,3 +408,30 @@ def test_a_killed_archive_export_leaves_no_receipt(chain: Chain, tmp_path: Path)
 def test_receipt_is_canonical(chain: Chain) -> None:
     data = receipt_path_beside(chain.diff).read_bytes()
     assert Receipt.from_bytes(data, "r").to_bytes() == data
+
+
+def test_the_same_diff_as_a_tar_zst_has_the_same_id_and_serves_as_base(
+        chain: Chain, tmp_path: Path) -> None:
+    """The bundle id is index.json's digest: the same images since the same base give
+    the same id in any format, so a .tar.zst copy of the first diff is the second's base
+    (read once by verify --base); merge reads bundles in place and refuses it."""
+    again = tmp_path / "diff1.tar.zst"
+    export_bundle([chain.ref(n) for n in chain.diff_refs], again,
+                  since=read_receipt(chain.base))
+    first = read_receipt(chain.diff)
+    assert read_receipt(again).bundle_id == first.bundle_id
+    assert held_in_archive(again) == held(chain.diff)
+    diff2 = read_receipt(chain.diff2)
+    in_diff = len([b for b in diff2.omitted if b.digest in held(chain.diff)])
+    result = run_cli("verify", str(chain.diff2), "--base", str(again))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[2] == (
+        f"base: {again} (bundle {first.bundle_id}) holds {in_diff} of the "
+        f"{len(diff2.omitted)} blobs, each checked")
+    out = tmp_path / "full"
+    refused = run_cli("merge", str(chain.base), str(again), "-o", str(out))
+    assert refused.exit_code == 2
+    assert refused.stderr.endswith(
+        f"Error: DIFF {again}: merge reads bundles in place: give a directory, a .tar or "
+        "its volumes (decompress a .tar.zst with zstd -d first)\n")
+    assert not out.exists()
