@@ -421,6 +421,15 @@ def test_the_same_diff_as_a_tar_zst_has_the_same_id_and_serves_as_base(
     first = read_receipt(chain.diff)
     assert read_receipt(again).bundle_id == first.bundle_id
     assert held_in_archive(again) == held(chain.diff)
+    listed = json.loads(run_cli("list", "--json", str(again)).stdout)  # its head, read once
+    assert (listed["bundleId"], listed["base"]) == (first.bundle_id, {
+        "bundleId": read_receipt(chain.base).bundle_id, "omittedBlobs": len(first.omitted),
+        "omittedBytes": first.omitted_bytes})
+    assert listed["uniqueBytes"] == json.loads(
+        run_cli("list", "--json", str(chain.diff)).stdout)["uniqueBytes"]
+    checked = json.loads(run_cli("verify", "--json", str(again)).stdout)
+    assert (checked["ok"], sorted(checked["expected"])) == (
+        True, [b.digest for b in first.omitted])
     diff2 = read_receipt(chain.diff2)
     in_diff = len([b for b in diff2.omitted if b.digest in held(chain.diff)])
     result = run_cli("verify", str(chain.diff2), "--base", str(again))
@@ -435,3 +444,15 @@ def test_the_same_diff_as_a_tar_zst_has_the_same_id_and_serves_as_base(
         f"Error: DIFF {again}: merge reads bundles in place: give a directory, a .tar or "
         "its volumes (decompress a .tar.zst with zstd -d first)\n")
     assert not out.exists()
+
+
+def test_the_blobs_left_to_the_base_are_never_requested(chain: Chain, tmp_path: Path) -> None:
+    mark = chain.registry.mark()
+    out = tmp_path / "again.tar"
+    export_bundle([chain.ref(n) for n in chain.diff_refs], out, since=read_receipt(chain.base))
+    fetched = sorted(uri.rsplit("/", 1)[-1] for method, uri, _ in
+                     chain.registry.access_log(mark)
+                     if method == "GET" and "/blobs/" in uri)
+    _, blobs = needs(chain.items(chain.diff_refs))
+    base = read_receipt(chain.base)
+    assert fetched == sorted(d for d in blobs if d not in base.blobs)  # the 4 new ones
