@@ -164,7 +164,8 @@ def copy_image(
         exported = export_bundle([ref], dst.path, format=_format(dst), options=src_options,
                                  jobs=jobs, reporter=report, stop=stop, keep_going=keep_going,
                                  wait=wait, on_wait=on_wait, referrers=None,  # one image
-                                 entry_names={str(ref): dst.ref_name or UNNAMED})
+                                 entry_names={str(ref): dst.ref_name or UNNAMED},
+                                 receipts=False)
         return _exported(result, exported)
     if src.transport == "oci":
         store = LayoutStore(src.path)
@@ -302,7 +303,8 @@ def _from_store(store: Store | ArchiveHead, entry: Descriptor, dst: Location, jo
     return export_from_store(store, [image], dst.path, format=_format(dst),  # type: ignore[arg-type]
                              jobs=jobs, reporter=report, stop=stop, keep_going=keep_going,
                              wait=wait, on_wait=on_wait,
-                             entry_names={image.name: dst.ref_name or UNNAMED}, move=move)
+                             entry_names={image.name: dst.ref_name or UNNAMED}, move=move,
+                             receipts=False)
 
 
 def _exported(result: CopyResult, exported: ExportResult) -> CopyResult:
