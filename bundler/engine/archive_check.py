@@ -7,7 +7,7 @@ Spec: image-spec ``image-layout.md``, ``descriptor.md`` (digests and sizes).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 

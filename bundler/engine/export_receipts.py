@@ -33,6 +33,7 @@ from ..stores import BundleStore
 from ..stores.archive_export import ArchiveExport
 from ..stores.contained import read_inside
 from ..stores.layout import LayoutStore, write_atomic
+from .bundle_destination import UNNAMED, named_entries
 from .receipts import (
     BASE_ANNOTATION,
     RECEIPT_MEMBER,
@@ -43,7 +44,6 @@ from .receipts import (
     now,
     receipt_path_beside,
 )
-from .bundle_destination import UNNAMED, named_entries
 
 __all__ = ["UNNAMED", "Differential", "merged_entries", "named_entries", "start_archive",
            "write_index", "PlannedStore", "archive_receipt", "clear_layout_receipts",
