@@ -97,11 +97,13 @@ def test_no_driver_moves_a_blob_itself() -> None:
     movers = {path.stem for path in ENGINE.glob("*.py")
               if "put_blob" in {_name(c) for c in _calls(path.stem)}}
     assert movers == {"ladder", "bundle_destination"}
-    # an archive is read member by member only by the one-pass feed, the checks and
-    # inspect (which reads one config)
+    # an archive is read member by member only by the one-pass feed, the checks (an
+    # archive's own, and verify --base of a compressed base: differential_check), the
+    # receipt reader (the receipt at an archive's head) and inspect (one config)
     readers = {path.stem for path in ENGINE.glob("*.py")
                if "ArchiveReader" in {_name(c) for c in _calls(path.stem)}}
-    assert readers == {"archive_import", "archive_check", "inspecting"}
+    assert readers == {"archive_import", "archive_check", "differential_check", "inspecting",
+                       "receipts"}
     # the docker-archive writer takes each blob from the engine (put_blob's source), and
     # reads none itself
     assert {_name(c) for c in _calls("docker_archive_writer", STORES)} \

@@ -37,7 +37,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,8 @@ class DockerArchiveExport:
         """A new archive has no earlier entries."""
         return []
 
-    def write_index(self, descriptors: Iterable[Descriptor]) -> None:
+    def write_index(self, descriptors: Iterable[Descriptor],
+                    annotations: Mapping[str, str] | None = None) -> None:
         """Nothing: ``index.json`` and ``manifest.json`` were written by :meth:`start`."""
 
     def sync(self) -> None:
