@@ -363,7 +363,8 @@ UNSAFE = {
     "duplicate": (_member("./index.json", data=b"{}"), "'./index.json': duplicate entry"),
     "outside": (_member("evil.sh"), "'evil.sh': not part of an OCI image layout or docker "
                                     "archive (only oci-layout, index.json and "
-                                    "blobs/<algorithm>/<hex> of an OCI image layout, and "
+                                    "blobs/<algorithm>/<hex> of an OCI image layout, "
+                                    "bundler's bundler-receipt.json, and "
                                     "manifest.json, repositories, <id>.json and "
                                     "<id>/layer.tar of docker save, are accepted)"),
     "bad-dir": (_member("etc", tarfile.DIRTYPE, None),

@@ -11,8 +11,8 @@ distribution-spec "Pushing manifests" (registries accept manifests of 4 MiB at l
 
 from __future__ import annotations
 
-__all__ = ["HELD_LIMIT", "INDEX_LIMIT", "LISTED_LIMIT", "MANIFEST_LIMIT", "ZSTD_RATIO_LIMIT",
-           "describe"]
+__all__ = ["HELD_LIMIT", "INDEX_LIMIT", "LISTED_LIMIT", "MANIFEST_LIMIT", "RECEIPT_LIMIT",
+           "ZSTD_RATIO_LIMIT", "describe"]
 
 #: Largest manifest or index blob, in bytes (distribution accepts 4 MiB).
 MANIFEST_LIMIT = 8 << 20
@@ -24,6 +24,9 @@ HELD_LIMIT = 256 << 20
 #: Default cap on the zstd decompression ratio of an archive member (decompressed bytes
 #: per compressed byte); ``--max-zstd-ratio`` raises it.
 ZSTD_RATIO_LIMIT = 1000
+#: Largest bundle receipt (``bundler-receipt.json``, ``NAME.receipt.json``), in bytes:
+#: about 400,000 blobs as bundler writes them.
+RECEIPT_LIMIT = 64 << 20
 #: Most entries read from one paged listing of a registry (the tags of a repository, a
 #: catalog, the referrers of a manifest): a registry that pages for ever is refused.
 LISTED_LIMIT = 1_000_000

@@ -48,6 +48,7 @@ __all__ = [
     "DOCKER_MEMBER",
     "LAYOUT_DIRECTORY",
     "METADATA",
+    "RECEIPT_MEMBER",
     "check_header",
     "check_member",
     "is_archive",
@@ -133,6 +134,9 @@ def normalize_name(name: str) -> str:
     return name.rstrip("/") if name not in ("", "/") else name
 
 
+#: bundler's receipt of the bundle (:mod:`bundler.engine.receipts`), at the layout root
+#: beside ``index.json``; in an archive, the member right after ``index.json``.
+RECEIPT_MEMBER = "bundler-receipt.json"
 #: Metadata members other tools write beside a layout (``docker save``): accepted, unused.
 METADATA = frozenset({"manifest.json", "repositories"})
 #: The members of a legacy ``docker save`` archive and of ``podman save``'s
@@ -141,7 +145,7 @@ METADATA = frozenset({"manifest.json", "repositories"})
 DOCKER_MEMBER = re.compile(r"^[0-9a-f]{64}(\.json|\.tar|/VERSION|/json|/layer\.tar)$")
 DOCKER_DIRECTORY = re.compile(r"^[0-9a-f]{64}$")
 ACCEPTED = ("only oci-layout, index.json and blobs/<algorithm>/<hex> of an OCI image "
-            "layout, and manifest.json, repositories, <id>.json and <id>/layer.tar of "
+            "layout, bundler's bundler-receipt.json, and manifest.json, repositories, <id>.json and <id>/layer.tar of "
             "docker save, are accepted")
 
 
@@ -189,7 +193,8 @@ def check_member(info: tarfile.TarInfo, seen: set[str], where: str) -> str | Non
         where: the archive's name for messages.
 
     Returns:
-        The normalized name of a layout file, or None for an accepted directory or a
+        The normalized name of a layout file (or of bundler's receipt,
+        :data:`RECEIPT_MEMBER`), or None for an accepted directory or a
         metadata member (:data:`METADATA`), which is read past.
 
     Raises:
@@ -215,7 +220,7 @@ def check_member(info: tarfile.TarInfo, seen: set[str], where: str) -> str | Non
         raise BundleError(f"{where}: {raw!r} is a member of a docker save archive, which "
                           "is read from a file (in any order), not from a pipe or a "
                           ".tar.zst: give the .tar file")
-    if name not in ("oci-layout", "index.json") and not _BLOB_RE.match(name):
+    if name not in ("oci-layout", "index.json", RECEIPT_MEMBER) and not _BLOB_RE.match(name):
         raise refuse(f"not part of an OCI image layout or docker archive ({ACCEPTED})")
     return name
 

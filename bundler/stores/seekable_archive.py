@@ -37,6 +37,7 @@ from .archive import (
     DOCKER_MEMBER,
     LAYOUT_DIRECTORY,
     METADATA,
+    RECEIPT_MEMBER,
     blob_digest,
 )
 from .layout import check_layout_file
@@ -80,7 +81,7 @@ def scan_archive(path: str | os.PathLike[str] | list[Path],
                                          "the directories blobs/ and blobs/<algorithm>/ "
                                          "belong in a bundle")
         for name in index.entries:
-            if name in ("oci-layout", "index.json") or name in METADATA \
+            if name in ("oci-layout", "index.json", RECEIPT_MEMBER) or name in METADATA \
                     or DOCKER_MEMBER.match(name):
                 continue
             if blob_digest(name, where) is None:
