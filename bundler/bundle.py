@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine.archive_check import ArchiveHead, VerifyReport, read_head, verify_archive
 from .engine.archive_files import import_file, verify_file
 from .engine.archive_import import import_archive
+from .engine.chain_import import ImportChain
 from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
 from .engine.docker_export import export_docker_archive
 from .engine.exporting import ExportResult, export_bundle, read_images_file
@@ -157,6 +159,9 @@ def import_bundle(
     keep_going: bool = False,
     shared_blob_dir: str | os.PathLike[str] | None = None,
     max_zstd_ratio: int | None = None,
+    base: str | os.PathLike[str] | None = None,
+    receipt_repository: str | None = None,
+    receipt: bool = True,
 ) -> ImportResult:
     """Push every image of a bundle (or those a mapping names) into registries.
 
@@ -173,6 +178,16 @@ def import_bundle(
             directory (see :func:`open_bundle`); not for archives.
         max_zstd_ratio: a ``.tar.zst`` member may decompress to this many bytes per
             compressed byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
+        base: a differential bundle's base bundle (a directory or a ``.tar``), read
+            for the omitted blobs the destination does not have.
+        receipt_repository: ``REGISTRY/REPOSITORY`` of the registry receipts (None:
+            ``<--to>/bundler-receipts``, see :mod:`bundler.engine.registry_receipt`).
+        receipt: push the registry receipt once every image is tagged.
+
+    A differential bundle (``export --since``) is checked before anything is pushed:
+    every blob it omits must be in the destination repositories that need it, mountable
+    from another repository of the registry, or in ``base`` (see
+    :mod:`bundler.engine.preflight`); ``result.chain`` says what was found.
 
     Referrers (entries annotated as :mod:`bundler.engine.referrers` writes them) are
     pushed after their subjects, into their subjects' repositories, and recorded in the
@@ -187,27 +202,50 @@ def import_bundle(
         BundleError: the bundle cannot be read. MappingError: no destination can be worked
         out. TransferError: an image failed (naming it and the blob or manifest).
         PartialFailureError: with ``keep_going``, some images failed (``.result`` says
-        what was imported).
+        what was imported). MissingBlobsError: a differential bundle's omitted blobs
+        are not all available (nothing was pushed). WrongBaseError: ``base`` is not the
+        bundle's base, or cannot be read at random. ReceiptError: the bundle's receipt
+        is malformed.
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     if is_archive(bundle):
         _no_shared_blobs(bundle, shared_blob_dir)
+    chain = ImportChain.open(bundle, to=to, mapping=pairs, base=base,
+                             receipt_repository=receipt_repository, push=receipt)
+    with closing(chain):
+        return chain.finish(_import(bundle, chain, pairs, to=to, options=options, jobs=jobs,
+                                    reporter=reporter, stop=stop, keep_going=keep_going,
+                                    shared_blob_dir=shared_blob_dir,
+                                    max_zstd_ratio=max_zstd_ratio), options)
+
+
+def _import(bundle: str | os.PathLike[str], chain: ImportChain,
+            pairs: list[tuple[str, str]] | None, *, to: str | None,
+            options: TransportOptions | None, jobs: int, reporter: Reporter | None,
+            stop: threading.Event | None, keep_going: bool,
+            shared_blob_dir: str | os.PathLike[str] | None,
+            max_zstd_ratio: int | None) -> ImportResult:
+    """The push of :func:`import_bundle`, by the kind of bundle."""
     if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
         return import_file(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                           reporter=reporter, stop=stop, keep_going=keep_going)
+                           reporter=reporter, stop=stop, keep_going=keep_going, chain=chain)
     if is_archive(bundle):  # .tar.zst, volumes or "-": one pass, never unpacked
         result = import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
                                 reporter=reporter, stop=stop, keep_going=keep_going,
-                                max_zstd_ratio=max_zstd_ratio)
+                                max_zstd_ratio=max_zstd_ratio, chain=chain)
         if str(bundle) != "-":  # referrers: the tag schema where a destination lacks the API
             maintain_fallback_indexes(read_head(bundle, max_zstd_ratio=max_zstd_ratio),
                                       referrer_targets(result.targets), options)
         return result
     store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
+    chain.take_store(bundle, store)
+    chain.check_store(store, store.read_index(), to=to, mapping=pairs, options=options,
+                      jobs=jobs, stop=stop)  # a differential bundle: nothing sent yet
     return push_with_referrers(  # referrers after their subjects (engine/referrer_push.py)
         store, store.read_index(), to=to, mapping=pairs, options=options,
         push=lambda targets: push_images(store, targets, options=options, jobs=jobs,
-                                         reporter=reporter, stop=stop, keep_going=keep_going))
+                                         reporter=reporter, stop=stop, keep_going=keep_going,
+                                         chain=chain))
 
 
 def _no_shared_blobs(bundle: str | os.PathLike[str],
