@@ -282,15 +282,19 @@ class ImportChain:
         """Every image is tagged: push the registry receipt (unless ``--no-receipt``) and
         note what the check found on the result.
 
-        Raises:
-            RegistryError: the registry refused the receipt.
+        A receipt the registry refuses is a note on the result, not a failure: every
+        image is in.
         """
         result.chain = self.report
         if self.push and self.receipt is not None:
-            with ClientPool(options) as clients:
-                result.receipt = push_receipt(clients.get(self.location.registry),
-                                              self.location.repository,
-                                              self.receipt.to_bytes(), self.receipt.bundle_id)
+            try:
+                result.receipt = push_receipt(self.location, self.receipt.to_bytes(),
+                                              self.receipt.bundle_id, options=options)
+            except BundlerError as exc:  # the images are in: a note, not a failure
+                result.notes.append(
+                    f"the registry receipt of {self.receipt.bundle_id} could not be pushed "
+                    f"to {self.location}: {exc}; a later differential import will not "
+                    "find it (it checks the blobs all the same)")
         return result
 
 

@@ -23,17 +23,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import BundlerError, MappingError, NotFoundError
-from ..oci.content import EMPTY_JSON, EMPTY_JSON_DIGEST, OCI_EMPTY, OCI_MANIFEST
-from ..oci.digest import Digest
+from ..oci.content import (
+    EMPTY_JSON,
+    EMPTY_JSON_DIGEST,
+    OCI_EMPTY,
+    OCI_MANIFEST,
+    Descriptor,
+    Index,
+    Manifest,
+    parse_manifest,
+)
+from ..oci.digest import Digest, VerifyingReader
 from ..oci.reference import Reference
-from ..registry.client import RegistryClient
-from .naming import split_to
+from ..registry.client import RegistryClient, TransportOptions
+from .naming import Target, split_to
 
 __all__ = ["CREATED_ANNOTATION", "RECEIPTS_REPOSITORY", "ReceiptLocation", "found_receipt",
-           "now_rfc3339", "push_receipt", "receipt_location", "receipt_manifest",
+           "now_rfc3339", "ReceiptArtifact", "push_receipt", "receipt_location", "receipt_manifest",
            "receipt_tag"]
 
 #: The repository under the destination prefix that holds the registry receipts.
@@ -126,33 +137,68 @@ def receipt_manifest(receipt: bytes, created: str) -> bytes:
     }, sort_keys=True, separators=(",", ":")).encode()
 
 
-def push_receipt(client: RegistryClient, repository: str, receipt: bytes, bundle_id: str,
-                 *, created: str | None = None) -> str:
-    """Push a bundle's receipt as an artifact: the two blobs, then the manifest by tag.
+class ReceiptArtifact:
+    """A registry receipt as a one-image :class:`~bundler.stores.Store` (in memory: the
+    receipt is metadata, at most :data:`~bundler.oci.limits.RECEIPT_LIMIT` bytes), so
+    that the push engine pushes it like any image: blobs, then the manifest by tag.
 
     Args:
-        client: the receipt registry's client.
-        repository: the receipt repository (see :func:`receipt_location`).
-        receipt: the receipt's exact bytes (kilobytes to a few megabytes: held whole).
+        receipt: the receipt's exact bytes. created: the import time (RFC 3339 UTC).
+    """
+
+    def __init__(self, receipt: bytes, created: str) -> None:
+        self.blobs = {EMPTY_JSON_DIGEST: EMPTY_JSON, Digest.of(receipt): receipt}
+        self.raw = receipt_manifest(receipt, created)
+        self.descriptor = Descriptor(OCI_MANIFEST, Digest.of(self.raw), len(self.raw),
+                                     artifact_type=RECEIPT_TYPE)
+
+    def read_index(self) -> list[Descriptor]:
+        return [self.descriptor]
+
+    def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
+        return parse_manifest(self.raw, OCI_MANIFEST, digest=self.descriptor.digest)
+
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        data = self.blobs.get(digest)
+        return data is not None and (size is None or size == len(data))
+
+    def check_blob(self, descriptor: Descriptor) -> bool:
+        return self.has_blob(descriptor.digest, descriptor.size)
+
+    @contextmanager
+    def open_blob(self, descriptor: Descriptor) -> Iterator[VerifyingReader]:
+        yield VerifyingReader([self.blobs[descriptor.digest]], descriptor.digest,
+                              descriptor.size, where=f"receipt blob {descriptor.digest}")
+
+
+def push_receipt(location: ReceiptLocation, receipt: bytes, bundle_id: str, *,
+                 options: TransportOptions | None, created: str | None = None) -> str:
+    """Push a bundle's receipt as an artifact with the push engine (blobs, then the
+    manifest by tag).
+
+    Args:
+        location: the receipt repository (see :func:`receipt_location`).
+        receipt: the receipt's exact bytes.
         bundle_id: the bundle id (``sha256:<hex>``), which names the tag.
+        options: transport options of the destination registry.
         created: the import time (RFC 3339 UTC); None: now.
 
     Returns:
         ``registry/repository:tag`` of the artifact.
 
     Raises:
-        RegistryError: the registry refused a blob or the manifest.
+        TransferError: the registry refused a blob or the manifest.
 
     Spec: distribution-spec "Pushing blobs", "Pushing manifests".
     """
-    for data in (EMPTY_JSON, receipt):
-        digest = Digest.of(data)
-        if not client.has_blob(repository, digest):
-            client.put_blob(repository, digest, len(data), lambda data=data: [data])
+    from .importing import push_images  # the engine (it imports this module's users)
+
+    artifact = ReceiptArtifact(receipt, created or now_rfc3339())
     tag = receipt_tag(bundle_id)
-    client.put_manifest(repository, tag, receipt_manifest(receipt, created or now_rfc3339()),
-                        OCI_MANIFEST)
-    return f"{client.registry}/{repository}:{tag}"
+    where = Reference(location.registry, location.repository, tag)
+    push_images(artifact, [Target(str(where), artifact.descriptor, where)], options=options,
+                jobs=2)
+    return str(where)
 
 
 def found_receipt(client: RegistryClient, repository: str, bundle_id: str) -> str | None:
