@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine.archive_check import ArchiveHead, VerifyReport, read_head, verify_archive
-from .engine.archive_files import import_file, verify_file
-from .engine.archive_import import import_archive
+from .engine.archive_files import verify_file
+from .engine.bundle_import import import_any, no_shared_blobs, open_bundle
 from .engine.chain_import import ImportChain
 from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
 from .engine.docker_export import export_docker_archive
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.imageset import ImageSet, ImageSetError, read_image_set
-from .engine.importing import ImportResult, not_distributed, push_images
+from .engine.importing import ImportResult, not_distributed
 from .engine.inspecting import (
     ImageInfo,
     inspect_image,
@@ -33,7 +33,6 @@ from .engine.naming import parse_mapping
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .engine.platform_export import DigestChange, PlatformSources, export_platforms
 from .engine.referrer_bundle import missing_subjects, referrer_owners
-from .engine.referrer_push import maintain_fallback_indexes, push_with_referrers, referrer_targets
 from .engine.referrers import SCHEME, subject_of
 from .engine.selection import (
     Resolution,
@@ -101,52 +100,6 @@ __all__ = [
 ]
 
 
-def open_bundle(path: str | os.PathLike[str], *,
-                shared_blob_dir: str | os.PathLike[str] | None = None) -> LayoutStore:
-    """Open an existing bundle directory for reading.
-
-    Args:
-        path: the layout directory.
-        shared_blob_dir: a directory of ``<alg>/<hex>`` blobs shared by layouts (as
-            ``skopeo copy --dest-shared-blob-dir DIR`` writes them): the blobs are read
-            there instead of in ``path/blobs``.
-
-    Raises:
-        BundleError: missing, or not an OCI image layout; ``shared_blob_dir`` is not a
-        directory; without ``shared_blob_dir``, the layout names images but its
-        ``blobs`` directory holds nothing (naming the first missing manifest and
-        suggesting ``--shared-blob-dir``).
-
-    Spec: image-spec ``image-layout.md``; skopeo-copy(1) ``--dest-shared-blob-dir``.
-    """
-    store = LayoutStore(path, blob_root=shared_blob_dir)
-    if shared_blob_dir is None:
-        _hint_shared_blobs(store)
-    return store
-
-
-def _hint_shared_blobs(store: LayoutStore) -> None:
-    """Refuse a layout whose ``blobs`` directory is empty while ``index.json`` names
-    images: skopeo writes such a layout when its blobs went to a shared directory."""
-    entries = store.read_index()
-    if not entries or store.has_blob(entries[0].digest):
-        return
-    try:
-        with os.scandir(store.root / "blobs") as folders:
-            for folder in folders:
-                if folder.is_dir(follow_symlinks=False):
-                    with os.scandir(folder.path) as files:
-                        if next(files, None) is not None:
-                            return
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    raise BundleError(
-        f"{store.root}: blob {entries[0].digest} is missing: the layout's blobs directory "
-        "holds nothing; a layout written with a shared blob directory (skopeo copy "
-        "--dest-shared-blob-dir DIR) keeps its blobs there: give it with "
-        "--shared-blob-dir DIR")
-
-
 def import_bundle(
     bundle: str | os.PathLike[str],
     *,
@@ -209,51 +162,14 @@ def import_bundle(
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     if is_archive(bundle):
-        _no_shared_blobs(bundle, shared_blob_dir)
+        no_shared_blobs(bundle, shared_blob_dir)
     chain = ImportChain.open(bundle, to=to, mapping=pairs, base=base,
                              receipt_repository=receipt_repository, push=receipt)
     with closing(chain):
-        return chain.finish(_import(bundle, chain, pairs, to=to, options=options, jobs=jobs,
+        return chain.finish(import_any(bundle, chain, pairs, to=to, options=options, jobs=jobs,
                                     reporter=reporter, stop=stop, keep_going=keep_going,
                                     shared_blob_dir=shared_blob_dir,
                                     max_zstd_ratio=max_zstd_ratio), options)
-
-
-def _import(bundle: str | os.PathLike[str], chain: ImportChain,
-            pairs: list[tuple[str, str]] | None, *, to: str | None,
-            options: TransportOptions | None, jobs: int, reporter: Reporter | None,
-            stop: threading.Event | None, keep_going: bool,
-            shared_blob_dir: str | os.PathLike[str] | None,
-            max_zstd_ratio: int | None) -> ImportResult:
-    """The push of :func:`import_bundle`, by the kind of bundle."""
-    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
-        return import_file(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                           reporter=reporter, stop=stop, keep_going=keep_going, chain=chain)
-    if is_archive(bundle):  # .tar.zst, volumes or "-": one pass, never unpacked
-        result = import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                                reporter=reporter, stop=stop, keep_going=keep_going,
-                                max_zstd_ratio=max_zstd_ratio, chain=chain)
-        if str(bundle) != "-":  # referrers: the tag schema where a destination lacks the API
-            maintain_fallback_indexes(read_head(bundle, max_zstd_ratio=max_zstd_ratio),
-                                      referrer_targets(result.targets), options)
-        return result
-    store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
-    chain.take_store(bundle, store)
-    chain.check_store(store, store.read_index(), to=to, mapping=pairs, options=options,
-                      jobs=jobs, stop=stop)  # a differential bundle: nothing sent yet
-    return push_with_referrers(  # referrers after their subjects (engine/referrer_push.py)
-        store, store.read_index(), to=to, mapping=pairs, options=options,
-        push=lambda targets: push_images(store, targets, options=options, jobs=jobs,
-                                         reporter=reporter, stop=stop, keep_going=keep_going,
-                                         chain=chain))
-
-
-def _no_shared_blobs(bundle: str | os.PathLike[str],
-                     shared_blob_dir: str | os.PathLike[str] | None) -> None:
-    """Refuse a shared blob directory for an archive, which holds its own blobs."""
-    if shared_blob_dir is not None:
-        raise BundleError(f"{bundle}: --shared-blob-dir is for a layout directory; an "
-                          "archive holds its own blobs")
 
 
 @dataclass
@@ -317,7 +233,7 @@ def list_bundle(bundle: str | os.PathLike[str], *,
         archive whose head lacks a manifest; a shared blob directory for an archive).
     """
     if is_archive(bundle):
-        _no_shared_blobs(bundle, shared_blob_dir)
+        no_shared_blobs(bundle, shared_blob_dir)
     if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
         with open_archive(bundle) as archive:
             return _list_store(archive)
@@ -397,7 +313,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
     """
     report = VerifyReport()
     if is_archive(bundle):
-        _no_shared_blobs(bundle, shared_blob_dir)
+        no_shared_blobs(bundle, shared_blob_dir)
     if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
         report = verify_file(bundle, report)
         if not report.problems:  # referrers: their subjects too

@@ -182,7 +182,7 @@ class _ArchiveFeed:
         assert self.index_json is not None
         receipt = checked_receipt(self.receipt, self.index_json, self.where,
                                   self.graph.manifests)
-        if self.chain.receipt is None:
+        if self.chain.receipt is None and receipt is not None:
             self.chain.take_receipt(receipt)
         run = self.run
         self.chain.check(self.clients, run.pending, run.targets, run.plans, headed=True,

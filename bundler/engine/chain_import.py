@@ -43,6 +43,7 @@ from ..stores.archive_files import open_archive, reads_by_offsets
 from ..stores.contained import read_inside
 from ..stores.docker_archive import DockerArchive
 from ..stores.layout import LayoutStore
+from .importing import push_images
 from .ladder import BlobSource, ImportResult
 from .naming import Target, resolve_targets
 from .parallel import ClientPool
@@ -288,8 +289,11 @@ class ImportChain:
         result.chain = self.report
         if self.push and self.receipt is not None:
             try:
-                result.receipt = push_receipt(self.location, self.receipt.to_bytes(),
-                                              self.receipt.bundle_id, options=options)
+                where, pushed = push_receipt(
+                    self.location, self.receipt.to_bytes(), self.receipt.bundle_id,
+                    options=options, push=lambda store, targets: push_images(
+                        store, targets, options=options, jobs=2))
+                result.receipt = where if pushed else f"{where} (there already)"
             except BundlerError as exc:  # the images are in: a note, not a failure
                 result.notes.append(
                     f"the registry receipt of {self.receipt.bundle_id} could not be pushed "
@@ -319,10 +323,11 @@ def _open_base(path: str | os.PathLike[str]) -> tuple[Store, str]:
 
 
 def checked_receipt(receipt: Receipt | None, index_json: bytes, where: str,
-                    manifests: dict[Digest, Manifest | Index]) -> Receipt:
+                    manifests: dict[Digest, Manifest | Index]) -> Receipt | None:
     """The receipt of an archive read once: its receipt member, checked against its
     ``index.json``; for a bundle without one, computed from ``index.json`` and the
-    manifests (now as its time).
+    manifests (now as its time), or None when not every image's manifests were read
+    (``--mapping`` names some of them).
 
     Args:
         receipt: the receipt member parsed, or None. index_json: its exact bytes.
@@ -354,4 +359,7 @@ def checked_receipt(receipt: Receipt | None, index_json: bytes, where: str,
         def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
             return manifests[descriptor.digest]
 
-    return compute_receipt(index_json, Held(), created=now())
+    try:
+        return compute_receipt(index_json, Held(), created=now())
+    except KeyError:  # --mapping: the manifests of the other images were read past
+        return None

@@ -31,11 +31,12 @@ Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repositor
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from ..events import Event, NullReporter, Reporter
 from ..oci.content import Descriptor, is_non_distributable
+from ..oci.digest import Digest
 from ..registry.client import TransportOptions
 from ..stores import Store
 from .destination import RegistryDestination
@@ -43,10 +44,28 @@ from .ladder import BlobSource
 from .naming import Target
 from .parallel import ClientPool, run_parallel
 from .push import ImportResult, PushRun, foreign_refused, record_failure
-from .pushplan import BlobPush
+from .pushplan import BlobPush, PlanMemo
 
-if TYPE_CHECKING:
-    from .chain_import import ImportChain
+
+class OmittedBlobs(Protocol):
+    """What a differential import tells the push (implemented by
+    :class:`~bundler.engine.chain_import.ImportChain`): the answers its check got, the
+    blobs the bundle omits, and where their bytes come from."""
+
+    memo: PlanMemo
+
+    @property
+    def omitted(self) -> Mapping[Digest, int]:
+        """The digests the bundle omits, with their sizes (bytes)."""
+        ...
+
+    def apply(self, pending: Sequence[BlobPush]) -> None:
+        """Hand the check's answers to the pending blobs of a round."""
+        ...
+
+    def source(self, digest: Digest, store: BlobSource) -> BlobSource:
+        """Where a blob's bytes come from (``store``, or the base bundle)."""
+        ...
 
 __all__ = ["ImportResult", "by_size_interleaved", "foreign_refused", "not_distributed",
            "push_images", "record_failure", "transfer"]
@@ -61,7 +80,7 @@ def push_images(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     keep_going: bool = False,
-    chain: ImportChain | None = None,
+    chain: OmittedBlobs | None = None,
 ) -> ImportResult:
     """Push the images of a store to their destinations.
 
@@ -78,7 +97,7 @@ def push_images(
         stop: set to cancel.
         keep_going: push every image that can be; fail at the end for the others.
         chain: a differential bundle's check, made before the first round
-            (:meth:`ImportChain.check_store`): its answers serve the plan, and the blobs
+            (:meth:`~bundler.engine.chain_import.ImportChain.check_store`): its answers serve the plan, and the blobs
             the bundle omits come from the base (or are mounted, or are there).
 
     Returns:

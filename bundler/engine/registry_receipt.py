@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -42,6 +42,7 @@ from ..oci.digest import Digest, VerifyingReader
 from ..oci.reference import Reference
 from ..registry.client import RegistryClient, TransportOptions
 from .naming import Target, split_to
+from .parallel import ClientPool
 
 __all__ = ["CREATED_ANNOTATION", "RECEIPTS_REPOSITORY", "ReceiptLocation", "found_receipt",
            "now_rfc3339", "ReceiptArtifact", "push_receipt", "receipt_location", "receipt_manifest",
@@ -172,33 +173,40 @@ class ReceiptArtifact:
 
 
 def push_receipt(location: ReceiptLocation, receipt: bytes, bundle_id: str, *,
-                 options: TransportOptions | None, created: str | None = None) -> str:
+                 options: TransportOptions | None,
+                 push: Callable[[ReceiptArtifact, list[Target]], object],
+                 created: str | None = None) -> tuple[str, bool]:
     """Push a bundle's receipt as an artifact with the push engine (blobs, then the
-    manifest by tag).
+    manifest by tag), unless the registry holds that bundle's receipt already (an import
+    run again keeps the time of the first).
 
     Args:
         location: the receipt repository (see :func:`receipt_location`).
         receipt: the receipt's exact bytes.
         bundle_id: the bundle id (``sha256:<hex>``), which names the tag.
         options: transport options of the destination registry.
+        push: the push engine's driver (:func:`~bundler.engine.importing.push_images`
+            with the options bound): pushes the artifact's one target.
         created: the import time (RFC 3339 UTC); None: now.
 
     Returns:
-        ``registry/repository:tag`` of the artifact.
+        ``registry/repository:tag`` of the artifact, and whether it was pushed now (False:
+        it was there).
 
     Raises:
-        TransferError: the registry refused a blob or the manifest.
+        TransferError: the registry refused a blob or the manifest. RegistryError: the
+        tag could not be asked about.
 
     Spec: distribution-spec "Pushing blobs", "Pushing manifests".
     """
-    from .importing import push_images  # the engine (it imports this module's users)
-
-    artifact = ReceiptArtifact(receipt, created or now_rfc3339())
     tag = receipt_tag(bundle_id)
     where = Reference(location.registry, location.repository, tag)
-    push_images(artifact, [Target(str(where), artifact.descriptor, where)], options=options,
-                jobs=2)
-    return str(where)
+    with ClientPool(options) as clients:
+        if clients.get(location.registry).resolve(location.repository, tag) is not None:
+            return str(where), False
+    artifact = ReceiptArtifact(receipt, created or now_rfc3339())
+    push(artifact, [Target(str(where), artifact.descriptor, where)])
+    return str(where), True
 
 
 def found_receipt(client: RegistryClient, repository: str, bundle_id: str) -> str | None:
