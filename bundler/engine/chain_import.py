@@ -66,6 +66,7 @@ from .receipts import (
     read_receipt,
 )
 from .referrer_push import place_referrers, referrer_levels
+from .referrers import subject_of
 from .registry_receipt import ReceiptLocation, found_receipt, push_receipt, receipt_location
 
 __all__ = ["ImportChain", "checked_receipt"]
@@ -238,8 +239,14 @@ class ImportChain:
             return
         images, levels = referrer_levels(entries)
         targets = resolve_targets(images if levels else list(entries), to=to, mapping=mapping)
-        targets += place_referrers([e for level in levels for e in level], targets)
         plans = {t: walk(t.descriptor, store.get_manifest, name=t.name) for t in targets}
+        held = {d.digest for plan in plans.values() for d, _ in plan.manifests}
+        for level in levels:  # the referrers the rounds push: their subjects are held
+            placed = place_referrers([e for e in level if subject_of(e) in held], targets)
+            for target in placed:
+                plans[target] = walk(target.descriptor, store.get_manifest, name=target.name)
+                held.update(d.digest for d, _ in plans[target].manifests)
+            targets += placed
         with ClientPool(options) as clients:
             push = plan_push(targets, plans, clients, jobs=jobs, report=NullReporter(),
                              stop=stop, head_blobs=False, record_new=False, memo=self.memo)
