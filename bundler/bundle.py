@@ -18,6 +18,13 @@ from .engine.archive_files import verify_file
 from .engine.bundle_import import import_any, no_shared_blobs, open_bundle
 from .engine.chain_import import ImportChain
 from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
+from .engine.differential_check import (
+    check_base,
+    inside_receipt,
+    listed_receipt,
+    omitted_digests,
+    receipt_check,
+)
 from .engine.docker_export import export_docker_archive
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.imageset import ImageSet, ImageSetError, read_image_set
@@ -32,6 +39,7 @@ from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .engine.platform_export import DigestChange, PlatformSources, export_platforms
+from .engine.receipts import Receipt, ReceiptError, read_receipt
 from .engine.referrer_bundle import missing_subjects, referrer_owners
 from .engine.referrers import SCHEME, subject_of
 from .engine.selection import (
@@ -70,6 +78,8 @@ __all__ = [
     "ImportResult",
     "PlatformChoice",
     "PlatformSources",
+    "Receipt",
+    "ReceiptError",
     "Resolution",
     "Selected",
     "TagFilter",
@@ -92,6 +102,7 @@ __all__ = [
     "plan_import",
     "read_image_set",
     "read_images_file",
+    "read_receipt",
     "resolve_image_set",
     "plan_without_vanished",
     "tolerate_vanished",
@@ -207,8 +218,15 @@ class BundleListing:
     unique_bytes: int = 0
     total_bytes: int = 0
     blob_count: int = 0
-    #: one line per image whose manifests cannot be read (it is not in ``images``)
+    #: one line per image whose manifests cannot be read (it is not in ``images``),
+    #: or a receipt that is not the bundle's
     problems: list[str] = field(default_factory=list)
+    #: a differential bundle: its base's bundle id, and the blobs (count, bytes) it
+    #: leaves to the base; bundle_id: the bundle's own id (from its receipt)
+    base: str | None = None
+    omitted: int = 0
+    omitted_bytes: int = 0
+    bundle_id: str | None = None
 
 
 def list_bundle(bundle: str | os.PathLike[str], *,
@@ -234,16 +252,27 @@ def list_bundle(bundle: str | os.PathLike[str], *,
     """
     if is_archive(bundle):
         no_shared_blobs(bundle, shared_blob_dir)
-    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
-        with open_archive(bundle) as archive:
-            return _list_store(archive)
-    return _list_store(read_head(bundle, max_zstd_ratio=max_zstd_ratio) if is_archive(bundle)
-                       else open_bundle(bundle, shared_blob_dir=shared_blob_dir))
-
-
-def _list_store(store: LayoutStore | ArchiveStore | ArchiveHead) -> BundleListing:
-    """The listing of an open bundle (see :func:`list_bundle`)."""
     listing = BundleListing()
+    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
+        receipt = listed_receipt(bundle, None, listing.problems)
+        with open_archive(bundle) as archive:
+            return _list_store(archive, listing, receipt)
+    if is_archive(bundle):
+        head = read_head(bundle, max_zstd_ratio=max_zstd_ratio)
+        return _list_store(head, listing, listed_receipt(bundle, head, listing.problems))
+    store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
+    return _list_store(store, listing, listed_receipt(bundle, None, listing.problems))
+
+
+def _list_store(store: LayoutStore | ArchiveStore | ArchiveHead, listing: BundleListing,
+                receipt: Receipt | None) -> BundleListing:
+    """The listing of an open bundle (see :func:`list_bundle`)."""
+    omitted = omitted_digests(receipt)
+    if receipt is not None:
+        listing.bundle_id = receipt.bundle_id
+    if receipt is not None and receipt.base is not None:
+        listing.base = receipt.base.bundle_id
+        listing.omitted, listing.omitted_bytes = len(receipt.omitted), receipt.omitted_bytes
     unique: dict[Digest, int] = {}
     plans = []
     for descriptor in store.read_index():
@@ -253,7 +282,8 @@ def _list_store(store: LayoutStore | ArchiveStore | ArchiveHead) -> BundleListin
         except BundlerError as exc:
             listing.problems.append(f"{name}: {exc}")
     for plan in plans:
-        held = {d: b.size for d, b in plan.blobs.items() if _holds(store, b)}
+        held = {d: b.size for d, b in plan.blobs.items()
+                if d not in omitted and _holds(store, b)}
         held.update((descriptor.digest, len(item.raw)) for descriptor, item in plan.manifests)
         size = sum(held.values())
         listing.images.append(
@@ -293,16 +323,22 @@ def _holds(store: LayoutStore | ArchiveStore | ArchiveHead, descriptor: Descript
 
 def verify_bundle(bundle: str | os.PathLike[str], *,
                   shared_blob_dir: str | os.PathLike[str] | None = None,
-                  max_zstd_ratio: int | None = None) -> VerifyReport:
+                  max_zstd_ratio: int | None = None,
+                  base: str | os.PathLike[str] | None = None) -> VerifyReport:
     """Check a bundle offline: every descriptor reachable from ``index.json`` is present,
     every manifest parses, every blob has its size and sha256, every referrer's subject
     is in the bundle (not checked in an archive read from stdin). A non-distributable (foreign) layer the
-    bundle does not hold is listed in ``skipped``, not as a problem.
+    bundle does not hold is listed in ``skipped``, not as a problem; so is, in
+    ``expected``, a blob a differential bundle leaves to its base (its receipt lists it
+    as omitted), and the receipt must be the bundle's
+    (:mod:`bundler.engine.differential_check`).
 
     Args:
         bundle: a bundle directory or archive.
         shared_blob_dir: read a directory bundle's blobs from this shared blob
             directory (see :func:`open_bundle`).
+        base: ``--base``: the bundle (or receipt) a differential bundle was exported
+            since, checked to hold every blob the bundle leaves to it.
 
     Returns:
         A :class:`VerifyReport` (problems listed, not raised).
@@ -311,11 +347,20 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
         BundleError: the bundle cannot be opened at all; a shared blob directory given
         for an archive.
     """
+    report = _verify(bundle, shared_blob_dir, max_zstd_ratio)
+    if base is not None:
+        check_base(bundle, base, report)
+    return report
+
+
+def _verify(bundle: str | os.PathLike[str], shared_blob_dir: str | os.PathLike[str] | None,
+            max_zstd_ratio: int | None) -> VerifyReport:
+    """:func:`verify_bundle` without ``--base``."""
     report = VerifyReport()
     if is_archive(bundle):
         no_shared_blobs(bundle, shared_blob_dir)
     if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
-        report = verify_file(bundle, report)
+        report = verify_file(bundle, report, inside_receipt(bundle, report))
         if not report.problems:  # referrers: their subjects too
             with open_archive(bundle) as store:
                 entries = store.read_index()
@@ -324,7 +369,8 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
                 report.problems.extend(missing_subjects(entries, reached.__contains__))
         return report
     if is_archive(bundle):
-        report = verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio)
+        report = verify_archive(bundle, report, max_zstd_ratio=max_zstd_ratio,
+                                receipt_check=receipt_check)
         if str(bundle) != "-" and not report.problems:  # referrers: their subjects too
             head = read_head(bundle, max_zstd_ratio=max_zstd_ratio)
             report.problems.extend(missing_subjects(head.entries,
@@ -337,6 +383,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
     except BundleError as exc:
         report.problems.append(str(exc))
         return report
+    expected = inside_receipt(root, report)
     bad: dict[Digest, str] = {}  # digest -> its problem, named below by every image
     reached: set[Digest] = set()  # the manifests of the images: a subject must be one
 
@@ -349,6 +396,9 @@ def verify_bundle(bundle: str | os.PathLike[str], *,
                 reached.add(descriptor.digest)
             elif not_distributed(store, descriptor):
                 report.skipped.append(descriptor.digest)
+                return ()
+            elif descriptor.digest in expected and not store.has_blob(descriptor.digest):
+                report.expected.append(descriptor.digest)
                 return ()
             else:
                 with store.open_blob(descriptor) as reader:

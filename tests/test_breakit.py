@@ -161,6 +161,9 @@ def test_an_export_onto_a_full_disk_is_an_error_line_and_leaves_no_lock_file(
     export_bundle([first], small_disk / "other")
     (bundle / "index.json").write_bytes((small_disk / "other" / "index.json").read_bytes())
     shutil.rmtree(small_disk / "other")
+    for receipt in (bundle / "bundler-receipt.json", small_disk / "b.receipt.json",
+                    small_disk / "other.receipt.json"):
+        receipt.unlink()  # removing them must free no room for index.json below
     before = (bundle / "index.json").read_bytes()
     fill(small_disk)
     run = subprocess.run([sys.executable, "-m", "bundler.cli", "export", "-q", "-o",

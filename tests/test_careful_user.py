@@ -157,5 +157,5 @@ def test_an_archive_export_clears_what_a_killed_one_left(seeded_registry: Seeded
     other.write_bytes(b"not ours")
     export_bundle([seeded.get("base/os", "1").reference], output)
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == [".k.tar.zst.000.partial", "k.tar"]
+    assert left == [".k.tar.zst.000.partial", "k.tar", "k.tar.receipt.json"]
     assert not Path(temp).exists() and not volume.exists() and not spool.exists()

@@ -81,7 +81,8 @@ def bundle_files(root: Path) -> set[str]:
 
 def expected_files(entries: list[SeededEntry]) -> set[str]:
     digests = set(blob_digests(entries)) | set(manifest_bytes(entries))
-    return {"oci-layout", "index.json"} | {f"blobs/sha256/{d[7:]}" for d in digests}
+    return {"oci-layout", "index.json", "bundler-receipt.json"} | {
+        f"blobs/sha256/{d[7:]}" for d in digests}
 
 
 def index_entries(root: Path) -> list[dict]:
@@ -317,7 +318,11 @@ def expected_listing(seeded: SeededSet) -> dict:
 def test_list_json(full_export: FullExport) -> None:
     result = run_cli("list", "--json", str(full_export.root))
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == expected_listing(full_export.seeded)
+    doc = json.loads(result.stdout)
+    index_json = (full_export.root / "index.json").read_bytes()
+    assert doc.pop("bundleId") == "sha256:" + hashlib.sha256(index_json).hexdigest()
+    assert doc.pop("base") is None  # a full bundle
+    assert doc == expected_listing(full_export.seeded)
 
 
 def test_list_table(full_export: FullExport) -> None:
@@ -672,4 +677,4 @@ def test_a_blob_damaged_once_on_the_way_is_downloaded_again(
     assert proxy.count("GET", f"/blobs/{layer.digest}$") == 2
     assert (out / "blobs/sha256" / layer.digest[7:]).read_bytes() == layer.data
     assert run_cli("verify", str(out)).exit_code == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no spool left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, f"{name}.receipt.json"]

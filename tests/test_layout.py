@@ -147,9 +147,9 @@ def test_export_makes_manifests_durable_before_index_json(
         real_put(self, digest, data)
         steps.append("manifest")
 
-    def write_index(self: LayoutStore, descriptors: object) -> None:
+    def write_index(self: LayoutStore, descriptors: object, annotations: object = None) -> None:
         steps.append("index.json")
-        real_index(self, descriptors)  # type: ignore[arg-type]
+        real_index(self, descriptors, annotations)  # type: ignore[arg-type]
 
     monkeypatch.setattr(layout, "fsync_dir", fsync_dir)
     monkeypatch.setattr(LayoutStore, "put_manifest", put_manifest)
@@ -160,5 +160,8 @@ def test_export_makes_manifests_durable_before_index_json(
     assert steps[:4] == ["fsync .", "fsync bundle", "fsync bundle", "fsync bundle/blobs"]
     assert steps.count("fsync bundle/blobs") == 1
     last_manifest = len(steps) - 1 - steps[::-1].index("manifest")
+    # then the receipts: inside the bundle, and beside it last
     assert steps[last_manifest + 1:] == ["fsync bundle/blobs/sha256", "index.json",
-                                         "fsync bundle"]
+                                         "fsync bundle", "fsync bundle", "fsync ."]
+    assert (bundle / "bundler-receipt.json").read_bytes() == \
+        (tmp_path / "bundle.receipt.json").read_bytes()

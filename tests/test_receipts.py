@@ -12,8 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
+from bundler.bundle import verify_bundle
+from bundler.cli.main import main
 from bundler.engine.receipts import (
     BASE_ANNOTATION,
     RECEIPT_MEDIA_TYPE,
@@ -32,6 +36,7 @@ from bundler.errors import BundleError
 from bundler.oci.limits import RECEIPT_LIMIT
 from bundler.sandbox import LocalRegistry, SeededSet
 from bundler.stores import LayoutStore
+from bundler.stores.archive import ArchiveReader
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -234,14 +239,15 @@ def test_inside_receipt_is_read_and_checked(seeded_bundles: dict[str, Path],
             tar.add(copy / name, arcname=name)
         tar.add(copy / "blobs", arcname="blobs")
     assert read_receipt(archive) == made
-    # a receipt of another index.json
+    # a receipt of another index.json (changed since): no use, one is computed
     other = Receipt("sha256:" + "c" * 64, made.created, made.images, made.blobs)
     (copy / RECEIPT_MEMBER).write_bytes(other.to_bytes())
-    with pytest.raises(BundleError) as info:
-        read_receipt(copy)
-    assert str(info.value) == (f"{copy}: {RECEIPT_MEMBER} is the receipt of bundle "
+    assert read_receipt(copy).bundle_id == bundle_id_of(index_json)
+    report = verify_bundle(copy)
+    assert report.ok, report.problems
+    assert report.warnings == [f"{copy}: {RECEIPT_MEMBER} is the receipt of bundle "
                                f"sha256:{'c' * 64}, not of this index.json "
-                               f"({bundle_id_of(index_json)})")
+                               f"({bundle_id_of(index_json)}); it is ignored"]
     # a bad inside receipt names the file inside the bundle
     (copy / RECEIPT_MEMBER).write_bytes(b"[]")
     with pytest.raises(ReceiptError) as info:
@@ -288,3 +294,85 @@ def test_zst_with_inside_receipt(seeded_bundles: dict[str, Path], tmp_path: Path
     archive = tmp_path / "hand.tar.zst"
     archive.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
     assert read_receipt(archive) == made  # read from the head: no blob is needed
+
+
+# -- every export writes the receipt ------------------------------------------------------
+
+
+def archive_members(bundle: Path) -> list[tuple[str, bytes | None]]:
+    """(name, bytes of the small layout files) of an archive's members, in order."""
+    out: list[tuple[str, bytes | None]] = []
+    with ArchiveReader(bundle) as reader:
+        for member in reader:
+            small = member.name in ("oci-layout", "index.json", RECEIPT_MEMBER)
+            out.append((member.name, member.file.read() if small else None))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dir", "tar", "split", "zst"])
+def test_export_writes_the_receipt_inside_and_beside(
+        kind: str, seeded_registry: tuple[LocalRegistry, SeededSet],
+        seeded_bundles: dict[str, Path]) -> None:
+    _, seeded = seeded_registry
+    bundle = seeded_bundles[kind]
+    beside = receipt_path_beside(bundle)
+    data = beside.read_bytes()
+    receipt = Receipt.from_bytes(data, str(beside))
+    assert data == receipt.to_bytes()  # canonical
+    if kind == "dir":
+        inside, index_json = (bundle / RECEIPT_MEMBER).read_bytes(), index_bytes(bundle)
+    else:
+        members = archive_members(bundle)
+        assert [name for name, _ in members[:3]] == ["oci-layout", "index.json",
+                                                     RECEIPT_MEMBER]
+        assert [name for name, _ in members].count(RECEIPT_MEMBER) == 1
+        index_json, inside = members[1][1], members[2][1]
+        assert index_json is not None
+    assert inside == data
+    assert receipt.bundle_id == "sha256:" + hashlib.sha256(index_json).hexdigest()
+    assert read_receipt(bundle) == receipt  # the inside one, with its time
+    assert dict(receipt.blobs) == expected_blobs(seeded)
+    assert (receipt.base, receipt.omitted) == (None, ())
+
+
+def test_volumes_with_their_receipt_still_import_from_a_pipe(
+        seeded_registry: tuple[LocalRegistry, SeededSet], registry: LocalRegistry,
+        tmp_path: Path) -> None:
+    from bundler import export_bundle
+
+    _, seeded = seeded_registry
+    entry = seeded.get("apps/web", "1.0")
+    base = tmp_path / "web.tar"
+    export_bundle([entry.reference], base, split_size=64 * 1024)
+    names = sorted(p.name for p in tmp_path.glob("web.tar.*"))
+    assert names[-2:] == ["web.tar.receipt.json", "web.tar.sha256"]  # after the volumes
+    piped = b"".join((tmp_path / n).read_bytes() for n in names)  # cat web.tar.*
+    result = CliRunner().invoke(main, ["import", "-", "--to", f"{registry.host}/p", "-q"],
+                                input=piped, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    with httpx.Client(timeout=10) as http:
+        got = http.get(f"{registry.url}/v2/p/apps/web/manifests/1.0",
+                       headers={"Accept": entry.media_type})
+    assert got.status_code == 200
+    assert got.content == entry.manifest_bytes
+
+
+def test_a_directory_exported_into_again_gets_new_receipts(
+        seeded_registry: tuple[LocalRegistry, SeededSet], tmp_path: Path) -> None:
+    from bundler import export_bundle
+
+    _, seeded = seeded_registry
+    out = tmp_path / "b"
+    first = export_bundle([seeded.get("base/os", "1").reference], out).receipt
+    second = export_bundle([seeded.get("base/os", "2").reference], out).receipt
+    assert first is not None and second is not None
+    assert first.bundle_id != second.bundle_id
+    assert second.bundle_id == bundle_id_of((out / "index.json").read_bytes())
+    assert read_receipt(out) == second == read_receipt(receipt_path_beside(out))
+    assert [i.reference for i in second.images] == [
+        seeded.get("base/os", "1").reference, seeded.get("base/os", "2").reference]
+    want: dict[str, int] = {}
+    for entry in (seeded.get("base/os", "1"), seeded.get("base/os", "2")):
+        want.update({d: len(raw) for d, raw in entry.manifests.items()})
+        want.update(entry.blob_sizes)
+    assert dict(second.blobs) == want

@@ -38,7 +38,7 @@ def four_volumes(tool: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     export_bundle([tool], base, split_size=whole.stat().st_size // 4 + 1)
     assert sorted(p.name for p in base.parent.iterdir()) == [
         "tool.tar.zst.000", "tool.tar.zst.001", "tool.tar.zst.002", "tool.tar.zst.003",
-        "tool.tar.zst.sha256"]
+        "tool.tar.zst.receipt.json", "tool.tar.zst.sha256"]
     return base
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -46,7 +47,29 @@ from .selecting import (
 )
 from .summary import docker_archive_summary, export_summary, run
 
-__all__ = ["export_cmd"]
+__all__ = ["export_cmd", "read_base"]
+
+
+def read_base(since: str, output: str, fmt: str | None, dry_run: bool) -> api.Receipt:
+    """The receipt of ``--since BASE``, read before anything moves.
+
+    Raises:
+        click.UsageError: (exit 2) BASE is no bundle or receipt, a malformed receipt or
+        one of another version; ``--since`` with ``--dry-run`` or ``--format
+        docker-archive``, or into a directory that holds a bundle already.
+    """
+    if dry_run or fmt == "docker-archive":
+        raise click.UsageError("--since writes a differential bundle: not with --dry-run "
+                               "or --format docker-archive")
+    out = Path(output)
+    if (fmt in (None, "dir") and not output.endswith((".tar", ".tar.zst")) and out.is_dir()
+            and any(out.iterdir())):
+        raise click.UsageError(f"--since writes a new bundle: {escape(output)} is a directory "
+                               "that is not empty; choose a new or empty directory")
+    try:
+        return api.read_receipt(since)
+    except BundlerError as exc:
+        raise click.UsageError(f"--since {escape(since)}: {escape(exc)}") from exc
 
 
 @click.command("export")
@@ -68,6 +91,10 @@ __all__ = ["export_cmd"]
 @click.option("--no-wait", is_flag=True,
               help="Fail at once (exit 1) if another bundler is writing the same bundle, "
                    "instead of waiting for it.")
+@click.option("--since", "since", metavar="BASE", type=click.Path(),
+              help="Write a differential bundle: every manifest of the images, and only the "
+                   "configs and layers BASE does not hold. BASE: an earlier bundle "
+                   "(directory, .tar, .tar.zst, volumes) or its receipt (NAME.receipt.json).")
 @click.option("--include-foreign-layers", is_flag=True,
               help="Store non-distributable (foreign) layers too: from the registry, else "
                    "from the URLs their descriptors list (https; no credentials sent).")
@@ -78,7 +105,8 @@ __all__ = ["export_cmd"]
 @progress_options
 def export_cmd(references: tuple[str, ...], images_file: str | None, output: str,
                fmt: str | None, split_size: int | None, compression_level: int,
-               no_wait: bool, include_foreign_layers: bool, platforms: tuple[str, ...],
+               no_wait: bool, since: str | None, include_foreign_layers: bool,
+               platforms: tuple[str, ...],
                platform_mode: str,
                jobs: int, quiet: bool, progress: str, keep_going: bool, dry_run: bool,
                as_json: bool, **kw: Any) -> None:
@@ -98,9 +126,11 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
       bundler export -c imageset.yaml -o bundle.tar.zst --dry-run
       bundler export reg:5000/app:1 --platform linux/amd64 --platform linux/arm64 -o b
       bundler export registry.internal:5000/team/app:1.4 -o app.tar --format docker-archive
+      bundler export -f images.txt -o week2.tar.zst --since week1.tar.zst.receipt.json
     """
     check_output_options(quiet, progress, dry_run, as_json)
     referrers = referrer_policy(kw)
+    base = read_base(since, output, fmt, dry_run) if since is not None else None
     if fmt == "docker-archive":
         if split_size is not None or dry_run or include_foreign_layers:
             raise click.UsageError("--format docker-archive writes one file for docker load: "
@@ -174,13 +204,13 @@ def export_cmd(references: tuple[str, ...], images_file: str | None, output: str
                                         compression_level=compression_level,
                                         options=options, jobs=jobs, reporter=reporter,
                                         stop=stop, keep_going=keep, wait=not no_wait,
-                                        on_wait=say_waiting, changed=changed)
+                                        on_wait=say_waiting, changed=changed, since=base)
         return api.export_bundle(refs, output, format=fmt, split_size=split,
                                  compression_level=compression_level, options=options,
                                  jobs=jobs, reporter=reporter, stop=stop, keep_going=keep,
                                  wait=not no_wait, on_wait=say_waiting,
                                  include_foreign_layers=include_foreign_layers,
-                                 referrers=referrers)
+                                 referrers=referrers, since=base)
 
     def summary(result: api.ExportResult, seconds: float) -> None:
         say_vanished(gone)

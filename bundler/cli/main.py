@@ -28,12 +28,14 @@ from ..oci.reference import Reference
 from ..registry.authfile import default_authfile, login, logout
 from ..registry.credentials import Credentials, normalize_key
 from ..registry.journal import UploadJournal
+from ..stores.volumes import find_volumes
 from ..termsafe import escape
 from .copy import copy_cmd
 from .export import export_cmd
 from .inspect import inspect_cmd
 from .list_tags import list_tags_cmd
 from .listing import listed_json, with_referrers
+from .merge import merge_cmd
 from .mirror import mirror_cmd
 from .options import (
     MIN_CHUNK_SIZE,
@@ -99,6 +101,7 @@ main.add_command(mirror_cmd)
 main.add_command(list_tags_cmd)
 main.add_command(inspect_cmd)
 main.add_command(serve_cmd)
+main.add_command(merge_cmd)
 
 
 @main.command("import")
@@ -226,6 +229,10 @@ def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
             "totalBytes": listing.total_bytes,
             "blobs": listing.blob_count,
             "problems": listing.problems,
+            "bundleId": listing.bundle_id,
+            "base": None if listing.base is None else {
+                "bundleId": listing.base, "omittedBlobs": listing.omitted,
+                "omittedBytes": listing.omitted_bytes},
         }, indent=2))
         return
     for problem in listing.problems:
@@ -247,32 +254,64 @@ def _print_listing(listing: api.BundleListing, as_json: bool) -> None:
                f"dedup ({human(saved)} saved)"
                + (f"; {plural(len(listing.problems), 'image')} unreadable (see above)"
                   if listing.problems else ""))
+    if listing.base is not None:
+        click.echo(f"differential: {plural(listing.omitted, 'blob')} "
+                   f"({human(listing.omitted_bytes)}) left out, expected from base "
+                   f"{listing.base}")
 
 
 @main.command("verify")
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--base", "base", metavar="BASE", type=click.Path(),
+              help="A differential bundle: check that BASE (the bundle it was exported "
+                   "since, or its receipt) provides every blob it leaves out.")
 @shared_blob_dir_option
 @zstd_ratio_option
-def verify_cmd(bundle: str, as_json: bool, shared_blob_dir: str | None,
+def verify_cmd(bundle: str, as_json: bool, base: str | None, shared_blob_dir: str | None,
                max_zstd_ratio: int) -> None:
-    """Check a bundle offline: every digest, size and reference. Exit 1 on problems."""
+    """Check a bundle offline: every digest, size and reference. Exit 1 on problems.
+
+    A differential bundle's blobs left to its base are listed as expected from it, not
+    as problems; with --base, BASE is checked to hold them.
+
+    \b
+    Examples:
+      bundler verify bundle.tar.zst
+      bundler verify week2.tar.zst --base week1.tar.zst
+    """
     check_shared_blob_dir(bundle, shared_blob_dir)
+    if base is not None and not Path(base).exists() and not _volumes(base):
+        raise click.UsageError(f"--base {escape(base)}: no such bundle or receipt")
     report = _offline(lambda: api.verify_bundle(bundle, shared_blob_dir=shared_blob_dir,
-                                                max_zstd_ratio=max_zstd_ratio),
+                                                max_zstd_ratio=max_zstd_ratio, base=base),
                       "interrupted: the bundle was not fully checked")
     with stdout_may_close():
         _print_report(report, bundle, as_json)
     sys.exit(0 if report.ok else 1)
 
 
+def _volumes(path: str) -> bool:
+    """Whether ``path`` names split volumes (``NAME.000``, ...)."""
+    try:
+        return find_volumes(Path(path)) is not None
+    except BundlerError:
+        return False
+
+
 def _print_report(report: api.VerifyReport, bundle: str, as_json: bool) -> None:
     """The verify report: problems on stderr and a summary line, or JSON."""
+    receipt = report.receipt
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "images": report.images, "blobs": report.blobs,
                                "bytes": report.bytes, "problems": report.problems,
                                "skipped": [str(d) for d in report.skipped],
-                               "warnings": report.warnings}, indent=2))
+                               "warnings": report.warnings,
+                               "bundleId": receipt.bundle_id if receipt else None,
+                               "base": receipt.base.bundle_id if receipt and receipt.base
+                               else None,
+                               "expected": [str(d) for d in report.expected],
+                               "baseChecks": report.base}, indent=2))
     else:
         for warning in report.warnings:
             click.echo(f"warning: {escape(warning)}", err=True)
@@ -285,6 +324,11 @@ def _print_report(report: api.VerifyReport, bundle: str, as_json: bool) -> None:
         click.echo(f"{escape(bundle)}: {state}: {plural(report.images, 'image')}, "
                    f"{plural(report.blobs, 'blob')}, "
                    f"{human(report.bytes)} checked{skipped}")
+        if receipt is not None and receipt.base is not None:
+            click.echo(f"differential: {plural(len(report.expected), 'blob')} not held, "
+                       f"expected from base {receipt.base.bundle_id}")
+        for line in report.base:
+            click.echo(f"base: {escape(line)}")
 
 
 @main.command("login")

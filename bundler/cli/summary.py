@@ -24,6 +24,7 @@ from ..engine.exporting import ExportResult
 from ..engine.importing import ImportResult
 from ..engine.planning import ExportPlan, ImportPlan
 from ..engine.preflight import FIRST_FEW, WrongBaseError
+from ..engine.receipts import receipt_path_beside
 from ..errors import (
     BundlerError,
     Cancelled,
@@ -178,6 +179,13 @@ def export_summary(result: ExportResult, output: str, seconds: float) -> None:
         f"already present {result.blobs_reused}; {seconds:.1f} s, "
         f"{rate(result.bytes_downloaded, seconds)}"
     )
+    receipt = result.receipt
+    if receipt is not None and receipt.base is not None:
+        click.echo(f"differential: {plural(len(receipt.omitted), 'blob')} "
+                   f"({human(receipt.omitted_bytes)}) left out, expected from base "
+                   f"{receipt.base.bundle_id}")
+        click.echo(f"bundle id {receipt.bundle_id}; receipt "
+                   f"{escape(receipt_path_beside(output))}")
     for digest in result.skipped_foreign:
         click.echo(f"warning: non-distributable layer {digest} was not served; "
                    "it is not in the bundle (--include-foreign-layers fetches it from the "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import (
     BundleError,
@@ -28,8 +28,8 @@ from ..oci.content import (
 )
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.graph import check_reachable
-from ..oci.limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, describe
-from ..stores.archive import ArchiveReader, Member
+from ..oci.limits import HELD_LIMIT, INDEX_LIMIT, MANIFEST_LIMIT, RECEIPT_LIMIT, describe
+from ..stores.archive import RECEIPT_MEMBER, ArchiveReader, Member
 from ..stores.layout import check_layout_file
 from ..stores.volumes import checksum_path
 
@@ -46,6 +46,11 @@ ONE_PASS_ORDER = ("read once (from a pipe or zstd-compressed), an archive must b
                   "order")
 
 
+#: (receipt bytes or None, index.json bytes, archive name, report) -> digests left to
+#: the base: checks a bundle's receipt while it is verified
+ReceiptCheck = Callable[[bytes | None, bytes, str, "VerifyReport"], set[Digest]]
+
+
 @dataclass
 class VerifyReport:
     """``bundler verify``: what was checked and every problem found.
@@ -56,6 +61,11 @@ class VerifyReport:
         skipped: digests of non-distributable (foreign) layers the bundle does not
             hold; they were not distributed, so their absence is no problem.
         warnings: things worth knowing that are no problem (e.g. no volume checksum file).
+        expected: digests of the blobs a differential bundle leaves to its base (its
+            receipt's ``omitted``) and does not hold: no problem either.
+        receipt: the bundle's own receipt (None: it has none, or it is unusable, which
+            is then a problem).
+        base: ``--base``: what was checked of the base (one line each).
     """
 
     images: int = 0
@@ -64,6 +74,9 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     skipped: list[Digest] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    expected: list[Digest] = field(default_factory=list)
+    receipt: Any = None  # a bundler.engine.receipts.Receipt
+    base: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -218,6 +231,9 @@ class _Scan:
     problems: list[str] = field(default_factory=list)
     corrupt: dict[Digest, str] = field(default_factory=dict)
     layout_seen: bool = False
+    #: the bytes of index.json and of bundler's receipt (None: not in the archive)
+    index_json: bytes | None = None
+    receipt: bytes | None = None
     #: the first large member that came before the manifests naming it (import, which
     #: reads an archive in one pass, cannot place it)
     out_of_order: str | None = None
@@ -251,11 +267,18 @@ class _Scan:
             self.layout_seen = True
             return 0
         if member.name == "index.json":
-            self.entries = parse_layout_index(self._read_small(member), self.where)
+            self.index_json = self._read_small(member)
+            self.entries = parse_layout_index(self.index_json, self.where)
             self.graph.root(self.entries)
             return 0
         digest = member.digest
-        if digest is None:  # bundler's receipt: read by engine.receipts
+        if digest is None:  # bundler's receipt
+            if member.size > RECEIPT_LIMIT:
+                self.problems.append(f"{self.where}/{RECEIPT_MEMBER}: a receipt of "
+                                     f"{member.size} bytes is larger than the limit of "
+                                     f"{describe(RECEIPT_LIMIT)}")
+            else:
+                self.receipt = self._read_small(member)
             return 0
         self.sizes[digest] = member.size
         wanted = digest in self.graph.missing
@@ -313,7 +336,8 @@ class _Scan:
 
 
 def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport, *,
-                   max_zstd_ratio: int | None = None) -> VerifyReport:
+                   max_zstd_ratio: int | None = None,
+                   receipt_check: ReceiptCheck | None = None) -> VerifyReport:
     """Check an archive bundle offline, in one pass.
 
     Every member is hashed against its name; every descriptor reachable from
@@ -327,6 +351,10 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport, *,
         report: the report to fill.
         max_zstd_ratio: decompressed bytes a member may take per compressed byte (None:
             :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
+        receipt_check: given the receipt member's bytes (or None), ``index.json``'s
+            bytes, the archive's name and the report, returns the digests of the
+            blobs the bundle leaves to its base (missing, they are ``expected``, no
+            problem); see :mod:`bundler.engine.differential_check`.
 
     Returns:
         ``report``, with one line per problem.
@@ -366,12 +394,17 @@ def verify_archive(bundle: str | os.PathLike[str], report: VerifyReport, *,
         report.warnings.append(
             f"{scan.where}: {scan.out_of_order} comes before the manifests that name it; "
             f"{ONE_PASS_ORDER}")
+    expected: set[Digest] = set()
+    if receipt_check is not None and scan.index_json is not None:
+        expected = receipt_check(scan.receipt, scan.index_json, scan.where, report)
     bad: dict[Digest, str] = {}  # digest -> its problem, named below by every image
 
     def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
         size = scan.sizes.get(descriptor.digest)
         if size is None:
-            if is_non_distributable(descriptor):
+            if descriptor.digest in expected and not is_entry:
+                report.expected.append(descriptor.digest)
+            elif is_non_distributable(descriptor):
                 report.skipped.append(descriptor.digest)
             else:
                 bad[descriptor.digest] = f"{descriptor.digest} is missing from the archive"
@@ -407,6 +440,9 @@ class ArchiveHead:
     where: str
     entries: list[Descriptor]
     manifests: dict[Digest, Manifest | Index]
+    #: the bytes of index.json and of bundler's receipt (None: the archive has none)
+    index_json: bytes = b""
+    receipt: bytes | None = None
 
     def read_index(self) -> list[Descriptor]:
         return list(self.entries)
@@ -446,5 +482,6 @@ def read_head(bundle: str | os.PathLike[str], *,
         if missing:
             raise BundleError(f"{reader.where}: manifest {next(iter(missing))} is missing "
                               "from the archive")
-        return ArchiveHead(reader.where, scan.entries, scan.manifests)
+        return ArchiveHead(reader.where, scan.entries, scan.manifests,
+                           scan.index_json or b"", scan.receipt)
 

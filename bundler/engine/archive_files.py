@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,7 +70,8 @@ def import_file(
         return result
 
 
-def verify_file(path: str | os.PathLike[str], report: VerifyReport) -> VerifyReport:
+def verify_file(path: str | os.PathLike[str], report: VerifyReport,
+                expected: Collection[Digest] = ()) -> VerifyReport:
     """Check an archive file offline: every descriptor reachable from its images is a
     member of its size and digest, every manifest parses. A blob member no manifest
     names is not checked: it is ignored, with a warning.
@@ -78,6 +79,8 @@ def verify_file(path: str | os.PathLike[str], report: VerifyReport) -> VerifyRep
     Args:
         path: a plain tar file, or an uncompressed volume set.
         report: the report to fill.
+        expected: blobs a differential bundle leaves to its base: missing, they go in
+            ``report.expected``, no problem.
 
     Returns:
         ``report``, one line per problem.
@@ -102,7 +105,9 @@ def verify_file(path: str | os.PathLike[str], report: VerifyReport) -> VerifyRep
             under: Iterable[Descriptor] = ()
             size = store.blob_size(descriptor.digest)
             if size is None:
-                if is_non_distributable(descriptor) and not is_entry:
+                if descriptor.digest in expected and not is_entry:
+                    report.expected.append(descriptor.digest)
+                elif is_non_distributable(descriptor) and not is_entry:
                     report.skipped.append(descriptor.digest)
                 else:
                     bad[descriptor.digest] = f"{descriptor.digest} is missing from the archive"

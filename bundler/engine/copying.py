@@ -171,7 +171,8 @@ def copy_image(
         exported = export_bundle([ref], dst.path, format=_format(dst), options=src_options,
                                  jobs=jobs, reporter=report, stop=stop, keep_going=keep_going,
                                  wait=wait, on_wait=on_wait, referrers=None,  # one image
-                                 entry_names={str(ref): dst.ref_name or UNNAMED})
+                                 entry_names={str(ref): dst.ref_name or UNNAMED},
+                                 receipts=False)
         return _exported(result, exported)
     if src.transport == "oci":
         store = LayoutStore(src.path)
@@ -344,7 +345,8 @@ def _from_store(store: Store, entry: Descriptor, dst: Location, jobs: int,
     image = StoreImage(entry_name(entry) or str(entry.digest), entry)
     return export_from_store(store, [image], dst.path, format=_format(dst), jobs=jobs,
                              reporter=report, stop=stop, keep_going=keep_going, wait=wait,
-                             on_wait=on_wait, entry_names={image.name: dst.ref_name or UNNAMED})
+                             on_wait=on_wait, entry_names={image.name: dst.ref_name or UNNAMED},
+                             receipts=False)
 
 
 def _unpack(archive: str, needed: dict[Digest, Descriptor], blobs: set[Digest],

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..errors import Cancelled, PartialFailureError, TransferError
+from ..errors import BundleError, Cancelled, PartialFailureError, TransferError
 from ..events import NullReporter, Reporter
 from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor
 from ..oci.digest import Digest
@@ -44,12 +44,22 @@ from ..stores.lock import WriterLock
 from ..stores.registry import RegistrySource
 from .bundle_destination import BundleDestination
 from .destination import BundleEntry
+from .export_receipts import (
+    Differential,
+    archive_receipt,
+    clear_layout_receipts,
+    has_inside_receipt,
+    source_repository,
+    write_beside,
+    write_layout_receipt,
+)
 from .export_sources import StoreImage, StoreSource
 from .image_lists import parse_references, read_images_file, unique_references
 from .importing import transfer
 from .naming import Target
 from .parallel import ClientPool, raise_first, run_parallel
 from .push import PushRun, record_failure
+from .receipts import Receipt, receipt_path_beside
 from .referrers import (
     DEFAULT_REFERRERS,
     ReferrerDiscovery,
@@ -95,6 +105,8 @@ class ExportResult:
     #: referrers exported with their subjects (names), and those left out (one line each)
     referrers: list[str] = field(default_factory=list)
     referrer_warnings: list[str] = field(default_factory=list)
+    #: the bundle's receipt (written inside it and beside it), None if nothing was written
+    receipt: Receipt | None = None
 
 
 def export_bundle(
@@ -114,6 +126,8 @@ def export_bundle(
     include_foreign_layers: bool = False,
     entry_names: dict[str, str] | None = None,
     referrers: ReferrerPolicy | None = DEFAULT_REFERRERS,
+    since: Receipt | None = None,
+    receipts: bool = True,
 ) -> ExportResult:
     """Export images from registries into an OCI image layout directory or archive.
 
@@ -147,6 +161,14 @@ def export_bundle(
         referrers: export the signatures, attestations and SBOMs that refer to each
             manifest too (see :mod:`bundler.engine.referrers`); by default all of them,
             the referrers of referrers too; None: none (``--no-referrers``).
+        since: the receipt of a base bundle (``--since``): write a differential bundle,
+            every manifest and only the configs and layers the base does not list
+            (:mod:`bundler.engine.export_receipts`); a directory must be new or empty.
+        receipts: write the receipts (False: ``copy``, which writes them only into a
+            directory bundle that has them, to keep them true).
+
+    Every export writes the bundle's receipt inside it and beside it
+    (:mod:`bundler.engine.receipts`); ``ExportResult.receipt`` is it.
 
     Returns:
         An :class:`ExportResult`.
@@ -168,7 +190,8 @@ def export_bundle(
         return _write_bundle(source, images, output, format=format, split_size=split_size,
                              compression_level=compression_level, jobs=jobs,
                              reporter=reporter, stop=stop, keep_going=keep_going, wait=wait,
-                             on_wait=on_wait, entry_names=entry_names, discovery=discovery)
+                             on_wait=on_wait, entry_names=entry_names, discovery=discovery,
+                             since=since, receipts=receipts)
 
 
 def export_from_store(
@@ -186,6 +209,8 @@ def export_from_store(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     entry_names: dict[str, str] | None = None,
+    since: Receipt | None = None,
+    receipts: bool = True,
 ) -> ExportResult:
     """Export images of a store (a layout directory) into a layout directory or archive:
     the export engine with a :class:`~bundler.engine.export_sources.StoreSource`, as
@@ -202,6 +227,7 @@ def export_from_store(
             keep_going, wait, on_wait: as :func:`export_bundle`.
         entry_names: image name -> its entry name in the output (see
             :func:`export_bundle`); an image not in it keeps its name.
+        since, receipts: see :func:`export_bundle`.
 
     Returns:
         An :class:`ExportResult`.
@@ -216,7 +242,8 @@ def export_from_store(
     return _write_bundle(StoreSource(store), list(images), output, format=format,
                          split_size=split_size, compression_level=compression_level,
                          jobs=jobs, reporter=reporter, stop=stop, keep_going=keep_going,
-                         wait=wait, on_wait=on_wait, entry_names=entry_names)
+                         wait=wait, on_wait=on_wait, entry_names=entry_names, since=since,
+                         receipts=receipts)
 
 
 def _write_bundle(source: StoreSource, items: list[StoreImage],
@@ -225,33 +252,42 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
                   reporter: Reporter | None, stop: threading.Event | None, keep_going: bool,
                   wait: bool, on_wait: Callable[[str], None] | None,
                   entry_names: dict[str, str] | None,
-                  discovery: ReferrerDiscovery | None = None) -> ExportResult:
-    """Lock the output, open it as a layout or an archive, and run :func:`_export`."""
+                  discovery: ReferrerDiscovery | None = None,
+                  since: Receipt | None = None, receipts: bool = True) -> ExportResult:
+    """Lock the output, open it as a layout or an archive, run :func:`_export`, and
+    write the receipt beside the bundle last."""
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     fmt = output_format(output, format, split_size)
     failed: dict[object, TransferError] = {}
     collect = failed if keep_going else None
     names = entry_names or {}
+    differential = Differential(since) if since is not None else None
+    beside = receipts or receipt_path_beside(output).exists()
     lock = WriterLock.for_output(output, directory=fmt == "dir", wait=wait, on_wait=on_wait)
     if fmt != "dir":
         with lock, ArchiveExport(output, fmt, split_size=split_size,
                                  compression_level=compression_level) as archive:
             result = _export(items, source, archive, jobs, report, stop, collect, names,
-                             discovery)
+                             discovery, differential, receipts)
             if failed and not result.images:  # nothing to write: no archive at all
                 raise PartialFailureError([failed[r] for r in items if r in failed], result)
     else:
         with lock:
             store = LayoutStore(output, create=True)
             try:
+                if differential is not None and store.read_index():
+                    raise BundleError(f"{output}: --since writes a new bundle; this directory "
+                                      "holds one already: choose a new or empty directory")
                 result = _export(items, source, store, jobs, report, stop, collect, names,
-                                 discovery)
+                                 discovery, differential, receipts)
             except BaseException:
                 store.discard_if_empty()  # a new directory holding only oci-layout is no
                 raise  # bundle (the lock removes the directory it made, if empty)
             if not result.images:
                 store.discard_if_empty()
+    if result.receipt is not None and beside:
+        write_beside(output, result.receipt)  # last: the bundle is complete
     if failed:
         raise PartialFailureError([failed[r] for r in items if r in failed], result)
     return result
@@ -260,11 +296,16 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
 def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
             jobs: int, report: Reporter, stop: threading.Event,
             failed: dict | None = None, names: dict[str, str] | None = None,
-            discovery: ReferrerDiscovery | None = None) -> ExportResult:
-    """Resolve the images, run the push engine into the bundle, write ``index.json``.
+            discovery: ReferrerDiscovery | None = None,
+            differential: Differential | None = None,
+            receipts: bool = True) -> ExportResult:
+    """Resolve the images, run the push engine into the bundle, write ``index.json``
+    and the receipt inside the bundle.
 
     ``items`` are the images to read from ``source``; ``failed`` (given: keep going)
-    collects the failed images; ``names`` renames entries (see ``entry_names``).
+    collects the failed images; ``names`` renames entries (see ``entry_names``);
+    ``differential`` leaves the base's blobs out; ``receipts`` False writes no receipt
+    (but keeps a directory's inside receipt true).
     """
     keep_going = failed is not None
     failed = {} if failed is None else failed
@@ -286,6 +327,7 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
             record_failure(failed, item, str(item), resolved[item], report, keep_going)
     image_of = {_target(item, tops[item], names): item for item in items if item in tops}
     targets = list(image_of)
+    made: list[Receipt] = []  # an archive's receipt, written at its head
     bundle = BundleDestination(store, report)
     run = PushRun(bundle, report=report, stop=stop, keep_going=keep_going, tags_last=True)
     try:
@@ -295,13 +337,17 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
             if discovery is not None:  # referrers, planned after their subjects
                 targets += _referrers(discovery, run, targets, image_of, source,
                                       manifest_pool, store, names)
-        run.check_destinations(jobs=jobs, head_blobs=True)
+        if differential is not None:  # the configs and layers the base holds
+            differential.choose([(run.plans[t], source_repository(
+                image_of[t].name, image_of[t].reference)) for t in targets if t in run.plans])
+        run.check_destinations(jobs=jobs, head_blobs=True, leave_out=(
+            differential.leaves_out if differential is not None else None))
         # 3. each blob once: the largest first (the long downloads start at once and the
         #    small ones fill in); an archive's index.json comes first in its stream, so
         #    without keep_going it is written now and the blobs come in archive order
         order = sorted(run.pending, key=lambda b: b.descriptor.size, reverse=True)
         if isinstance(store, ArchiveExport) and not keep_going:
-            _start_archive(store, _kept(run, targets), names)
+            made = _start_archive(store, _kept(run, targets), names, differential, receipts)
             order.sort(key=lambda b: store.position(b.digest))
         transfer(run, order, lambda blob: source.for_image(image_of[blob.owner]), jobs=jobs)
     finally:
@@ -311,7 +357,7 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
         raise Cancelled("cancelled")
     images = _kept(run, targets)
     if isinstance(store, ArchiveExport) and keep_going and images:
-        _start_archive(store, images, names)
+        made = _start_archive(store, images, names, differential, receipts)
     result = _result(images, bundle, source)
     if discovery is not None:
         result.referrers, result.referrer_warnings = discovery.found, discovery.warnings
@@ -333,7 +379,14 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
     for target in targets:
         if target in run.plans and target not in run.failed:
             run.tag(target)  # the image is done: its entry is written below
-    store.write_index(entries.values())
+    annotations = differential.annotations if differential is not None else None
+    if isinstance(store, LayoutStore) and (receipts or has_inside_receipt(store)):
+        clear_layout_receipts(store)  # a run killed from here on leaves no stale receipt
+        store.write_index(entries.values(), annotations)
+        result.receipt = write_layout_receipt(store, differential)
+    else:
+        store.write_index(entries.values(), annotations)
+        result.receipt = made[-1] if made else None
     return result
 
 
@@ -401,6 +454,16 @@ def _named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, 
 
 
 def _start_archive(store: ArchiveExport, images: list[ImagePlan],
-                   names: dict[str, str] | None = None) -> None:
-    """Write ``oci-layout``, ``index.json`` and the manifests at the archive's head."""
-    store.start(list(_named_entries(images, names or {}).values()), images)
+                   names: dict[str, str] | None = None,
+                   differential: Differential | None = None,
+                   receipts: bool = True) -> list[Receipt]:
+    """Write ``oci-layout``, ``index.json``, the receipt and the manifests at the
+    archive's head; returns [the receipt]."""
+    entries = list(_named_entries(images, names or {}).values())
+    made: list[Receipt] = []
+    store.start(entries, images,
+                annotations=differential.annotations if differential is not None else None,
+                omitted=differential.omitted if differential is not None else (),
+                receipt=archive_receipt(entries, images, differential, made) if receipts
+                else None)
+    return made

@@ -23,6 +23,7 @@ from ..stores.registry import RegistrySource
 from .export_sources import StoreImage
 from .exporting import ExportResult, export_from_store, unique_references
 from .parallel import ClientPool
+from .receipts import Receipt
 
 __all__ = ["DigestChange", "PlatformSources", "export_platforms"]
 
@@ -75,6 +76,7 @@ def export_platforms(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     changed: list[DigestChange] | None = None,
+    since: Receipt | None = None,
 ) -> ExportResult:
     """Export as :func:`bundler.export_bundle`, each index narrowed to ``choice``.
 
@@ -85,6 +87,8 @@ def export_platforms(
         changed: receives a :class:`DigestChange` for each reference stored under
             another digest than the registry's (each narrowed index), even when the
             export fails for other images.
+        since: a base bundle's receipt: a differential bundle (as
+            :func:`bundler.export_bundle`).
 
     Returns:
         An :class:`ExportResult`.
@@ -101,7 +105,7 @@ def export_platforms(
                                      split_size=split_size,
                                      compression_level=compression_level, jobs=jobs,
                                      reporter=reporter, stop=stop, keep_going=keep_going,
-                                     wait=wait, on_wait=on_wait)
+                                     wait=wait, on_wait=on_wait, since=since)
         finally:
             if changed is not None:
                 changed.extend(sorted(source.changed, key=lambda c: c.reference))

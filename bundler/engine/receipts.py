@@ -49,10 +49,14 @@ __all__ = [
     "Receipt",
     "ReceiptError",
     "ReceiptImage",
+    "StaleReceiptError",
     "base_annotation",
     "bundle_id_of",
+    "check_inside",
     "compute_receipt",
     "now",
+    "inside_bytes",
+    "read_inside_receipt",
     "read_receipt",
     "receipt_path_beside",
 ]
@@ -67,6 +71,11 @@ class ReceiptError(BundlerError):
     """A receipt that cannot be used: not a receipt, another format version, a missing
     or ill-typed field, a bad digest, over :data:`~bundler.oci.limits.RECEIPT_LIMIT`.
     The message names the file."""
+
+
+class StaleReceiptError(BundleError):
+    """A full bundle's inside receipt names another ``index.json`` than the bundle's
+    (``index.json`` was changed after the export): ignored, with a warning."""
 
 
 @dataclass(frozen=True)
@@ -331,18 +340,71 @@ def compute_receipt(index_json: bytes, store: Any, *, created: str,
                    blobs=blobs, base=base, omitted=tuple(omitted))
 
 
+def check_inside(data: bytes | None, index_json: bytes, where: str) -> Receipt | None:
+    """A bundle's inside receipt (``data``: its bytes, or None if there is none),
+    parsed and checked against the bundle's ``index.json`` bytes.
+
+    Raises:
+        ReceiptError: the receipt is malformed (naming ``WHERE/bundler-receipt.json``).
+        BundleError: it is of another ``index.json``; ``index.json`` names a base and
+        there is no receipt, or one of another base (or the other way round).
+    """
+    return _checked(_inside(data, where), index_json, where)
+
+
+def inside_bytes(path: str | os.PathLike[str]) -> tuple[bytes | None, bytes, str] | None:
+    """(receipt bytes or None, ``index.json`` bytes, name) of a bundle read in place (a
+    directory, a plain ``.tar`` or uncompressed volumes); None for a docker archive.
+
+    Raises:
+        BundleError: not such a bundle, no ``index.json``, a file over its limit.
+    """
+    p = Path(path)
+    if p.is_dir():
+        index_json = read_inside(p, "index.json", limit=INDEX_LIMIT)
+        if index_json is None:
+            raise BundleError(f"{p}: no index.json")
+        return read_inside(p, RECEIPT_MEMBER, limit=RECEIPT_LIMIT), index_json, str(p)
+    store = open_archive(p)
+    try:
+        if not isinstance(store, ArchiveStore):
+            return None  # a docker archive: no bundle of bundler's
+        index_json = read_small(store.index, "index.json", INDEX_LIMIT, "index.json")
+        assert index_json is not None  # ArchiveStore refuses an archive without one
+        return read_small(store.index, RECEIPT_MEMBER, RECEIPT_LIMIT, "a receipt"), \
+            index_json, str(p)
+    finally:
+        store.close()
+
+
+def read_inside_receipt(path: str | os.PathLike[str]) -> Receipt | None:
+    """The inside receipt of a bundle read in place (a directory, a plain ``.tar`` or
+    uncompressed volumes), checked against its ``index.json``; None if it has none.
+    Nothing is computed.
+
+    Raises:
+        ReceiptError, BundleError, StaleReceiptError: see :func:`check_inside`; not
+        such a bundle.
+    """
+    found = inside_bytes(path)
+    return None if found is None else check_inside(*found)
+
+
 def _checked(receipt: Receipt | None, index_json: bytes, where: str) -> Receipt | None:
     """The inside receipt, checked against ``index.json`` (None: there is none).
 
     Raises:
-        BundleError: the receipt is of another ``index.json``; the base annotation with
-        no receipt, or with a receipt of another base.
+        StaleReceiptError: a full bundle's receipt is of another ``index.json`` (it
+        was changed since: the receipt is no use). BundleError: so is a differential
+        bundle's; the base annotation with no receipt, or with a receipt of another
+        base.
     """
     bundle_id = bundle_id_of(index_json)
     annotated = base_annotation(index_json, where)
     if receipt is not None and receipt.bundle_id != bundle_id:
-        raise BundleError(f"{where}: {RECEIPT_MEMBER} is the receipt of bundle "
-                          f"{receipt.bundle_id}, not of this index.json ({bundle_id})")
+        kind = BundleError if annotated is not None else StaleReceiptError
+        raise kind(f"{where}: {RECEIPT_MEMBER} is the receipt of bundle "
+                   f"{receipt.bundle_id}, not of this index.json ({bundle_id})")
     if annotated is not None:
         if receipt is None:
             raise BundleError(f"{where}: a differential bundle (index.json names base "
@@ -355,6 +417,15 @@ def _checked(receipt: Receipt | None, index_json: bytes, where: str) -> Receipt 
         raise BundleError(f"{where}: {RECEIPT_MEMBER} names base {receipt.base.bundle_id} "
                           f"but index.json has no {BASE_ANNOTATION} annotation")
     return receipt
+
+
+def _unless_stale(receipt: Receipt | None, index_json: bytes, where: str) -> Receipt | None:
+    """:func:`_checked`, with a stale receipt of a full bundle taken as none (one is
+    computed)."""
+    try:
+        return _checked(receipt, index_json, where)
+    except StaleReceiptError:
+        return None
 
 
 def _mtime(path: Path) -> str:
@@ -377,7 +448,7 @@ def _read_layout(root: Path) -> Receipt:
         raise BundleError(f"{root}: no index.json (not a bundle, or its export did not "
                           "finish)")
     inside = _inside(read_inside(root, RECEIPT_MEMBER, limit=RECEIPT_LIMIT), str(root))
-    receipt = _checked(inside, index_json, str(root))
+    receipt = _unless_stale(inside, index_json, str(root))
     return receipt or compute_receipt(index_json, store, created=_mtime(root / "index.json"))
 
 
@@ -396,7 +467,7 @@ def _read_tar(path: Path, stamp: Path) -> Receipt:
                 raise ReceiptError(f"{path}/{RECEIPT_MEMBER}: a receipt of {entry.size} bytes "
                                    f"is larger than the limit of {describe(RECEIPT_LIMIT)}")
             data = store.index.read(entry)
-        receipt = _checked(_inside(data, str(path)), index_json, str(path))
+        receipt = _unless_stale(_inside(data, str(path)), index_json, str(path))
         return receipt or compute_receipt(index_json, store, created=_mtime(stamp))
     finally:
         store.close()
@@ -429,7 +500,7 @@ def _read_once(path: Path, stamp: Path) -> Receipt:
     if index_json is None:
         raise BundleError(f"{where}: the archive does not begin with index.json (not a "
                           "bundle written by bundler, or not a bundle)")
-    receipt = _checked(_inside(data, where), index_json, where)
+    receipt = _unless_stale(_inside(data, where), index_json, where)
     if receipt is not None:
         return receipt
     return compute_receipt(index_json, read_head(path), created=_mtime(stamp))

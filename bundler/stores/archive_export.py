@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +31,7 @@ from ..oci.content import FOREIGN_LAYER_TYPES, OCI_LAYOUT_VERSION, Descriptor, M
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.graph import ImagePlan
 from ..oci.limits import refuse_oversized
-from .archive import refuse_existing
+from .archive import RECEIPT_MEMBER, refuse_existing
 from .archive_writer import COPY_SIZE, ArchiveWriter, blob_name, index_bytes
 
 __all__ = ["ArchiveExport", "remove_leftovers"]
@@ -177,8 +177,12 @@ class ArchiveExport:
         self._entries: list[Descriptor] = []
 
     # -- the plan ------------------------------------------------------------------
-    def start(self, entries: list[Descriptor], plans: list[ImagePlan]) -> None:
-        """Write ``oci-layout``, ``index.json`` and the manifests; fix the blob order.
+    def start(self, entries: list[Descriptor], plans: list[ImagePlan], *,
+              annotations: Mapping[str, str] | None = None,
+              omitted: Collection[Digest] = (),
+              receipt: Callable[[bytes], bytes] | None = None) -> None:
+        """Write ``oci-layout``, ``index.json``, the receipt and the manifests; fix the
+        blob order.
 
         Volumes are numbered for an upper bound of the archive's size, so that their
         names sort in order (``NAME.0000``, ... past 1000 volumes).
@@ -186,6 +190,11 @@ class ArchiveExport:
         Args:
             entries: the ``index.json`` descriptors.
             plans: the planned images (manifests children-first, blobs).
+            annotations: the top-level annotations of ``index.json`` (or None).
+            omitted: configs and layers left out of the archive (a differential
+                bundle's base holds them).
+            receipt: given ``index.json``'s bytes, the receipt's bytes, written as the
+                member :data:`~bundler.stores.archive.RECEIPT_MEMBER` right after it.
 
         Raises:
             BundleError: ``index.json`` or the manifests pass a limit of
@@ -195,26 +204,32 @@ class ArchiveExport:
         manifests: dict[Digest, bytes] = {}
         configs: dict[Digest, Descriptor] = {}
         layers: dict[Digest, Descriptor] = {}
+        left_out = set(omitted)
         for plan in plans:  # parents before children: a reader always knows what comes
             for descriptor, item in reversed(plan.manifests):
                 manifests.setdefault(descriptor.digest, item.raw)
-                if isinstance(item, Manifest) and item.config is not None:
+                if (isinstance(item, Manifest) and item.config is not None
+                        and item.config.digest not in left_out):
                     configs.setdefault(item.config.digest, item.config)
             for digest, descriptor in plan.blobs.items():
-                if digest not in configs:
+                if digest not in configs and digest not in left_out:
                     layers.setdefault(digest, descriptor)
         algorithms = sorted({d.algorithm for d in [*manifests, *configs, *layers]})
         layout = json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode()
-        index = index_bytes(entries)
+        index = index_bytes(entries, annotations)
+        receipt_bytes = receipt(index) if receipt is not None else None
         refuse_oversized(str(self.output), len(index), [len(raw) for raw in manifests.values()],
                          archive=True)
         self.writer.expect_size(self.writer.size_bound([
-            len(layout), len(index), 0, *(0 for _ in algorithms),
+            len(layout), len(index), len(receipt_bytes or b""), 0,
+            *(0 for _ in algorithms),
             *(len(raw) for raw in manifests.values()),
             *(d.size for d in [*configs.values(), *layers.values()] if d.digest not in manifests),
         ]))
         self.writer.add_bytes("oci-layout", layout)
         self.writer.add_bytes("index.json", index)
+        if receipt_bytes is not None:
+            self.writer.add_bytes(RECEIPT_MEMBER, receipt_bytes)
         self.writer.add_dir("blobs")
         for algorithm in algorithms:
             self.writer.add_dir(f"blobs/{algorithm}")
@@ -314,7 +329,8 @@ class ArchiveExport:
         """A new archive has no earlier entries."""
         return []
 
-    def write_index(self, descriptors: Iterable[Descriptor]) -> None:
+    def write_index(self, descriptors: Iterable[Descriptor],
+                    annotations: Mapping[str, str] | None = None) -> None:
         """``index.json`` was written by :meth:`start`; the entries must be the same."""
         if [d.to_dict() for d in descriptors] != [d.to_dict() for d in self._entries]:
             raise BundleError(f"{self.output}: index.json changed after it was written")

@@ -19,7 +19,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,10 +39,14 @@ _RECORD = tarfile.RECORDSIZE
 _NO_COPY_FILE_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
 
 
-def index_bytes(descriptors: Iterable[Descriptor]) -> bytes:
-    """``index.json`` of a layout: an OCI image index of ``descriptors`` (as layouts write it)."""
-    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-           "manifests": [d.to_dict() for d in descriptors]}
+def index_bytes(descriptors: Iterable[Descriptor],
+                annotations: Mapping[str, str] | None = None) -> bytes:
+    """``index.json`` of a layout: an OCI image index of ``descriptors`` (as layouts write
+    it), with top-level ``annotations`` when given (a differential bundle's base)."""
+    doc: dict[str, object] = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                              "manifests": [d.to_dict() for d in descriptors]}
+    if annotations:
+        doc["annotations"] = dict(annotations)
     return json.dumps(doc, indent=2).encode() + b"\n"
 
 

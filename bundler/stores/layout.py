@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -320,19 +320,23 @@ class LayoutStore:
             return []
         return parse_layout_index(data, str(self.root))
 
-    def write_index(self, descriptors: Iterable[Descriptor]) -> None:
-        """Replace ``index.json`` atomically with an OCI index of ``descriptors`` (left as
-        it is when it already holds exactly these bytes: a no-op export rewrites nothing).
+    def write_index(self, descriptors: Iterable[Descriptor],
+                    annotations: Mapping[str, str] | None = None) -> None:
+        """Replace ``index.json`` atomically with an OCI index of ``descriptors`` and the
+        top-level ``annotations`` if given (left as it is when it already holds exactly
+        these bytes: a no-op export rewrites nothing).
 
         Raises:
             BundleError: ``index.json`` would pass :data:`bundler.limits.INDEX_LIMIT`, or
             cannot be written (a full disk); the previous one is then left as it was.
         """
-        doc = {
+        doc: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
             "manifests": [d.to_dict() for d in descriptors],
         }
+        if annotations:
+            doc["annotations"] = dict(annotations)
         data = json.dumps(doc, indent=2).encode() + b"\n"
         path = self.root / "index.json"
         refuse_oversized(str(self.root), len(data), [], archive=False)

@@ -1,0 +1,189 @@
+"""What an export writes about its bundle: the receipt (inside and beside the bundle)
+and, for ``export --since BASE``, which blobs it leaves to the base.
+
+A differential bundle holds every manifest and index of its images and only the
+configs and layers that the base's receipt does not list; ``index.json`` names the base
+(:data:`~bundler.engine.receipts.BASE_ANNOTATION`) and the receipt lists the blobs left
+out, each with the source repositories that need it.
+
+Order of writing, so that a killed export never leaves a receipt that looks complete
+for a bundle that is not: a directory's old receipts are removed before its new
+``index.json``, then the inside receipt and last the one beside; an archive's inside
+receipt is a member of the temporary archive (it gets its name with the archive), and
+the one beside comes after the archive's commit. Both are written atomically.
+
+Spec: ``docs/bundle-format.md`` (the receipt); image-spec ``image-layout.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BundleError, InvalidReferenceError
+from ..oci.content import Descriptor, Index, Manifest
+from ..oci.digest import Digest
+from ..oci.graph import ImagePlan
+from ..oci.limits import INDEX_LIMIT
+from ..oci.reference import Reference
+from ..stores.contained import read_inside
+from ..stores.layout import LayoutStore, write_atomic
+from .receipts import (
+    BASE_ANNOTATION,
+    RECEIPT_MEMBER,
+    BaseRef,
+    OmittedBlob,
+    Receipt,
+    compute_receipt,
+    now,
+    receipt_path_beside,
+)
+
+__all__ = ["Differential", "PlannedStore", "archive_receipt", "clear_layout_receipts",
+           "has_inside_receipt", "source_repository", "write_beside", "write_layout_receipt"]
+
+
+@dataclass
+class Differential:
+    """What an export leaves to its base (``--since``).
+
+    Args:
+        base: the base's receipt.
+
+    Attributes:
+        omitted: digest -> the blob left out, filled by :meth:`choose`.
+    """
+
+    base: Receipt
+    omitted: dict[Digest, OmittedBlob] = field(default_factory=dict)
+
+    @property
+    def base_ref(self) -> BaseRef:
+        return BaseRef(self.base.bundle_id, self.base.created)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """The top-level annotations of the diff's ``index.json``."""
+        return {BASE_ANNOTATION: self.base.bundle_id}
+
+    def choose(self, plans: list[tuple[ImagePlan, str | None]]) -> None:
+        """Leave out every config and layer of ``plans`` that the base lists with the
+        same size. ``plans`` pairs each planned image with its source repository
+        (``registry/repository``, or None if unknown)."""
+        wanted: dict[Digest, tuple[Descriptor, set[str]]] = {}
+        for plan, repository in plans:
+            for digest, descriptor in plan.blobs.items():
+                if self.base.blobs.get(str(digest)) != descriptor.size:
+                    continue
+                _, repositories = wanted.setdefault(digest, (descriptor, set()))
+                if repository:
+                    repositories.add(repository)
+        self.omitted = {
+            digest: OmittedBlob(str(digest), descriptor.size, descriptor.media_type,
+                                tuple(sorted(repositories)))
+            for digest, (descriptor, repositories) in sorted(wanted.items())}
+
+    def leaves_out(self, descriptor: Descriptor) -> bool:
+        """Whether the blob is left to the base."""
+        return descriptor.digest in self.omitted
+
+
+def source_repository(name: str, reference: Reference | None) -> str | None:
+    """``registry/repository`` of an image asked by ``reference`` (or named ``name``)."""
+    if reference is not None:
+        return reference.name
+    try:
+        return Reference.parse(name).name
+    except InvalidReferenceError:
+        return None
+
+
+class PlannedStore:
+    """The images being written, as ``compute_receipt`` reads a store: ``index.json``'s
+    entries and the planned manifests (an archive's receipt is written before its
+    blobs)."""
+
+    def __init__(self, entries: list[Descriptor], plans: list[ImagePlan]) -> None:
+        self.entries = entries
+        self.manifests: dict[Digest, Manifest | Index] = {
+            d.digest: item for p in plans for d, item in p.manifests}
+
+    def read_index(self) -> list[Descriptor]:
+        return list(self.entries)
+
+    def get_manifest(self, descriptor: Descriptor) -> Manifest | Index:
+        return self.manifests[descriptor.digest]
+
+
+def archive_receipt(entries: list[Descriptor], plans: list[ImagePlan],
+                    differential: Differential | None,
+                    made: list[Receipt]) -> Callable[[bytes], bytes]:
+    """The ``receipt`` callback of :meth:`ArchiveExport.start`: builds the receipt from
+    ``index.json``'s bytes and the plans, and appends it to ``made``."""
+
+    def receipt(index_json: bytes) -> bytes:
+        made.append(compute_receipt(
+            index_json, PlannedStore(entries, plans), created=now(),
+            base=differential.base_ref if differential else None,
+            omitted=tuple(differential.omitted.values()) if differential else ()))
+        return made[-1].to_bytes()
+
+    return receipt
+
+
+def clear_layout_receipts(store: LayoutStore) -> None:
+    """Remove a directory bundle's receipts (inside and beside) before its
+    ``index.json`` is replaced: a run killed before the new ones are written leaves none.
+
+    Raises:
+        BundleError: one cannot be removed.
+    """
+    for path in (store.root / RECEIPT_MEMBER, receipt_path_beside(store.root)):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot remove the old receipt: "
+                              f"{exc.strerror or exc}") from exc
+
+
+def has_inside_receipt(store: LayoutStore) -> bool:
+    """Whether a directory bundle holds a receipt (written by an earlier export)."""
+    return (store.root / RECEIPT_MEMBER).exists()
+
+
+def write_layout_receipt(store: LayoutStore, differential: Differential | None) -> Receipt:
+    """Write a directory bundle's inside receipt, of the ``index.json`` it holds now.
+
+    Raises:
+        BundleError: it cannot be written, or a manifest of ``index.json`` is missing.
+    """
+    index_json = read_inside(store.root, "index.json", limit=INDEX_LIMIT)
+    if index_json is None:
+        raise BundleError(f"{store.root}: index.json is gone")
+    receipt = compute_receipt(
+        index_json, store, created=now(),
+        base=differential.base_ref if differential else None,
+        omitted=tuple(differential.omitted.values()) if differential else ())
+    _write(store.root / RECEIPT_MEMBER, receipt.to_bytes())
+    return receipt
+
+
+def write_beside(output: str | os.PathLike[str], receipt: Receipt) -> Path:
+    """Write ``NAME.receipt.json`` beside the bundle, atomically; returns its path.
+
+    Raises:
+        BundleError: it cannot be written.
+    """
+    path = receipt_path_beside(output)
+    _write(path, receipt.to_bytes())
+    return path
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot write the receipt: {exc.strerror or exc}") from exc
+
