@@ -28,10 +28,6 @@ from bundler.sandbox import LocalRegistry, start_registry
 from bundler.sandbox.images import make_image, random_layer
 from bundler.sandbox.push import push
 
-from .conftest import needs_registry
-
-pytestmark = needs_registry
-
 ACCEPT = ("application/vnd.oci.image.manifest.v1+json, "
           "application/vnd.oci.image.index.v1+json")
 RECEIPT_TYPE = "application/vnd.dev.bundler.receipt.v1+json"
@@ -196,14 +192,23 @@ def test_diff_of_a_diff(chain: Chain, registry_factory: Any) -> None:
     assert_new_set(reg)
     assert digest_at(reg, "mirror/apps/a", "3") == A3.digest
     assert f"base {bundle_id(chain.diff)} was imported on " in done.stdout
-    # with only the first base in: L3 (held by the first diff only) is missing
+    # with only the first base in, what only the first diff held is missing: L3, L4 and
+    # the configs of a:2, b:1 and c:1 (L0 and L1 are mountable from apps/a)
     other = registry_factory()
     with_base(chain, other)
+    mark = other.mark()
     refused = cli("import", str(chain.diff2), "--to", f"{other.host}/mirror", "-q")
     assert refused.exit_code == 1
-    assert "1 omitted blob is in no destination repository" in refused.stderr
-    assert f"{L3.digest} (3" in refused.stderr
+    assert f"differential bundle on base {bundle_id(chain.diff)}: 5 omitted blobs are in " \
+           "no destination repository" in refused.stderr
+    missing = sorted([L3.digest, L4.digest, A2.config.digest, B1.config.digest,
+                      C1.config.digest])
+    assert [m.split(" ")[0] for m in re.findall(r"sha256:[0-9a-f]{64} \(\d+ bytes",
+                                                 refused.stderr)] == missing
+    assert f"{L3.digest} ({L3.size} bytes, needed by {chain.refs['apps/a:2']}, " \
+           f"{chain.refs['apps/a:3']})" in refused.stderr
     assert digest_at(other, "mirror/apps/a", "3") is None
+    assert {m for m, _ in other.requests(mark)} <= {"GET", "HEAD"}
 
 
 # -- into an empty registry --------------------------------------------------------------
