@@ -57,6 +57,7 @@ class Chain:
     base: Path
     diff: Path
     diff_tar: Path
+    diff_zst: Path
     diff2: Path
     refs: dict[str, str]  # apps/x:tag -> full source reference
 
@@ -80,8 +81,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Any:
         push(src, "apps/b", B1, tag="1")  # the tag moves
         push(src, "apps/c", C1, tag="1")
         new = [refs[n] for n in ("apps/a:1", "apps/a:2", "apps/b:1", "apps/c:1")]
-        diff, diff_tar = root / "diff", root / "diff.tar"
-        for out in (diff, diff_tar):
+        diff, diff_tar, diff_zst = root / "diff", root / "diff.tar", root / "diff.tar.zst"
+        for out in (diff, diff_tar, diff_zst):
             done = cli("export", *new, "-o", str(out), "--since", str(base), "-q")
             assert done.exit_code == 0, done.output
         push(src, "apps/a", A3, tag="3")
@@ -89,7 +90,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Any:
         done = cli("export", *new, refs["apps/a:3"], "-o", str(diff2), "--since", str(diff),
                    "-q")
         assert done.exit_code == 0, done.output
-        yield Chain(src, base, diff, diff_tar, diff2, refs)
+        yield Chain(src, base, diff, diff_tar, diff_zst, diff2, refs)
     finally:
         src.stop()
 
@@ -212,7 +213,7 @@ def test_diff_of_a_diff(chain: Chain, registry_factory: Any) -> None:
 
 
 # -- into an empty registry --------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["diff", "diff_tar"])
+@pytest.mark.parametrize("kind", ["diff", "diff_tar", "diff_zst"])
 def test_refused_into_an_empty_registry(chain: Chain, registry_factory: Any,
                                         kind: str) -> None:
     reg = registry_factory()
@@ -338,3 +339,31 @@ def test_malformed_receipt_inside_the_bundle(chain: Chain, registry_factory: Any
     assert done.exit_code == 1
     assert f"names base {bundle_id(chain.base)}" in done.stderr
     assert catalog(reg) == []
+
+
+# -- copy, merge -------------------------------------------------------------------------
+def test_copy_refuses_a_differential_bundle(chain: Chain, registry_factory: Any) -> None:
+    reg = registry_factory()
+    done = cli("copy", f"oci:{chain.diff}:{chain.refs['apps/a:2']}",
+               f"docker://{reg.host}/copied/a:2", "-q")
+    assert done.exit_code == 2
+    assert (f"a differential bundle (base {bundle_id(chain.base)}) holds only the blobs its "
+            "base does not; copy does not check that base: use bundler import "
+            f"{chain.diff} --to REGISTRY[/PREFIX]") in done.stderr
+    assert catalog(reg) == []
+
+
+def test_merged_bundle_imports_alone(chain: Chain, registry_factory: Any,
+                                     tmp_path: Path) -> None:
+    full = tmp_path / "full.tar"
+    merged = cli("merge", str(chain.base), str(chain.diff), "-o", str(full), "-q")
+    assert merged.exit_code == 0, merged.output
+    reg = registry_factory()
+    done = cli("import", str(full), "--to", f"{reg.host}/mirror", "-q")
+    assert done.exit_code == 0, done.output
+    assert_new_set(reg)
+    lines = done.stdout.splitlines()
+    assert not [line for line in lines if line.startswith(("base ", "omitted blobs"))]
+    full_id = json.loads((tmp_path / "full.tar.receipt.json").read_bytes())["bundleId"]
+    data = registry_receipt(reg, "mirror/bundler-receipts", full_id)[1]
+    assert json.loads(data)["base"] is None and json.loads(data)["omitted"] == []
