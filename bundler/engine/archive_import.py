@@ -157,7 +157,7 @@ class _ArchiveFeed:
                 self.work.setdefault(blob.digest, []).append(blob)
         for blob in [b for b in self.run.pending if b.digest in omitted]:
             assert self.chain is not None  # placed now: the archive does not hold them
-            self.run.push_blob(blob, self.chain.source(blob.digest, self._nothing))
+            self.run.push_blob(blob, self.chain.omitted_source(blob.digest))
         held = self.graph.held
         for digest in [d for d in held if d in self.work]:
             self._arrive(digest, None, held.pop(digest))
@@ -188,12 +188,6 @@ class _ArchiveFeed:
         self.chain.check(self.clients, run.pending, run.targets, run.plans, headed=True,
                          new=new, jobs=self.jobs, stop=run.stop)
         return self.chain.omitted
-
-    class _Nothing:
-        def open_blob(self, descriptor: object) -> object:
-            raise AssertionError("an omitted blob is read from its base")
-
-    _nothing = _Nothing()
 
     # -- arrivals --------------------------------------------------------------------
     def _arrive(self, digest: Digest, member: Member | None, data: bytes | None = None) -> None:

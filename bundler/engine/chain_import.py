@@ -67,7 +67,13 @@ from .receipts import (
 )
 from .referrer_push import place_referrers, referrer_levels
 from .referrers import subject_of
-from .registry_receipt import ReceiptLocation, found_receipt, push_receipt, receipt_location
+from .registry_receipt import (
+    ReceiptLocation,
+    found_receipt,
+    push_receipt,
+    receipt_location,
+    receipt_tag,
+)
 
 __all__ = ["ImportChain", "checked_receipt"]
 
@@ -215,8 +221,6 @@ class ImportChain:
 
     def _base_receipt(self, clients: ClientPool, base_id: str) -> tuple[str, str | None]:
         """Where the base's registry receipt was asked for, and its date (None: none)."""
-        from .registry_receipt import receipt_tag
-
         where = f"{self.location}:{receipt_tag(base_id)}"
         try:
             return where, found_receipt(clients.get(self.location.registry),
@@ -278,8 +282,12 @@ class ImportChain:
     def source(self, digest: Digest, store: BlobSource) -> BlobSource:
         """Where a blob's bytes come from: the bundle, or for an omitted blob the base
         bundle (else a source that explains why there are no bytes)."""
-        if digest not in self.omitted:
-            return store
+        return self.omitted_source(digest) if digest in self.omitted else store
+
+    def omitted_source(self, digest: Digest) -> BlobSource:
+        """Where the bytes of an omitted blob come from: the base bundle, or (when it
+        does not hold it: the blob is mounted or present) a source that explains why
+        there are none."""
         if self.base is not None and self.base.has_blob(digest):
             return self.base
         assert self.receipt is not None and self.receipt.base is not None
