@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +27,14 @@ from .engine.differential_check import (
 from .engine.docker_export import export_docker_archive
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.imageset import ImageSet, ImageSetError, read_image_set
-from .engine.importing import ImportResult, not_distributed
+from .engine.importing import ImportResult
 from .engine.inspecting import (
     ImageInfo,
     inspect_image,
     inspect_location,
     list_repository_tags,
 )
+from .engine.layout_check import verify_layout
 from .engine.mirroring import mirror_images
 from .engine.naming import parse_mapping
 from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
@@ -52,11 +52,11 @@ from .engine.selection import (
     transport_for,
 )
 from .engine.tagfilter import FilterError, TagFilter
-from .errors import BundleError, BundlerError, IntegrityError
+from .errors import BundleError, BundlerError
 from .events import Reporter
-from .oci.content import Descriptor, Index, entry_name, is_non_distributable
+from .oci.content import Descriptor, entry_name, is_non_distributable
 from .oci.digest import Digest
-from .oci.graph import check_reachable, walk
+from .oci.graph import walk
 from .oci.platforms import PlatformChoice
 from .registry.client import TransportOptions
 from .stores.archive import is_archive
@@ -383,40 +383,4 @@ def _verify(bundle: str | os.PathLike[str], shared_blob_dir: str | os.PathLike[s
     except BundleError as exc:
         report.problems.append(str(exc))
         return report
-    expected = inside_receipt(root, report)
-    bad: dict[Digest, str] = {}  # digest -> its problem, named below by every image
-    reached: set[Digest] = set()  # the manifests of the images: a subject must be one
-
-    def visit(name: str, descriptor: Descriptor, is_entry: bool) -> Iterable[Descriptor]:
-        under: Iterable[Descriptor] = ()
-        try:
-            if descriptor.is_manifest or is_entry:
-                item = store.get_manifest(descriptor)
-                under = item.manifests if isinstance(item, Index) else item.blobs
-                reached.add(descriptor.digest)
-            elif not_distributed(store, descriptor):
-                report.skipped.append(descriptor.digest)
-                return ()
-            elif descriptor.digest in expected and not store.has_blob(descriptor.digest):
-                report.expected.append(descriptor.digest)
-                return ()
-            else:
-                with store.open_blob(descriptor) as reader:
-                    for _ in reader:
-                        pass
-            report.blobs += 1
-            report.bytes += descriptor.size
-        except IntegrityError as exc:  # export reuses blobs by size: it must go first
-            bad[descriptor.digest] = (
-                f"{exc}; delete {store.blob_path(descriptor.digest)} and run the export "
-                "again to fetch it anew")
-        except BundleError as exc:
-            bad[descriptor.digest] = str(exc)
-        except BundlerError as exc:
-            bad[descriptor.digest] = f"{descriptor.digest}: {exc}"
-        return under
-
-    report.images, problems = check_reachable(entries, visit, bad)
-    report.problems.extend(problems)
-    report.problems.extend(missing_subjects(entries, reached.__contains__))
-    return report
+    return verify_layout(store, entries, report, inside_receipt(root, report))

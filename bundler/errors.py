@@ -25,6 +25,9 @@ caller can catch one class. Library errors (httpx, OSError, zstandard) are wrapp
     |   +-- UnsafeBundleError       a file of a bundle directory that is no regular file
     |   |                           inside it (symlink, FIFO, device, socket)
     |   +-- BundleLockedError       another bundler is writing the bundle (--no-wait)
+    |   +-- StaleReceiptError       a full bundle's receipt of another index.json (ignored)
+    +-- ReceiptError                a bundle receipt that is not one, of another version,
+    |                               malformed or too large
     +-- MappingError                import naming: bad --to / --mapping, no repository,
     |                               two images with one destination (CLI: exit 2)
     +-- TransferError               one image failed; names the image, wraps the cause
@@ -52,9 +55,11 @@ __all__ = [
     "MappingError",
     "NotFoundError",
     "PartialFailureError",
+    "ReceiptError",
     "RateLimitError",
     "RegistryError",
     "SizeMismatchError",
+    "StaleReceiptError",
     "TransferError",
     "TransportError",
     "UnsafeArchiveError",
@@ -276,3 +281,14 @@ class ForeignLayerError(BundlerError):
         self.attempts = attempts
         super().__init__(f"non-distributable layer {digest} could not be fetched: "
                          + "; ".join(attempts))
+
+
+class ReceiptError(BundlerError):
+    """A receipt that cannot be used: not a receipt, another format version, a missing
+    or ill-typed field, a bad digest, over :data:`~bundler.oci.limits.RECEIPT_LIMIT`.
+    The message names the file."""
+
+
+class StaleReceiptError(BundleError):
+    """A full bundle's inside receipt names another ``index.json`` than the bundle's
+    (``index.json`` was changed after the export): ignored, with a warning."""

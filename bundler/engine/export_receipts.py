@@ -1,5 +1,6 @@
-"""What an export writes about its bundle: the receipt (inside and beside the bundle)
-and, for ``export --since BASE``, which blobs it leaves to the base.
+"""What an export writes about its bundle: the ``index.json`` entries (named by their
+references), the receipt (inside and beside the bundle) and, for ``export --since
+BASE``, which blobs it leaves to the base.
 
 A differential bundle holds every manifest and index of its images and only the
 configs and layers that the base's receipt does not list; ``index.json`` names the base
@@ -23,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BundleError, InvalidReferenceError
-from ..oci.content import Descriptor, Index, Manifest
+from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor, Index, Manifest
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from ..oci.limits import INDEX_LIMIT
 from ..oci.reference import Reference
+from ..stores import BundleStore
+from ..stores.archive_export import ArchiveExport
 from ..stores.contained import read_inside
 from ..stores.layout import LayoutStore, write_atomic
 from .receipts import (
@@ -40,9 +43,16 @@ from .receipts import (
     now,
     receipt_path_beside,
 )
+from .referrers import referrer_annotations
 
-__all__ = ["Differential", "PlannedStore", "archive_receipt", "clear_layout_receipts",
+__all__ = ["UNNAMED", "Differential", "merged_entries", "named_entries", "start_archive",
+           "write_index", "PlannedStore", "archive_receipt", "clear_layout_receipts",
            "has_inside_receipt", "source_repository", "write_beside", "write_layout_receipt"]
+
+
+#: ``entry_names`` value of an image written without a name (``oci:DIR`` with no
+#: ``:NAME``, as skopeo writes it): its ``index.json`` entry has no annotations.
+UNNAMED = ""
 
 
 @dataclass
@@ -187,3 +197,68 @@ def _write(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise BundleError(f"{path}: cannot write the receipt: {exc.strerror or exc}") from exc
 
+
+def named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, Descriptor]:
+    """The ``index.json`` entries of ``images``, keyed by name:
+    named by their reference (ref.name and containerd's name), or as ``names`` says
+    (ref.name only, as skopeo writes it; :data:`UNNAMED`: no annotations, keyed by
+    ``@DIGEST``)."""
+    entries: dict[str, Descriptor] = {}
+    for plan_ in images:
+        name = names.get(plan_.name, plan_.name)
+        if plan_.name not in names:
+            annotations = {REF_NAME: name, CONTAINERD_NAME: name}
+        else:
+            annotations = {REF_NAME: name} if name != UNNAMED else {}
+        annotations.update(referrer_annotations(plan_.descriptor))
+        entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
+            annotations)
+    return entries
+
+
+def start_archive(store: ArchiveExport, images: list[ImagePlan],
+                   names: dict[str, str] | None = None,
+                   differential: Differential | None = None,
+                   receipts: bool = True) -> list[Receipt]:
+    """Write ``oci-layout``, ``index.json``, the receipt and the manifests at the
+    archive's head; returns [the receipt]."""
+    entries = list(named_entries(images, names or {}).values())
+    made: list[Receipt] = []
+    store.start(entries, images,
+                annotations=differential.annotations if differential is not None else None,
+                omitted=differential.omitted if differential is not None else (),
+                receipt=archive_receipt(entries, images, differential, made) if receipts
+                else None)
+    return made
+
+
+def merged_entries(existing: list[Descriptor], images: list[ImagePlan],
+                   names: dict[str, str]) -> list[Descriptor]:
+    """The entries of the new ``index.json``: the bundle's ``existing`` ones, each
+    replaced by the exported image of the same name, then the new ones."""
+    entries = {(d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(existing)}
+    for key, entry in named_entries(images, names).items():
+        if key.startswith("@") and any(not d.annotations and d.digest == entry.digest
+                                       for d in entries.values()):
+            continue  # already there without a name
+        entries[key] = entry
+    return list(entries.values())
+
+
+def write_index(store: BundleStore, entries: list[Descriptor],
+                differential: Differential | None, receipts: bool,
+                made: list[Receipt]) -> Receipt | None:
+    """Write ``index.json`` (with the base's annotation for a diff) and, in a directory,
+    the inside receipt after it (see the module docstring); returns the receipt (an
+    archive's was made by :func:`start_archive`), or None when none is written.
+
+    Raises:
+        BundleError: a file cannot be written.
+    """
+    annotations = differential.annotations if differential is not None else None
+    if isinstance(store, LayoutStore) and (receipts or has_inside_receipt(store)):
+        clear_layout_receipts(store)  # a run killed from here on leaves no stale receipt
+        store.write_index(entries, annotations)
+        return write_layout_receipt(store, differential)
+    store.write_index(entries, annotations)
+    return made[-1] if made else None

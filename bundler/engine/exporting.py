@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from ..errors import BundleError, Cancelled, PartialFailureError, TransferError
 from ..events import NullReporter, Reporter
-from ..oci.content import CONTAINERD_NAME, REF_NAME, Descriptor
+from ..oci.content import Descriptor
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from ..oci.reference import Reference
@@ -45,13 +45,13 @@ from ..stores.registry import RegistrySource
 from .bundle_destination import BundleDestination
 from .destination import BundleEntry
 from .export_receipts import (
+    UNNAMED,
     Differential,
-    archive_receipt,
-    clear_layout_receipts,
-    has_inside_receipt,
+    merged_entries,
     source_repository,
+    start_archive,
     write_beside,
-    write_layout_receipt,
+    write_index,
 )
 from .export_sources import StoreImage, StoreSource
 from .image_lists import parse_references, read_images_file, unique_references
@@ -64,15 +64,11 @@ from .referrers import (
     DEFAULT_REFERRERS,
     ReferrerDiscovery,
     ReferrerPolicy,
-    referrer_annotations,
 )
 
-__all__ = ["ExportResult", "StoreImage", "export_bundle", "export_from_store",
+__all__ = ["UNNAMED", "ExportResult", "StoreImage", "export_bundle", "export_from_store",
            "parse_references", "read_images_file", "unique_references"]
 
-#: ``entry_names`` value of an image written without a name (``oci:DIR`` with no
-#: ``:NAME``, as skopeo writes it): its ``index.json`` entry has no annotations.
-UNNAMED = ""
 
 
 @dataclass
@@ -347,7 +343,7 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
         #    without keep_going it is written now and the blobs come in archive order
         order = sorted(run.pending, key=lambda b: b.descriptor.size, reverse=True)
         if isinstance(store, ArchiveExport) and not keep_going:
-            made = _start_archive(store, _kept(run, targets), names, differential, receipts)
+            made = start_archive(store, _kept(run, targets), names, differential, receipts)
             order.sort(key=lambda b: store.position(b.digest))
         transfer(run, order, lambda blob: source.for_image(image_of[blob.owner]), jobs=jobs)
     finally:
@@ -357,7 +353,7 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
         raise Cancelled("cancelled")
     images = _kept(run, targets)
     if isinstance(store, ArchiveExport) and keep_going and images:
-        made = _start_archive(store, images, names, differential, receipts)
+        made = start_archive(store, images, names, differential, receipts)
     result = _result(images, bundle, source)
     if discovery is not None:
         result.referrers, result.referrer_warnings = discovery.found, discovery.warnings
@@ -368,25 +364,11 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
     # 4. manifests, then the blob directories (every rename of this run durable), then
     #    the images named, index.json last
     bundle.store_manifests(images, jobs=jobs)
-    entries = {
-        (d.annotations.get(REF_NAME) or f"#{i}"): d for i, d in enumerate(store.read_index())
-    }
-    for key, entry in _named_entries(images, names).items():
-        if key.startswith("@") and any(not d.annotations and d.digest == entry.digest
-                                       for d in entries.values()):
-            continue  # already there without a name
-        entries[key] = entry
+    entries = merged_entries(store.read_index(), images, names)
     for target in targets:
         if target in run.plans and target not in run.failed:
             run.tag(target)  # the image is done: its entry is written below
-    annotations = differential.annotations if differential is not None else None
-    if isinstance(store, LayoutStore) and (receipts or has_inside_receipt(store)):
-        clear_layout_receipts(store)  # a run killed from here on leaves no stale receipt
-        store.write_index(entries.values(), annotations)
-        result.receipt = write_layout_receipt(store, differential)
-    else:
-        store.write_index(entries.values(), annotations)
-        result.receipt = made[-1] if made else None
+    result.receipt = write_index(store, entries, differential, receipts, made)
     return result
 
 
@@ -433,37 +415,3 @@ def _result(images: list[ImagePlan], bundle: BundleDestination,
         total_bytes=sum(p.size for p in images), skipped_foreign=list(bundle.skipped_foreign),
         damaged=list(bundle.damaged),
         included_foreign=[d for d in bundle.fetched if source.foreign(d)])
-
-
-def _named_entries(images: list[ImagePlan], names: dict[str, str]) -> dict[str, Descriptor]:
-    """The ``index.json`` entries of ``images``, keyed as :func:`_entry_key` keys them:
-    named by their reference (ref.name and containerd's name), or as ``names`` says
-    (ref.name only, as skopeo writes it; :data:`UNNAMED`: no annotations, keyed by
-    ``@DIGEST``)."""
-    entries: dict[str, Descriptor] = {}
-    for plan_ in images:
-        name = names.get(plan_.name, plan_.name)
-        if plan_.name not in names:
-            annotations = {REF_NAME: name, CONTAINERD_NAME: name}
-        else:
-            annotations = {REF_NAME: name} if name != UNNAMED else {}
-        annotations.update(referrer_annotations(plan_.descriptor))
-        entries[name or f"@{plan_.descriptor.digest}"] = plan_.descriptor.with_annotations(
-            annotations)
-    return entries
-
-
-def _start_archive(store: ArchiveExport, images: list[ImagePlan],
-                   names: dict[str, str] | None = None,
-                   differential: Differential | None = None,
-                   receipts: bool = True) -> list[Receipt]:
-    """Write ``oci-layout``, ``index.json``, the receipt and the manifests at the
-    archive's head; returns [the receipt]."""
-    entries = list(_named_entries(images, names or {}).values())
-    made: list[Receipt] = []
-    store.start(entries, images,
-                annotations=differential.annotations if differential is not None else None,
-                omitted=differential.omitted if differential is not None else (),
-                receipt=archive_receipt(entries, images, differential, made) if receipts
-                else None)
-    return made

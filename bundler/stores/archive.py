@@ -36,6 +36,7 @@ import zstandard
 from ..errors import BundleError, UnsafeArchiveError
 from ..oci.digest import Digest
 from ..oci.limits import ZSTD_RATIO_LIMIT
+from ..oci.receipt import RECEIPT_MEMBER
 from .volumes import VolumeReader, find_volumes, is_volume_of, read_checksums
 from .zstd import ZSTD_MAGIC, ZstdFrames, is_skippable
 
@@ -134,9 +135,6 @@ def normalize_name(name: str) -> str:
     return name.rstrip("/") if name not in ("", "/") else name
 
 
-#: bundler's receipt of the bundle (:mod:`bundler.engine.receipts`), at the layout root
-#: beside ``index.json``; in an archive, the member right after ``index.json``.
-RECEIPT_MEMBER = "bundler-receipt.json"
 #: Metadata members other tools write beside a layout (``docker save``): accepted, unused.
 METADATA = frozenset({"manifest.json", "repositories"})
 #: The members of a legacy ``docker save`` archive and of ``podman save``'s
