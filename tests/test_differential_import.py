@@ -257,6 +257,16 @@ def test_wrong_base_is_a_usage_error(chain: Chain, registry_factory: Any) -> Non
     assert (f"--base {chain.diff2} is bundle {bundle_id(chain.diff2)}, but {chain.diff} is "
             f"a differential bundle on base {bundle_id(chain.base)}; give that bundle"
             ) in done.stderr
+    zst = cli("import", str(chain.diff2), "--base", str(chain.diff_zst), "--to",
+              f"{reg.host}/mirror", "-q")
+    assert zst.exit_code == 2
+    assert f"--base {chain.diff_zst}: a base is read at random; give it as a directory or " \
+           "a .tar" in zst.stderr
+    full = cli("import", str(chain.base), "--base", str(chain.base), "--to",
+               f"{reg.host}/mirror", "-q")
+    assert full.exit_code == 2
+    assert f"--base {chain.base}: {chain.base} is a full bundle ({bundle_id(chain.base)}); " \
+           "it needs no base" in full.stderr
     assert catalog(reg) == []
 
 
