@@ -408,3 +408,51 @@ def test_a_killed_archive_export_leaves_no_receipt(chain: Chain, tmp_path: Path)
 def test_receipt_is_canonical(chain: Chain) -> None:
     data = receipt_path_beside(chain.diff).read_bytes()
     assert Receipt.from_bytes(data, "r").to_bytes() == data
+
+
+def test_the_same_diff_as_a_tar_zst_has_the_same_id_and_serves_as_base(
+        chain: Chain, tmp_path: Path) -> None:
+    """The bundle id is index.json's digest: the same images since the same base give
+    the same id in any format, so a .tar.zst copy of the first diff is the second's base
+    (read once by verify --base); merge reads bundles in place and refuses it."""
+    again = tmp_path / "diff1.tar.zst"
+    export_bundle([chain.ref(n) for n in chain.diff_refs], again,
+                  since=read_receipt(chain.base))
+    first = read_receipt(chain.diff)
+    assert read_receipt(again).bundle_id == first.bundle_id
+    assert held_in_archive(again) == held(chain.diff)
+    listed = json.loads(run_cli("list", "--json", str(again)).stdout)  # its head, read once
+    assert (listed["bundleId"], listed["base"]) == (first.bundle_id, {
+        "bundleId": read_receipt(chain.base).bundle_id, "omittedBlobs": len(first.omitted),
+        "omittedBytes": first.omitted_bytes})
+    assert listed["uniqueBytes"] == json.loads(
+        run_cli("list", "--json", str(chain.diff)).stdout)["uniqueBytes"]
+    checked = json.loads(run_cli("verify", "--json", str(again)).stdout)
+    assert (checked["ok"], sorted(checked["expected"])) == (
+        True, [b.digest for b in first.omitted])
+    diff2 = read_receipt(chain.diff2)
+    in_diff = len([b for b in diff2.omitted if b.digest in held(chain.diff)])
+    result = run_cli("verify", str(chain.diff2), "--base", str(again))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[2] == (
+        f"base: {again} (bundle {first.bundle_id}) holds {in_diff} of the "
+        f"{len(diff2.omitted)} blobs, each checked")
+    out = tmp_path / "full"
+    refused = run_cli("merge", str(chain.base), str(again), "-o", str(out))
+    assert refused.exit_code == 2
+    assert refused.stderr.endswith(
+        f"Error: DIFF {again}: merge reads bundles in place: give a directory, a .tar or "
+        "its volumes (decompress a .tar.zst with zstd -d first)\n")
+    assert not out.exists()
+
+
+def test_the_blobs_left_to_the_base_are_never_requested(chain: Chain, tmp_path: Path) -> None:
+    mark = chain.registry.mark()
+    out = tmp_path / "again.tar"
+    export_bundle([chain.ref(n) for n in chain.diff_refs], out, since=read_receipt(chain.base))
+    fetched = sorted(uri.rsplit("/", 1)[-1] for method, uri, _ in
+                     chain.registry.access_log(mark)
+                     if method == "GET" and "/blobs/" in uri)
+    _, blobs = needs(chain.items(chain.diff_refs))
+    base = read_receipt(chain.base)
+    assert fetched == sorted(d for d in blobs if d not in base.blobs)  # the 4 new ones
