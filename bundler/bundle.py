@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine.archive_check import ArchiveHead, VerifyReport, read_head, verify_archive
-from .engine.archive_files import import_file, verify_file
-from .engine.archive_import import import_archive
+from .engine.archive_files import verify_file
+from .engine.bundle_import import import_any, no_shared_blobs, open_bundle
+from .engine.chain_import import ImportChain
 from .engine.copying import CopyResult, check_locations, copy_image, plan_copy
 from .engine.differential_check import (
     check_base,
@@ -25,7 +27,7 @@ from .engine.differential_check import (
 from .engine.docker_export import export_docker_archive
 from .engine.exporting import ExportResult, export_bundle, read_images_file
 from .engine.imageset import ImageSet, ImageSetError, read_image_set
-from .engine.importing import ImportResult, push_images
+from .engine.importing import ImportResult
 from .engine.inspecting import (
     ImageInfo,
     inspect_image,
@@ -39,7 +41,6 @@ from .engine.planning import ExportPlan, ImportPlan, plan_export, plan_import
 from .engine.platform_export import DigestChange, PlatformSources, export_platforms
 from .engine.receipts import Receipt, ReceiptError, read_receipt
 from .engine.referrer_bundle import missing_subjects, referrer_owners
-from .engine.referrer_push import maintain_fallback_indexes, push_with_referrers, referrer_targets
 from .engine.referrers import SCHEME, subject_of
 from .engine.selection import (
     Resolution,
@@ -110,52 +111,6 @@ __all__ = [
 ]
 
 
-def open_bundle(path: str | os.PathLike[str], *,
-                shared_blob_dir: str | os.PathLike[str] | None = None) -> LayoutStore:
-    """Open an existing bundle directory for reading.
-
-    Args:
-        path: the layout directory.
-        shared_blob_dir: a directory of ``<alg>/<hex>`` blobs shared by layouts (as
-            ``skopeo copy --dest-shared-blob-dir DIR`` writes them): the blobs are read
-            there instead of in ``path/blobs``.
-
-    Raises:
-        BundleError: missing, or not an OCI image layout; ``shared_blob_dir`` is not a
-        directory; without ``shared_blob_dir``, the layout names images but its
-        ``blobs`` directory holds nothing (naming the first missing manifest and
-        suggesting ``--shared-blob-dir``).
-
-    Spec: image-spec ``image-layout.md``; skopeo-copy(1) ``--dest-shared-blob-dir``.
-    """
-    store = LayoutStore(path, blob_root=shared_blob_dir)
-    if shared_blob_dir is None:
-        _hint_shared_blobs(store)
-    return store
-
-
-def _hint_shared_blobs(store: LayoutStore) -> None:
-    """Refuse a layout whose ``blobs`` directory is empty while ``index.json`` names
-    images: skopeo writes such a layout when its blobs went to a shared directory."""
-    entries = store.read_index()
-    if not entries or store.has_blob(entries[0].digest):
-        return
-    try:
-        with os.scandir(store.root / "blobs") as folders:
-            for folder in folders:
-                if folder.is_dir(follow_symlinks=False):
-                    with os.scandir(folder.path) as files:
-                        if next(files, None) is not None:
-                            return
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    raise BundleError(
-        f"{store.root}: blob {entries[0].digest} is missing: the layout's blobs directory "
-        "holds nothing; a layout written with a shared blob directory (skopeo copy "
-        "--dest-shared-blob-dir DIR) keeps its blobs there: give it with "
-        "--shared-blob-dir DIR")
-
-
 def import_bundle(
     bundle: str | os.PathLike[str],
     *,
@@ -168,6 +123,9 @@ def import_bundle(
     keep_going: bool = False,
     shared_blob_dir: str | os.PathLike[str] | None = None,
     max_zstd_ratio: int | None = None,
+    base: str | os.PathLike[str] | None = None,
+    receipt_repository: str | None = None,
+    receipt: bool = True,
 ) -> ImportResult:
     """Push every image of a bundle (or those a mapping names) into registries.
 
@@ -184,6 +142,16 @@ def import_bundle(
             directory (see :func:`open_bundle`); not for archives.
         max_zstd_ratio: a ``.tar.zst`` member may decompress to this many bytes per
             compressed byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
+        base: a differential bundle's base bundle (a directory or a ``.tar``), read
+            for the omitted blobs the destination does not have.
+        receipt_repository: ``REGISTRY/REPOSITORY`` of the registry receipts (None:
+            ``<--to>/bundler-receipts``, see :mod:`bundler.engine.registry_receipt`).
+        receipt: push the registry receipt once every image is tagged.
+
+    A differential bundle (``export --since``) is checked before anything is pushed:
+    every blob it omits must be in the destination repositories that need it, mountable
+    from another repository of the registry, or in ``base`` (see
+    :mod:`bundler.engine.preflight`); ``result.chain`` says what was found.
 
     Referrers (entries annotated as :mod:`bundler.engine.referrers` writes them) are
     pushed after their subjects, into their subjects' repositories, and recorded in the
@@ -198,35 +166,21 @@ def import_bundle(
         BundleError: the bundle cannot be read. MappingError: no destination can be worked
         out. TransferError: an image failed (naming it and the blob or manifest).
         PartialFailureError: with ``keep_going``, some images failed (``.result`` says
-        what was imported).
+        what was imported). MissingBlobsError: a differential bundle's omitted blobs
+        are not all available (nothing was pushed). WrongBaseError: ``base`` is not the
+        bundle's base, or cannot be read at random. ReceiptError: the bundle's receipt
+        is malformed.
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
     if is_archive(bundle):
-        _no_shared_blobs(bundle, shared_blob_dir)
-    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
-        return import_file(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                           reporter=reporter, stop=stop, keep_going=keep_going)
-    if is_archive(bundle):  # .tar.zst, volumes or "-": one pass, never unpacked
-        result = import_archive(bundle, to=to, mapping=pairs, options=options, jobs=jobs,
-                                reporter=reporter, stop=stop, keep_going=keep_going,
-                                max_zstd_ratio=max_zstd_ratio)
-        if str(bundle) != "-":  # referrers: the tag schema where a destination lacks the API
-            maintain_fallback_indexes(read_head(bundle, max_zstd_ratio=max_zstd_ratio),
-                                      referrer_targets(result.targets), options)
-        return result
-    store = open_bundle(bundle, shared_blob_dir=shared_blob_dir)
-    return push_with_referrers(  # referrers after their subjects (engine/referrer_push.py)
-        store, store.read_index(), to=to, mapping=pairs, options=options,
-        push=lambda targets: push_images(store, targets, options=options, jobs=jobs,
-                                         reporter=reporter, stop=stop, keep_going=keep_going))
-
-
-def _no_shared_blobs(bundle: str | os.PathLike[str],
-                     shared_blob_dir: str | os.PathLike[str] | None) -> None:
-    """Refuse a shared blob directory for an archive, which holds its own blobs."""
-    if shared_blob_dir is not None:
-        raise BundleError(f"{bundle}: --shared-blob-dir is for a layout directory; an "
-                          "archive holds its own blobs")
+        no_shared_blobs(bundle, shared_blob_dir)
+    chain = ImportChain.open(bundle, to=to, mapping=pairs, base=base,
+                             receipt_repository=receipt_repository, push=receipt)
+    with closing(chain):
+        return chain.finish(import_any(bundle, chain, pairs, to=to, options=options, jobs=jobs,
+                                    reporter=reporter, stop=stop, keep_going=keep_going,
+                                    shared_blob_dir=shared_blob_dir,
+                                    max_zstd_ratio=max_zstd_ratio), options)
 
 
 @dataclass
@@ -301,7 +255,7 @@ def list_bundle(bundle: str | os.PathLike[str], *,
         archive whose head lacks a manifest; a shared blob directory for an archive).
     """
     if is_archive(bundle):
-        _no_shared_blobs(bundle, shared_blob_dir)
+        no_shared_blobs(bundle, shared_blob_dir)
     listing = BundleListing()
     if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
         receipt = listed_receipt(bundle, None, listing.problems)
@@ -409,7 +363,7 @@ def _verify(bundle: str | os.PathLike[str], shared_blob_dir: str | os.PathLike[s
     """:func:`verify_bundle` without ``--base``."""
     report = VerifyReport()
     if is_archive(bundle):
-        _no_shared_blobs(bundle, shared_blob_dir)
+        no_shared_blobs(bundle, shared_blob_dir)
     if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
         report = verify_file(bundle, report, inside_receipt(bundle, report))
         if not report.problems:  # referrers: their subjects too

@@ -152,15 +152,24 @@ def imported(seeded_registry: Seeded, bundle: Path,
     try:
         mark = reg.mark()
         result = run_import(str(bundle), "--to", f"{proxy.host}/mirror")
-        yield Imported(reg, proxy, seeded_registry[1], result, list(proxy.requests),
-                       reg.access_log(mark))
+        # the registry receipt's requests come last, after every tag
+        requests = list(proxy.requests)
+        first = next(n for n, r in enumerate(requests) if "/bundler-receipts/" in r[1])
+        assert all("/bundler-receipts/" in r[1] or r[1] == "/v2/" for r in requests[first:])
+        yield Imported(reg, proxy, seeded_registry[1], result, requests[:first],
+                       [r for r in reg.access_log(mark) if "/bundler-receipts/" not in r[1]])
     finally:
         proxy.stop()
         reg.stop()
 
 
 # -- the whole set -----------------------------------------------------------------------
-def test_round_trip_of_the_seeded_set(imported: Imported) -> None:
+def receipt_tag(bundle: Path) -> str:
+    """The tag of a bundle's registry receipt: ``sha256-`` and the hex of its id."""
+    return "sha256-" + hashlib.sha256((bundle / "index.json").read_bytes()).hexdigest()
+
+
+def test_round_trip_of_the_seeded_set(imported: Imported, bundle: Path) -> None:
     seeded, reg = imported.seeded, imported.registry
     assert imported.result.exit_code == 0, imported.result.stderr
     repos = blob_repositories(seeded, "mirror")
@@ -172,7 +181,7 @@ def test_round_trip_of_the_seeded_set(imported: Imported) -> None:
         f"  {e.reference} -> {imported.proxy.host}/mirror/{e.repository}"
         + (f":{e.tag}" if e.tag else "") + f"@{e.digest}"
         for e in seeded.entries
-    ]
+    ] + [f"receipt: {imported.proxy.host}/mirror/bundler-receipts:{receipt_tag(bundle)}"]
     for entry in seeded.entries:
         raw = skopeo_raw(destination(seeded, reg.host, "mirror", entry))
         assert raw == entry.manifest_bytes
@@ -284,7 +293,8 @@ def test_second_import_uploads_nothing(imported: Imported, bundle: Path) -> None
     again = run_import(str(bundle), "--to", f"{proxy.host}/mirror")
     assert again.exit_code == 0, again.stderr
     assert summary(again) == (len(seeded.entries), len(seeded.entries), 0, "0 B", 0, 0)
-    assert again.stdout.splitlines()[1:] == imported.result.stdout.splitlines()[1:]
+    assert again.stdout.splitlines()[1:] == imported.result.stdout.splitlines()[1:-1] + [
+        imported.result.stdout.splitlines()[-1] + " (there already)"]
     later = proxy.requests[start:]
     assert uploads(later) == []
     assert [r for r in later if r[0] in ("PUT", "PATCH", "POST", "DELETE")] == []
@@ -346,10 +356,11 @@ def test_mapping_limits_and_renames(
     assert result.stdout.splitlines()[1:] == [
         f"  {web.reference} -> {registry.host}/prod/web:stable@{web.digest}",
         f"  {pinned.reference} -> {registry.host}/prod/pinned@{pinned.digest}",
+        f"receipt: {registry.host}/bundler-receipts:{receipt_tag(bundle)}",
     ]
-    with httpx.Client(timeout=10) as http:
+    with httpx.Client(timeout=10) as http:  # the receipt: the first destination's registry
         assert http.get(f"{registry.url}/v2/_catalog").json() == {
-            "repositories": ["prod/pinned", "prod/web"]}
+            "repositories": ["bundler-receipts", "prod/pinned", "prod/web"]}
         assert http.get(f"{registry.url}/v2/prod/web/tags/list").json() == {
             "name": "prod/web", "tags": ["stable"]}
     assert skopeo_raw(f"{registry.host}/prod/web:stable") == web.manifest_bytes
@@ -374,6 +385,7 @@ def test_one_source_mapped_to_two_destinations(
     assert result.stdout.splitlines()[1:] == [
         f"  {base1.reference} -> {registry.host}/site-a/os:1@{base1.digest}",
         f"  {base1.reference} -> {registry.host}/site-b/os:v1@{base1.digest}",
+        f"receipt: {registry.host}/bundler-receipts:{receipt_tag(bundle)} (there already)",
     ]
     assert skopeo_raw(f"{registry.host}/site-b/os:v1") == base1.manifest_bytes
 
@@ -437,7 +449,8 @@ def test_chunked_upload_of_blobs_larger_than_chunk_size(
     patches = [(u, s) for m, u, s in log if m == "PATCH"]
     assert len(patches) == sum(math.ceil(s / chunk) for s in big.values())
     assert all(s == 202 and u.startswith("/v2/big/multi/blobs/uploads/") for u, s in patches)
-    finals = [u for m, u, s in log if m == "PUT" and "/blobs/uploads/" in u and s == 201]
+    finals = [u for m, u, s in log if m == "PUT" and "/blobs/uploads/" in u and s == 201
+              and not u.startswith("/v2/bundler-receipts/")]  # the receipt's two blobs
     assert len(finals) == len(multi.blob_sizes)
     with httpx.Client(timeout=10) as http:
         for digest, size in big.items():

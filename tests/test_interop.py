@@ -106,6 +106,9 @@ def test_bundler_imports_a_skopeo_layout(seeded_registry: Seeded, skopeo_layout:
     assert result.stdout.splitlines()[1:] == [
         f"  v1 -> {registry.host}/from-skopeo/app:v1@{multi.digest}",
         f"  os1 -> {registry.host}/from-skopeo/app:os1@{base1.digest}",
+        # a layout without a bundler receipt gets one computed (its id: index.json's)
+        f"receipt: {registry.host}/from-skopeo/app/bundler-receipts:sha256-"
+        + hashlib.sha256((skopeo_layout / "index.json").read_bytes()).hexdigest(),
     ]
     assert skopeo_raw(f"{registry.host}/from-skopeo/app:v1") == multi.manifest_bytes
     assert skopeo_raw(f"{registry.host}/from-skopeo/app:os1") == base1.manifest_bytes
@@ -136,7 +139,8 @@ def test_tag_only_layout_with_mapping(seeded_registry: Seeded, skopeo_layout: Pa
     base1 = seeded_registry[1].get("base/os", "1")
     assert skopeo_raw(f"{registry.host}/base/os:stable") == base1.manifest_bytes
     with httpx.Client(timeout=10) as http:
-        assert http.get(f"{registry.url}/v2/_catalog").json() == {"repositories": ["base/os"]}
+        assert http.get(f"{registry.url}/v2/_catalog").json() == {
+            "repositories": ["base/os", "bundler-receipts"]}
 
 
 @needs_umoci
@@ -151,7 +155,10 @@ def test_bundler_imports_an_umoci_layout(registry: LocalRegistry, tmp_path: Path
     config = json.loads(manifest_bytes)["config"]
     result = run_import(str(layout), "--to", f"{registry.host}/umoci/img")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines()[1:] == [f"  t -> {registry.host}/umoci/img:t@{digest}"]
+    assert result.stdout.splitlines()[1:] == [
+        f"  t -> {registry.host}/umoci/img:t@{digest}",
+        f"receipt: {registry.host}/umoci/img/bundler-receipts:sha256-"
+        + hashlib.sha256((layout / "index.json").read_bytes()).hexdigest()]
     raw = skopeo_raw(f"{registry.host}/umoci/img:t")
     assert (raw, sha(raw)) == (manifest_bytes, digest)
     with httpx.Client(timeout=10) as http:

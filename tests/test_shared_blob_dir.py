@@ -71,6 +71,8 @@ def test_a_shared_layout_imports_with_every_digest_preserved(
     assert result.stdout.splitlines()[1:] == [
         f"  v1 -> {registry.host}/shared/app:v1@{multi.digest}",
         f"  os1 -> {registry.host}/shared/app:os1@{base.digest}",
+        f"receipt: {registry.host}/shared/app/bundler-receipts:sha256-"
+        + hashlib.sha256((layout / "index.json").read_bytes()).hexdigest(),
     ]
     assert served(registry, "shared/app/manifests/v1") == multi.manifest_bytes
     assert served(registry, "shared/app/manifests/os1") == base.manifest_bytes

@@ -21,6 +21,7 @@ import click
 
 from .. import bundle as api
 from ..engine.naming import check_to, parse_mapping
+from ..engine.registry_receipt import receipt_location
 from ..errors import BundlerError, InvalidReferenceError
 from ..events import Tally
 from ..oci.reference import Reference
@@ -113,13 +114,23 @@ main.add_command(merge_cmd)
               callback=size_option(MIN_CHUNK_SIZE),
               help="Blobs larger than this are uploaded in PATCH chunks of this size "
                    "(at least 1KiB).")
+@click.option("--base", "base", metavar="BUNDLE", callback=once, multiple=True,
+              help="The base bundle of a differential bundle (a directory or a .tar): "
+                   "omitted blobs the destination lacks are uploaded from it.")
+@click.option("--receipt-repository", metavar="REGISTRY/REPOSITORY", callback=once,
+              multiple=True,
+              help="Where the registry receipts live (default: the --to prefix's "
+                   "bundler-receipts repository).")
+@click.option("--no-receipt", is_flag=True,
+              help="Do not push the registry receipt of this import.")
 @shared_blob_dir_option
 @zstd_ratio_option
 @transport_options("dest")
 @progress_options
 def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int, jobs: int,
                quiet: bool, progress: str, keep_going: bool, dry_run: bool, as_json: bool,
-               shared_blob_dir: str | None, max_zstd_ratio: int, **kw: Any) -> None:
+               shared_blob_dir: str | None, max_zstd_ratio: int, base: str | None,
+               receipt_repository: str | None, no_receipt: bool, **kw: Any) -> None:
     """Push a bundle's images into a registry, preserving every digest.
 
     BUNDLE is a directory, a .tar or .tar.zst file, split volumes (base name or
@@ -132,6 +143,11 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
       bundler import bundle.tar.zst --to registry.internal:5000/mirror
       cat bundle.tar.zst.* | bundler import - --to registry.internal:5000/mirror
       bundler import ./bundle --to registry.internal:5000/mirror --dry-run
+      bundler import ./diff --base ./last-week --to registry.internal:5000/mirror
+
+    A differential bundle (export --since) is checked before anything is pushed: every
+    blob it omits must be in the destination, mountable there, or in --base. After
+    every tag, the bundle's receipt is pushed to REGISTRY/PREFIX/bundler-receipts.
     """
     check_output_options(quiet, progress, dry_run, as_json)
     if (to is None) == (mapping is None):
@@ -141,13 +157,19 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
         if to is not None:
             check_to(to)
         pairs = parse_mapping(mapping) if mapping is not None else None
+        receipt_location(to=to, mapping=pairs, override=receipt_repository)
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
+    if no_receipt and receipt_repository is not None:
+        raise click.UsageError("--no-receipt pushes no receipt; --receipt-repository says "
+                               "where to (give one of them)")
     options = side_options("dest", kw, chunk_size=chunk_size, journal=UploadJournal())
     if dry_run:
         print_dry_run(lambda: api.plan_import(bundle, to=to, mapping=pairs, options=options,
-                                         jobs=jobs, shared_blob_dir=shared_blob_dir),
-                 bundle, as_json)
+                                              jobs=jobs, shared_blob_dir=shared_blob_dir,
+                                              base=base,
+                                              receipt_repository=receipt_repository),
+                      bundle, as_json)
         return
     tally = Tally()
     reporter = make_reporter("none" if quiet else progress, tally)
@@ -156,7 +178,9 @@ def import_cmd(bundle: str, to: str | None, mapping: str | None, chunk_size: int
                                        jobs=jobs, reporter=reporter, stop=stop,
                                        keep_going=keep_going,
                                        shared_blob_dir=shared_blob_dir,
-                                       max_zstd_ratio=max_zstd_ratio),
+                                       max_zstd_ratio=max_zstd_ratio, base=base,
+                                       receipt_repository=receipt_repository,
+                                       receipt=not no_receipt),
         tally, import_summary, reporter, importing=True)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .. import bundle as api
+from ..engine.preflight import WrongBaseError
 from ..engine.referrers import ReferrerPolicy
 from ..errors import BundlerError, InvalidReferenceError, MappingError
 from ..oci.limits import ZSTD_RATIO_LIMIT
@@ -220,7 +221,7 @@ def print_dry_run(plan: Callable[[], api.ExportPlan | api.ImportPlan], where: st
     try:
         with stdout_may_close():  # --dry-run | head: a reader may stop early
             print_plan(plan(), where, as_json, extra)
-    except (MappingError, InvalidReferenceError) as exc:
+    except (MappingError, InvalidReferenceError, WrongBaseError) as exc:
         raise click.UsageError(escape(exc)) from exc
     except BundlerError as exc:
         click.echo(f"error: {escape(exc)}", err=True)

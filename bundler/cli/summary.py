@@ -23,6 +23,7 @@ import click
 from ..engine.exporting import ExportResult
 from ..engine.importing import ImportResult
 from ..engine.planning import ExportPlan, ImportPlan
+from ..engine.preflight import FIRST_FEW, WrongBaseError
 from ..engine.receipts import receipt_path_beside
 from ..errors import (
     BundlerError,
@@ -153,7 +154,7 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
             click.echo(f"interrupted: kept {finished}; run the same command again to "
                        "continue", err=True)
         exit_now(143 if terminated else 130)
-    except (MappingError, InvalidReferenceError) as exc:
+    except (MappingError, InvalidReferenceError, WrongBaseError) as exc:
         reporter.close()
         raise click.UsageError(escape(exc)) from exc
     except PartialFailureError as exc:
@@ -231,6 +232,11 @@ def import_summary(result: ImportResult, seconds: float, *, done: str = "importe
     )
     for target in result.targets:
         click.echo(f"  {escape(target.name)} -> {escape(target.destination)}")
+    if result.chain is not None:  # a differential bundle: what its base check found
+        click.echo(escape(result.chain.imported_line()))
+        click.echo(escape(result.chain.blobs_line()))
+    if result.receipt:
+        click.echo(f"receipt: {escape(result.receipt)}")
     for digest in result.skipped_foreign:
         click.echo(f"note: non-distributable layer {digest} {missing}; it was not pushed",
                    err=True)
@@ -263,7 +269,8 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool,
         else:
             doc.update(toUpload=plan.to_upload, uploadBytes=plan.upload_bytes,
                        toMount=plan.to_mount, mountBytes=plan.mount_bytes,
-                       present=plan.present, presentBytes=plan.present_bytes)
+                       present=plan.present, presentBytes=plan.present_bytes,
+                       base=plan.chain.to_json() if plan.chain is not None else None)
         doc.update(extra or {})
         click.echo(json.dumps(doc, indent=2))
         return
@@ -286,6 +293,16 @@ def print_plan(plan: ExportPlan | ImportPlan, where: str, as_json: bool,
         line += (f"to upload {plan.to_upload} ({human(plan.upload_bytes)}); per "
                  f"repository: {plan.to_mount} to mount, {plan.present} already present")
     click.echo(line)
+    chain = None if isinstance(plan, ExportPlan) else plan.chain
+    if chain is not None:  # a differential bundle: is its chain complete?
+        click.echo(escape(chain.imported_line()))
+        click.echo(escape(chain.blobs_line()))
+        for blob in chain.missing[:FIRST_FEW]:
+            click.echo(f"  missing {blob.digest} ({human(blob.size)}), needed by "
+                       f"{escape(', '.join(blob.images))}")
+        click.echo("chain: complete" if chain.complete else
+                   f"chain: incomplete: import base {escape(chain.base_id)} first, or give "
+                   "--base BUNDLE")
 
 
 def docker_archive_summary(result: Any, output: str, seconds: float) -> None:

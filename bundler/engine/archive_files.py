@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BundleError, BundlerError
 from ..events import Reporter
@@ -25,6 +26,9 @@ from .importing import ImportResult, push_images
 from .naming import resolve_targets
 from .referrer_push import push_with_referrers
 
+if TYPE_CHECKING:
+    from .chain_import import ImportChain
+
 __all__ = ["import_file", "verify_file"]
 
 
@@ -38,8 +42,10 @@ def import_file(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     keep_going: bool = False,
+    chain: ImportChain | None = None,
 ) -> ImportResult:
-    """Push the images of an archive file (see :func:`bundler.import_bundle`).
+    """Push the images of an archive file (see :func:`bundler.import_bundle`); a
+    differential bundle's omitted blobs are checked first (``chain``).
 
     Raises:
         UnsafeArchiveError, BundleError: the archive cannot be read (before anything is
@@ -51,11 +57,15 @@ def import_file(
         if not keep_going:  # a bad manifest is named as the archive's, nothing sent
             for target in targets:
                 walk(target.descriptor, store.get_manifest, name=target.name)
+        if chain is not None:  # a differential bundle: its base checked, nothing sent
+            chain.take_store(path, store)
+            chain.check_store(store, store.read_index(), to=to, mapping=mapping,
+                              options=options, jobs=jobs, stop=stop)
         result = push_with_referrers(  # referrers after their subjects
             store, store.read_index(), to=to, mapping=mapping, options=options,
             push=lambda chosen: push_images(store, chosen, options=options, jobs=jobs,
                                             reporter=reporter, stop=stop,
-                                            keep_going=keep_going))
+                                            keep_going=keep_going, chain=chain))
         result.notes.extend(getattr(store, "notes", ()))
         return result
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from ..errors import BundleError, BundlerError, Cancelled, SizeMismatchError
 from ..events import NullReporter, Reporter
@@ -37,7 +38,7 @@ from ..oci.content import is_non_distributable, parse_layout_index
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.limits import MANIFEST_LIMIT
 from ..registry.client import TransportOptions
-from ..stores.archive import ArchiveReader, Member
+from ..stores.archive import RECEIPT_MEMBER, ArchiveReader, Member
 from ..stores.blob_sources import InMemory, OneShot, Teed
 from ..stores.layout import check_layout_file
 from .archive_check import MAX_HELD, ONE_PASS_ORDER, HeadManifests, check_held
@@ -46,6 +47,10 @@ from .naming import Target, resolve_targets
 from .parallel import ClientPool
 from .push import ImportResult, PushRun
 from .pushplan import BlobPush
+from .receipts import Receipt
+
+if TYPE_CHECKING:
+    from .chain_import import ImportChain
 
 __all__ = ["MAX_HELD", "feed_archive", "import_archive"]
 
@@ -63,12 +68,18 @@ class _ArchiveFeed:
         run: the push (``tags_last``).
         to, mapping: the destinations (see :func:`resolve_targets`).
         jobs: concurrent ``HEAD`` requests. max_held: cap in bytes on what is held.
+        chain: the receipt side of the import (its receipt member, a differential
+            bundle's check once planned); clients: the destination clients.
     """
 
     def __init__(self, where: str, run: PushRun, to: str | None,
-                 mapping: list[tuple[str, str]] | None, jobs: int, max_held: int) -> None:
+                 mapping: list[tuple[str, str]] | None, jobs: int, max_held: int,
+                 chain: ImportChain | None = None, clients: ClientPool | None = None) -> None:
         self.where, self.run, self.to, self.mapping = where, run, to, mapping
         self.jobs, self.max_held = jobs, max_held
+        self.chain, self.clients = chain, clients
+        self.index_json: bytes | None = None
+        self.receipt: Receipt | None = None
         self.targets: list[Target] | None = None
         self.graph = HeadManifests(where=where)
         self.held_bytes = 0
@@ -96,10 +107,14 @@ class _ArchiveFeed:
         if member.name == "oci-layout":
             check_layout_file(self._hold(member), self.where)
         elif member.name == "index.json" and not self.planned:
-            entries = parse_layout_index(self._hold(member), self.where)
+            self.index_json = self._hold(member)
+            entries = parse_layout_index(self.index_json, self.where)
             self.targets = resolve_targets(entries, to=self.to, mapping=self.mapping)
             self.graph.root(t.descriptor for t in self.targets)
             self._advance()
+        elif member.name == RECEIPT_MEMBER:
+            self.receipt = Receipt.from_bytes(self._hold(member),
+                                              f"{self.where}/{RECEIPT_MEMBER}")
         elif member.digest is not None and self.planned:
             if member.digest in self.work:
                 self._arrive(member.digest, member)
@@ -136,15 +151,44 @@ class _ArchiveFeed:
             self.run.result.notes.append(f"{self.where}: {what.split(' ')[0]} is named by "
                                          "no manifest of the images imported; it was "
                                          "ignored")
-        self.run.check_destinations(jobs=self.jobs, head_blobs=True)
+        push = self.run.check_destinations(jobs=self.jobs, head_blobs=True)
+        omitted = self._check_chain(push.new_repositories)
         for blob in self.run.pending:
-            self.work.setdefault(blob.digest, []).append(blob)
+            if blob.digest not in omitted:
+                self.work.setdefault(blob.digest, []).append(blob)
+        for blob in [b for b in self.run.pending if b.digest in omitted]:
+            assert self.chain is not None  # placed now: the archive does not hold them
+            self.run.push_blob(blob, self.chain.omitted_source(blob.digest))
         held = self.graph.held
         for digest in [d for d in held if d in self.work]:
             self._arrive(digest, None, held.pop(digest))
         held.clear()
         for target in self.run.ready(referrers=False):
             self.run.push_manifests(target)
+
+    def _check_chain(self, new: set[tuple[str, str]]) -> dict[Digest, int]:
+        """The bundle's receipt (checked against ``index.json``; computed for a bundle
+        without one) to the chain, and a differential bundle's check: the omitted
+        digests, or nothing.
+
+        Raises:
+            BundleError: a differential bundle without its receipt, a receipt of another
+            ``index.json``. WrongBaseError, MissingBlobsError: see
+            :class:`~bundler.engine.chain_import.ImportChain`.
+        """
+        from .chain_import import checked_receipt
+
+        if self.chain is None or self.clients is None:
+            return {}
+        assert self.index_json is not None
+        receipt = checked_receipt(self.receipt, self.index_json, self.where,
+                                  self.graph.manifests)
+        if self.chain.receipt is None and receipt is not None:
+            self.chain.take_receipt(receipt)
+        run = self.run
+        self.chain.check(self.clients, run.pending, run.targets, run.plans, headed=True,
+                         new=new, jobs=self.jobs, stop=run.stop)
+        return self.chain.omitted
 
     # -- arrivals --------------------------------------------------------------------
     def _arrive(self, digest: Digest, member: Member | None, data: bytes | None = None) -> None:
@@ -239,6 +283,7 @@ def import_archive(
     max_held: int = MAX_HELD,
     keep_going: bool = False,
     max_zstd_ratio: int | None = None,
+    chain: ImportChain | None = None,
 ) -> ImportResult:
     """Import an archive bundle in one pass (see the module docstring).
 
@@ -253,6 +298,9 @@ def import_archive(
         keep_going: push every image that can be; fail at the end for the others.
         max_zstd_ratio: decompressed bytes a ``.tar.zst`` member may take per compressed
             byte (None: :data:`bundler.limits.ZSTD_RATIO_LIMIT`).
+        chain: the receipt side (its receipt member read; a differential bundle's
+            omitted blobs checked once planned, before the first push, and placed from
+            the destination or the base).
 
     Returns:
         An :class:`ImportResult`.
@@ -271,7 +319,7 @@ def import_archive(
             ClientPool(options) as clients:
         run = PushRun(RegistryDestination(clients), report=report, stop=stop,
                       keep_going=keep_going, tags_last=True, referrers_last=True)
-        feed = _ArchiveFeed(reader.where, run, to, mapping, jobs, max_held)
+        feed = _ArchiveFeed(reader.where, run, to, mapping, jobs, max_held, chain, clients)
         for member in reader:
             feed.take(member)
         return feed.finish()

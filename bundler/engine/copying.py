@@ -49,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import BundlerError, LocationError
 from ..events import NullReporter, Reporter
 from ..oci.content import Descriptor, entry_name
 from ..oci.digest import Digest
@@ -69,6 +70,7 @@ from .mirroring import mirror_images, plan_mirror
 from .naming import resolve_targets
 from .planning import ExportPlan, ImportPlan, PlannedImage, plan_export, plan_import
 from .push import PushRun
+from .receipts import read_receipt
 from .referrers import DEFAULT_REFERRERS, ReferrerPolicy
 
 __all__ = ["CopyResult", "check_locations", "copy_image", "plan_copy", "select_entry"]
@@ -158,6 +160,8 @@ def copy_image(
     if dst.transport == "docker-archive":
         return _to_docker_archive(src, dst, source, result, src_options, platform, jobs,
                                   report, stop)
+    if dst.transport == "docker" and src.transport in ("oci", "oci-archive"):
+        _refuse_differential(src, source)
     if src.transport == "docker":
         ref = src.reference
         assert ref is not None
@@ -202,6 +206,25 @@ def copy_image(
     return _exported(result, _from_store(
         head, entry, dst, jobs, report, stop, keep_going, wait, on_wait,
         move=lambda run: feed_archive(run, src.path, max_zstd_ratio=max_zstd_ratio)))
+
+
+def _refuse_differential(src: Location, source: str) -> None:
+    """Refuse to copy from a differential bundle into a registry: its omitted blobs are
+    its base's, and only ``bundler import`` checks the base before it pushes.
+
+    Raises:
+        LocationError: the source layout or archive is a differential bundle.
+    """
+    try:
+        receipt = read_receipt(src.path)
+    except BundlerError:  # not a bundle with a receipt: the copy says what is wrong
+        return
+    if receipt.base is not None:
+        raise LocationError(
+            source, f"a differential bundle (base {receipt.base.bundle_id}) holds only the "
+            "blobs its base does not; copy does not check that base: use bundler import "
+            f"{src.path} --to REGISTRY[/PREFIX] (with --base BUNDLE if the destination "
+            "lacks the base)")
 
 
 def plan_copy(

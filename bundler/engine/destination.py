@@ -39,7 +39,7 @@ from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from .naming import Target
 from .parallel import ClientPool
-from .pushplan import PushPlan, plan_push
+from .pushplan import PlanMemo, PushPlan, plan_push
 
 __all__ = ["BlobMount", "BlobStream", "BundleEntry", "Destination", "DestinationStore",
            "LeftOut", "RegistryDestination", "StagedManifests", "foreign_refused",
@@ -186,10 +186,12 @@ class RegistryDestination:
 
     Args:
         clients: the destination side's clients (the caller closes the pool).
+        memo: answers an earlier plan of the same images kept (a differential import's
+            check before its push: see :class:`~bundler.engine.pushplan.PlanMemo`).
     """
 
-    def __init__(self, clients: ClientPool) -> None:
-        self.clients = clients
+    def __init__(self, clients: ClientPool, memo: PlanMemo | None = None) -> None:
+        self.clients, self.memo = clients, memo
 
     def get(self, registry: str) -> DestinationStore:
         """The client of ``registry`` (a :class:`BlobMount` too)."""
@@ -201,7 +203,8 @@ class RegistryDestination:
         """``HEAD`` each image (and with ``head_blobs`` each blob): see
         :func:`~bundler.engine.pushplan.plan_push`."""
         return plan_push(targets, plans, self.clients, jobs=jobs, report=report, stop=stop,
-                         keep_going=keep_going, head_blobs=head_blobs, leave_out=leave_out)
+                         keep_going=keep_going, head_blobs=head_blobs, leave_out=leave_out,
+                         memo=self.memo)
 
 
 def foreign_refused(exc: RegistryError, foreign: list[Digest],

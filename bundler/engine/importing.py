@@ -31,10 +31,12 @@ Spec: distribution-spec "Pushing blobs", "Mounting a blob from another repositor
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from ..events import Event, NullReporter, Reporter
 from ..oci.content import Descriptor, is_non_distributable
+from ..oci.digest import Digest
 from ..registry.client import TransportOptions
 from ..stores import Store
 from .destination import RegistryDestination
@@ -42,7 +44,28 @@ from .ladder import BlobSource
 from .naming import Target
 from .parallel import ClientPool, run_parallel
 from .push import ImportResult, PushRun, foreign_refused, record_failure
-from .pushplan import BlobPush
+from .pushplan import BlobPush, PlanMemo
+
+
+class OmittedBlobs(Protocol):
+    """What a differential import tells the push (implemented by
+    :class:`~bundler.engine.chain_import.ImportChain`): the answers its check got, the
+    blobs the bundle omits, and where their bytes come from."""
+
+    memo: PlanMemo
+
+    @property
+    def omitted(self) -> Mapping[Digest, int]:
+        """The digests the bundle omits, with their sizes (bytes)."""
+        ...
+
+    def apply(self, pending: Sequence[BlobPush]) -> None:
+        """Hand the check's answers to the pending blobs of a round."""
+        ...
+
+    def source(self, digest: Digest, store: BlobSource) -> BlobSource:
+        """Where a blob's bytes come from (``store``, or the base bundle)."""
+        ...
 
 __all__ = ["ImportResult", "by_size_interleaved", "foreign_refused", "not_distributed",
            "push_images", "record_failure", "transfer"]
@@ -57,6 +80,7 @@ def push_images(
     reporter: Reporter | None = None,
     stop: threading.Event | None = None,
     keep_going: bool = False,
+    chain: OmittedBlobs | None = None,
 ) -> ImportResult:
     """Push the images of a store to their destinations.
 
@@ -72,6 +96,9 @@ def push_images(
         reporter: receives progress events.
         stop: set to cancel.
         keep_going: push every image that can be; fail at the end for the others.
+        chain: a differential bundle's check, made before the first round
+            (:meth:`~bundler.engine.chain_import.ImportChain.check_store`): its answers serve the plan, and the blobs
+            the bundle omits come from the base (or are mounted, or are there).
 
     Returns:
         An :class:`ImportResult`.
@@ -85,11 +112,14 @@ def push_images(
     report = reporter or NullReporter()
     stop = stop or threading.Event()
     with ClientPool(options) as clients:
-        run = PushRun(RegistryDestination(clients), report=report, stop=stop,
-                      keep_going=keep_going)
+        run = PushRun(RegistryDestination(clients, chain.memo if chain else None),
+                      report=report, stop=stop, keep_going=keep_going)
+        omitted = chain.omitted if chain else {}
         # 1. plans from the store (digests checked while reading); before a byte is
         #    sent, each blob is checked (a layout: a regular file inside it, of its size)
-        run.plan(targets, store.get_manifest, check_blob=store.check_blob, jobs=jobs)
+        #    but those a differential bundle omits
+        run.plan(targets, store.get_manifest, jobs=jobs,
+                 check_blob=lambda b: None if b.digest in omitted else store.check_blob(b))
         # 2. what the destinations have; foreign layers the store lacks are left out
         foreign = {d: b for t in run.plans for d, b in run.plans[t].blobs.items()
                    if not_distributed(store, b)}
@@ -102,7 +132,11 @@ def push_images(
                          detail="non-distributable layer not in the bundle"))
         # 3. blobs in the order chosen here, ``jobs`` at once; the task that places an
         #    image's last blob pushes its manifests and tag, overlapping the transfers
-        transfer(run, by_size_interleaved(run.pending), lambda blob: store, jobs=jobs)
+        if chain is not None:
+            chain.apply(run.pending)
+        transfer(run, by_size_interleaved(run.pending),
+                 (lambda blob: chain.source(blob.digest, store)) if chain else lambda blob: store,
+                 jobs=jobs)
     return run.finish()
 
 

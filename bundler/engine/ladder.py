@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import BundlerError, Cancelled, RegistryError
 from ..events import Event, Reporter
@@ -47,6 +47,9 @@ class ImportResult:
         skipped_foreign: non-distributable layers not in the bundle, so not pushed.
         notes: things the user should know about the source (a manifest bundler built
             for a legacy docker archive, a blob no manifest names), one line each.
+        chain: a differential import's check of its base (a
+            :class:`~bundler.engine.preflight.ChainReport`), else None.
+        receipt: ``registry/repository:tag`` of the registry receipt pushed, or "".
     """
 
     targets: list[Target] = field(default_factory=list)
@@ -57,6 +60,8 @@ class ImportResult:
     bytes_uploaded: int = 0
     skipped_foreign: list[Digest] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    chain: Any = None
+    receipt: str = ""
 
 
 class BlobSource(Protocol):

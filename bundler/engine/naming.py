@@ -27,7 +27,7 @@ from ..oci.content import Descriptor, entry_name
 from ..oci.digest import Digest
 from ..oci.reference import Reference
 
-__all__ = ["Target", "check_to", "parse_mapping", "resolve_targets"]
+__all__ = ["Target", "check_to", "parse_mapping", "resolve_targets", "split_to"]
 
 
 
@@ -90,6 +90,15 @@ def check_to(to: str) -> None:
         MappingError: a scheme, no registry host, a bad repository prefix, a tag or digest.
     """
     _split_to(to)
+
+
+def split_to(to: str) -> tuple[str, str]:
+    """A ``--to REGISTRY[/PREFIX]`` as (registry, prefix); the prefix is "" when none.
+
+    Raises:
+        MappingError: as :func:`check_to`.
+    """
+    return _split_to(to)
 
 
 def _to_reference(text: str, *, what: str) -> Reference:

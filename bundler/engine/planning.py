@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +33,14 @@ from ..stores.layout import LayoutStore
 from ..stores.platform_source import PlatformSource
 from ..stores.registry import RegistrySource
 from .archive_check import read_head
+from .chain_import import ImportChain
 from .export_sources import StoreImage, StoreSource
 from .exporting import unique_references
 from .naming import Target, parse_mapping, resolve_targets
 from .parallel import ClientPool, raise_first, run_parallel
+from .preflight import ChainReport
 from .pushplan import plan_push
+from .receipts import read_receipt
 
 __all__ = ["ExportPlan", "ImportPlan", "PlannedImage", "plan_export", "plan_import",
            "plan_targets"]
@@ -92,6 +96,8 @@ class ImportPlan:
         to_mount, mount_bytes: cross-repository mounts (bytes: the mounted blobs' sizes,
             once per repository).
         present, present_bytes: (blob, repository) pairs the destination already has.
+        chain: a differential bundle's check of its base (a
+            :class:`~bundler.engine.preflight.ChainReport`), else None.
     """
 
     images: list[PlannedImage] = field(default_factory=list)
@@ -103,6 +109,7 @@ class ImportPlan:
     mount_bytes: int = 0
     present: int = 0
     present_bytes: int = 0
+    chain: ChainReport | None = None
 
 
 def plan_export(
@@ -183,6 +190,8 @@ def plan_import(
     options: TransportOptions | None = None,
     jobs: int = 8,
     shared_blob_dir: str | os.PathLike[str] | None = None,
+    base: str | os.PathLike[str] | None = None,
+    receipt_repository: str | None = None,
 ) -> ImportPlan:
     """Work out what :func:`bundler.import_bundle` would push; push nothing.
 
@@ -192,6 +201,8 @@ def plan_import(
         options: transport options of the destination registries.
         jobs: concurrent HEAD requests.
         shared_blob_dir: a layout's shared blob directory (``--shared-blob-dir``).
+        base, receipt_repository: as :func:`bundler.import_bundle`: a differential
+            bundle's plan says whether its chain is complete (``chain``).
 
     Returns:
         An :class:`ImportPlan`.
@@ -199,20 +210,32 @@ def plan_import(
     Raises:
         BundleError: the bundle cannot be read. MappingError: no destination.
         TransferError: a destination cannot be asked (naming the image).
+        WrongBaseError: ``base`` is not the bundle's base.
     """
     pairs = mapping if isinstance(mapping, list) or mapping is None else parse_mapping(mapping)
-    if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
-        with open_archive(bundle) as archive:
-            targets = resolve_targets(archive.read_index(), to=to, mapping=pairs)
-            return plan_targets(archive, targets, options=options, jobs=jobs)
-    store = read_head(bundle) if is_archive(bundle) else LayoutStore(
-        bundle, blob_root=shared_blob_dir)
-    targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
-    return plan_targets(store, targets, options=options, jobs=jobs)
+    chain = ImportChain.open(bundle, to=to, mapping=pairs, base=base,
+                             receipt_repository=receipt_repository, push=False)
+    with closing(chain):
+        if reads_by_offsets(bundle):  # a .tar file: read by offsets, in any member order
+            with open_archive(bundle) as archive:
+                chain.take_store(bundle, archive)
+                targets = resolve_targets(archive.read_index(), to=to, mapping=pairs)
+                return plan_targets(archive, targets, options=options, jobs=jobs,
+                                    chain=chain)
+        if is_archive(bundle):
+            store: Store = read_head(bundle)
+            if str(bundle) != "-":
+                chain.take_receipt(read_receipt(bundle))
+        else:
+            store = LayoutStore(bundle, blob_root=shared_blob_dir)
+            chain.take_store(bundle, store)
+        targets = resolve_targets(store.read_index(), to=to, mapping=pairs)
+        return plan_targets(store, targets, options=options, jobs=jobs, chain=chain)
 
 
 def plan_targets(store: Store, targets: list[Target], *,
-                 options: TransportOptions | None = None, jobs: int = 8) -> ImportPlan:
+                 options: TransportOptions | None = None, jobs: int = 8,
+                 chain: ImportChain | None = None) -> ImportPlan:
     """Work out what :func:`bundler.engine.importing.push_images` would push of
     ``store``'s images (a bundle, or a registry source for a mirror); push nothing.
 
@@ -221,17 +244,21 @@ def plan_targets(store: Store, targets: list[Target], *,
         be asked (naming the image).
     """
     plans = {t: walk(t.descriptor, store.get_manifest, name=t.name) for t in targets}
+    report = None
     with ClientPool(options) as clients:
         push = plan_push(targets, plans, clients, jobs=jobs, report=NullReporter(),
                          record_new=False)
-    for key, exc in push.failures.items():
-        name = key.name if isinstance(key, Target) else key.owner.name
-        raise TransferError(name, exc) from exc
+        for key, exc in push.failures.items():
+            name = key.name if isinstance(key, Target) else key.owner.name
+            raise TransferError(name, exc) from exc
+        if chain is not None:
+            report = chain.check(clients, push.blobs, targets, plans, headed=True, new=set(),
+                                 jobs=jobs, refuse=False)
     complete = set(push.complete)
     result = ImportPlan(images=[
         PlannedImage(t.name, t.descriptor.digest, plans[t].size, str(t.destination),
                      t in complete)
-        for t in targets])
+        for t in targets], chain=report)
     sizes = {b.digest: b.descriptor.size for b in push.blobs}
     result.blobs, result.blob_bytes = len(sizes), sum(sizes.values())
     for blob in push.blobs:

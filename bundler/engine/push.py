@@ -266,7 +266,8 @@ class PushRun:
         try:
             climb(self.destination.get(blob.registry), source, blob.descriptor, blob.repositories,
                   self.result, self.lock, self.report, self.stop, mount_from,
-                  blob.present if self._headed else None, keep_going=self.keep_going,
+                  blob.present if self._headed or blob.headed else None,
+                  keep_going=self.keep_going,
                   new=blob.new)
         except Cancelled:
             raise

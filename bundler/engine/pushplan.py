@@ -34,7 +34,7 @@ from ..oci.graph import ImagePlan
 from .naming import Target
 from .parallel import ClientPool, run_parallel
 
-__all__ = ["BlobPush", "PushPlan", "plan_push"]
+__all__ = ["BlobPush", "PlanMemo", "PushPlan", "new_repositories", "plan_push"]
 
 
 @dataclass(eq=False)
@@ -50,6 +50,8 @@ class BlobPush:
         mount_from: a repository holding it already (a complete image's), or None.
         new: the repositories the registry does not know yet (they lack the blob: no
             ``HEAD`` is needed there).
+        headed: ``present`` was asked already (a differential import's check of the
+            blobs its bundle omits): the ladder does not ask again.
     """
 
     registry: str
@@ -59,6 +61,7 @@ class BlobPush:
     present: list[str] = field(default_factory=list)
     mount_from: str | None = None
     new: frozenset[str] = frozenset()
+    headed: bool = False
 
     @property
     def digest(self) -> Digest:
@@ -68,6 +71,51 @@ class BlobPush:
     def missing(self) -> list[str]:
         """The repositories that still need the blob."""
         return [r for r in self.repositories if r not in self.present]
+
+
+@dataclass
+class PlanMemo:
+    """Answers a plan got from the destinations, kept for the next plan of the same
+    images (a differential import checks its base before the rounds of its push, which
+    then do not ask again). Each answer serves one later plan, then is forgotten.
+
+    Attributes:
+        record: keep the answers (True), or hand them out (False).
+        resolved: (registry, repository, tag or digest) -> the digest found, or None.
+        repositories: (registry, repository) -> whether the registry knows it (None:
+            it could not say).
+    """
+
+    record: bool = True
+    resolved: dict[tuple[str, str, str], Digest | None] = field(default_factory=dict)
+    repositories: dict[tuple[str, str], bool | None] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def resolve(self, clients: ClientPool, registry: str, repository: str,
+                identifier: str) -> Digest | None:
+        """``resolve`` through the memo (see the class docstring)."""
+        key = (registry, repository, identifier)
+        with self.lock:
+            if not self.record and key in self.resolved:
+                return self.resolved.pop(key)
+        have = clients.get(registry).resolve(repository, identifier)
+        if self.record:
+            with self.lock:
+                self.resolved[key] = have
+        return have
+
+    def has_repository(self, clients: ClientPool, registry: str, repository: str
+                       ) -> bool | None:
+        """``has_repository`` through the memo (see the class docstring)."""
+        key = (registry, repository)
+        with self.lock:
+            if not self.record and key in self.repositories:
+                return self.repositories.pop(key)
+        known = clients.get(registry).has_repository(repository)
+        if self.record:
+            with self.lock:
+                self.repositories[key] = known
+        return known
 
 
 @dataclass
@@ -119,6 +167,7 @@ def plan_push(
     head_blobs: bool = True,
     leave_out: Callable[[Descriptor], bool] | None = None,
     record_new: bool = True,
+    memo: PlanMemo | None = None,
 ) -> PushPlan:
     """Ask the destinations what they have and group the blobs to push.
 
@@ -137,6 +186,7 @@ def plan_push(
         record_new: ask whether each destination repository is new (``GET tags/list``)
             and record those in the upload journal until the run ends; False for a dry
             run (which asks only ``HEAD``).
+        memo: answers an earlier plan of the same images kept (see :class:`PlanMemo`).
 
     Returns:
         A :class:`PushPlan`.
@@ -147,7 +197,9 @@ def plan_push(
 
     def check(target: Target) -> None:
         dest = target.destination
-        have = clients.get(dest.registry).resolve(dest.repository, dest.tag or str(dest.digest))
+        identifier = dest.tag or str(dest.digest)
+        have = clients.get(dest.registry).resolve(dest.repository, identifier) if memo is None \
+            else memo.resolve(clients, dest.registry, dest.repository, identifier)
         if have == target.descriptor.digest:
             with lock:
                 complete.add(target)
@@ -178,8 +230,8 @@ def plan_push(
                 blob.repositories.append(dest.repository)
     plan.blobs = list(by_key.values())
     if record_new:  # not in a dry run: it only asks HEAD
-        plan.new_repositories, plan.journaled = _new_repositories(plan, clients, jobs=jobs,
-                                                                  stop=stop)
+        plan.new_repositories, plan.journaled = new_repositories(plan, clients, jobs=jobs,
+                                                                  stop=stop, memo=memo)
     for blob in plan.blobs:
         blob.new = frozenset(r for r in blob.repositories
                              if (blob.registry, r) in plan.new_repositories)
@@ -195,14 +247,16 @@ def plan_push(
     return _announced(plan, targets, plans, report)
 
 
-def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
-                      stop: threading.Event | None
-                      ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+def new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
+                     stop: threading.Event | None, memo: PlanMemo | None = None,
+                     journal_new: bool = True
+                     ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     """The (registry, repository) pairs of ``plan.todo`` that the registry does not know
     (one ``GET tags/list?n=1`` each, for repositories that hold no complete image and
     that the upload journal does not name as cut short by an earlier run); and every
     pair the journal names once this run has begun (those found new, and those an
-    earlier run left), to forget when the run ends."""
+    earlier run left), to forget when the run ends. ``journal_new=False`` only asks (a
+    check before the run: nothing is recorded)."""
     known = {(t.destination.registry, t.destination.repository) for t in plan.complete}
     asked = list(dict.fromkeys(
         (t.destination.registry, t.destination.repository) for t in plan.todo
@@ -218,11 +272,15 @@ def _new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
 
     def ask(key: tuple[str, str]) -> None:
         registry, repository = key
-        if clients.get(registry).has_repository(repository) is False:
+        known = clients.get(registry).has_repository(repository) if memo is None \
+            else memo.has_repository(clients, registry, repository)
+        if known is False:
             with lock:
                 new.add(key)
 
     run_parallel(asked, ask, jobs=jobs, stop=stop, keep_going=True)  # unknown: ask as usual
+    if not journal_new:
+        return new, left
     for registry, repository in sorted(new):  # not new once pushed into
         journal[registry].begin(registry, repository)  # type: ignore[union-attr]
     return new, new | left
