@@ -15,17 +15,24 @@ the median user+system CPU of the bundler process in milliseconds per MB of uniq
 bytes (MB = 10**6 bytes), next to the cost of sha256 alone on this machine (the floor: every
 byte is hashed once). The registries' own CPU is not counted.
 
+``--trees OLD,NEW`` runs each step alternately with the ``bundler`` package of each
+source tree (``PYTHONPATH``), for a before/after comparison in one run on a busy machine.
+
 Usage:
     python bench/bench_cpu.py                         # 3 images: 64, 128, 256 MiB
     python bench/bench_cpu.py --runs 5 --json cpu.json
     python bench/bench_cpu.py --sizes 128MiB --images 2 --steps export,mirror
+    git archive main bundler | tar -x -C /tmp/before
+    python bench/bench_cpu.py --trees /tmp/before,. --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +49,6 @@ from _harness import (
     measure,
     median,
     remove,
-    sha256_rate,
 )
 
 from bundler.cli.options import parse_size
@@ -90,6 +96,18 @@ def seeded_source(workdir: Path, sizes: list[int], images: int):  # type: ignore
     return registry, references, unique
 
 
+def sha256_cpu_ms_per_mb(total: int = 256 * MB) -> float:
+    """CPU milliseconds hashlib's sha256 takes per MB here (CPU time, not wall time: on
+    a busy machine the wall clock counts other processes' turns too)."""
+    chunk = os.urandom(1 << 20)
+    hasher = hashlib.sha256()
+    count = total // len(chunk)
+    started = time.process_time()
+    for _ in range(count):
+        hasher.update(chunk)
+    return (time.process_time() - started) * 1000 / (count * len(chunk) / MB)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="64MiB,128MiB,256MiB",
@@ -102,6 +120,9 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/bundler-bench-cpu", type=Path,
                         help="bundles, logs and the cached seeded source "
                              "(default /tmp/bundler-bench-cpu)")
+    parser.add_argument("--trees", default="",
+                        help="comma-separated source trees to alternate (PYTHONPATH of each "
+                             "run; default: the bundler this interpreter imports)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     exit_on_sigterm()
@@ -116,11 +137,19 @@ def main() -> int:
 
     source, references, unique = seeded_source(workdir, sizes, args.images)
     cli = bundler_command()
+    trees = [str(Path(t).resolve()) for t in args.trees.split(",") if t] or [""]
+    for tree in filter(None, trees):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", f"{tree}/bundler"],
+                       check=True, stdout=subprocess.DEVNULL)
     jobs = ["--jobs", str(args.jobs), "-q"]
     refs = [f"{source.host}/{r}" for r in references]
     image_list.write_text("".join(r + "\n" for r in refs))
     results: dict[str, dict] = {}
     dest = None
+
+    def env(tree: str) -> dict[str, str] | None:
+        return {**os.environ, "PYTHONPATH": tree} if tree else None
+
     try:
         def command(step: str, dest_host: str) -> list[str]:
             return {
@@ -136,41 +165,47 @@ def main() -> int:
         if any(s.startswith("import") for s in steps):
             for path, step in ((layout, "export"), (archive, "export-tar")):
                 remove(path)
-                measure(command(step, ""), log=workdir / "prepare.log")
+                measure(command(step, ""), log=workdir / "prepare.log", env=env(trees[-1]))
         for step in steps:
-            walls, cpus = [], []
+            walls: dict[str, list[float]] = {t: [] for t in trees}
+            cpus: dict[str, list[float]] = {t: [] for t in trees}
             for index in range(args.runs + 1):  # the first is a warm-up
-                if step.startswith("export"):
-                    remove(layout if step == "export" else archive)
-                if dest is not None:
-                    dest.stop()
-                dest = fresh_registry(workdir / "dest")
-                os.sync()
-                run = measure(command(step, dest.host), log=workdir / f"{step}.log")
-                if index:
-                    walls.append(run.wall_s)
-                    cpus.append(run.cpu_s)
-            results[step] = {
-                "command": " ".join(command(step, "DEST")),
-                "wall_s": [round(w, 3) for w in walls],
-                "cpu_s": [round(c, 3) for c in cpus],
-                "median_wall_s": round(median(walls), 3),
-                "median_cpu_s": round(median(cpus), 3),
-                "cpu_ms_per_mb": round(median(cpus) * 1000 / (unique / MB), 2),
-                "mb_per_s": round(unique / MB / median(walls), 1),
-            }
+                for tree in trees:
+                    if step.startswith("export"):
+                        remove(layout if step == "export" else archive)
+                    if dest is not None:
+                        dest.stop()
+                    dest = fresh_registry(workdir / "dest")
+                    os.sync()
+                    run = measure(command(step, dest.host), log=workdir / f"{step}.log",
+                                  env=env(tree))
+                    if index:
+                        walls[tree].append(run.wall_s)
+                        cpus[tree].append(run.cpu_s)
+            for tree in trees:
+                name = f"{step} {Path(tree).name}" if len(trees) > 1 else step
+                results[name] = {
+                    "command": " ".join(command(step, "DEST")),
+                    "tree": tree,
+                    "wall_s": [round(w, 3) for w in walls[tree]],
+                    "cpu_s": [round(c, 3) for c in cpus[tree]],
+                    "median_wall_s": round(median(walls[tree]), 3),
+                    "median_cpu_s": round(median(cpus[tree]), 3),
+                    "cpu_ms_per_mb": round(median(cpus[tree]) * 1000 / (unique / MB), 2),
+                    "mb_per_s": round(unique / MB / median(walls[tree]), 1),
+                }
     finally:
         source.stop()
         if dest is not None:
             dest.stop()
         remove(workdir / "dest")
-    floor = 1000 / (sha256_rate(256 * MB) / MB)
+    floor = sha256_cpu_ms_per_mb()
     print(machine_line())
     print(f"{len(refs)} images, {unique / MB:.1f} MB unique, --jobs {args.jobs}, "
           f"medians of {args.runs}; sha256 alone: {floor:.2f} CPU-ms/MB")
-    print(f"{'step':<11} {'wall':>8} {'CPU':>8} {'CPU-ms/MB':>10} {'MB/s':>8}")
+    print(f"{'step':<20} {'wall':>8} {'CPU':>8} {'CPU-ms/MB':>10} {'MB/s':>8}")
     for step, r in results.items():
-        print(f"{step:<11} {r['median_wall_s']:>6.2f} s {r['median_cpu_s']:>6.2f} s "
+        print(f"{step:<20} {r['median_wall_s']:>6.2f} s {r['median_cpu_s']:>6.2f} s "
               f"{r['cpu_ms_per_mb']:>10.2f} {r['mb_per_s']:>8.1f}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "unique_bytes": unique,
