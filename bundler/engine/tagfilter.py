@@ -27,12 +27,12 @@ import shlex
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import nodesemver
-import regex
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BundlerError
+
+if TYPE_CHECKING:  # both are imported where first used: most runs filter no tags
+    import nodesemver
 
 __all__ = ["MATCH_TIMEOUT_S", "FilterError", "Regex", "TagFilter", "compile_regex", "highest",
            "natural_key", "parse_range", "parse_semver", "precedence"]
@@ -65,6 +65,8 @@ class Regex:
     """
 
     def __init__(self, pattern: str, what: str) -> None:
+        import regex
+
         self.pattern, self.what = pattern, what
         try:
             self._compiled: Any = regex.compile(pattern)
@@ -119,6 +121,8 @@ def parse_range(text: str, what: str) -> nodesemver.Range:
     """
     if not isinstance(text, str) or not text.strip():
         raise FilterError(what, f"{text!r} is not a semver range like '>=1.2.0 <2'")
+    import nodesemver
+
     try:
         return nodesemver.make_range(text.replace(",", " "), False)
     except (ValueError, TypeError) as exc:
@@ -129,6 +133,8 @@ def parse_semver(tag: str) -> nodesemver.SemVer | None:
     """The semantic version a tag spells (``1.2.3``, ``v1.2.3-rc.1+b5``), or None."""
     if len(tag) > 128:
         return None
+    import nodesemver
+
     try:
         return nodesemver.make_semver(tag, False)
     except (ValueError, TypeError):

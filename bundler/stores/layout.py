@@ -35,6 +35,7 @@ from ..oci.content import (
 from ..oci.digest import Digest, VerifyingReader
 from ..oci.limits import INDEX_LIMIT, MANIFEST_LIMIT, refuse_oversized
 from .contained import check_dir_inside, open_inside, read_inside, stat_inside
+from .direct_io import DirectAppender
 
 __all__ = ["EarlyWriteback", "LayoutStore", "closing_source", "file_mode", "fsync_dir"]
 
@@ -144,7 +145,7 @@ class EarlyWriteback:
 
     def wrote(self, count: int) -> None:
         """About ``count`` more bytes went to the file (an estimate is enough: the range
-        asked for runs from the end of the last one to the file's current position)."""
+        asked for runs from the end of the last one to the file's current end)."""
         self._pending += count
         if self._pending < WRITEBACK_BYTES:
             return
@@ -154,7 +155,7 @@ class EarlyWriteback:
         self._pending = 0
         self._file.flush()
         fd = self._file.fileno()
-        end = os.lseek(fd, 0, os.SEEK_CUR)
+        end = os.fstat(fd).st_size  # the end of what was appended, however it was written
         if end > self._start:
             start_writeback(fd, self._start, end - self._start, _SYNC_FILE_RANGE_WRITE)
             self._start = end
@@ -528,18 +529,22 @@ class LayoutStore:
         with closing_source(open_source(offset) if offset < size else ()) as source:
             reader = VerifyingReader(source, digest, size, where=str(final),
                                      hasher=hasher, offset=offset)
-            writeback = EarlyWriteback(f, offset)
+            f.flush()
             try:
-                for chunk in reader:
-                    f.write(chunk)
-                    writeback.wrote(len(chunk))
-                    fetched += len(chunk)
-                    if on_bytes:
-                        on_bytes(len(chunk))
+                # around the page cache where the filesystem allows (see direct_io);
+                # else through it, its writeback started early
+                with DirectAppender(f.fileno(), partial, offset) as out:
+                    writeback = None if out.direct else EarlyWriteback(f, offset)
+                    for chunk in reader:
+                        out.write(chunk)
+                        fetched += len(chunk)
+                        if writeback is not None:
+                            writeback.wrote(len(chunk))
+                        if on_bytes:
+                            on_bytes(len(chunk))
             except IntegrityError:
                 partial.unlink(missing_ok=True)
                 raise
-        f.flush()
         os.fsync(f.fileno())
         os.replace(partial, final)
         return fetched
