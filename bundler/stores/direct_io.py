@@ -33,6 +33,14 @@ BLOCK_BYTES = 256 << 10
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
+def _same_file(fd: int, path: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """A name that opens the file behind ``fd`` itself: ``/proc/self/fd/N`` where there
+    is one (no path is looked up again, so nothing renamed or linked in between can be
+    opened instead), else ``path`` (the caller then checks it is the same file)."""
+    proc = f"/proc/self/fd/{fd}"
+    return proc if os.path.exists(proc) else path
+
+
 class DirectAppender:
     """Append bytes to an open file from byte ``offset`` on, around the page cache when
     it can.
@@ -60,8 +68,11 @@ class DirectAppender:
         self._used = 0
         if _O_DIRECT and offset % ALIGN_BYTES == 0:
             try:
-                self._direct = os.open(path, os.O_WRONLY | _O_DIRECT | os.O_CLOEXEC
-                                       | getattr(os, "O_NOFOLLOW", 0))
+                self._direct = os.open(_same_file(fd, path),
+                                       os.O_WRONLY | _O_DIRECT | os.O_CLOEXEC)
+                if not os.path.samestat(os.fstat(self._direct), os.fstat(fd)):
+                    os.close(self._direct)  # not the file being written: no direct writes
+                    self._direct = -1
             except OSError:
                 self._direct = -1
         if self._direct >= 0:
