@@ -206,9 +206,16 @@ def peer_steps(peer: ScalePeer, refs: list[str], source: LocalRegistry, layout: 
 
 
 def bundler_steps(args: argparse.Namespace, cli: list[str], listing: Path, bundle: Path,
-                  step: Callable[..., None]) -> None:
+                  step_all: Callable[..., None]) -> None:
     """bundler's commands on the set (see the module docstring)."""
     work, jobs = args.workdir, ["--jobs", str(args.jobs)]
+    wanted = set(args.only)
+
+    def step(name: str, argv: list[str], dest: LocalRegistry | None = None) -> None:
+        if name in wanted:
+            measured(name, argv, dest)
+
+    measured = step_all
     step("export", [*cli, "export", "-f", str(listing), "-o", str(bundle), "-q", *jobs])
     step("verify", [*cli, "verify", str(bundle)])
     step("list", [*cli, "list", str(bundle)])
@@ -290,7 +297,15 @@ def main() -> int:
                         help="run the peers only at sizes up to this (default 2000)")
     parser.add_argument("--peers-only", action="store_true",
                         help="run only the peers, not bundler's commands")
+    parser.add_argument("--only", default=",".join(COMMANDS),
+                        help="bundler's commands to run, comma-separated (default all; "
+                             "the export runs whenever another needs its bundle)")
     args = parser.parse_args()
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    if not args.only or any(c not in COMMANDS for c in args.only):
+        parser.error(f"--only: some of {', '.join(COMMANDS)}")
+    if set(args.only) & {"verify", "list", "import", "no-op import"}:
+        args.only.append("export")
     args.peers = [p for p in args.peers.split(",") if p.strip()]
     for name in args.peers:
         if name not in PEERS:
