@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 BUNDLER = ("export", "import", "mirror", "no-op import", "verify", "list")
+MARKERS = {"skopeo": "s", "crane": "^", "regctl": "D"}
 
 
 def merge(paths: list[Path]) -> tuple[dict[str, dict[int, dict]], list[str]]:
@@ -48,12 +49,14 @@ def plot(series: dict[str, dict[int, dict]], notes: list[str], output: Path) -> 
     names = [n for n in BUNDLER if n in series] + sorted(n for n in series if n not in BUNDLER)
     for ax, key, title in ((axes[0], "wall_s", "wall time per image"),
                            (axes[1], "cpu_s", "CPU time per image (user + system)")):
-        for name in names:
+        colors = plt.get_cmap("tab20").colors
+        for number, name in enumerate(names):
             sizes = sorted(series[name])
             values = [series[name][n][key] / n * 1000 for n in sizes]
             peer = name not in BUNDLER
-            ax.plot(sizes, values, marker="o", linestyle="--" if peer else "-",
-                    label=name if peer else f"bundler {name}")
+            ax.plot(sizes, values, marker=MARKERS.get(name.split()[0], "o") if peer else "o",
+                    linestyle="--" if peer else "-", color=colors[number % len(colors)],
+                    markersize=7 if peer else 5, label=name if peer else f"bundler {name}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("images")
