@@ -17,6 +17,11 @@ from round to round, every tool runs three steps:
 * mirror: registry to registry on empty storage (bundler ``mirror -f``; a loop of
   ``skopeo copy --all``, ``crane copy``, ``oras cp`` or ``regctl image copy`` per tag).
 
+With ``--latency-ms N`` every tool talks to both registries through a TCP proxy on
+loopback that holds each piece of data N ms in each direction (``bundler.sandbox.latency``:
+a round trip costs 2N ms more, a new connection one round trip more, at most 8 MiB in
+flight per direction of a connection): the slow link of issue #17, part 6.
+
 Each run records wall time, CPU seconds (``/usr/bin/time``: user + system of the tool's
 process tree) and peak RSS. The report gives medians, each peer's wall time over
 bundler's, CPU-ms per MB of unique bytes, and PASS/FAIL against the targets of issue
@@ -27,6 +32,7 @@ Usage:
     bash scripts/build-tools.sh                              # build crane, oras, regctl
     python bench/bench_peers.py --scale 0.1 --runs 1      # a quick check
     python bench/bench_peers.py --runs 3 --json peers.json
+    python bench/bench_peers.py --latency-ms 25 --runs 1 --json slow.json   # slow link
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ from _harness import (
 )
 from bench_vs_skopeo import SET_VERSION, SourceSet, seeded_source
 
+from bundler.sandbox import LocalRegistry
+from bundler.sandbox.latency import LatencyProxy
+
 PREFIX = "mirror"
 STEPS = ("export", "import", "mirror")
 TOOLS_BIN = Path(__file__).resolve().parent.parent / ".tools" / "bin"
@@ -75,6 +84,11 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, source: SourceSet, tools: list[str]) -> None:
         self.args, self.source, self.tools = args, source, tools
+        self.delay_s = args.latency_ms / 1000
+        self.source_proxy = (LatencyProxy(source.registry.host, self.delay_s).start()
+                             if self.delay_s else None)
+        self.source_host = (self.source_proxy.host if self.source_proxy
+                            else source.registry.host)
         self.work: Path = args.workdir
         self.cli = bundler_command()
         self.jobs = str(args.jobs)
@@ -85,8 +99,17 @@ class Bench:
         self.rss: dict[str, dict[str, list[int]]] = {s: {} for s in STEPS}
         self.warmup_times: dict[str, dict[str, list[float]]] = {s: {} for s in STEPS}
         self.images_file = self.work / "images.txt"
-        self.images_file.write_text("\n".join(source.ref(n) for n in source.names) + "\n")
+        self.images_file.write_text("\n".join(self.ref(n) for n in source.names) + "\n")
         self.commands: dict[str, dict[str, str]] = {s: {} for s in STEPS}
+
+    def ref(self, name: str) -> str:
+        """``repository:tag`` on the source registry, as the tools reach it (through
+        the slow link's proxy when there is one)."""
+        return f"{self.source_host}/{name}"
+
+    def close(self) -> None:
+        if self.source_proxy is not None:
+            self.source_proxy.stop()
 
     def peer(self, name: str) -> str:
         return str(TOOLS_BIN / name) if name in GO_PEERS else name
@@ -101,7 +124,7 @@ class Bench:
 
     # -- commands ------------------------------------------------------------------
     def export(self, tool: str) -> list[str]:
-        out, names, src = self.layout(tool), self.source.names, self.source.ref
+        out, names, src = self.layout(tool), self.source.names, self.ref
         if tool == "bundler":
             return [*self.cli, "export", "-f", str(self.images_file), "-o", str(out), "-q",
                     "--jobs", self.jobs]
@@ -142,7 +165,7 @@ class Bench:
             f"{dest}/{PREFIX}/{n}"] for n in names])
 
     def mirror(self, tool: str, dest: str) -> list[str]:
-        names, src = self.source.names, self.source.ref
+        names, src = self.source.names, self.ref
         if tool == "bundler":
             return [*self.cli, "mirror", "-f", str(self.images_file), "--to",
                     f"{dest}/{PREFIX}", "-q", "--jobs", self.jobs]
@@ -168,7 +191,7 @@ class Bench:
         one-image layouts crane's import reads."""
         if "regctl" in self.tools:
             subprocess.run([self.peer("regctl"), "registry", "set", "--tls", "disabled",
-                            self.source.registry.host], env=self.env, check=True,
+                            self.source_host], env=self.env, check=True,
                            stdout=subprocess.DEVNULL)
         if "crane" in self.tools:
             fresh_dir(self.work / "crane-single")
@@ -195,12 +218,16 @@ class Bench:
         print(f"  {step:<7} {tool:<8} {run.wall_s:8.2f} s  CPU {run.cpu_s:6.2f} s  peak RSS "
               f"{mb(run.rss)}", file=sys.stderr, flush=True)
 
-    def destination(self, tool: str) -> tuple:
+    def destination(self, tool: str) -> tuple[LocalRegistry, LatencyProxy | None, str]:
+        """A registry on empty storage, the slow link's proxy in front of it (or None),
+        and the ``host:port`` the tools are to push to."""
         dest = fresh_registry(self.work / "dest")
+        proxy = LatencyProxy(dest.host, self.delay_s).start() if self.delay_s else None
+        host = proxy.host if proxy else dest.host
         if tool == "regctl":
             subprocess.run([self.peer("regctl"), "registry", "set", "--tls", "disabled",
-                            dest.host], env=self.env, check=True, stdout=subprocess.DEVNULL)
-        return dest
+                            host], env=self.env, check=True, stdout=subprocess.DEVNULL)
+        return dest, proxy, host
 
     def round(self, index: int, *, warmup: bool = False) -> None:
         shift = index % len(self.tools)
@@ -213,12 +240,14 @@ class Bench:
             self.run("export", tool, self.export(tool), index, warmup)
         for step in ("import", "mirror"):
             for tool in order:
-                dest = self.destination(tool)
+                dest, proxy, host = self.destination(tool)
                 try:
-                    argv = (self.import_(tool, dest.host) if step == "import"
-                            else self.mirror(tool, dest.host))
+                    argv = (self.import_(tool, host) if step == "import"
+                            else self.mirror(tool, host))
                     self.run(step, tool, argv, index, warmup)
                 finally:
+                    if proxy is not None:
+                        proxy.stop()
                     dest.stop()
                     remove(self.work / "dest")
         for tool in order:
@@ -262,7 +291,9 @@ def report(bench: Bench, missing: dict[str, str]) -> dict:
     print(machine_line())
     print(f"image set {SET_VERSION} scale {args.scale:g}: {len(source.names)} tags, "
           f"{source.blobs} distinct blobs, {mb(source.unique_bytes)} unique; runs {args.runs} "
-          f"(after {args.warmup} warm-up), bundler --jobs {args.jobs}")
+          f"(after {args.warmup} warm-up), bundler --jobs {args.jobs}"
+          + (f"; slow link: +{args.latency_ms:g} ms each way" if args.latency_ms else
+             "; loopback"))
     versions = {t: version(t, bench) for t in bench.tools}
     print("tools: " + ", ".join(f"{t} {v}" for t, v in versions.items()))
     for tool, why in missing.items():
@@ -277,14 +308,19 @@ def report(bench: Bench, missing: dict[str, str]) -> dict:
                   f"{cpu[step][tool]:>7.2f} {cpu[step][tool] * 1000 / unique_mb:>10.2f} "
                   f"{mb(peak[step][tool]):>10}")
     targets: dict[str, bool] = {}
-    for step in ("export", "import"):
+    for step in ("export", "import") if not args.latency_ms else ():  # loopback targets
         for peer, limit in (("crane", 0.8), ("skopeo", 0.45)):
             if peer in med[step]:
                 targets[f"{step} <= {limit}x {peer}"] = (
                     med[step]["bundler"] <= limit * med[step][peer])
-    if "crane" in med["mirror"]:
+    if "crane" in med["mirror"] and not args.latency_ms:
         targets["mirror <= 0.8x crane copy"] = (
             med["mirror"]["bundler"] <= 0.8 * med["mirror"]["crane"])
+    if args.latency_ms:
+        for step in STEPS:
+            for tool in bench.tools[1:]:
+                targets[f"slow link: {step} <= 0.5x {tool}"] = (
+                    med[step]["bundler"] <= 0.5 * med[step][tool])
     print()
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
@@ -294,6 +330,7 @@ def report(bench: Bench, missing: dict[str, str]) -> dict:
         "set": {"version": SET_VERSION, "scale": args.scale, "tags": len(source.names),
                 "blobs": source.blobs, "unique_bytes": source.unique_bytes},
         "runs": args.runs, "warmup_rounds": args.warmup, "jobs": args.jobs,
+        "latency_ms": args.latency_ms,
         "tools": versions, "not_run": missing,
         "seconds": bench.times, "warmup_seconds": bench.warmup_times,
         "cpu_seconds": bench.cpu, "median_s": med, "median_cpu_s": cpu,
@@ -311,6 +348,9 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="fraction of the full set (0.1 for a quick check)")
     parser.add_argument("--jobs", type=int, default=8, help="bundler --jobs (default 8)")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="put a proxy adding this many ms each way in front of both "
+                             "registries (default 0: plain loopback)")
     parser.add_argument("--tools", default="skopeo,crane,oras,regctl",
                         help="peers to race, comma-separated (default all four)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bundler-bench-peers"),
@@ -319,6 +359,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args()
     prepare_workdir(args, parser)
+    if args.latency_ms < 0:
+        parser.error("--latency-ms: not negative")
     tools, missing = available_tools([t for t in args.tools.split(",") if t])
     source = seeded_source(args.workdir, args.scale)
     bench = Bench(args, source, tools)
@@ -326,6 +368,7 @@ def main() -> int:
         bench.prepare()
         run_rounds(bench, args)
     finally:
+        bench.close()
         source.registry.stop()
         for tool in tools:
             remove(bench.layout(tool))

@@ -18,9 +18,14 @@ figures at the largest N with those at the smallest (issue #17: within 1.3x), pe
 with 150 MB, and requests per image with 6.5 (import into an empty registry at 2,000)
 and 1 (no-op import).
 
+With ``--peers skopeo,crane,regctl`` each peer also exports the list into one layout
+and mirrors it image by image into an empty registry (``scale_peers.py``), at the
+sizes up to ``--peer-max`` (default 2,000: a loop over 20,000 images takes hours).
+
 Usage:
     python bench/bench_scale.py --sizes 500,2000            # a few minutes
     python bench/bench_scale.py --sizes 500,2000,20000 --json scale.json
+    python bench/bench_scale.py --sizes 500 --peers skopeo,crane,regctl --peers-only
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +56,7 @@ from _harness import (
     measure,
     remove,
 )
+from scale_peers import PEER_STEPS, PEERS, ScalePeer, peer_binary
 
 from bundler.sandbox import LocalRegistry, make_image, make_index, start_registry
 from bundler.sandbox.images import Blob, Image, Index, make_layer, random_layer
@@ -150,13 +157,14 @@ def run_size(args: argparse.Namespace, cli: list[str], images: int) -> dict:
     listing.write_text("".join(f"{source.host}/{name_of(i)}\n" for i in range(images)))
     bundle = work / "bundle"
     remove(bundle)
-    jobs = ["--jobs", str(args.jobs)]
     figures: dict[str, dict] = {}
 
-    def step(name: str, argv: list[str], dest: LocalRegistry | None = None) -> None:
+    def step(name: str, argv: list[str], dest: LocalRegistry | None = None,
+             env: dict[str, str] | None = None) -> None:
         os.sync()
         since = dest.mark() if dest is not None else 0
-        run = measure(argv, log=work / "logs" / f"{name.replace(' ', '-')}-{images}.log")
+        run = measure(argv, log=work / "logs" / f"{name.replace(' ', '-')}-{images}.log",
+                      env=env)
         # the /v2/ ping that finds the scheme and the auth is not the images' work
         requests = (sum(1 for _, uri, _ in dest.access_log(since) if uri.rstrip("/") != "/v2")
                     if dest is not None else None)
@@ -168,27 +176,63 @@ def run_size(args: argparse.Namespace, cli: list[str], images: int) -> dict:
               file=sys.stderr, flush=True)
 
     try:
-        step("export", [*cli, "export", "-f", str(listing), "-o", str(bundle), "-q", *jobs])
-        step("verify", [*cli, "verify", str(bundle)])
-        step("list", [*cli, "list", str(bundle)])
-        dest = fresh_registry(work / "dest")
-        try:
-            into = ["--to", f"{dest.host}/copy", "-q", *jobs]
-            step("import", [*cli, "import", str(bundle), *into], dest)
-            step("no-op import", [*cli, "import", str(bundle), *into], dest)
-        finally:
-            dest.stop()
-        dest = fresh_registry(work / "dest")
-        try:
-            step("mirror", [*cli, "mirror", "-f", str(listing), "--to", f"{dest.host}/copy",
-                            "-q", *jobs], dest)
-        finally:
-            dest.stop()
-            remove(work / "dest")
+        if not args.peers_only:
+            bundler_steps(args, cli, listing, bundle, step)
+        if images <= args.peer_max:
+            refs = listing.read_text().split()
+            for name in args.peers:
+                peer_steps(ScalePeer(name, work), refs, source, bundle, step)
     finally:
         source.stop()
         remove(bundle)
     return figures
+
+
+def peer_steps(peer: ScalePeer, refs: list[str], source: LocalRegistry, layout: Path,
+               step: Callable[..., None]) -> None:
+    """A peer's export into one layout and its mirror loop into an empty registry."""
+    work = layout.parent
+    peer.allow_http(source.host)
+    remove(layout)
+    step(f"{peer.name} export", peer.export(refs, layout), env=peer.env)
+    remove(layout)
+    dest = fresh_registry(work / "dest")
+    try:
+        peer.allow_http(dest.host)
+        step(f"{peer.name} mirror", peer.mirror(refs, dest.host), dest, env=peer.env)
+    finally:
+        dest.stop()
+        remove(work / "dest")
+
+
+def bundler_steps(args: argparse.Namespace, cli: list[str], listing: Path, bundle: Path,
+                  step_all: Callable[..., None]) -> None:
+    """bundler's commands on the set (see the module docstring)."""
+    work, jobs = args.workdir, ["--jobs", str(args.jobs)]
+    wanted = set(args.only)
+
+    def step(name: str, argv: list[str], dest: LocalRegistry | None = None) -> None:
+        if name in wanted:
+            measured(name, argv, dest)
+
+    measured = step_all
+    step("export", [*cli, "export", "-f", str(listing), "-o", str(bundle), "-q", *jobs])
+    step("verify", [*cli, "verify", str(bundle)])
+    step("list", [*cli, "list", str(bundle)])
+    dest = fresh_registry(work / "dest")
+    try:
+        into = ["--to", f"{dest.host}/copy", "-q", *jobs]
+        step("import", [*cli, "import", str(bundle), *into], dest)
+        step("no-op import", [*cli, "import", str(bundle), *into], dest)
+    finally:
+        dest.stop()
+    dest = fresh_registry(work / "dest")
+    try:
+        step("mirror", [*cli, "mirror", "-f", str(listing), "--to", f"{dest.host}/copy",
+                        "-q", *jobs], dest)
+    finally:
+        dest.stop()
+        remove(work / "dest")
 
 
 def report(results: dict[int, dict], args: argparse.Namespace) -> dict:
@@ -196,37 +240,45 @@ def report(results: dict[int, dict], args: argparse.Namespace) -> dict:
     small, large = sizes[0], sizes[-1]
     print()
     print(machine_line() + f", --jobs {args.jobs}")
-    print(f"{'command':<13} " + " ".join(f"{f'{n} wall/CPU ms/img':>22}" for n in sizes)
+    print(f"{'command':<15} " + " ".join(f"{f'{n} wall/CPU ms/img':>22}" for n in sizes)
           + f" {'CPU x':>6} {'peak RSS':>10} {'req/img':>8}")
     targets: dict[str, bool] = {}
-    for name in COMMANDS:
+    names = [c for c in COMMANDS if c in results[small]] + [
+        f"{p} {s}" for p in args.peers for s in PEER_STEPS if f"{p} {s}" in results[small]]
+    for name in names:
+        measured = [n for n in sizes if name in results[n]]
         cells = []
         for n in sizes:
-            f = results[n][name]
-            cells.append(f"{f['wall_s'] / n * 1000:>10.2f} / {f['cpu_s'] / n * 1000:>8.2f}")
-        growth = ((results[large][name]["cpu_s"] / large)
+            f = results[n].get(name)
+            cells.append(f"{f['wall_s'] / n * 1000:>10.2f} / {f['cpu_s'] / n * 1000:>8.2f}"
+                         if f else "-")
+        last = measured[-1]
+        growth = ((results[last][name]["cpu_s"] / last)
                   / max(results[small][name]["cpu_s"] / small, 1e-9))
-        peak = max(results[n][name]["peak_rss"] for n in sizes)
-        req = results[large][name]["requests"]
-        print(f"{name:<13} " + " ".join(f"{c:>22}" for c in cells)
+        peak = max(results[n][name]["peak_rss"] for n in measured)
+        req = results[last][name]["requests"]
+        print(f"{name:<15} " + " ".join(f"{c:>22}" for c in cells)
               + f" {growth:>6.2f} {mb(peak):>10} "
-              + (f"{req / large:>8.2f}" if req is not None else f"{'':>8}"))
+              + (f"{req / last:>8.2f}" if req is not None else f"{'':>8}"))
+        if name not in COMMANDS:
+            continue
         if large > small:
             targets[f"{name}: CPU per image at {large} <= 1.3x at {small}"] = growth <= 1.3
         if name in ("export", "import", "mirror"):
             targets[f"{name}: peak RSS < 150 MB"] = peak < 150 * MB
-    if 2000 in results:
+    if 2000 in results and "import" in results[2000]:
         req = results[2000]["import"]["requests"] / 2000
         targets["import into an empty registry <= 6.5 requests/image at 2000"] = req <= 6.5
     for n in sizes:
-        targets[f"no-op import: exactly 1 request/image at {n}"] = (
-            results[n]["no-op import"]["requests"] == n)
+        if "no-op import" in results[n]:
+            targets[f"no-op import: exactly 1 request/image at {n}"] = (
+                results[n]["no-op import"]["requests"] == n)
     print()
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine(),
-            "set": SET_VERSION, "jobs": args.jobs,
+            "set": SET_VERSION, "jobs": args.jobs, "peers": args.peers,
             "results": {str(n): results[n] for n in sizes}, "targets": targets}
 
 
@@ -239,7 +291,29 @@ def main() -> int:
                         help="logs, bundles and the cached seeded sources "
                              "(default /tmp/bundler-bench-scale)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
+    parser.add_argument("--peers", default="",
+                        help="peers to run too, comma-separated: skopeo, crane, regctl")
+    parser.add_argument("--peer-max", type=int, default=2000,
+                        help="run the peers only at sizes up to this (default 2000)")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="run only the peers, not bundler's commands")
+    parser.add_argument("--only", default=",".join(COMMANDS),
+                        help="bundler's commands to run, comma-separated (default all; "
+                             "the export runs whenever another needs its bundle)")
     args = parser.parse_args()
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    if not args.only or any(c not in COMMANDS for c in args.only):
+        parser.error(f"--only: some of {', '.join(COMMANDS)}")
+    if set(args.only) & {"verify", "list", "import", "no-op import"}:
+        args.only.append("export")
+    args.peers = [p for p in args.peers.split(",") if p.strip()]
+    for name in args.peers:
+        if name not in PEERS:
+            parser.error(f"--peers: {name!r} is none of {', '.join(PEERS)}")
+        if peer_binary(name) is None:
+            parser.error(f"--peers: {name} is not installed here")
+    if args.peers_only and not args.peers:
+        parser.error("--peers-only needs --peers")
     exit_on_sigterm()
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)

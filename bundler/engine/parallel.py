@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from queue import SimpleQueue
 from typing import TypeVar
 
 from ..errors import Cancelled, TransferError
@@ -21,6 +22,11 @@ from ..registry.pool import ClientPool  # re-exported: it lives with the registr
 __all__ = ["ClientPool", "raise_first", "run_parallel"]
 
 T = TypeVar("T")
+
+#: Tasks submitted ahead per thread: enough that a thread never waits for the next one,
+#: few enough that the futures alive stay a handful whatever the number of tasks.
+WINDOW_PER_JOB = 4
+_END = object()
 
 
 def run_parallel(
@@ -31,7 +37,11 @@ def run_parallel(
     keep_going: bool = False,
     stop: threading.Event | None = None,
 ) -> dict[T, BaseException]:
-    """Run ``work`` on every task with ``jobs`` threads.
+    """Run ``work`` on every task with ``jobs`` threads, in the order given.
+
+    The tasks are taken from ``tasks`` as threads come free (at most ``4 * jobs``
+    submitted and not finished at a time), so the cost in memory of the run does not
+    grow with the number of tasks; ``tasks`` may be a generator.
 
     Args:
         tasks: hashable task values.
@@ -52,19 +62,34 @@ def run_parallel(
             raise Cancelled("cancelled")
         return work(task)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bundler")
-    futures: dict[Future, T] = {}
+    jobs = max(1, jobs)
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bundler")
+    queue = iter(tasks)
+    running: dict[Future, T] = {}
+    finished: SimpleQueue[Future] = SimpleQueue()  # each future once, as it ends
+
+    def submit_more() -> None:
+        # a bounded window of submitted tasks: memory stays flat in the number of tasks
+        # (one future per task alive at a time, not one per task of the whole run)
+        while len(running) < jobs * WINDOW_PER_JOB and not stop.is_set():
+            task = next(queue, _END)
+            if task is _END:
+                return
+            future = pool.submit(guarded, task)
+            running[future] = task  # type: ignore[index]
+            future.add_done_callback(finished.put)
+
     try:
-        futures = {pool.submit(guarded, task): task for task in tasks}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                exc = future.exception()
-                if exc is not None and not isinstance(exc, Cancelled):
-                    failures[futures[future]] = exc
+        submit_more()
+        while running:
+            future = finished.get()
+            task = running.pop(future)
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, Cancelled):
+                failures[task] = exc
             if failures and not keep_going:
                 stop.set()
+            submit_more()
     except KeyboardInterrupt:  # Ctrl-C: a stalled request is not waited for
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import BundleError, InvalidReferenceError, ManifestError
@@ -115,6 +116,25 @@ def _annotations(value: Any, where: str) -> dict[str, str]:
     return dict(value)
 
 
+#: The ``raw`` of a descriptor that :meth:`Descriptor.to_dict` rebuilds key for key from
+#: its fields: the JSON object read is not kept (a manifest's config and layers, tens of
+#: thousands of them in a large run, each about 300 bytes as a dict).
+_NOT_KEPT: Mapping[str, Any] = MappingProxyType({})
+_PLAIN_KEYS = ("mediaType", "digest", "size", "annotations")
+
+
+def _rebuilt_alike(data: dict[str, Any], media_type: str, digest: Digest, size: int,
+                   annotations: dict[str, str]) -> bool:
+    """Whether building the descriptor's JSON object from its fields gives ``data``
+    again, keys in the same order (so it need not be kept)."""
+    if len(data) > len(_PLAIN_KEYS) or any(k not in _PLAIN_KEYS for k in data):
+        return False
+    built: dict[str, Any] = {"mediaType": media_type, "digest": str(digest), "size": size}
+    if annotations:
+        built["annotations"] = annotations
+    return list(data.items()) == list(built.items())
+
+
 @dataclass(frozen=True)
 class Descriptor:
     """image-spec descriptor.md: what a piece of content is, and its digest and size.
@@ -127,7 +147,8 @@ class Descriptor:
         platform: the ``platform`` of an index child, or None.
         artifact_type: ``artifactType``, or None.
         urls: ``urls`` of non-distributable content.
-        raw: the descriptor's JSON object as read (for writing it back unchanged).
+        raw: the descriptor's JSON object as read (for writing it back unchanged);
+            empty when :meth:`to_dict` builds the same object from the fields.
     """
 
     media_type: str
@@ -157,15 +178,18 @@ class Descriptor:
         except InvalidReferenceError as exc:
             raise ManifestError(f"{where}: {exc}") from None
         platform = data.get("platform")
+        media_type = str(data.get("mediaType") or "")
+        annotations = _annotations(data.get("annotations"), where)
         return cls(
-            media_type=str(data.get("mediaType") or ""),
+            media_type=media_type,
             digest=digest,
             size=size,
-            annotations=_annotations(data.get("annotations"), where),
+            annotations=annotations,
             platform=Platform.from_dict(platform) if isinstance(platform, dict) else None,
             artifact_type=data.get("artifactType"),
             urls=tuple(data.get("urls") or ()),
-            raw=data,
+            raw=_NOT_KEPT if _rebuilt_alike(data, media_type, digest, size, annotations)
+            else data,
         )
 
     def to_dict(self) -> dict[str, Any]:
