@@ -1,0 +1,81 @@
+"""Differential bundles and sparse indexes used the way users (and hostile inputs) use
+them: each test here failed before the fix it names.
+
+The source registry gets a base image; the base is exported, a new tag sharing its
+layers is pushed, and a diff is exported ``--since`` the base. Expected values come from
+what the sandbox pushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from bundler import export_bundle
+from bundler.cli.main import main
+from bundler.engine.receipts import read_receipt
+from bundler.sandbox import LocalRegistry, make_image, push, random_layer, start_registry
+from bundler.sandbox.images import Image
+
+KIB = 1024
+
+
+def run_cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@dataclass
+class Pair:
+    registry: LocalRegistry
+    base: Path
+    diff: Path
+    new: Image  # the image only the diff names (app:2)
+    left_out: str  # a layer app:2 needs that the diff leaves to the base
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    root = tmp_path_factory.mktemp("breakit3")
+    reg = start_registry(root / "registry")
+    try:
+        common = random_layer(301, 48 * KIB)
+        push(reg, "shop/app", make_image([common, random_layer(302, 16 * KIB)]), tag="1")
+        base = root / "base"
+        export_bundle([f"{reg.host}/shop/app:1"], base)
+        new = make_image([common, random_layer(303, 24 * KIB)])
+        push(reg, "shop/app", new, tag="2")
+        diff = root / "diff"
+        export_bundle([f"{reg.host}/shop/app:2"], diff, since=read_receipt(base))
+        yield Pair(reg, base, diff, new, common.digest)
+    finally:
+        reg.stop()
+
+
+def test_serve_finds_a_diffs_left_out_blob_in_its_base_named_after_it(serve,
+                                                                       pair: Pair) -> None:
+    """``bundler serve DIFF BASE`` served nothing (exit 1, "blob ... is missing") while
+    ``serve BASE DIFF`` worked: a blob was looked for only in the bundle of its image."""
+    assert not (pair.diff / "blobs/sha256" / pair.left_out.split(":")[1]).exists()
+    served = serve(pair.diff, pair.base, "-q")
+    blob = httpx.get(f"{served.url}/v2/shop/app/blobs/{pair.left_out}", timeout=10)
+    assert blob.status_code == 200
+    assert "sha256:" + hashlib.sha256(blob.content).hexdigest() == pair.left_out
+    manifest = httpx.get(f"{served.url}/v2/shop/app/manifests/2", timeout=10,
+                         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert manifest.content == pair.new.manifest_bytes
+
+
+def test_serve_of_a_diff_alone_says_the_blob_is_its_bases(pair: Pair) -> None:
+    """Serving a diff alone said only "blob ... is missing", as for a damaged bundle."""
+    base_id = read_receipt(pair.base).bundle_id
+    result = run_cli("serve", str(pair.diff), "--listen", "127.0.0.1:0")
+    assert result.exit_code == 1
+    assert (f"image shop/app:2: blob {pair.left_out} is missing (a differential bundle "
+            f"leaves it to its base {base_id}: serve the base too, or merge them first "
+            "with bundler merge)") in result.output
