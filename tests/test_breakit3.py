@@ -9,6 +9,7 @@ what the sandbox pushed.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,19 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from bundler import export_bundle
+from bundler import export_bundle, import_bundle
 from bundler.cli.main import main
 from bundler.engine.receipts import read_receipt
-from bundler.sandbox import LocalRegistry, make_image, push, random_layer, start_registry
-from bundler.sandbox.images import Image
+from bundler.sandbox import (
+    LocalRegistry,
+    make_image,
+    make_layer,
+    push,
+    random_layer,
+    start_registry,
+)
+from bundler.sandbox.images import Image, sha256_digest
+from tests.test_foreign_layers import ALLOW_URLS, foreign_image, manifest_digest
 
 KIB = 1024
 
@@ -79,3 +88,39 @@ def test_serve_of_a_diff_alone_says_the_blob_is_its_bases(pair: Pair) -> None:
     assert (f"image shop/app:2: blob {pair.left_out} is missing (a differential bundle "
             f"leaves it to its base {base_id}: serve the base too, or merge them first "
             "with bundler merge)") in result.output
+
+
+def sharing_the_foreign_layer(first: Image) -> Image:
+    """A second Docker image: a new ordinary layer, then ``first``'s foreign layer."""
+    made = make_image([make_layer({"app2.txt": b"v2"}), make_layer({"os.txt": b"x"})],
+                      docker=True)
+    doc = json.loads(made.manifest_bytes)
+    doc["layers"][1] = json.loads(first.manifest_bytes)["layers"][1]
+    data = json.dumps(doc, indent=3).encode()
+    return Image(data, first.media_type, sha256_digest(data), len(data), made.config,
+                 made.layers, made.platform)
+
+
+def test_a_foreign_layer_is_never_left_to_the_base(registry_factory, tmp_path: Path) -> None:
+    """The base's receipt lists a non-distributable layer it does not hold (no bundle
+    and no registry does); the diff left it "to the base", and its import was refused
+    even into the registry the base was imported into (and verify --base failed)."""
+    source, dest = (registry_factory(extra_config=ALLOW_URLS) for _ in range(2))
+    first = foreign_image()
+    foreign = first.layers[1].digest
+    push(source, "win/app", first, tag="1", skip_blobs={foreign})
+    base, diff = tmp_path / "base", tmp_path / "diff"
+    export_bundle([f"{source.host}/win/app:1"], base)
+    assert foreign in read_receipt(base).blobs
+    second = sharing_the_foreign_layer(first)
+    push(source, "win/app", second, tag="2", skip_blobs={foreign})
+    exported = export_bundle([f"{source.host}/win/app:2"], diff, since=read_receipt(base))
+    assert [str(d) for d in exported.skipped_foreign] == [foreign]
+    receipt = read_receipt(diff)
+    assert receipt.base is not None and receipt.omitted == ()
+    verified = run_cli("verify", str(diff), "--base", str(base))
+    assert verified.exit_code == 0, verified.output
+    import_bundle(base, to=f"{dest.host}/m")
+    imported = import_bundle(diff, to=f"{dest.host}/m")
+    assert [str(d) for d in imported.skipped_foreign] == [foreign]
+    assert manifest_digest(dest, "m/win/app/manifests/2") == second.digest

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BundleError, InvalidReferenceError
-from ..oci.content import REF_NAME, Descriptor, Index, Manifest
+from ..oci.content import REF_NAME, Descriptor, Index, Manifest, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from ..oci.limits import INDEX_LIMIT
@@ -77,12 +77,15 @@ class Differential:
 
     def choose(self, plans: list[tuple[ImagePlan, str | None]]) -> None:
         """Leave out every config and layer of ``plans`` that the base lists with the
-        same size. ``plans`` pairs each planned image with its source repository
-        (``registry/repository``, or None if unknown)."""
+        same size, but a non-distributable layer: no registry holds it and a base
+        bundle need not, so it is handled as by any export (skipped, or fetched with
+        ``--include-foreign-layers``). ``plans`` pairs each planned image with its
+        source repository (``registry/repository``, or None if unknown)."""
         wanted: dict[Digest, tuple[Descriptor, set[str]]] = {}
         for plan, repository in plans:
             for digest, descriptor in plan.blobs.items():
-                if self.base.blobs.get(str(digest)) != descriptor.size:
+                if (self.base.blobs.get(str(digest)) != descriptor.size
+                        or is_non_distributable(descriptor)):
                     continue
                 _, repositories = wanted.setdefault(digest, (descriptor, set()))
                 if repository:
