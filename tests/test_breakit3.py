@@ -124,3 +124,29 @@ def test_a_foreign_layer_is_never_left_to_the_base(registry_factory, tmp_path: P
     imported = import_bundle(diff, to=f"{dest.host}/m")
     assert [str(d) for d in imported.skipped_foreign] == [foreign]
     assert manifest_digest(dest, "m/win/app/manifests/2") == second.digest
+
+
+def test_a_new_repository_mounts_the_base_layers_where_the_base_was_imported(
+        pair: Pair, registry_factory, tmp_path: Path) -> None:
+    """A diff with a new repository sharing the base's layers, imported where the base
+    was (same --to, its registry receipt there): refused with "import base ... first",
+    because only the diff's own repositories were asked for the omitted blobs."""
+    dest = registry_factory()
+    import_bundle(pair.base, to=f"{dest.host}/m")
+    tool = make_image([random_layer(301, 48 * KIB), random_layer(304, 8 * KIB)])
+    push(pair.registry, "shop/tool", tool, tag="1")
+    diff = tmp_path / "tool.tar"
+    export_bundle([f"{pair.registry.host}/shop/tool:1"], diff, since=read_receipt(pair.base))
+    assert [b.digest for b in read_receipt(diff).omitted] == [pair.left_out]
+    dry = run_cli("import", str(diff), "--to", f"{dest.host}/m", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "omitted blobs: 1 (0 present, 1 mountable, 0 from --base, 0 missing)" in dry.output
+    assert "chain: complete" in dry.output
+    imported = import_bundle(diff, to=f"{dest.host}/m")
+    assert imported.chain is not None and imported.chain.mountable == 1
+    assert imported.blobs_mounted == 1
+    layer = httpx.get(f"{dest.url}/v2/m/shop/tool/blobs/{pair.left_out}", timeout=10)
+    assert "sha256:" + hashlib.sha256(layer.content).hexdigest() == pair.left_out
+    pulled = httpx.get(f"{dest.url}/v2/m/shop/tool/manifests/1", timeout=10,
+                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert pulled.content == tool.manifest_bytes

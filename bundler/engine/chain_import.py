@@ -69,6 +69,7 @@ from .referrer_push import place_referrers, referrer_levels
 from .referrers import subject_of
 from .registry_receipt import (
     ReceiptLocation,
+    base_repositories,
     found_receipt,
     push_receipt,
     receipt_location,
@@ -86,6 +87,8 @@ class ImportChain:
         receipt: the bundle's receipt (None until an archive read from ``-`` gives it).
         location: where registry receipts live in the destination.
         push: push this import's registry receipt (False: ``--no-receipt``).
+        to: ``--to REGISTRY[/PREFIX]`` (None with ``--mapping``): where the base's
+            images went, as its registry receipt names them (mount sources).
         base: the ``--base`` bundle opened, or None; base_path: as given.
         report: what the check found (differential bundles), or None.
         memo: the plan's answers kept for the push (random-access stores).
@@ -93,8 +96,8 @@ class ImportChain:
 
     def __init__(self, where: str, location: ReceiptLocation, *, push: bool,
                  base: Store | None = None, base_path: str = "",
-                 base_id: str | None = None) -> None:
-        self.where, self.location, self.push = where, location, push
+                 base_id: str | None = None, to: str | None = None) -> None:
+        self.where, self.location, self.push, self.to = where, location, push, to
         self.base, self.base_path, self.base_id = base, base_path, base_id
         self.receipt: Receipt | None = None
         self.report: ChainReport | None = None
@@ -116,7 +119,7 @@ class ImportChain:
         location = receipt_location(to=to, mapping=mapping, override=receipt_repository)
         base_store, base_id = _open_base(base) if base is not None else (None, None)
         return cls(str(bundle), location, push=push, base=base_store,
-                   base_path=str(base or ""), base_id=base_id)
+                   base_path=str(base or ""), base_id=base_id, to=to)
 
     def take_store(self, bundle: str | os.PathLike[str], store: Store) -> None:
         """Read the receipt of a bundle opened at random (a layout, an archive file):
@@ -211,6 +214,12 @@ class ImportChain:
                 repos = candidates.setdefault(dest.registry, [])
                 if dest.repository not in repos:
                     repos.append(dest.repository)
+        if report.imported is not None and self.to is not None:  # where the base went
+            for registry, repositories in base_repositories(
+                    clients.get(self.location.registry), self.location.repository,
+                    report.base_id, self.to).items():
+                repos = candidates.setdefault(registry, [])
+                repos.extend(r for r in repositories if r not in repos)
         omitted = self.omitted
         states = check_omitted(pushes, omitted, clients, headed=headed, base=self.base,
                                candidates=candidates, jobs=jobs, stop=stop)
