@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 
 from bundler import export_bundle, import_bundle
 from bundler.cli.main import main
+from bundler.cli.summary import human
 from bundler.engine.receipts import read_receipt
 from bundler.sandbox import (
     LocalRegistry,
@@ -150,3 +151,20 @@ def test_a_new_repository_mounts_the_base_layers_where_the_base_was_imported(
     pulled = httpx.get(f"{dest.url}/v2/m/shop/tool/manifests/1", timeout=10,
                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
     assert pulled.content == tool.manifest_bytes
+
+
+def test_the_export_summary_of_a_diff_counts_what_it_holds(pair: Pair,
+                                                           tmp_path: Path) -> None:
+    """The summary said "N unique" for every blob the images need, the left-out ones
+    too (the merged full bundle's size), while list said what the bundle holds."""
+    out = tmp_path / "d2"
+    result = run_cli("export", f"{pair.registry.host}/shop/app:2", "-o", str(out),
+                     "--since", str(pair.base), "-q")
+    assert result.exit_code == 0, result.output
+    held = sum(p.stat().st_size for p in (out / "blobs/sha256").iterdir())
+    assert held == len(pair.new.manifest_bytes) + sum(
+        b.size for b in pair.new.blobs if b.digest != pair.left_out)
+    shown = f"{human(held)} unique ({human(held)} without dedup, 0% saved)"
+    assert f"exported 1 image to {out}: {shown}" in result.output
+    listed = run_cli("list", str(out), "--json")
+    assert json.loads(listed.output)["uniqueBytes"] == held
