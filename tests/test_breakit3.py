@@ -168,3 +168,37 @@ def test_the_export_summary_of_a_diff_counts_what_it_holds(pair: Pair,
     assert f"exported 1 image to {out}: {shown}" in result.output
     listed = run_cli("list", str(out), "--json")
     assert json.loads(listed.output)["uniqueBytes"] == held
+
+
+def test_a_chain_of_three_merges_into_a_full_bundle(pair: Pair, registry_factory,
+                                                    tmp_path: Path) -> None:
+    """merge needed BASE to be the very bundle DIFF names and read every blob from the
+    two: with week3 since week2 since week1, ``merge week2 week3`` failed (a blob in
+    neither bundle) and ``merge FULL2 week3`` was refused (another bundle id), so a
+    chain of three could not be rebuilt into a full bundle."""
+    third = make_image([random_layer(301, 48 * KIB), random_layer(305, 12 * KIB)])
+    push(pair.registry, "shop/app", third, tag="3")
+    week3 = tmp_path / "week3.tar"
+    export_bundle([f"{pair.registry.host}/shop/app:3"], week3, since=read_receipt(pair.diff))
+    assert [b.digest for b in read_receipt(week3).omitted] == [pair.left_out]
+    week23 = tmp_path / "week23.tar"
+    merged = run_cli("merge", str(pair.diff), str(week3), "-o", str(week23), "-q")
+    assert merged.exit_code == 0, merged.output
+    base_id = read_receipt(pair.base).bundle_id
+    receipt = read_receipt(week23)
+    assert receipt.base is not None and receipt.base.bundle_id == base_id
+    assert [b.digest for b in receipt.omitted] == [pair.left_out]
+    assert f"a differential bundle on base {base_id}" in merged.output
+    verified = run_cli("verify", str(week23), "--base", str(pair.base))
+    assert verified.exit_code == 0, verified.output
+    full = tmp_path / "week3-full"
+    assert run_cli("merge", str(pair.base), str(week23), "-o", str(full), "-q").exit_code == 0
+    assert read_receipt(full).base is None
+    held = {"sha256:" + p.name for p in (full / "blobs/sha256").iterdir()}
+    assert held == {third.digest} | {b.digest for b in third.blobs}
+    assert run_cli("verify", str(full)).exit_code == 0
+    dest = registry_factory()
+    import_bundle(full, to=f"{dest.host}/f")
+    pulled = httpx.get(f"{dest.url}/v2/f/shop/app/manifests/3", timeout=10,
+                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert pulled.content == third.manifest_bytes
