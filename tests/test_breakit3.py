@@ -202,3 +202,26 @@ def test_a_chain_of_three_merges_into_a_full_bundle(pair: Pair, registry_factory
     pulled = httpx.get(f"{dest.url}/v2/f/shop/app/manifests/3", timeout=10,
                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
     assert pulled.content == third.manifest_bytes
+
+
+def test_a_registry_receipt_that_cannot_be_read_is_not_called_not_found(
+        pair: Pair, registry_factory, fault_proxy) -> None:
+    """The registry answered 500 for the base's receipt; the dry run said "no registry
+    receipt (... not found)", as if the base had never been imported there."""
+    dest = registry_factory()
+    import_bundle(pair.base, to=f"{dest.host}/m")
+    proxy = fault_proxy(dest.url)
+    proxy.status(r"/m/bundler-receipts/manifests/", 500, method="GET", times=None)
+    base_id = read_receipt(pair.base).bundle_id
+    tag = "sha256-" + base_id.split(":")[1]
+    where = f"{proxy.host}/m/bundler-receipts:{tag}"
+    dry = run_cli("import", str(pair.diff), "--to", f"{proxy.host}/m", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert (f"base {base_id}: its registry receipt {where} could not be read (manifest "
+            f"{where}: {proxy.host} answered HTTP 500); the omitted blobs were checked "
+            "all the same") in dry.output
+    assert "not found" not in dry.output
+    doc = json.loads(run_cli("import", str(pair.diff), "--to", f"{proxy.host}/m",
+                             "--dry-run", "--json").output)
+    assert (doc["base"]["receiptFound"], doc["base"]["complete"]) == (False, True)
+    assert doc["base"]["receiptError"] == f"manifest {where}: {proxy.host} answered HTTP 500"

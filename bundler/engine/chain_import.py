@@ -206,7 +206,8 @@ class ImportChain:
         assert self.receipt is not None and self.receipt.base is not None
         report = ChainReport(self.receipt.base.bundle_id, self.receipt.base.created,
                              base_bundle=self.base_path)
-        report.receipt, report.imported = self._base_receipt(clients, report.base_id)
+        report.receipt, report.imported, report.receipt_error = self._base_receipt(
+            clients, report.base_id)
         candidates: dict[str, list[str]] = {}
         for target in targets:
             dest = target.destination
@@ -228,14 +229,16 @@ class ImportChain:
             raise MissingBlobsError(self.where, report)
         return report
 
-    def _base_receipt(self, clients: ClientPool, base_id: str) -> tuple[str, str | None]:
-        """Where the base's registry receipt was asked for, and its date (None: none)."""
+    def _base_receipt(self, clients: ClientPool,
+                      base_id: str) -> tuple[str, str | None, str]:
+        """Where the base's registry receipt was asked for, its date (None: none) and
+        why it could not be read ("" when it was, or when there is none)."""
         where = f"{self.location}:{receipt_tag(base_id)}"
         try:
             return where, found_receipt(clients.get(self.location.registry),
-                                        self.location.repository, base_id)
-        except BundlerError:  # unreadable: the blobs decide all the same
-            return where, None
+                                        self.location.repository, base_id), ""
+        except BundlerError as exc:  # unreadable: the blobs decide all the same
+            return where, None, str(exc)
 
     def check_store(self, store: Store, entries: Sequence[Descriptor], *, to: str | None,
                     mapping: list[tuple[str, str]] | None, options: TransportOptions | None,
