@@ -30,7 +30,7 @@ from bundler.sandbox import (
     random_layer,
     start_registry,
 )
-from bundler.sandbox.images import Image, sha256_digest
+from bundler.sandbox.images import Image, make_artifact, sha256_digest
 from tests.test_foreign_layers import ALLOW_URLS, foreign_image, manifest_digest
 
 KIB = 1024
@@ -225,3 +225,24 @@ def test_a_registry_receipt_that_cannot_be_read_is_not_called_not_found(
                              "--dry-run", "--json").output)
     assert (doc["base"]["receiptFound"], doc["base"]["complete"]) == (False, True)
     assert doc["base"]["receiptError"] == f"manifest {where}: {proxy.host} answered HTTP 500"
+
+
+def test_bytes_the_base_holds_as_a_manifest_are_not_left_out_as_a_layer(
+        pair: Pair, registry_factory, tmp_path: Path) -> None:
+    """An artifact whose layer is the exact bytes of a base image's manifest: the diff
+    left that layer to the base, but a registry holds a manifest as no blob (HEAD of
+    the blob is 404), so the import was refused where the base had been imported."""
+    top = json.loads((pair.base / "index.json").read_bytes())["manifests"][0]["digest"]
+    manifest_bytes = (pair.base / "blobs/sha256" / top.split(":")[1]).read_bytes()
+    artifact = make_artifact(pair.new, manifest_bytes, "application/vnd.dev.copy")
+    assert artifact.layers[0].digest == top
+    push(pair.registry, "shop/meta", artifact, tag="1")
+    dest = registry_factory()
+    import_bundle(pair.base, to=f"{dest.host}/m")
+    assert httpx.head(f"{dest.url}/v2/m/shop/app/blobs/{top}").status_code == 404
+    diff = tmp_path / "meta.tar"
+    export_bundle([f"{pair.registry.host}/shop/meta:1"], diff, since=read_receipt(pair.base))
+    assert read_receipt(diff).omitted == ()
+    import_bundle(diff, to=f"{dest.host}/m")
+    layer = httpx.get(f"{dest.url}/v2/m/shop/meta/blobs/{top}", timeout=10)
+    assert layer.content == manifest_bytes

@@ -79,13 +79,17 @@ class Differential:
         """Leave out every config and layer of ``plans`` that the base lists with the
         same size, but a non-distributable layer: no registry holds it and a base
         bundle need not, so it is handled as by any export (skipped, or fetched with
-        ``--include-foreign-layers``). ``plans`` pairs each planned image with its
+        ``--include-foreign-layers``), and but bytes that are a manifest (of the new
+        set, or an image of the base): a registry holds a manifest as no blob, so the
+        import could not find it there. ``plans`` pairs each planned image with its
         source repository (``registry/repository``, or None if unknown)."""
+        manifests = {str(d.digest) for plan, _ in plans for d, _ in plan.manifests}
+        manifests.update(image.digest for image in self.base.images)
         wanted: dict[Digest, tuple[Descriptor, set[str]]] = {}
         for plan, repository in plans:
             for digest, descriptor in plan.blobs.items():
                 if (self.base.blobs.get(str(digest)) != descriptor.size
-                        or is_non_distributable(descriptor)):
+                        or is_non_distributable(descriptor) or str(digest) in manifests):
                     continue
                 _, repositories = wanted.setdefault(digest, (descriptor, set()))
                 if repository:
