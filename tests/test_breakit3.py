@@ -246,3 +246,17 @@ def test_bytes_the_base_holds_as_a_manifest_are_not_left_out_as_a_layer(
     import_bundle(diff, to=f"{dest.host}/m")
     layer = httpx.get(f"{dest.url}/v2/m/shop/meta/blobs/{top}", timeout=10)
     assert layer.content == manifest_bytes
+
+
+def test_import_base_given_as_a_receipt_says_so(pair: Pair, registry_factory) -> None:
+    """``import DIFF --base BASE.receipt.json`` said "not a tar archive (invalid
+    header)": the receipt was read as an archive."""
+    dest = registry_factory()
+    receipt = pair.base.with_name(pair.base.name + ".receipt.json")
+    assert receipt.is_file()
+    result = run_cli("import", str(pair.diff), "--to", f"{dest.host}/m", "--base", str(receipt))
+    assert result.exit_code == 2
+    assert (f"Error: --base {receipt} is a receipt: import reads the omitted blobs from the "
+            "base bundle itself (a directory or a .tar); a receipt serves export --since "
+            "and verify --base") in " ".join(result.output.split())
+    assert httpx.get(f"{dest.url}/v2/_catalog").json()["repositories"] == []

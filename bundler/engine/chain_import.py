@@ -343,10 +343,20 @@ def _open_base(path: str | os.PathLike[str]) -> tuple[Store, str]:
                                  "directory or a .tar (a .tar.zst or - is read only once, "
                                  "front to back)")
         receipt = read_receipt(path)
+        if Path(path).is_file() and _is_json(Path(path)):
+            raise WrongBaseError(f"--base {shown} is a receipt: import reads the omitted "
+                                 "blobs from the base bundle itself (a directory or a "
+                                 ".tar); a receipt serves export --since and verify --base")
         store: Store = open_archive(path) if is_archive(path) else LayoutStore(Path(path))
     except (ReceiptError, BundleError) as exc:
         raise WrongBaseError(f"--base {shown}: {exc}") from exc
     return store, receipt.bundle_id
+
+
+def _is_json(path: Path) -> bool:
+    """Whether a file starts as JSON does (a receipt, not an archive)."""
+    with open(path, "rb") as f:
+        return f.read(64).lstrip().startswith(b"{")
 
 
 def checked_receipt(receipt: Receipt | None, index_json: bytes, where: str,
