@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,3 +261,19 @@ def test_import_base_given_as_a_receipt_says_so(pair: Pair, registry_factory) ->
             "base bundle itself (a directory or a .tar); a receipt serves export --since "
             "and verify --base") in " ".join(result.output.split())
     assert httpx.get(f"{dest.url}/v2/_catalog").json()["repositories"] == []
+
+
+def test_a_fifo_as_since_or_base_is_named_for_what_it_is(pair: Pair, tmp_path: Path) -> None:
+    """A FIFO named as ``--since`` (or ``merge``'s BASE) was "no such bundle or receipt",
+    though it is there; it is refused as no regular file, and never opened."""
+    fifo = tmp_path / "base.receipt.json"
+    os.mkfifo(fifo)
+    said = f"{fifo}: not a regular file or directory; give a bundle or a receipt"
+    result = run_cli("export", f"{pair.registry.host}/shop/app:2", "-o",
+                     str(tmp_path / "out"), "--since", str(fifo))
+    assert result.exit_code == 2
+    assert f"Error: --since {fifo}: {said}" in " ".join(result.output.split())
+    merged = run_cli("merge", str(fifo), str(pair.diff), "-o", str(tmp_path / "m"))
+    assert merged.exit_code == 2
+    assert f"Error: {said}" in " ".join(merged.output.split())
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()

@@ -332,6 +332,9 @@ def read_receipt(path: str | os.PathLike[str]) -> Receipt:
     except BundleError:
         volumes = None
     if not p.is_file() and volumes is None:
+        if p.exists():  # a FIFO, a socket, a device: never opened (a FIFO would block)
+            raise BundleError(f"{p}: not a regular file or directory; give a bundle or "
+                              "a receipt")
         raise BundleError(f"{p}: no such bundle or receipt")
     stamp = volumes[1][0] if volumes and volumes[1] else p
     if reads_by_offsets(p):
