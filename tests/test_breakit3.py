@@ -277,3 +277,54 @@ def test_a_fifo_as_since_or_base_is_named_for_what_it_is(pair: Pair, tmp_path: P
     assert merged.exit_code == 2
     assert f"Error: {said}" in " ".join(merged.output.split())
     assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()
+
+
+def test_export_since_continues_into_the_blobs_an_interrupted_run_kept(
+        pair: Pair, tmp_path: Path) -> None:
+    """An interrupted ``export --since`` into a directory keeps its finished blobs (no
+    index.json) and says "run the same command again to continue"; that command was
+    refused (exit 2, "a directory that is not empty")."""
+    out = tmp_path / "week2"
+    args = ["export", f"{pair.registry.host}/shop/app:2", "-o", str(out), "--since",
+            str(pair.base), "-q"]
+    assert run_cli(*args).exit_code == 0
+    for name in ("index.json", "bundler-receipt.json"):  # what an interrupted run leaves
+        (out / name).unlink()
+    out.with_name("week2.receipt.json").unlink()
+    layer = pair.new.layers[1].digest  # the new layer: downloaded again
+    (out / "blobs/sha256" / layer.split(":")[1]).unlink()
+    again = run_cli(*args)
+    assert again.exit_code == 0, again.output
+    assert (f"blobs downloaded 1 ({human(pair.new.layers[1].size)}), already present 1"
+            in again.output)  # the config was kept
+    assert read_receipt(out) == read_receipt(out.with_name("week2.receipt.json"))
+    assert run_cli("verify", str(out), "--base", str(pair.base)).exit_code == 0
+    refused = run_cli(*args)  # a bundle is there now
+    assert refused.exit_code == 2
+    assert (f"--since writes a new bundle: {out} holds a bundle already; choose a new or "
+            "empty directory") in " ".join(refused.output.split())
+
+
+def test_a_failed_image_of_a_diff_leaves_a_receipt_that_reads(
+        pair: Pair, fault_proxy, tmp_path: Path) -> None:
+    """``export --since --keep-going`` with an image failing: the receipt listed as
+    omitted a blob only the failed image needed, so verify, list (and a later --since)
+    refused it ("omitted[0].digest names ..., which blobs does not list"); and the
+    advice "run the same command again" was refused too (the directory holds a bundle)."""
+    only_failed = random_layer(102, 32 * KIB)  # the base's, needed by no other image
+    failing = make_image([random_layer(306, 8 * KIB), only_failed])
+    push(pair.registry, "shop/failing", failing, tag="1")
+    proxy = fault_proxy(pair.registry.url)
+    proxy.status(failing.layers[0].digest, 500, method="GET", times=None)
+    out = tmp_path / "d"
+    result = run_cli("export", f"{proxy.host}/shop/failing:1", f"{proxy.host}/shop/app:2",
+                     "-o", str(out), "--since", str(pair.base), "--keep-going",
+                     "--retries", "0")
+    assert result.exit_code == 1
+    assert ("failed: 1 of 2 images; the bundle holds the other 1; export the failed ones to "
+            "another bundle (--since writes a new bundle)") in result.output
+    receipt = read_receipt(out)
+    assert [b.digest for b in receipt.omitted] == [pair.left_out]
+    assert only_failed.digest not in receipt.blobs
+    assert run_cli("verify", str(out), "--base", str(pair.base)).exit_code == 0
+    assert run_cli("list", str(out)).exit_code == 0

@@ -99,7 +99,8 @@ def compute_receipt(index_json: bytes, store: Any, *, created: str,
         store: anything with ``read_index`` and ``get_manifest`` (a layout, an archive,
             an archive's head, a bundle being written).
         created: RFC 3339 UTC time (:func:`now`).
-        base, omitted: what a differential bundle leaves to its base.
+        base, omitted: what a differential bundle leaves to its base (only the blobs
+            its images need are listed: not one left out for an image that failed).
 
     Raises:
         BundleError, ManifestError, IntegrityError: a manifest missing or unreadable.
@@ -117,7 +118,8 @@ def compute_receipt(index_json: bytes, store: Any, *, created: str,
         images.append(ReceiptImage(entry_name(entry) or None, str(entry.digest),
                                    entry.media_type, entry.size))
     return Receipt(bundle_id=bundle_id_of(index_json), created=created, images=tuple(images),
-                   blobs=blobs, base=base, omitted=tuple(omitted))
+                   blobs=blobs, base=base,
+                   omitted=tuple(b for b in omitted if b.digest in blobs))
 
 
 def check_inside(data: bytes | None, index_json: bytes, where: str) -> Receipt | None:
