@@ -328,3 +328,27 @@ def test_a_failed_image_of_a_diff_leaves_a_receipt_that_reads(
     assert only_failed.digest not in receipt.blobs
     assert run_cli("verify", str(out), "--base", str(pair.base)).exit_code == 0
     assert run_cli("list", str(out)).exit_code == 0
+
+
+def test_merge_continues_into_the_blobs_an_interrupted_merge_kept(pair: Pair,
+                                                                  tmp_path: Path) -> None:
+    """An interrupted merge into a directory says "run the same command again to
+    continue"; that command was refused (exit 2, "a directory that is not empty")."""
+    out = tmp_path / "full"
+    args = ["merge", str(pair.base), str(pair.diff), "-o", str(out), "-q"]
+    assert run_cli(*args).exit_code == 0
+    for name in ("index.json", "bundler-receipt.json"):  # what an interrupted run leaves
+        (out / name).unlink()
+    out.with_name("full.receipt.json").unlink()
+    (out / "blobs/sha256" / pair.left_out.split(":")[1]).unlink()
+    again = run_cli(*args)
+    assert again.exit_code == 0, again.output
+    held = {"sha256:" + p.name for p in (out / "blobs/sha256").iterdir()}
+    assert held == {pair.new.digest} | {b.digest for b in pair.new.blobs}
+    assert run_cli("verify", str(out)).exit_code == 0
+    (out / "stray.txt").write_text("x")
+    (out / "index.json").unlink()
+    refused = run_cli(*args)
+    assert refused.exit_code == 2
+    assert (f"{out} is a directory that is not empty; merge writes a new bundle: choose a "
+            "new or empty directory") in " ".join(refused.output.split())

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .. import bundle as api
+from ..engine.export_receipts import holds_no_bundle
 from ..engine.exporting import parse_references
 from ..errors import BundlerError
 from ..events import Tally
@@ -68,7 +69,7 @@ def read_base(since: str, output: str, fmt: str | None, dry_run: bool) -> api.Re
         if (out / "index.json").exists():
             raise click.UsageError(f"--since writes a new bundle: {escape(output)} holds a "
                                    "bundle already; choose a new or empty directory")
-        if any(p.name not in ("oci-layout", "blobs") for p in out.iterdir()):
+        if not holds_no_bundle(out):
             raise click.UsageError(f"--since writes a new bundle: {escape(output)} is a "
                                    "directory that is not empty; choose a new or empty "
                                    "directory")

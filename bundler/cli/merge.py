@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ..engine.export_receipts import holds_no_bundle
 from ..engine.exporting import ExportResult
 from ..engine.merging import check_merge, merge_bundles, open_in_place
 from ..errors import BundlerError
@@ -67,7 +68,7 @@ def merge_cmd(base: str, diff: str, output: str, fmt: str | None, split_size: in
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
     out = Path(output)
-    if archive is None and out.is_dir() and any(out.iterdir()):
+    if archive is None and out.is_dir() and not holds_no_bundle(out):
         raise click.UsageError(f"{escape(output)} is a directory that is not empty; merge "
                                "writes a new bundle: choose a new or empty directory")
     tally = Tally()

@@ -47,7 +47,8 @@ from .receipts import (
 
 __all__ = ["UNNAMED", "Differential", "merged_entries", "named_entries", "start_archive",
            "write_index", "PlannedStore", "archive_receipt", "clear_layout_receipts",
-           "has_inside_receipt", "source_repository", "write_beside", "write_layout_receipt"]
+           "has_inside_receipt", "holds_no_bundle", "source_repository", "write_beside",
+           "write_layout_receipt"]
 
 
 
@@ -102,6 +103,13 @@ class Differential:
     def leaves_out(self, descriptor: Descriptor) -> bool:
         """Whether the blob is left to the base."""
         return descriptor.digest in self.omitted
+
+
+def holds_no_bundle(directory: Path) -> bool:
+    """Whether a new bundle may be written into an existing directory: it is empty, or
+    holds only what an interrupted export kept (``oci-layout`` and finished blobs, no
+    ``index.json``), which the same command continues from."""
+    return all(p.name in ("oci-layout", "blobs") for p in directory.iterdir())
 
 
 def source_repository(name: str, reference: Reference | None) -> str | None:

@@ -33,6 +33,7 @@ from ..oci.digest import Digest, VerifyingReader
 from ..stores import Store
 from ..stores.archive_files import ArchiveStore, open_archive, reads_by_offsets
 from ..stores.layout import LayoutStore
+from .export_receipts import holds_no_bundle
 from .exporting import UNNAMED, ExportResult, StoreImage, export_from_store
 from .receipts import Receipt, ReceiptError, read_receipt
 
@@ -143,7 +144,7 @@ def merge_bundles(base: str | os.PathLike[str], diff: str | os.PathLike[str],
     """
     base_receipt, _ = check_merge(base, diff)
     out = Path(output)
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and not holds_no_bundle(out):
         raise BundleError(f"{output}: merge writes a new bundle; this directory is not "
                           "empty: choose a new or empty directory")
     with ExitStack() as stack:
