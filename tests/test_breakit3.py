@@ -352,3 +352,16 @@ def test_merge_continues_into_the_blobs_an_interrupted_merge_kept(pair: Pair,
     assert refused.exit_code == 2
     assert (f"{out} is a directory that is not empty; merge writes a new bundle: choose a "
             "new or empty directory") in " ".join(refused.output.split())
+
+
+def test_the_base_receipt_is_read_only_for_a_blob_found_nowhere_else(
+        pair: Pair, registry_factory, fault_proxy) -> None:
+    """Where every omitted blob is in the import's own repositories, the import makes
+    no request more than before: the base's receipt itself is not fetched."""
+    dest = registry_factory()
+    import_bundle(pair.base, to=f"{dest.host}/m")
+    proxy = fault_proxy(dest.url)
+    imported = import_bundle(pair.diff, to=f"{proxy.host}/m")
+    assert imported.chain is not None and imported.chain.present == 1
+    assert proxy.count("GET", r"/m/bundler-receipts/manifests/") == 1
+    assert proxy.count("GET", r"/m/bundler-receipts/blobs/") == 0

@@ -48,6 +48,7 @@ from .ladder import BlobSource, ImportResult
 from .naming import Target, resolve_targets
 from .parallel import ClientPool
 from .preflight import (
+    MISSING,
     ChainReport,
     MissingBlobsError,
     OmittedSource,
@@ -215,15 +216,17 @@ class ImportChain:
                 repos = candidates.setdefault(dest.registry, [])
                 if dest.repository not in repos:
                     repos.append(dest.repository)
-        if report.imported is not None and self.to is not None:  # where the base went
-            for registry, repositories in base_repositories(
-                    clients.get(self.location.registry), self.location.repository,
-                    report.base_id, self.to).items():
-                repos = candidates.setdefault(registry, [])
-                repos.extend(r for r in repositories if r not in repos)
         omitted = self.omitted
         states = check_omitted(pushes, omitted, clients, headed=headed, base=self.base,
                                candidates=candidates, jobs=jobs, stop=stop)
+        missing = [b for b in pushes if states.get((b.registry, b.digest)) == MISSING]
+        if missing and report.imported is not None and self.to is not None:
+            # the repositories the base went to, by its registry receipt: mount from them
+            elsewhere = base_repositories(clients.get(self.location.registry),
+                                          self.location.repository, report.base_id, self.to)
+            states.update(check_omitted(missing, omitted, clients, headed=True,
+                                        base=self.base, candidates=elsewhere, jobs=jobs,
+                                        stop=stop))
         self.report = fill_report(report, states, omitted, targets, plans)
         if report.missing and refuse:
             raise MissingBlobsError(self.where, report)

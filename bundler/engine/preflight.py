@@ -40,7 +40,7 @@ from .naming import Target
 from .parallel import ClientPool, run_parallel
 from .pushplan import BlobPush
 
-__all__ = ["FIRST_FEW", "ChainReport", "MissingBlob", "MissingBlobsError", "OmittedSource",
+__all__ = ["FIRST_FEW", "MISSING", "ChainReport", "MissingBlob", "MissingBlobsError", "OmittedSource",
            "WrongBaseError", "check_omitted"]
 
 #: How many missing blobs an error names (the count says how many there are).
