@@ -365,3 +365,31 @@ def test_the_base_receipt_is_read_only_for_a_blob_found_nowhere_else(
     assert imported.chain is not None and imported.chain.present == 1
     assert proxy.count("GET", r"/m/bundler-receipts/manifests/") == 1
     assert proxy.count("GET", r"/m/bundler-receipts/blobs/") == 0
+
+
+def test_a_base_in_volumes_serves_import_merge_and_since(pair: Pair, registry_factory,
+                                                         tmp_path: Path) -> None:
+    """A base exported in volumes (``--split-size``, in bundler's order): ``import
+    --base``, ``merge`` refused it ("read at random: give a directory or a .tar") though
+    the guide says uncompressed volumes are read at random, and ``--since NAME.001``
+    was "not a bundler receipt or bundle"."""
+    volumes = tmp_path / "base.tar"
+    result = run_cli("export", f"{pair.registry.host}/shop/app:1", "-o", str(volumes),
+                     "--split-size", "16KiB", "-q")
+    assert result.exit_code == 0, result.output
+    second = tmp_path / "base.tar.001"
+    assert second.exists() and read_receipt(second) == read_receipt(pair.base)
+    dest = registry_factory()
+    imported = import_bundle(pair.diff, to=f"{dest.host}/m", base=second)
+    assert imported.chain is not None and imported.chain.from_base == 1
+    pulled = httpx.get(f"{dest.url}/v2/m/shop/app/blobs/{pair.left_out}", timeout=10)
+    assert "sha256:" + hashlib.sha256(pulled.content).hexdigest() == pair.left_out
+    for given in (volumes, tmp_path / "base.tar.000"):
+        out = tmp_path / f"full-{given.name}"
+        merged = run_cli("merge", str(given), str(pair.diff), "-o", str(out), "-q")
+        assert merged.exit_code == 0, merged.output
+        assert read_receipt(out).base is None
+    since = run_cli("export", f"{pair.registry.host}/shop/app:2", "-o",
+                    str(tmp_path / "d"), "--since", str(second), "-q")
+    assert since.exit_code == 0, since.output
+    assert [b.digest for b in read_receipt(tmp_path / "d").omitted] == [pair.left_out]

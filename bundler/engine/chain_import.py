@@ -39,7 +39,7 @@ from ..oci.limits import INDEX_LIMIT, RECEIPT_LIMIT
 from ..registry.client import TransportOptions
 from ..stores import Store
 from ..stores.archive import RECEIPT_MEMBER, is_archive
-from ..stores.archive_files import open_archive, reads_by_offsets
+from ..stores.archive_files import open_archive, reads_at_random
 from ..stores.contained import read_inside
 from ..stores.docker_archive import DockerArchive
 from ..stores.layout import LayoutStore
@@ -341,7 +341,7 @@ def _open_base(path: str | os.PathLike[str]) -> tuple[Store, str]:
     """
     shown = os.fspath(path)
     try:
-        if shown == "-" or (is_archive(path) and not reads_by_offsets(path)):
+        if shown == "-" or (is_archive(path) and not reads_at_random(path)):
             raise WrongBaseError(f"--base {shown}: a base is read at random; give it as a "
                                  "directory or a .tar (a .tar.zst or - is read only once, "
                                  "front to back)")

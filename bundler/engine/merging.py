@@ -31,7 +31,7 @@ from ..events import Reporter
 from ..oci.content import Descriptor, Index, Manifest, entry_name
 from ..oci.digest import Digest, VerifyingReader
 from ..stores import Store
-from ..stores.archive_files import ArchiveStore, open_archive, reads_by_offsets
+from ..stores.archive_files import ArchiveStore, open_archive, reads_at_random
 from ..stores.layout import LayoutStore
 from .export_receipts import holds_no_bundle
 from .exporting import UNNAMED, ExportResult, StoreImage, export_from_store
@@ -89,7 +89,7 @@ def open_in_place(path: str | os.PathLike[str], what: str) -> LayoutStore | Arch
     p = Path(path)
     if p.is_dir():
         return LayoutStore(p)
-    if reads_by_offsets(p):
+    if reads_at_random(p):
         store = open_archive(p)
         if not isinstance(store, ArchiveStore):
             store.close()

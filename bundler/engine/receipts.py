@@ -327,12 +327,12 @@ def read_receipt(path: str | os.PathLike[str]) -> Receipt:
                 return Receipt.from_bytes(p.read_bytes(), str(p))
             except OSError as exc:
                 raise BundleError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-        if not _is_archive_head(head):
-            raise ReceiptError(f"{p} is not a bundler receipt or bundle")
     try:
         volumes = find_volumes(p)
     except BundleError:
         volumes = None
+    if p.is_file() and volumes is None and not _is_archive_head(head):
+        raise ReceiptError(f"{p} is not a bundler receipt or bundle")
     if not p.is_file() and volumes is None:
         if p.exists():  # a FIFO, a socket, a device: never opened (a FIFO would block)
             raise BundleError(f"{p}: not a regular file or directory; give a bundle or "
