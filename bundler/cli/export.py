@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .. import bundle as api
+from ..engine.export_receipts import holds_no_bundle
 from ..engine.exporting import parse_references
 from ..errors import BundlerError
 from ..events import Tally
@@ -56,16 +57,22 @@ def read_base(since: str, output: str, fmt: str | None, dry_run: bool) -> api.Re
     Raises:
         click.UsageError: (exit 2) BASE is no bundle or receipt, a malformed receipt or
         one of another version; ``--since`` with ``--dry-run`` or ``--format
-        docker-archive``, or into a directory that holds a bundle already.
+        docker-archive``, or into a directory that holds a bundle already (its
+        ``index.json``).
     """
     if dry_run or fmt == "docker-archive":
         raise click.UsageError("--since writes a differential bundle: not with --dry-run "
                                "or --format docker-archive")
     out = Path(output)
-    if (fmt in (None, "dir") and not output.endswith((".tar", ".tar.zst")) and out.is_dir()
-            and any(out.iterdir())):
-        raise click.UsageError(f"--since writes a new bundle: {escape(output)} is a directory "
-                               "that is not empty; choose a new or empty directory")
+    if fmt in (None, "dir") and not output.endswith((".tar", ".tar.zst")) and out.is_dir():
+        # what an interrupted run kept (oci-layout, finished blobs) is continued
+        if (out / "index.json").exists():
+            raise click.UsageError(f"--since writes a new bundle: {escape(output)} holds a "
+                                   "bundle already; choose a new or empty directory")
+        if not holds_no_bundle(out):
+            raise click.UsageError(f"--since writes a new bundle: {escape(output)} is a "
+                                   "directory that is not empty; choose a new or empty "
+                                   "directory")
     try:
         return api.read_receipt(since)
     except BundlerError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ..engine.export_receipts import holds_no_bundle
 from ..engine.exporting import ExportResult
 from ..engine.merging import check_merge, merge_bundles, open_in_place
 from ..errors import BundlerError
@@ -49,7 +50,8 @@ def merge_cmd(base: str, diff: str, output: str, fmt: str | None, split_size: in
               compression_level: int, jobs: int, quiet: bool, progress: str) -> None:
     """Merge a differential bundle DIFF with BASE, the bundle it was exported since, into
     one full bundle: DIFF's images, each blob from DIFF or BASE, every digest checked
-    while copied. BASE and DIFF are directories, .tar files or their volumes.
+    while copied. BASE and DIFF are directories, .tar files or their volumes. A BASE
+    that is itself a differential bundle gives a differential bundle on its base.
 
     \b
     Examples:
@@ -66,7 +68,7 @@ def merge_cmd(base: str, diff: str, output: str, fmt: str | None, split_size: in
     except BundlerError as exc:
         raise click.UsageError(escape(exc)) from exc
     out = Path(output)
-    if archive is None and out.is_dir() and any(out.iterdir()):
+    if archive is None and out.is_dir() and not holds_no_bundle(out):
         raise click.UsageError(f"{escape(output)} is a directory that is not empty; merge "
                                "writes a new bundle: choose a new or empty directory")
     tally = Tally()
@@ -79,7 +81,10 @@ def merge_cmd(base: str, diff: str, output: str, fmt: str | None, split_size: in
 
     def summary(result: ExportResult, seconds: float) -> None:
         export_summary(result, output, seconds)
-        click.echo(f"merged {escape(diff)} with its base {escape(base)}: a full bundle "
-                   f"(bundle id {result.receipt.bundle_id if result.receipt else '-'})")
+        receipt = result.receipt
+        made = "a full bundle" if receipt is None or receipt.base is None else \
+            f"a differential bundle on base {receipt.base.bundle_id}"
+        click.echo(f"merged {escape(diff)} with its base {escape(base)}: {made} "
+                   f"(bundle id {receipt.bundle_id if receipt else '-'})")
 
     run(action, tally, summary, reporter, archive=archive)

@@ -164,9 +164,15 @@ def run(action: Callable[[threading.Event], Any], tally: Tally,
         done(exc.result, time.monotonic() - started)
         kept = exc.result.images if isinstance(exc.result, ExportResult) else exc.result.targets
         failed = len(exc.failures)
-        advice = (f"the archive {escape(archive)} holds the other {len(kept)}; export the failed "
-                  "ones to another bundle" if archive is not None and kept else
-                  "run the same command again to retry them")
+        receipt = exc.result.receipt if isinstance(exc.result, ExportResult) else None
+        if archive is not None and kept:
+            advice = (f"the archive {escape(archive)} holds the other {len(kept)}; export the "
+                      "failed ones to another bundle")
+        elif receipt is not None and receipt.base is not None and kept:
+            advice = (f"the bundle holds the other {len(kept)}; export the failed ones to "
+                      "another bundle (--since writes a new bundle)")
+        else:
+            advice = "run the same command again to retry them"
         click.echo(f"failed: {failed} of {plural(failed + len(kept), 'image')}; {advice}",
                    err=True)
         sys.exit(1)

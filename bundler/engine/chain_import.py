@@ -39,7 +39,7 @@ from ..oci.limits import INDEX_LIMIT, RECEIPT_LIMIT
 from ..registry.client import TransportOptions
 from ..stores import Store
 from ..stores.archive import RECEIPT_MEMBER, is_archive
-from ..stores.archive_files import open_archive, reads_by_offsets
+from ..stores.archive_files import open_archive, reads_at_random
 from ..stores.contained import read_inside
 from ..stores.docker_archive import DockerArchive
 from ..stores.layout import LayoutStore
@@ -48,6 +48,7 @@ from .ladder import BlobSource, ImportResult
 from .naming import Target, resolve_targets
 from .parallel import ClientPool
 from .preflight import (
+    MISSING,
     ChainReport,
     MissingBlobsError,
     OmittedSource,
@@ -69,6 +70,7 @@ from .referrer_push import place_referrers, referrer_levels
 from .referrers import subject_of
 from .registry_receipt import (
     ReceiptLocation,
+    base_repositories,
     found_receipt,
     push_receipt,
     receipt_location,
@@ -86,6 +88,8 @@ class ImportChain:
         receipt: the bundle's receipt (None until an archive read from ``-`` gives it).
         location: where registry receipts live in the destination.
         push: push this import's registry receipt (False: ``--no-receipt``).
+        to: ``--to REGISTRY[/PREFIX]`` (None with ``--mapping``): where the base's
+            images went, as its registry receipt names them (mount sources).
         base: the ``--base`` bundle opened, or None; base_path: as given.
         report: what the check found (differential bundles), or None.
         memo: the plan's answers kept for the push (random-access stores).
@@ -93,8 +97,8 @@ class ImportChain:
 
     def __init__(self, where: str, location: ReceiptLocation, *, push: bool,
                  base: Store | None = None, base_path: str = "",
-                 base_id: str | None = None) -> None:
-        self.where, self.location, self.push = where, location, push
+                 base_id: str | None = None, to: str | None = None) -> None:
+        self.where, self.location, self.push, self.to = where, location, push, to
         self.base, self.base_path, self.base_id = base, base_path, base_id
         self.receipt: Receipt | None = None
         self.report: ChainReport | None = None
@@ -116,7 +120,7 @@ class ImportChain:
         location = receipt_location(to=to, mapping=mapping, override=receipt_repository)
         base_store, base_id = _open_base(base) if base is not None else (None, None)
         return cls(str(bundle), location, push=push, base=base_store,
-                   base_path=str(base or ""), base_id=base_id)
+                   base_path=str(base or ""), base_id=base_id, to=to)
 
     def take_store(self, bundle: str | os.PathLike[str], store: Store) -> None:
         """Read the receipt of a bundle opened at random (a layout, an archive file):
@@ -203,7 +207,8 @@ class ImportChain:
         assert self.receipt is not None and self.receipt.base is not None
         report = ChainReport(self.receipt.base.bundle_id, self.receipt.base.created,
                              base_bundle=self.base_path)
-        report.receipt, report.imported = self._base_receipt(clients, report.base_id)
+        report.receipt, report.imported, report.receipt_error = self._base_receipt(
+            clients, report.base_id)
         candidates: dict[str, list[str]] = {}
         for target in targets:
             dest = target.destination
@@ -214,19 +219,29 @@ class ImportChain:
         omitted = self.omitted
         states = check_omitted(pushes, omitted, clients, headed=headed, base=self.base,
                                candidates=candidates, jobs=jobs, stop=stop)
+        missing = [b for b in pushes if states.get((b.registry, b.digest)) == MISSING]
+        if missing and report.imported is not None and self.to is not None:
+            # the repositories the base went to, by its registry receipt: mount from them
+            elsewhere = base_repositories(clients.get(self.location.registry),
+                                          self.location.repository, report.base_id, self.to)
+            states.update(check_omitted(missing, omitted, clients, headed=True,
+                                        base=self.base, candidates=elsewhere, jobs=jobs,
+                                        stop=stop))
         self.report = fill_report(report, states, omitted, targets, plans)
         if report.missing and refuse:
             raise MissingBlobsError(self.where, report)
         return report
 
-    def _base_receipt(self, clients: ClientPool, base_id: str) -> tuple[str, str | None]:
-        """Where the base's registry receipt was asked for, and its date (None: none)."""
+    def _base_receipt(self, clients: ClientPool,
+                      base_id: str) -> tuple[str, str | None, str]:
+        """Where the base's registry receipt was asked for, its date (None: none) and
+        why it could not be read ("" when it was, or when there is none)."""
         where = f"{self.location}:{receipt_tag(base_id)}"
         try:
             return where, found_receipt(clients.get(self.location.registry),
-                                        self.location.repository, base_id)
-        except BundlerError:  # unreadable: the blobs decide all the same
-            return where, None
+                                        self.location.repository, base_id), ""
+        except BundlerError as exc:  # unreadable: the blobs decide all the same
+            return where, None, str(exc)
 
     def check_store(self, store: Store, entries: Sequence[Descriptor], *, to: str | None,
                     mapping: list[tuple[str, str]] | None, options: TransportOptions | None,
@@ -326,15 +341,25 @@ def _open_base(path: str | os.PathLike[str]) -> tuple[Store, str]:
     """
     shown = os.fspath(path)
     try:
-        if shown == "-" or (is_archive(path) and not reads_by_offsets(path)):
+        if shown == "-" or (is_archive(path) and not reads_at_random(path)):
             raise WrongBaseError(f"--base {shown}: a base is read at random; give it as a "
                                  "directory or a .tar (a .tar.zst or - is read only once, "
                                  "front to back)")
         receipt = read_receipt(path)
+        if Path(path).is_file() and _is_json(Path(path)):
+            raise WrongBaseError(f"--base {shown} is a receipt: import reads the omitted "
+                                 "blobs from the base bundle itself (a directory or a "
+                                 ".tar); a receipt serves export --since and verify --base")
         store: Store = open_archive(path) if is_archive(path) else LayoutStore(Path(path))
     except (ReceiptError, BundleError) as exc:
         raise WrongBaseError(f"--base {shown}: {exc}") from exc
     return store, receipt.bundle_id
+
+
+def _is_json(path: Path) -> bool:
+    """Whether a file starts as JSON does (a receipt, not an archive)."""
+    with open(path, "rb") as f:
+        return f.read(64).lstrip().startswith(b"{")
 
 
 def checked_receipt(receipt: Receipt | None, index_json: bytes, where: str,

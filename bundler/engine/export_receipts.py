@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BundleError, InvalidReferenceError
-from ..oci.content import REF_NAME, Descriptor, Index, Manifest
+from ..oci.content import REF_NAME, Descriptor, Index, Manifest, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import ImagePlan
 from ..oci.limits import INDEX_LIMIT
@@ -47,7 +47,8 @@ from .receipts import (
 
 __all__ = ["UNNAMED", "Differential", "merged_entries", "named_entries", "start_archive",
            "write_index", "PlannedStore", "archive_receipt", "clear_layout_receipts",
-           "has_inside_receipt", "source_repository", "write_beside", "write_layout_receipt"]
+           "has_inside_receipt", "holds_no_bundle", "source_repository", "write_beside",
+           "write_layout_receipt"]
 
 
 
@@ -77,12 +78,19 @@ class Differential:
 
     def choose(self, plans: list[tuple[ImagePlan, str | None]]) -> None:
         """Leave out every config and layer of ``plans`` that the base lists with the
-        same size. ``plans`` pairs each planned image with its source repository
-        (``registry/repository``, or None if unknown)."""
+        same size, but a non-distributable layer: no registry holds it and a base
+        bundle need not, so it is handled as by any export (skipped, or fetched with
+        ``--include-foreign-layers``), and but bytes that are a manifest (of the new
+        set, or an image of the base): a registry holds a manifest as no blob, so the
+        import could not find it there. ``plans`` pairs each planned image with its
+        source repository (``registry/repository``, or None if unknown)."""
+        manifests = {str(d.digest) for plan, _ in plans for d, _ in plan.manifests}
+        manifests.update(image.digest for image in self.base.images)
         wanted: dict[Digest, tuple[Descriptor, set[str]]] = {}
         for plan, repository in plans:
             for digest, descriptor in plan.blobs.items():
-                if self.base.blobs.get(str(digest)) != descriptor.size:
+                if (self.base.blobs.get(str(digest)) != descriptor.size
+                        or is_non_distributable(descriptor) or str(digest) in manifests):
                     continue
                 _, repositories = wanted.setdefault(digest, (descriptor, set()))
                 if repository:
@@ -95,6 +103,13 @@ class Differential:
     def leaves_out(self, descriptor: Descriptor) -> bool:
         """Whether the blob is left to the base."""
         return descriptor.digest in self.omitted
+
+
+def holds_no_bundle(directory: Path) -> bool:
+    """Whether a new bundle may be written into an existing directory: it is empty, or
+    holds only what an interrupted export kept (``oci-layout`` and finished blobs, no
+    ``index.json``), which the same command continues from."""
+    return all(p.name in ("oci-layout", "blobs") for p in directory.iterdir())
 
 
 def source_repository(name: str, reference: Reference | None) -> str | None:

@@ -81,7 +81,8 @@ class ExportResult:
         blobs_downloaded: blobs fetched in this run.
         blobs_reused: blobs already in the bundle (checked by size).
         bytes_downloaded: blob bytes fetched in this run.
-        unique_bytes: bytes of all distinct blobs and manifests of these images.
+        unique_bytes: bytes of all distinct blobs and manifests of these images (of a
+            differential bundle: but the blobs it leaves to its base).
         total_bytes: the same without deduplication (sum over images).
         skipped_foreign: digests of non-distributable layers the registry did not serve.
         included_foreign: digests of non-distributable layers stored in the bundle in this
@@ -368,7 +369,8 @@ def _export(items: list[StoreImage], source: StoreSource, store: BundleStore,
     images = _kept(run, targets)
     if isinstance(store, ArchiveExport) and keep_going and images:
         made = start_archive(store, images, names, differential, receipts)
-    result = _result(images, bundle, source)
+    result = _result(images, bundle, source,
+                     set(differential.omitted) if differential is not None else set())
     if discovery is not None:
         result.referrers, result.referrer_warnings = discovery.found, discovery.warnings
     if not images:
@@ -417,15 +419,18 @@ def _kept(run: PushRun, targets: list[Target]) -> list[ImagePlan]:
     return [run.plans[t] for t in targets if t in run.plans and t not in run.failed]
 
 
-def _result(images: list[ImagePlan], bundle: BundleDestination,
-            source: StoreSource) -> ExportResult:
-    """What the export did, from the kept images and the bundle's counts."""
+def _result(images: list[ImagePlan], bundle: BundleDestination, source: StoreSource,
+            left_out: set[Digest]) -> ExportResult:
+    """What the export did, from the kept images and the bundle's counts (the sizes
+    count no blob ``left_out`` to a base)."""
     manifests = {d.digest: len(m.raw) for p in images for d, m in p.manifests}
-    blobs = {d: b.size for p in images for d, b in p.blobs.items()}
+    blobs = {d: b.size for p in images for d, b in p.blobs.items() if d not in left_out}
+    total = sum(p.size - sum(b.size for d, b in p.blobs.items() if d in left_out)
+                for p in images)
     return ExportResult(
         images=images, blobs_downloaded=len(bundle.fetched), blobs_reused=bundle.reused,
         bytes_downloaded=bundle.bytes_fetched,
         unique_bytes=sum(blobs.values()) + sum(manifests.values()),
-        total_bytes=sum(p.size for p in images), skipped_foreign=list(bundle.skipped_foreign),
+        total_bytes=total, skipped_foreign=list(bundle.skipped_foreign),
         damaged=list(bundle.damaged),
         included_foreign=[d for d in bundle.fetched if source.foreign(d)])

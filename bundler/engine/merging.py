@@ -10,6 +10,11 @@ against its digest and size while copied. The result names no base: its receipt 
 BASE must be the bundle DIFF names (its bundle id equal to DIFF's ``base.bundleId``);
 both are read in place, so each is a directory, a ``.tar`` or uncompressed volumes.
 
+A BASE that is itself a differential bundle (a chain: week1, week2 since week1, week3
+since week2) makes the result a differential bundle on BASE's base: the blobs BASE
+leaves to its base stay left out (expected from it), so ``merge week2 week3`` and then
+``merge week1`` with that rebuild a full bundle from a chain of any length.
+
 Spec: ``docs/bundle-format.md`` (receipts, differential bundles).
 """
 
@@ -26,8 +31,9 @@ from ..events import Reporter
 from ..oci.content import Descriptor, Index, Manifest, entry_name
 from ..oci.digest import Digest, VerifyingReader
 from ..stores import Store
-from ..stores.archive_files import ArchiveStore, open_archive, reads_by_offsets
+from ..stores.archive_files import ArchiveStore, open_archive, reads_at_random
 from ..stores.layout import LayoutStore
+from .export_receipts import holds_no_bundle
 from .exporting import UNNAMED, ExportResult, StoreImage, export_from_store
 from .receipts import Receipt, ReceiptError, read_receipt
 
@@ -83,7 +89,7 @@ def open_in_place(path: str | os.PathLike[str], what: str) -> LayoutStore | Arch
     p = Path(path)
     if p.is_dir():
         return LayoutStore(p)
-    if reads_by_offsets(p):
+    if reads_at_random(p):
         store = open_archive(p)
         if not isinstance(store, ArchiveStore):
             store.close()
@@ -128,16 +134,17 @@ def merge_bundles(base: str | os.PathLike[str], diff: str | os.PathLike[str],
             :func:`~bundler.engine.exporting.export_bundle`.
 
     Returns:
-        The :class:`~bundler.engine.exporting.ExportResult`; ``receipt`` has no base.
+        The :class:`~bundler.engine.exporting.ExportResult`; ``receipt`` has no base
+        (BASE's base when BASE is a differential bundle).
 
     Raises:
         ReceiptError, BundleError: see :func:`check_merge` and :func:`open_in_place`;
         an output directory that holds a bundle. TransferError: a blob neither holds,
         or whose bytes do not match its digest.
     """
-    check_merge(base, diff)
+    base_receipt, _ = check_merge(base, diff)
     out = Path(output)
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and not holds_no_bundle(out):
         raise BundleError(f"{output}: merge writes a new bundle; this directory is not "
                           "empty: choose a new or empty directory")
     with ExitStack() as stack:
@@ -154,4 +161,14 @@ def merge_bundles(base: str | os.PathLike[str], diff: str | os.PathLike[str],
                  if not entry_name(e)}
         return export_from_store(merged, images, output, format=format,
                                  split_size=split_size, compression_level=compression_level,
-                                 jobs=jobs, reporter=reporter, stop=stop, entry_names=names)
+                                 jobs=jobs, reporter=reporter, stop=stop, entry_names=names,
+                                 since=_left_to_base(base_receipt))
+
+
+def _left_to_base(base: Receipt) -> Receipt | None:
+    """For a differential BASE, its own base as the merge's ``since``: listing the blobs
+    BASE leaves to it (None for a full BASE: the result is full)."""
+    if base.base is None:
+        return None
+    return Receipt(base.base.bundle_id, base.base.created, images=(),
+                   blobs={b.digest: b.size for b in base.omitted})

@@ -40,7 +40,7 @@ from .naming import Target
 from .parallel import ClientPool, run_parallel
 from .pushplan import BlobPush
 
-__all__ = ["FIRST_FEW", "ChainReport", "MissingBlob", "MissingBlobsError", "OmittedSource",
+__all__ = ["FIRST_FEW", "MISSING", "ChainReport", "MissingBlob", "MissingBlobsError", "OmittedSource",
            "WrongBaseError", "check_omitted"]
 
 #: How many missing blobs an error names (the count says how many there are).
@@ -112,6 +112,8 @@ class ChainReport:
         from_base: to upload from the ``--base`` bundle.
         missing: the others (the import refuses them).
         base_bundle: the ``--base`` bundle given, or "".
+        receipt_error: why the registry receipt could not be read (the registry
+            answered an error other than 404), or "".
     """
 
     base_id: str
@@ -124,6 +126,7 @@ class ChainReport:
     from_base: int = 0
     missing: list[MissingBlob] = field(default_factory=list)
     base_bundle: str = ""
+    receipt_error: str = ""
 
     @property
     def complete(self) -> bool:
@@ -137,6 +140,10 @@ class ChainReport:
                 f" (receipt {self.receipt})" if self.receipt else "")
         if not self.receipt:
             return f"base {self.base_id}: its registry receipt was not looked for"
+        if self.receipt_error:
+            return (f"base {self.base_id}: its registry receipt {self.receipt} could not be "
+                    f"read ({self.receipt_error}); the omitted blobs were checked all the "
+                    "same")
         return (f"base {self.base_id}: no registry receipt ({self.receipt} not found); "
                 "the omitted blobs were checked all the same")
 
@@ -150,6 +157,7 @@ class ChainReport:
         return {
             "bundleId": self.base_id, "created": self.base_created,
             "receipt": self.receipt or None, "receiptFound": self.imported is not None,
+            "receiptError": self.receipt_error or None,
             "imported": self.imported, "baseBundle": self.base_bundle or None,
             "omitted": self.omitted, "present": self.present, "mountable": self.mountable,
             "fromBase": self.from_base, "missing": len(self.missing),

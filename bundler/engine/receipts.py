@@ -99,7 +99,8 @@ def compute_receipt(index_json: bytes, store: Any, *, created: str,
         store: anything with ``read_index`` and ``get_manifest`` (a layout, an archive,
             an archive's head, a bundle being written).
         created: RFC 3339 UTC time (:func:`now`).
-        base, omitted: what a differential bundle leaves to its base.
+        base, omitted: what a differential bundle leaves to its base (only the blobs
+            its images need are listed: not one left out for an image that failed).
 
     Raises:
         BundleError, ManifestError, IntegrityError: a manifest missing or unreadable.
@@ -117,7 +118,8 @@ def compute_receipt(index_json: bytes, store: Any, *, created: str,
         images.append(ReceiptImage(entry_name(entry) or None, str(entry.digest),
                                    entry.media_type, entry.size))
     return Receipt(bundle_id=bundle_id_of(index_json), created=created, images=tuple(images),
-                   blobs=blobs, base=base, omitted=tuple(omitted))
+                   blobs=blobs, base=base,
+                   omitted=tuple(b for b in omitted if b.digest in blobs))
 
 
 def check_inside(data: bytes | None, index_json: bytes, where: str) -> Receipt | None:
@@ -325,13 +327,16 @@ def read_receipt(path: str | os.PathLike[str]) -> Receipt:
                 return Receipt.from_bytes(p.read_bytes(), str(p))
             except OSError as exc:
                 raise BundleError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-        if not _is_archive_head(head):
-            raise ReceiptError(f"{p} is not a bundler receipt or bundle")
     try:
         volumes = find_volumes(p)
     except BundleError:
         volumes = None
+    if p.is_file() and volumes is None and not _is_archive_head(head):
+        raise ReceiptError(f"{p} is not a bundler receipt or bundle")
     if not p.is_file() and volumes is None:
+        if p.exists():  # a FIFO, a socket, a device: never opened (a FIFO would block)
+            raise BundleError(f"{p}: not a regular file or directory; give a bundle or "
+                              "a receipt")
         raise BundleError(f"{p}: no such bundle or receipt")
     stamp = volumes[1][0] if volumes and volumes[1] else p
     if reads_by_offsets(p):

@@ -12,8 +12,9 @@ descriptor as config, one layer holding the receipt's exact bytes, and the annot
 the receipt holds: references, digests and sizes, never a credential.
 
 A differential import reads the manifest of its base's tag there: found, its annotation
-says when the base was imported; absent, the import says so and goes by the blobs
-(which are the truth).
+says when the base was imported, and (with ``--to``) the receipt's images say which
+repositories the base went to, to mount omitted blobs from; absent, the import says so
+and goes by the blobs (which are the truth).
 
 Spec: image-spec ``manifest.md`` ("artifactType", "Guidance for an Empty Descriptor"),
 ``annotations.md``; distribution-spec "Pushing blobs", "Pushing manifests".
@@ -33,18 +34,22 @@ from ..oci.content import (
     EMPTY_JSON_DIGEST,
     OCI_EMPTY,
     OCI_MANIFEST,
+    REF_NAME,
     Descriptor,
     Index,
     Manifest,
     parse_manifest,
 )
 from ..oci.digest import Digest, VerifyingReader
+from ..oci.limits import RECEIPT_LIMIT
+from ..oci.receipt import Receipt
 from ..oci.reference import Reference
 from ..registry.client import RegistryClient, TransportOptions
-from .naming import Target, split_to
+from .naming import Target, resolve_targets, split_to
 from .parallel import ClientPool
 
-__all__ = ["CREATED_ANNOTATION", "RECEIPTS_REPOSITORY", "ReceiptLocation", "found_receipt",
+__all__ = ["CREATED_ANNOTATION", "RECEIPTS_REPOSITORY", "ReceiptLocation", "base_repositories",
+           "found_receipt",
            "now_rfc3339", "ReceiptArtifact", "push_receipt", "receipt_location", "receipt_manifest",
            "receipt_tag"]
 
@@ -240,3 +245,49 @@ def found_receipt(client: RegistryClient, repository: str, bundle_id: str) -> st
     annotations = doc.get("annotations")
     created = annotations.get(CREATED_ANNOTATION) if isinstance(annotations, dict) else None
     return created if isinstance(created, str) else ""
+
+
+def base_repositories(client: RegistryClient, repository: str, bundle_id: str,
+                      to: str) -> dict[str, list[str]]:
+    """Where the base's images went, by its registry receipt: per registry, the
+    repositories its images have under ``to`` (named as import names them), which hold
+    its blobs; a differential import mounts an omitted blob from one of them into a
+    repository the base did not have (a new repository sharing the base's layers).
+
+    Args:
+        client: the receipt registry's client.
+        repository: the receipt repository.
+        bundle_id: the base's bundle id.
+        to: this import's ``REGISTRY[/PREFIX]``.
+
+    Returns:
+        registry -> repositories, in the receipt's order; empty when there is no receipt
+        of that bundle, it is larger than :data:`~bundler.oci.limits.RECEIPT_LIMIT` or
+        it does not read (the blobs themselves decide, as without a receipt).
+
+    Spec: distribution-spec "Pulling manifests", "Pulling blobs".
+    """
+    try:
+        raw, _, _ = client.get_manifest(repository, receipt_tag(bundle_id))
+        doc = json.loads(raw)
+        layer = doc["layers"][0]
+        digest, size = Digest.parse(layer["digest"]), layer["size"]
+        if doc.get("artifactType") != RECEIPT_TYPE or not isinstance(size, int) \
+                or not 0 <= size <= RECEIPT_LIMIT:
+            return {}
+        data = b"".join(VerifyingReader(client.iter_blob(repository, digest), digest, size,
+                                        where=f"{client.registry}/{repository}@{digest}"))
+        receipt = Receipt.from_bytes(data, f"{client.registry}/{repository}:"
+                                           f"{receipt_tag(bundle_id)}")
+        entries = [Descriptor(image.media_type, Digest.parse(image.digest), image.size,
+                              annotations={REF_NAME: image.reference})
+                   for image in receipt.images if image.reference]
+        targets = resolve_targets(entries, to=to)
+    except (BundlerError, ValueError, LookupError, TypeError):
+        return {}
+    found: dict[str, list[str]] = {}
+    for target in targets:
+        repositories = found.setdefault(target.destination.registry, [])
+        if target.destination.repository not in repositories:
+            repositories.append(target.destination.repository)
+    return found

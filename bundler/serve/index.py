@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.naming import resolve_targets
-from ..errors import BundleError, ManifestError, MappingError
+from ..engine.receipts import read_receipt
+from ..errors import BundleError, BundlerError, ManifestError, MappingError
 from ..oci.content import OCI_INDEX, Descriptor, Index, Manifest, is_non_distributable
 from ..oci.digest import Digest
 from ..oci.graph import walk
@@ -272,19 +273,45 @@ def _add_image(namespace: Namespace, source: BundleSource, entry: Descriptor,
                 _referrer(descriptor, item))
     for digest, blob in plan.blobs.items():
         if digest not in namespace.blobs:
-            size = source.blob_size(digest)
+            holder, size = _find_blob(namespace, source, digest)
             if size is None and is_non_distributable(blob):
                 continue  # a foreign layer the bundle does not carry: clients fetch its urls
             if size is None:
-                raise BundleError(f"{source}: image {name}: blob {digest} is missing")
+                raise BundleError(f"{source}: image {name}: blob {digest} is missing"
+                                  f"{_left_to_base(source)}")
             if size != blob.size:
-                raise BundleError(f"{source}: image {name}: blob {digest} has {size} bytes, "
+                raise BundleError(f"{holder}: image {name}: blob {digest} has {size} bytes, "
                                   f"its descriptor says {blob.size}")
-            namespace.blobs[digest] = (source, size)
+            namespace.blobs[digest] = (holder, size)
         repo.blobs.add(digest)
     if tag is not None:
         repo.tags[tag] = entry.digest
     namespace.images += 1
+
+
+def _find_blob(namespace: Namespace, source: BundleSource,
+               digest: Digest) -> tuple[BundleSource, int | None]:
+    """The bundle holding ``digest`` and its size: ``source`` first, then the other
+    bundles served (a differential bundle's base may be named after it)."""
+    size = source.blob_size(digest)
+    if size is not None:
+        return source, size
+    for other in namespace.sources:
+        if other is not source and (size := other.blob_size(digest)) is not None:
+            return other, size
+    return source, None
+
+
+def _left_to_base(source: BundleSource) -> str:
+    """For a differential bundle, the words that say a missing blob is its base's."""
+    try:
+        receipt = read_receipt(source.path)
+    except BundlerError:
+        return ""
+    if receipt.base is None:
+        return ""
+    return (f" (a differential bundle leaves it to its base {receipt.base.bundle_id}: "
+            "serve the base too, or merge them first with bundler merge)")
 
 
 def _add_referrer_tags(namespace: Namespace) -> None:

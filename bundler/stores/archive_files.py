@@ -20,7 +20,7 @@ from .volumes import VolumeReader, find_volumes, read_checksums
 from .zstd import ZSTD_MAGIC, is_skippable
 
 __all__ = ["ArchiveStore", "DockerArchive", "is_plain_tar_file", "open_archive",
-           "reads_by_offsets"]
+           "reads_at_random", "reads_by_offsets"]
 
 
 def _plain_volumes(path: str | os.PathLike[str]) -> tuple[Path, list[Path]] | None:
@@ -66,6 +66,13 @@ def reads_by_offsets(path: str | os.PathLike[str]) -> bool:
             n != "oci-layout" for n in order[:order.index("index.json")])
     finally:
         index.close()
+
+
+def reads_at_random(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`open_archive` can open ``path`` to be read at random (a ``--base``,
+    a bundle to merge): a plain ``.tar`` file or an uncompressed volume set, in any
+    member order. False for ``-``, a ``.tar.zst`` or its volumes, a directory."""
+    return is_plain_tar_file(path) or _plain_volumes(path) is not None
 
 
 def open_archive(path: str | os.PathLike[str], *,
