@@ -378,7 +378,8 @@ def test_a_base_in_volumes_serves_import_merge_and_since(pair: Pair, registry_fa
                      "--split-size", "16KiB", "-q")
     assert result.exit_code == 0, result.output
     second = tmp_path / "base.tar.001"
-    assert second.exists() and read_receipt(second) == read_receipt(pair.base)
+    assert second.exists()
+    assert read_receipt(second).bundle_id == read_receipt(pair.base).bundle_id
     dest = registry_factory()
     imported = import_bundle(pair.diff, to=f"{dest.host}/m", base=second)
     assert imported.chain is not None and imported.chain.from_base == 1
