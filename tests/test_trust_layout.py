@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from bundler import BundleLockedError, export_bundle
 from bundler.cli.main import main
 from bundler.oci.content import REF_NAME
+from bundler.oci.receipt import bundle_id_of
 from bundler.sandbox import LocalRegistry, SeededSet
 from bundler.stores.layout import LOCK_NAME
 from bundler.stores.lock import WriterLock
@@ -213,6 +214,11 @@ def test_two_exports_into_one_directory_keep_both_images(seeded_registry: Seeded
     assert names == {first.reference, second.reference}
     assert not (root / LOCK_NAME).exists()
     assert invoke("verify", str(root)).exit_code == 0
+    # the receipt beside the bundle is the last writer's, written under the lock: it
+    # names the index.json that holds both images, as the one inside does
+    index_id = bundle_id_of((root / "index.json").read_bytes())
+    for receipt in (tmp_path / "bundle.receipt.json", root / "bundler-receipt.json"):
+        assert json.loads(receipt.read_bytes())["bundleId"] == index_id, receipt.name
 
 
 def test_no_wait_fails_at_once_while_another_export_writes(seeded_registry: Seeded,

@@ -270,12 +270,16 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
     beside = receipts or receipt_path_beside(output).exists()
     lock = WriterLock.for_output(output, directory=fmt == "dir", wait=wait, on_wait=on_wait)
     if fmt != "dir":
-        with lock, ArchiveExport(output, fmt, split_size=split_size,
-                                 compression_level=compression_level) as archive:
-            result = _export(items, source, archive, jobs, report, stop, collect, names,
-                             discovery, move, differential, receipts)
-            if failed and not result.images:  # nothing to write: no archive at all
-                raise PartialFailureError([failed[r] for r in items if r in failed], result)
+        with lock:
+            with ArchiveExport(output, fmt, split_size=split_size,
+                               compression_level=compression_level) as archive:
+                result = _export(items, source, archive, jobs, report, stop, collect, names,
+                                 discovery, move, differential, receipts)
+                if failed and not result.images:  # nothing to write: no archive at all
+                    raise PartialFailureError([failed[r] for r in items if r in failed],
+                                              result)
+            if result.receipt is not None and beside:  # last: the archive is complete
+                write_beside(output, result.receipt)
     else:
         with lock:
             store = LayoutStore(output, create=True)
@@ -290,8 +294,8 @@ def _write_bundle(source: StoreSource, items: list[StoreImage],
                 raise  # bundle (the lock removes the directory it made, if empty)
             if not result.images:
                 store.discard_if_empty()
-    if result.receipt is not None and beside:
-        write_beside(output, result.receipt)  # last: the bundle is complete
+            if result.receipt is not None and beside:  # last, still under the lock: the
+                write_beside(output, result.receipt)  # next writer's receipt comes after
     if failed:
         raise PartialFailureError([failed[r] for r in items if r in failed], result)
     return result
