@@ -38,6 +38,10 @@ def test_a_mirror_into_an_empty_registry_asks_about_no_blob(
     assert done.returncode == 0, done.stderr
     log = dest.access_log(mark)
     assert [u for m, u, _ in log if m == "HEAD" and "/blobs/" in u] == []
+    # the first image of each repository is asked for; once its repository is found
+    # new, no other image of it is (team/app0:v2 is not)
+    assert sorted(u for m, u, _ in log if m == "HEAD" and "/manifests/" in u) == [
+        "/v2/copy/team/app0/manifests/v0", "/v2/copy/team/app1/manifests/v1"]
     # one tags/list per new repository tells it is new
     assert sorted(u for m, u, _ in log if "/tags/list" in u) == [
         "/v2/copy/team/app0/tags/list?n=1", "/v2/copy/team/app1/tags/list?n=1"]

@@ -183,9 +183,10 @@ def plan_push(
             stops at the first failure (see ``PushPlan.failures``).
         head_blobs: ask each repository about each blob.
         leave_out: blobs not to push at all (non-distributable layers not held).
-        record_new: ask whether each destination repository is new (``GET tags/list``)
-            and record those in the upload journal until the run ends; False for a dry
-            run (which asks only ``HEAD``).
+        record_new: ask whether each destination repository is new (``GET tags/list``),
+            ``HEAD`` no image in one that is (see :func:`_first_heads`), and record those
+            in the upload journal until the run ends; False for a dry run (which asks
+            only ``HEAD``).
         memo: answers an earlier plan of the same images kept (see :class:`PlanMemo`).
 
     Returns:
@@ -204,8 +205,15 @@ def plan_push(
             with lock:
                 complete.add(target)
 
-    plan.failures.update(run_parallel(targets, check, jobs=jobs, stop=stop,
-                                      keep_going=keep_going))
+    asked_new = False
+    if record_new:  # into a repository the registry does not know, no manifest HEADs
+        plan.new_repositories, plan.journaled = _first_heads(
+            targets, check, plan, complete, clients, jobs=jobs, stop=stop,
+            keep_going=keep_going, memo=memo)
+        asked_new = True
+    else:
+        plan.failures.update(run_parallel(targets, check, jobs=jobs, stop=stop,
+                                          keep_going=keep_going))
     plan.complete = [t for t in targets if t in complete]
     plan.todo = [t for t in targets if t not in complete and t not in plan.failures]
     if plan.failures and not keep_going:
@@ -229,7 +237,7 @@ def plan_push(
             if dest.repository not in blob.repositories:
                 blob.repositories.append(dest.repository)
     plan.blobs = list(by_key.values())
-    if record_new:  # not in a dry run: it only asks HEAD
+    if record_new and not asked_new:  # not in a dry run: it only asks HEAD
         plan.new_repositories, plan.journaled = new_repositories(plan, clients, jobs=jobs,
                                                                   stop=stop, memo=memo)
     for blob in plan.blobs:
@@ -245,6 +253,40 @@ def plan_push(
         plan.failures.update(run_parallel(plan.blobs, head, jobs=jobs, stop=stop,
                                           keep_going=keep_going))
     return _announced(plan, targets, plans, report)
+
+
+def _first_heads(targets: list[Target], check: Callable[[Target], None], plan: PushPlan,
+                 complete: set[Target], clients: ClientPool, *, jobs: int,
+                 stop: threading.Event | None, keep_going: bool, memo: PlanMemo | None
+                 ) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """``HEAD`` the first image of each destination repository; ask each repository
+    whose first image is not there whether the registry knows it
+    (:func:`new_repositories`); then ``HEAD`` the other images, except in the
+    repositories found new: a repository the registry does not know holds no manifest.
+    A run into an empty registry asks one ``HEAD`` and one ``tags/list`` per repository
+    instead of one ``HEAD`` per image; a run where everything is there asks one ``HEAD``
+    per image, as before. Failed ``HEAD`` requests go to ``plan.failures``.
+
+    Returns:
+        What :func:`new_repositories` returns.
+    """
+    firsts: dict[tuple[str, str], Target] = {}
+    for target in targets:
+        firsts.setdefault((target.destination.registry, target.destination.repository), target)
+    first = list(firsts.values())
+    plan.failures.update(run_parallel(first, check, jobs=jobs, stop=stop,
+                                      keep_going=keep_going))
+    if plan.failures and not keep_going:
+        return set(), set()
+    probe = PushPlan(complete=[t for t in first if t in complete],
+                     todo=[t for t in first if t not in complete and t not in plan.failures])
+    new, journaled = new_repositories(probe, clients, jobs=jobs, stop=stop, memo=memo)
+    chosen = set(first)
+    rest = [t for t in targets if t not in chosen
+            and (t.destination.registry, t.destination.repository) not in new]
+    plan.failures.update(run_parallel(rest, check, jobs=jobs, stop=stop,
+                                      keep_going=keep_going))
+    return new, journaled
 
 
 def new_repositories(plan: PushPlan, clients: ClientPool, *, jobs: int,
