@@ -271,8 +271,10 @@ def report(results: dict[int, dict], args: argparse.Namespace) -> dict:
         targets["import into an empty registry <= 6.5 requests/image at 2000"] = req <= 6.5
     for n in sizes:
         if "no-op import" in results[n]:
-            targets[f"no-op import: exactly 1 request/image at {n}"] = (
-                results[n]["no-op import"]["requests"] == n)
+            # one HEAD per image, and one request for the whole run: the HEAD of the
+            # bundle's registry receipt (bundler-receipts), which finds it there already
+            targets[f"no-op import: exactly 1 request/image (+1 for the receipt) at {n}"] = (
+                results[n]["no-op import"]["requests"] == n + 1)
     print()
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
